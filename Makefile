@@ -1,0 +1,50 @@
+# RoboCache developer commands. `make demo` runs the main job, `make test` the tests; both set up
+# a virtual environment in .venv on first use (Python >= 3.10, network access to PyPI).
+
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTHON := $(BIN)/python
+STAMP := $(VENV)/.installed
+# CPU build on machines that keep it on disk; set TORCH_SPEC="torch" for your platform's default.
+TORCH_SPEC ?= torch==2.13.0
+# The GPU machine has no network and no venv: its own python3 runs the source tree.
+GPU_PY ?= python3
+
+.PHONY: install test lint compile-check gpu-check bench build demo release-check clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[dev,cuda12]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PYTHON) -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check robocache tests benchmarks examples tools
+
+compile-check: $(STAMP)
+	$(PYTHON) -m robocache compile --check
+
+gpu-check:
+	PYTHONPATH=$(CURDIR) $(GPU_PY) -m pytest -q -m gpu -p no:cacheprovider tests
+	PYTHONPATH=$(CURDIR) $(GPU_PY) benchmarks/run_all.py --quick --json benchmarks/out/gpu-check.json
+
+bench: $(STAMP)
+	$(PYTHON) benchmarks/run_all.py --json benchmarks/out/bench.json
+
+build: $(STAMP)
+	rm -rf dist
+	$(PYTHON) tools/stamp_build_info.py
+	$(BIN)/flit build --no-use-vcs; status=$$?; rm -f robocache/_build_info.py; exit $$status
+
+demo: $(STAMP)
+	$(PYTHON) -m robocache demo
+
+clean:
+	rm -rf $(VENV) dist build .pytest_cache .ruff_cache benchmarks/out

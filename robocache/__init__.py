@@ -1,0 +1,39 @@
+"""RoboCache: robot-learning datasets resident in GPU memory, batches built by CUDA kernels.
+
+`import robocache` is cheap: it imports NumPy only. Torch, CuPy and the CUDA driver are touched
+on first use of something that needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ._version import __api_version__, __build_date__, __git_commit__, __version__
+
+# public name -> module that defines it (imported on first attribute access)
+_LAZY = {
+    "resample": "robocache.ops.resample",
+    "fuse": "robocache.ops.resample",
+    "print_installation_info": "robocache.info",
+    "installation_info": "robocache.info",
+    "cuda_available": "robocache._runtime",
+    "RoboCacheError": "robocache._errors",
+    "KernelCompileError": "robocache._errors",
+    "BackendUnavailableError": "robocache._errors",
+    "DeviceMemoryError": "robocache._errors",
+}
+
+__all__ = sorted(["__version__", "__api_version__", "__build_date__", "__git_commit__", *_LAZY])
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'robocache' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,227 @@
+"""What kind of array came in, and how to make outputs of the same kind.
+
+Three array libraries are understood: NumPy, CuPy and torch. Detection looks at the type's module
+name, so neither torch nor CuPy is imported unless the caller already handed us one of theirs.
+Device arrays (CuPy, torch CUDA tensors) are used zero-copy; outputs are allocated by the caller's
+library on the caller's device (torch's caching allocator for torch inputs).
+
+Dtypes are named by strings ("float32", "bfloat16", "uint8", ...) so one table serves all three
+libraries and the kernels' template arguments.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# dtype name -> C type used in kernel template arguments (see cuda_src/common.cuh)
+C_TYPES = {
+    "float32": "float",
+    "float64": "double",
+    "float16": "rc_half",
+    "bfloat16": "rc_bf16",
+    "uint8": "unsigned char",
+    "int8": "signed char",
+    "int16": "short",
+    "int32": "int",
+    "int64": "long long",
+    "uint16": "unsigned short",
+    "uint32": "unsigned int",
+    "bool": "bool",
+}
+FLOAT_DTYPES = ("float32", "float64", "float16", "bfloat16")
+ITEMSIZE = {
+    "float32": 4, "float64": 8, "float16": 2, "bfloat16": 2, "uint8": 1, "int8": 1,
+    "int16": 2, "int32": 4, "int64": 8, "uint16": 2, "uint32": 4, "uint64": 8, "bool": 1,
+}
+
+
+def library(x) -> str:
+    """"numpy", "cupy" or "torch"; anything else is a TypeError."""
+    mod = type(x).__module__
+    if isinstance(x, np.ndarray) or isinstance(x, np.generic):
+        return "numpy"
+    if mod.startswith("cupy"):
+        return "cupy"
+    if mod.startswith("torch"):
+        return "torch"
+    raise TypeError(f"expected a NumPy array, CuPy array or torch tensor, got {type(x).__name__}")
+
+
+def as_array(name: str, x):
+    """Accept arrays of the three libraries; turn lists/tuples/scalars into NumPy arrays."""
+    if isinstance(x, (list, tuple, int, float)):
+        return np.asarray(x)
+    try:
+        library(x)
+    except TypeError:
+        raise TypeError(
+            f"{name}: expected a NumPy array, CuPy array or torch tensor, "
+            f"got {type(x).__name__}") from None
+    return x
+
+
+def is_device(x) -> bool:
+    lib = library(x)
+    if lib == "cupy":
+        return True
+    if lib == "torch":
+        return bool(x.is_cuda)
+    return False
+
+
+def placement(x) -> str:
+    """A printable "library:device" used to check that arrays live together."""
+    lib = library(x)
+    if lib == "numpy":
+        return "numpy:cpu"
+    if lib == "cupy":
+        return f"cupy:cuda:{x.device.id}"
+    return f"torch:{x.device}"
+
+
+def device_id(x) -> int:
+    lib = library(x)
+    if lib == "cupy":
+        return int(x.device.id)
+    if lib == "torch" and x.is_cuda:
+        return int(x.device.index if x.device.index is not None else 0)
+    raise ValueError(f"expected a device array, got a {placement(x)} array")
+
+
+def dtype_name(x) -> str:
+    lib = library(x)
+    if lib == "torch":
+        return str(x.dtype).removeprefix("torch.")
+    return np.dtype(x.dtype).name
+
+
+def namespace(x):
+    """The module whose functions operate on x (numpy, cupy or torch)."""
+    lib = library(x)
+    if lib == "numpy":
+        return np
+    if lib == "cupy":
+        import cupy
+
+        return cupy
+    import torch
+
+    return torch
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    if name == "bfloat16":
+        try:
+            import ml_dtypes
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise TypeError("bfloat16 NumPy arrays need the ml_dtypes package") from exc
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
+def to_numpy(x) -> np.ndarray:
+    """A NumPy view of a host array (torch CPU tensors share memory; bf16 is viewed via ml_dtypes
+    when installed and upcast to float32 otherwise). Device arrays are copied to the host."""
+    lib = library(x)
+    if lib == "numpy":
+        return np.asarray(x)
+    if lib == "cupy":
+        return x.get()
+    t = x.detach()
+    if t.is_cuda:
+        t = t.cpu()
+    if t.dtype.is_floating_point and str(t.dtype) == "torch.bfloat16":
+        try:
+            return t.contiguous().view(_torch_int16()).numpy().view(numpy_dtype("bfloat16"))
+        except TypeError:
+            import torch
+
+            return t.to(torch.float32).numpy()
+    return t.numpy()
+
+
+def _torch_int16():
+    import torch
+
+    return torch.int16
+
+
+def from_numpy(result: np.ndarray, like, dtype: str):
+    """Return a NumPy result in the library (and on the device) of `like`, cast to `dtype`."""
+    lib = library(like)
+    if lib == "numpy":
+        return result.astype(numpy_dtype(dtype), copy=False)
+    if lib == "cupy":
+        import cupy
+
+        with cupy.cuda.Device(like.device.id):
+            return cupy.asarray(result.astype(numpy_dtype(dtype), copy=False))
+    import torch
+
+    if dtype == "bfloat16":
+        out = torch.from_numpy(np.ascontiguousarray(result, dtype=np.float32))
+        return out.to(device=like.device, dtype=torch.bfloat16)
+    out = torch.from_numpy(np.ascontiguousarray(result.astype(np.dtype(dtype), copy=False)))
+    return out.to(like.device)
+
+
+def empty(like, shape: tuple[int, ...], dtype: str):
+    """Uninitialised output in like's library, on like's device."""
+    lib = library(like)
+    if lib == "numpy":
+        return np.empty(shape, dtype=numpy_dtype(dtype))
+    if lib == "cupy":
+        import cupy
+
+        with cupy.cuda.Device(like.device.id):
+            return cupy.empty(shape, dtype=numpy_dtype(dtype))
+    import torch
+
+    return torch.empty(shape, dtype=torch_dtype(dtype), device=like.device)
+
+
+def zeros(like, shape: tuple[int, ...], dtype: str):
+    out = empty(like, shape, dtype)
+    if library(out) == "torch":
+        out.zero_()
+    else:
+        out[...] = 0
+    return out
+
+
+def contiguous(x):
+    lib = library(x)
+    if lib == "numpy":
+        return np.ascontiguousarray(x)
+    if lib == "cupy":
+        import cupy
+
+        return cupy.ascontiguousarray(x)
+    return x.contiguous()
+
+
+def data_ptr(x) -> np.uint64:
+    """The address of x's first element, as the exact type a kernel pointer argument takes."""
+    lib = library(x)
+    if lib == "cupy":
+        return np.uint64(x.data.ptr)
+    if lib == "torch":
+        return np.uint64(x.data_ptr())
+    return np.uint64(x.ctypes.data)  # host memory: used by the CPU kernel emulator in tests
+
+
+def numel(x) -> int:
+    return int(x.numel()) if library(x) == "torch" else int(x.size)
+
+
+def nbytes(x) -> int:
+    lib = library(x)
+    if lib == "torch":
+        return int(x.numel() * x.element_size())
+    return int(x.nbytes)

@@ -1,0 +1,138 @@
+// common.cuh - types and conversions shared by every RoboCache kernel.
+//
+// NVRTC compiles these sources with no CUDA toolkit headers, so 16-bit floats are plain structs
+// holding the IEEE bits and are converted by integer operations (round to nearest even, NaN kept
+// as a quiet NaN). Num<T> gives each storage type its arithmetic type and load/store.
+
+#define RC_DEVICE __device__ __forceinline__
+
+typedef unsigned long long rc_u64;
+typedef long long rc_i64;
+
+struct rc_half { unsigned short bits; };   // IEEE binary16
+struct rc_bf16 { unsigned short bits; };   // bfloat16: the high half of a float32
+
+RC_DEVICE float rc_bits_to_float(unsigned int u) { return __uint_as_float(u); }
+RC_DEVICE unsigned int rc_float_to_bits(float f) { return __float_as_uint(f); }
+
+RC_DEVICE float rc_bf16_to_float(rc_bf16 h) { return rc_bits_to_float(((unsigned int)h.bits) << 16); }
+
+RC_DEVICE rc_bf16 rc_float_to_bf16(float f) {
+    unsigned int u = rc_float_to_bits(f);
+    rc_bf16 r;
+    if ((u & 0x7fffffffu) > 0x7f800000u) {          // NaN: keep the sign, make it quiet
+        r.bits = (unsigned short)((u >> 16) | 0x0040u);
+        return r;
+    }
+    u += 0x7fffu + ((u >> 16) & 1u);                // round to nearest, ties to even
+    r.bits = (unsigned short)(u >> 16);
+    return r;
+}
+
+RC_DEVICE float rc_half_to_float(rc_half h) {
+    unsigned int sign = ((unsigned int)h.bits & 0x8000u) << 16;
+    unsigned int exp = ((unsigned int)h.bits >> 10) & 0x1fu;
+    unsigned int man = (unsigned int)h.bits & 0x3ffu;
+    if (exp == 0u) {
+        if (man == 0u) return rc_bits_to_float(sign);              // signed zero
+        unsigned int e = 113u;                                      // subnormal: normalise
+        while ((man & 0x400u) == 0u) { man <<= 1; --e; }
+        return rc_bits_to_float(sign | (e << 23) | ((man & 0x3ffu) << 13));
+    }
+    if (exp == 31u) return rc_bits_to_float(sign | 0x7f800000u | (man << 13));  // inf / NaN
+    return rc_bits_to_float(sign | ((exp + 112u) << 23) | (man << 13));
+}
+
+RC_DEVICE rc_half rc_float_to_half(float f) {
+    unsigned int u = rc_float_to_bits(f);
+    unsigned int sign = (u >> 16) & 0x8000u;
+    unsigned int fexp = u & 0x7f800000u;
+    unsigned int fsig = u & 0x007fffffu;
+    rc_half r;
+    if (fexp >= 0x47800000u) {                                  // overflow, inf or NaN
+        r.bits = (unsigned short)(sign | ((fexp == 0x7f800000u && fsig != 0u) ? 0x7e00u : 0x7c00u));
+        return r;
+    }
+    if (fexp <= 0x38000000u) {                                  // subnormal half or zero
+        if (fexp < 0x33000000u) { r.bits = (unsigned short)sign; return r; }
+        unsigned int e = fexp >> 23;
+        unsigned int sig = 0x00800000u + fsig;
+        unsigned int shifted = sig >> (113u - e);
+        // round half to even, looking at every bit the shift dropped
+        if (((shifted & 0x3fffu) != 0x1000u) || (fsig & 0x7ffu)) shifted += 0x1000u;
+        r.bits = (unsigned short)(sign + (shifted >> 13));
+        return r;
+    }
+    unsigned int hexp = (fexp - 0x38000000u) >> 13;
+    if ((fsig & 0x3fffu) != 0x1000u) fsig += 0x1000u;           // round half to even
+    r.bits = (unsigned short)(sign + hexp + (fsig >> 13));      // a carry rounds into the exponent
+    return r;
+}
+
+// Num<T>: Acc is the arithmetic type; load() widens, store() narrows with round-to-nearest-even.
+template <typename T> struct Num;
+template <> struct Num<float> {
+    typedef float Acc;
+    static RC_DEVICE Acc load(float v) { return v; }
+    static RC_DEVICE float store(Acc a) { return a; }
+};
+template <> struct Num<double> {
+    typedef double Acc;
+    static RC_DEVICE Acc load(double v) { return v; }
+    static RC_DEVICE double store(Acc a) { return a; }
+};
+template <> struct Num<rc_half> {
+    typedef float Acc;
+    static RC_DEVICE Acc load(rc_half v) { return rc_half_to_float(v); }
+    static RC_DEVICE rc_half store(Acc a) { return rc_float_to_half(a); }
+};
+template <> struct Num<rc_bf16> {
+    typedef float Acc;
+    static RC_DEVICE Acc load(rc_bf16 v) { return rc_bf16_to_float(v); }
+    static RC_DEVICE rc_bf16 store(Acc a) { return rc_float_to_bf16(a); }
+};
+template <> struct Num<unsigned char> {
+    typedef float Acc;
+    static RC_DEVICE Acc load(unsigned char v) { return (float)v; }
+    static RC_DEVICE unsigned char store(Acc a) {
+        a = a < 0.f ? 0.f : (a > 255.f ? 255.f : a);
+        return (unsigned char)__float2int_rn(a);
+    }
+};
+
+// Index of the last source time <= t among times[0..n), or -1 when t is before them all
+// (numpy.searchsorted(times, t, side="right") - 1). Times must be non-decreasing.
+template <typename TT>
+RC_DEVICE int rc_search_right(const TT* times, int n, TT t) {
+    int lo = 0, hi = n;                  // invariant: times[i] <= t for i < lo, > t for i >= hi
+    while (lo < hi) {
+        int mid = (lo + hi) >> 1;
+        if (times[mid] <= t) lo = mid + 1; else hi = mid;
+    }
+    return lo - 1;
+}
+
+// How one target time maps onto two source rows and a weight (method codes as in Python).
+#define RC_METHOD_LINEAR 0
+#define RC_METHOD_NEAREST 1
+#define RC_METHOD_PREVIOUS 2
+
+struct RcInterp { int row0; int row1; double w; };
+
+template <typename TT>
+RC_DEVICE RcInterp rc_interp_rows(const TT* times, int n, TT t, int method) {
+    RcInterp r;
+    int i = rc_search_right(times, n, t);
+    r.w = 0.0;
+    if (i < 0) { r.row0 = r.row1 = 0; return r; }                 // before the span: first row
+    if (i >= n - 1) { r.row0 = r.row1 = n - 1; return r; }       // at or after the end: last row
+    if (method == RC_METHOD_PREVIOUS) { r.row0 = r.row1 = i; return r; }
+    TT t0 = times[i], t1 = times[i + 1];
+    if (method == RC_METHOD_NEAREST) {                              // ties go to the earlier row
+        r.row0 = r.row1 = ((t1 - t) < (t - t0)) ? i + 1 : i;
+        return r;
+    }
+    r.row0 = i; r.row1 = i + 1;
+    r.w = (double)(t - t0) / (double)(t1 - t0);                     // t0 <= t < t1, so t1 > t0
+    return r;
+}
