@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import importlib
 
-from ._version import __api_version__, __build_date__, __git_commit__, __version__
+from ._version import __api_version__ as __api_version__
+from ._version import __build_date__ as __build_date__
+from ._version import __git_commit__ as __git_commit__
+from ._version import __version__ as __version__
 
 # public name -> module that defines it (imported on first attribute access)
 _LAZY = {
