@@ -35,16 +35,26 @@ ITEMSIZE = {
 }
 
 
+_LIBRARY_OF_TYPE: dict[type, str] = {}
+
+
 def library(x) -> str:
-    """"numpy", "cupy" or "torch"; anything else is a TypeError."""
+    """"numpy", "cupy" or "torch"; anything else is a TypeError. (Memoised per type: hot path.)"""
+    lib = _LIBRARY_OF_TYPE.get(type(x))
+    if lib is not None:
+        return lib
     mod = type(x).__module__
-    if isinstance(x, np.ndarray) or isinstance(x, np.generic):
-        return "numpy"
-    if mod.startswith("cupy"):
-        return "cupy"
-    if mod.startswith("torch"):
-        return "torch"
-    raise TypeError(f"expected a NumPy array, CuPy array or torch tensor, got {type(x).__name__}")
+    if isinstance(x, (np.ndarray, np.generic)):
+        lib = "numpy"
+    elif mod.startswith("cupy"):
+        lib = "cupy"
+    elif mod.startswith("torch"):
+        lib = "torch"
+    else:
+        raise TypeError(
+            f"expected a NumPy array, CuPy array or torch tensor, got {type(x).__name__}")
+    _LIBRARY_OF_TYPE[type(x)] = lib
+    return lib
 
 
 def as_array(name: str, x):
