@@ -1,0 +1,87 @@
+"""Timing helpers shared by the benchmarks (never used by tests).
+
+GPU: median of per-call CUDA-event latencies (includes Python launch cost) and back-to-back wall
+time per call over a loop followed by one synchronize (what a training loop sees).
+CPU: median wall time per call.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+
+def gpu_available() -> bool:
+    from robocache import _runtime
+
+    return _runtime.cuda_available()
+
+
+def torch_cuda_ready() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def time_gpu(fn, *, warmup: int = 10, iters: int = 100) -> dict:
+    """{"event_us": median event latency, "b2b_us": back-to-back per call}; fn launches work."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    lat = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        lat.append(start.elapsed_time(end) * 1e3)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    torch.cuda.synchronize()
+    b2b = (time.perf_counter() - t0) / iters * 1e6
+    return {"event_us": statistics.median(lat), "b2b_us": b2b}
+
+
+def time_cpu(fn, *, warmup: int = 2, iters: int = 10) -> dict:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e6)
+    return {"median_us": statistics.median(samples)}
+
+
+def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy bandwidth, counting bytes read + written (the PERF.md ceiling)."""
+    import torch
+
+    a = torch.empty(nbytes // 4, dtype=torch.float32, device="cuda")
+    b = torch.empty_like(a)
+    t = time_gpu(lambda: b.copy_(a), warmup=3, iters=20)
+    return 2 * nbytes / (t["event_us"] * 1e-6) / 1e9
+
+
+def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
+    print(f"\n## {title}")
+    widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns]
+    print(" | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    print(" | ".join("-" * w for w in widths))
+    for r in rows:
+        print(" | ".join(_fmt(r.get(c)).ljust(w) for c, w in zip(columns, widths, strict=True)))
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+    return str(v)

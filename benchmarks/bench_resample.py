@@ -1,0 +1,114 @@
+"""resample and fuse: RoboCache vs the torch-native implementation (searchsorted + gather + lerp).
+
+Workloads from PERF.md (bf16 data, float32 times). GPU rows need a CUDA GPU with torch and CuPy;
+without one the NumPy backend is compared with torch on the CPU at a small size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks._timing import gpu_available, print_table, time_cpu, time_gpu, torch_cuda_ready
+
+COPY_GBS_H200 = 4160.0  # PERF.md: measured device-to-device copy, bytes read + written
+
+
+def torch_resample(data, src, tgt):
+    import torch
+
+    S, D = data.shape[1], data.shape[2]
+    i = torch.searchsorted(src, tgt, right=True) - 1
+    inner = (i >= 0) & (i < S - 1)
+    i0 = i.clamp(0, S - 1)
+    i1 = torch.where(inner, i0 + 1, i0)
+    t0, t1 = src.gather(1, i0), src.gather(1, i1)
+    w = torch.where(inner, (tgt - t0) / (t1 - t0), torch.zeros_like(tgt))
+    a = data.gather(1, i0[..., None].expand(-1, -1, D)).float()
+    b = data.gather(1, i1[..., None].expand(-1, -1, D)).float()
+    return torch.lerp(a, b, w[..., None].float()).to(data.dtype)
+
+
+def torch_fuse(streams, tgt):
+    import torch
+
+    return torch.cat([torch_resample(d, t, tgt) for d, t in streams], dim=-1)
+
+
+def _case(B, S, T, D, device, dtype, seed=0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    src = torch.sort(torch.rand(B, S, generator=g), dim=1).values.to(device)
+    tgt = torch.sort(torch.rand(B, T, generator=g), dim=1).values.to(device)
+    data = torch.randn(B, S, D, generator=g).to(device=device, dtype=dtype)
+    return data, src, tgt
+
+
+RESAMPLE_CASES = [("resample 32x500x256->256 bf16", 32, 500, 256, 256),
+                  ("resample 256x1000x256->1000 bf16", 256, 1000, 256, 1000)]
+FUSE_STREAMS = [(30, 512), (100, 64), (200, 12)]
+
+
+def _gpu_rows(quick: bool) -> list[dict]:
+    import torch
+
+    import robocache as rc
+
+    iters = 30 if quick else 200
+    rows = []
+    for name, B, S, T, D in RESAMPLE_CASES:
+        data, src, tgt = _case(B, S, T, D, "cuda", torch.bfloat16)
+        assert torch.allclose(rc.resample(data, src, tgt).float(),
+                              torch_resample(data, src, tgt).float(), atol=2e-2)
+        floor_us = (B * S * D + B * T * D) * 2 / (COPY_GBS_H200 * 1e9) * 1e6
+        base = time_gpu(lambda d=data, s=src, t=tgt: torch_resample(d, s, t), iters=iters)
+        ours = time_gpu(lambda d=data, s=src, t=tgt: rc.resample(d, s, t, check_times=False),
+                        iters=iters)
+        checked = time_gpu(lambda d=data, s=src, t=tgt: rc.resample(d, s, t), iters=iters)
+        rows.append({"workload": name, "torch_us": base["b2b_us"], "rc_us": ours["b2b_us"],
+                     "rc_event_us": ours["event_us"], "rc_checked_us": checked["b2b_us"],
+                     "floor_us": floor_us, "speedup": base["b2b_us"] / ours["b2b_us"]})
+    B, T = 4, 50
+    streams = [_case(B, S, T, D, "cuda", torch.bfloat16, seed=k)[:2]
+               for k, (S, D) in enumerate(FUSE_STREAMS)]
+    tgt = torch.sort(torch.rand(B, T), dim=1).values.cuda()
+    base = time_gpu(lambda: torch_fuse(streams, tgt), iters=iters)
+    ours = time_gpu(lambda: rc.fuse(streams, tgt, check_times=False), iters=iters)
+    rows.append({"workload": "fuse 3 streams -> 50 bf16", "torch_us": base["b2b_us"],
+                 "rc_us": ours["b2b_us"], "rc_event_us": ours["event_us"],
+                 "speedup": base["b2b_us"] / ours["b2b_us"]})
+    return rows
+
+
+def _cpu_rows(quick: bool) -> list[dict]:
+    import torch
+
+    import robocache as rc
+
+    rows = []
+    for name, B, S, T, D in [("resample 32x500x256->256 f32 (CPU)", 32, 500, 256, 256)]:
+        data, src, tgt = _case(B, S, T, D, "cpu", torch.float32)
+        d, s, t = data.numpy(), src.numpy(), tgt.numpy()
+        base = time_cpu(lambda: torch_resample(data, src, tgt), iters=3 if quick else 10)
+        ours = time_cpu(lambda: rc.resample(d, s, t), iters=3 if quick else 10)
+        rows.append({"workload": name, "torch_us": base["median_us"], "rc_us": ours["median_us"],
+                     "speedup": base["median_us"] / ours["median_us"]})
+    return rows
+
+
+def run(quick: bool = False) -> list[dict]:
+    cols = ["workload", "torch_us", "rc_us", "rc_event_us", "rc_checked_us", "floor_us", "speedup"]
+    rows = []
+    if gpu_available() and torch_cuda_ready():
+        rows += _gpu_rows(quick)
+    else:
+        print("resample: no CUDA GPU here; GPU rows skipped")
+    rows += _cpu_rows(quick)
+    print_table("resample / fuse (times per call in us; speedup = torch / robocache)", rows, cols)
+    for r in rows:
+        r["bench"] = "resample"
+    return rows
+
+
+if __name__ == "__main__":
+    run(quick=False)
