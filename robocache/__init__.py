@@ -14,6 +14,7 @@ from ._version import __api_version__, __build_date__, __git_commit__, __version
 _LAZY = {
     "resample": "robocache.ops.resample",
     "fuse": "robocache.ops.resample",
+    "crop_resize_normalize": "robocache.ops.images",
     "print_installation_info": "robocache.info",
     "installation_info": "robocache.info",
     "cuda_available": "robocache._runtime",
