@@ -35,9 +35,20 @@ def mix64(z) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
+def _mix_int(z: int) -> int:
+    """mix64 on one Python int (a few hundred ns instead of NumPy's ~5 us per call)."""
+    z = (z + 0x9E3779B97F4A7C15) & _U64_MAX
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _U64_MAX
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _U64_MAX
+    return z ^ (z >> 31)
+
+
 def rand_key(seed: int, epoch: int, batch: int) -> np.uint64:
-    """rc_rand_key: the per-call key from (seed, epoch, batch)."""
-    return np.uint64(mix64(mix64(mix64(u64(seed)) ^ u64(epoch)) ^ u64(batch)))
+    """rc_rand_key: the per-call key from (seed, epoch, batch), each in [0, 2^64)."""
+    for x in (seed, epoch, batch):
+        if not 0 <= int(x) <= _U64_MAX:
+            raise ValueError(f"expected an integer in [0, 2**64), got {x}")
+    return np.uint64(_mix_int(_mix_int(_mix_int(int(seed)) ^ int(epoch)) ^ int(batch)))
 
 
 def rand_bits(key, sample, frame, purpose) -> np.ndarray:

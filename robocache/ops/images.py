@@ -50,7 +50,9 @@ Design note - how TrajectoryDataset uses this op (no separate pass, no extra cop
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+import struct
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -100,6 +102,13 @@ class ImagePlan:
     per_frame_jitter: bool
     out_dtype: str
     layout: str
+    # derived once (the launch path reads them per batch)
+    kernel: str = field(init=False, repr=False, compare=False)
+    template: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "kernel", self.kernel_name())
+        object.__setattr__(self, "template", _static_params(self))
 
     @property
     def resize(self) -> bool:
@@ -233,7 +242,7 @@ def crop_resize_normalize(frames, indices, *, zero_mask=None, crop=None, crop_mo
     indices = _array.as_array("indices", indices)
     V.check_rank("frames", frames, (4,))
     V.check_dtype("frames", frames, ("uint8",))
-    plan = make_plan(tuple(frames.shape[1:]), crop=crop, crop_mode=crop_mode,
+    plan = _plan_for(tuple(int(s) for s in frames.shape[1:]), crop=crop, crop_mode=crop_mode,
                      per_frame_crop=per_frame_crop, shift=shift, resize=resize, scale=scale,
                      mean=mean, std=std, brightness=brightness, contrast=contrast,
                      per_frame_jitter=per_frame_jitter, out_dtype=out_dtype, layout=layout)
@@ -286,6 +295,29 @@ def crop_resize_normalize(frames, indices, *, zero_mask=None, crop=None, crop_mo
         out = _array.empty(like, plan.out_shape(B, K), plan.out_dtype)
         apply_cuda(plan, frames, indices, zero_mask, out, key, frames_ptr=ptr)
     return out[:, 0] if squeeze else out
+
+
+def _hashable(value):
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(value, (tuple, str, int, float, bool, type(None), np.generic)):
+        return value
+    raise TypeError  # arrays: validate without the cache
+
+
+@functools.lru_cache(maxsize=128)
+def _cached_plan(frame_shape, items):
+    return make_plan(frame_shape, **dict(items))
+
+
+def _plan_for(frame_shape, **kw) -> ImagePlan:
+    """make_plan, memoised on hashable arguments (a hot loop calls with the same ones)."""
+    try:
+        items = tuple((k, _hashable(v)) for k, v in kw.items())
+        hash(items)
+    except TypeError:
+        return make_plan(frame_shape, **kw)
+    return _cached_plan(frame_shape, items)
 
 
 def _seed_part(name: str, value) -> int:
@@ -432,7 +464,8 @@ def apply_numpy(plan: ImagePlan, frames: np.ndarray, indices: np.ndarray,
                 zero_mask: np.ndarray | None, key) -> np.ndarray:
     """The NumPy backend: frames uint8 [N,H,W,C], indices int [B,K], zero_mask bool [B,K] or
     None, key = _random.rand_key(seed, epoch, batch). Returns plan.out_shape(B, K) in
-    plan.out_dtype; vectorised over the whole batch."""
+    plan.out_dtype; vectorised over the whole batch, computed in the output layout (one gather
+    of bytes per bilinear tap, then in-place float32 passes)."""
     H, W, C = plan.frame_shape
     B, K = indices.shape
     N = frames.shape[0]
@@ -443,39 +476,65 @@ def apply_numpy(plan: ImagePlan, frames: np.ndarray, indices: np.ndarray,
         zero = zero | zero_mask
     if N == 0 or B * K == 0 or zero.all():
         return np.zeros(plan.out_shape(B, K), dtype=_array.numpy_dtype(plan.out_dtype))
-    rows = np.clip(indices.astype(np.int64), 0, N - 1)
+    itype = np.int32 if N * H * W * C <= _I32_MAX else np.int64
+    rows = np.clip(indices, 0, N - 1).astype(itype)
     oy, ox, fb, fc = _draws(plan, B, K, key)
-    flat = frames.reshape(N * H * W, C)
+    pixels = np.ascontiguousarray(frames).reshape(N * H * W, C)
+    chw = plan.layout == "BKCHW"
+    # axes of the 5-D output that y, x and c run along
+    y_ax, x_ax, c_ax = (3, 4, 2) if chw else (2, 3, 4)
 
-    def gather(ys, xs):  # ys [B,K,h], xs [B,K,w] window coordinates -> float32 [B,K,h,w,C]
-        ys = np.clip(oy[:, :, None] + ys, 0, H - 1)
-        xs = np.clip(ox[:, :, None] + xs, 0, W - 1)
-        pix = (rows[:, :, None, None] * H + ys[:, :, :, None]) * W + xs[:, :, None, :]
-        return np.take(flat, pix, axis=0).astype(f32)
+    def along(a, ax):  # [n] -> 5-D with n on axis ax
+        shape = [1, 1, 1, 1, 1]
+        shape[ax] = a.shape[-1]
+        return a.reshape(shape)
+
+    base = rows.reshape(B, K, 1, 1) * itype(H)
+
+    def gather(ys, xs):  # window coordinates ys [h], xs [w] -> float32 in the output layout
+        ys = np.clip(oy[:, :, None] + ys, 0, H - 1).astype(itype)
+        xs = np.clip(ox[:, :, None] + xs, 0, W - 1).astype(itype)
+        pix = (base + ys[:, :, :, None]) * itype(W) + xs[:, :, None, :]     # [B,K,h,w]
+        g = np.take(pixels, pix, axis=0)                                 # uint8 [B,K,h,w,C]
+        if chw:
+            g = np.ascontiguousarray(g.transpose(0, 1, 4, 2, 3))         # bytes, not floats
+        return g.astype(f32)
 
     if plan.resize:
-        y0, y1, ly = _taps(np.float32(plan.crop[0]) / np.float32(h), h, plan.crop[0])
-        x0, x1, lx = _taps(np.float32(plan.crop[1]) / np.float32(w), w, plan.crop[1])
-        ly, lx = ly[:, None, None], lx[:, None]
+        y0, y1, ly = _taps(f32(plan.crop[0]) / f32(h), h, plan.crop[0])
+        x0, x1, lx = _taps(f32(plan.crop[1]) / f32(w), w, plan.crop[1])
+        ly, lx = along(ly, y_ax), along(lx, x_ax)
         hy, hx = f32(1) - ly, f32(1) - lx
-        v = (hy * (hx * gather(y0, x0) + lx * gather(y0, x1))
-             + ly * (hx * gather(y1, x0) + lx * gather(y1, x1)))
+        v = hx * gather(y0, x0)
+        v += lx * gather(y0, x1)
+        v *= hy
+        bottom = hx * gather(y1, x0)
+        bottom += lx * gather(y1, x1)
+        bottom *= ly
+        v += bottom
+        del bottom
     else:
         v = gather(np.arange(h), np.arange(w))
     v *= f32(plan.scale)
     vmax = f32(255) * f32(plan.scale)
     if plan.brightness is not None:
-        v = np.clip(v * fb[:, :, None, None, None], f32(0), vmax)
+        v *= fb.reshape(B, K, 1, 1, 1)
+        np.clip(v, f32(0), vmax, out=v)
     if plan.contrast is not None:
         pivot = f32(0.5) * vmax
-        v = np.clip((v - pivot) * fc[:, :, None, None, None] + pivot, f32(0), vmax)
-    v = (v - np.asarray(plan.mean, dtype=f32)) * np.asarray(plan.inv_std, dtype=f32)
+        v -= pivot
+        v *= fc.reshape(B, K, 1, 1, 1)
+        v += pivot
+        np.clip(v, f32(0), vmax, out=v)
+    v -= along(np.asarray(plan.mean, dtype=f32), c_ax)
+    v *= along(np.asarray(plan.inv_std, dtype=f32), c_ax)
     v[zero] = 0
-    if plan.layout == "BKCHW":
-        v = v.transpose(0, 1, 4, 2, 3)
     if plan.out_dtype == "uint8":
-        return np.ascontiguousarray(np.rint(np.clip(v, 0, 255)).astype(np.uint8))
-    return np.ascontiguousarray(v.astype(_array.numpy_dtype(plan.out_dtype)))
+        np.clip(v, 0, 255, out=v)
+        return np.rint(v, out=v).astype(np.uint8)
+    if plan.out_dtype == "float32":
+        return v
+    return v.astype(_array.numpy_dtype(plan.out_dtype))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -506,21 +565,37 @@ def apply_cuda(plan: ImagePlan, frames, indices, zero_mask, out, key, *,
                f"shape {tuple(frames.shape)}")
     if B * K == 0:
         return
-    H, W, C = plan.frame_shape
-    h, w = plan.size
     indices = _array.contiguous(indices)
     if zero_mask is not None:
         zero_mask = _array.contiguous(zero_mask)
     if frames_ptr is None:
         frames = _array.contiguous(frames)
         frames_ptr = _array.data_ptr(frames)
+    buf = bytearray(plan.template)
+    _DYNAMIC.pack_into(buf, 0, int(frames_ptr), int(_array.data_ptr(indices)),
+                       0 if zero_mask is None else int(_array.data_ptr(zero_mask)),
+                       int(_array.data_ptr(out)), int(key), int(frames.shape[0]))
+    _INT2.pack_into(buf, _OFFSET["B"], B, K)
+    _INT1.pack_into(buf, _OFFSET["idx64"], int(_array.dtype_name(indices) == "int64"))
+    p = np.frombuffer(buf, dtype=IMAGE_PARAMS_DTYPE)[0]
+    grid, block = launch_config(plan, B, K)
+    _runtime.launch(_kernels.IMAGES, plan.kernel, grid, block, (p,), like=out)
+
+
+# The per-call fields of ImageParams: frames, indices, zero_mask, out, key, N lead the struct;
+# B and K are adjacent; idx64 is one int. The rest comes from the plan's template below.
+_DYNAMIC = struct.Struct("<QQQQQq")
+_INT2 = struct.Struct("<ii")
+_INT1 = struct.Struct("<i")
+_OFFSET = {name: IMAGE_PARAMS_DTYPE.fields[name][1] for name in IMAGE_PARAMS_DTYPE.names}
+assert [_OFFSET[n] for n in ("frames", "N", "K")] == [0, 40, _OFFSET["B"] + 4]
+
+
+def _static_params(plan: ImagePlan) -> bytes:
+    """ImageParams with every field that depends on the plan only (the rest zero)."""
+    H, W, C = plan.frame_shape
+    h, w = plan.size
     p = np.zeros((), dtype=IMAGE_PARAMS_DTYPE)
-    p["frames"] = frames_ptr
-    p["indices"] = _array.data_ptr(indices)
-    p["zero_mask"] = 0 if zero_mask is None else _array.data_ptr(zero_mask)
-    p["out"] = _array.data_ptr(out)
-    p["key"] = np.uint64(key)
-    p["N"] = int(frames.shape[0])
     p["bright_lo"], p["bright_hi"] = plan.brightness or (1.0, 1.0)
     p["contrast_lo"], p["contrast_hi"] = plan.contrast or (1.0, 1.0)
     p["mean"][:C] = plan.mean
@@ -529,15 +604,13 @@ def apply_cuda(plan: ImagePlan, frames, indices, zero_mask, out, key, *,
     p["sx"] = np.float32(plan.crop[1]) / np.float32(w)
     p["scale"] = plan.scale
     p["vmax"] = np.float32(255) * np.float32(plan.scale)
-    for name, value in (("B", B), ("K", K), ("H", H), ("W", W), ("ch", plan.crop[0]),
-                        ("cw", plan.crop[1]), ("oh", h), ("ow", w), ("cy0", plan.center[0]),
-                        ("cx0", plan.center[1]), ("crop_random", plan.crop_random),
-                        ("shift", plan.shift), ("per_frame_crop", plan.per_frame_crop),
+    for name, value in (("H", H), ("W", W), ("ch", plan.crop[0]), ("cw", plan.crop[1]),
+                        ("oh", h), ("ow", w), ("cy0", plan.center[0]), ("cx0", plan.center[1]),
+                        ("crop_random", plan.crop_random), ("shift", plan.shift),
+                        ("per_frame_crop", plan.per_frame_crop),
                         ("jitter", (plan.brightness is not None)
                          | ((plan.contrast is not None) << 1)),
-                        ("per_frame_jitter", plan.per_frame_jitter),
-                        ("idx64", _array.dtype_name(indices) == "int64")):
+                        ("per_frame_jitter", plan.per_frame_jitter)):
         p[name] = int(value)
     p["c_stride"], p["p_stride"] = (h * w, 1) if plan.layout == "BKCHW" else (1, C)
-    grid, block = launch_config(plan, B, K)
-    _runtime.launch(_kernels.IMAGES, plan.kernel_name(), grid, block, (p[()],), like=out)
+    return p.tobytes()
