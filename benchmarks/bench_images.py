@@ -217,9 +217,8 @@ def _run_gpu(w: dict, quick: bool, bw: float) -> list[dict]:
         rows.append(_row(w, "robocache-cuda-plan", out_dtype, b2b, dev, floor, event_us=lat))
         lat, b2b = _gpu_time(theirs, iters)
         rows.append(_row(w, "torch-gpu", out_dtype, b2b, dev, floor, event_us=lat))
-    # host-resident frames: read over the bus by the kernel
-    del on_dev
-    torch.cuda.empty_cache()
+    # host-resident frames: read over the bus by the kernel (bus_read_GBps counts the bytes of
+    # the crop window, or of the whole frame when resizing, per image)
     pinned = [f.pin_memory() for f in cams]
     out_dtype = "bfloat16"
     kw = _op_kwargs(w, out_dtype)

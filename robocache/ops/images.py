@@ -331,7 +331,10 @@ def _check_rows(indices, N: int) -> None:
     """-1 <= indices < N (one reduction each; a synchronisation for device arrays)."""
     if _array.numel(indices) == 0:
         return
-    lo, hi = int(indices.min()), int(indices.max())
+    if _array.is_device(indices):  # one transfer (and synchronisation) for both bounds
+        lo, hi = _array.namespace(indices).stack([indices.min(), indices.max()]).tolist()
+    else:
+        lo, hi = int(indices.min()), int(indices.max())
     if lo < -1 or hi >= N:
         bad = lo if lo < -1 else hi
         V.fail("indices", f"frame rows in [-1, {N}) (-1 writes zeros)", f"{bad}")
@@ -400,7 +403,7 @@ def _mapped_pointer(frames, like) -> np.uint64:
     host = int(_array.data_ptr(frames))
     with cupy.cuda.Device(_array.device_id(like)):
         attrs = cupy.cuda.runtime.pointerGetAttributes(host)
-    if int(attrs.type) != 1:  # cudaMemoryTypeHost: page-locked and mapped
+    if int(attrs.type) != int(cupy.cuda.runtime.cudaMemoryTypeHost):  # page-locked, mapped
         V.fail("frames", "pinned host memory for device=... (torch: tensor.pin_memory(); "
                "CuPy: cupyx.empty_pinned)", "pageable host memory")
     return np.uint64(attrs.devicePointer)
