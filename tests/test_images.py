@@ -325,6 +325,9 @@ def test_bad_inputs():
         call(f, idx, device="tpu")
     with pytest.raises(TypeError, match="per_frame_crop"):
         call(f, idx, per_frame_crop="yes")
+    call(f, idx, shift=1)                     # a cached plan must not let shift=True through
+    with pytest.raises(ValueError, match="shift"):
+        call(f, idx, shift=True)
 
 
 def test_unchecked_indices_are_clamped_not_read_out_of_bounds():

@@ -17,9 +17,11 @@
 //   v = (v - mean[c]) * inv_std[c]; out = Num<TO>::store(v) (round to nearest even; uint8 clamps).
 //
 // Work split: blockIdx.x = image (b, k); blockIdx.y tiles the image's h*w output pixels, each
-// thread looping over pixels with stride gridDim.y * blockDim.x. Each thread first computes its
-// image's crop origin and jitter factors (a few 64-bit hashes, amortised over several pixels),
-// then computes all C channels of each of its pixels.
+// thread looping over pixels with stride gridDim.y * blockDim.x (~8 pixels per thread, set by
+// images.py). Each thread first computes its image's crop origin and jitter factors itself (2 to
+// 8 splitmix rounds: the (key, b, frame) prefix is shared by the draws and computed once), which
+// the ~8 pixels amortise; no shared memory and no barrier. Then it computes all C channels of
+// each of its pixels.
 //
 // Memory access: per pixel, a thread reads C contiguous bytes (RESIZE: 4 taps of C bytes) of one
 // frame row straight from the frame store (no float copy, no crop pass); neighbouring lanes read

@@ -66,7 +66,7 @@ LAYOUTS = ("BKCHW", "BKHWC")
 CROP_MODES = ("center", "random")
 CHANNELS = (1, 3, 4)
 THREADS = 256
-PIXELS_PER_THREAD = 4  # a thread's pixels share its image's hashes (see images.cu)
+PIXELS_PER_THREAD = 8  # a thread's pixels share its image's hashes (see images.cu); unmeasured
 _I32_MAX = 2**31 - 1
 
 # Purposes of the random draws (RC_IMG_* in images.cu).
@@ -307,13 +307,14 @@ def _hashable(value):
 
 @functools.lru_cache(maxsize=128)
 def _cached_plan(frame_shape, items):
-    return make_plan(frame_shape, **dict(items))
+    return make_plan(frame_shape, **{k: v for k, _, v in items})
 
 
 def _plan_for(frame_shape, **kw) -> ImagePlan:
     """make_plan, memoised on hashable arguments (a hot loop calls with the same ones)."""
     try:
-        items = tuple((k, _hashable(v)) for k, v in kw.items())
+        # the type is part of the key: shift=True must not hit the entry of shift=1
+        items = tuple((k, type(v), _hashable(v)) for k, v in kw.items())
         hash(items)
     except TypeError:
         return make_plan(frame_shape, **kw)
