@@ -17,6 +17,7 @@ from ._version import __version__ as __version__
 _LAZY = {
     "resample": "robocache.ops.resample",
     "fuse": "robocache.ops.resample",
+    "crop_resize_normalize": "robocache.ops.images",
     "print_installation_info": "robocache.info",
     "installation_info": "robocache.info",
     "cuda_available": "robocache._runtime",

@@ -20,4 +20,13 @@ RESAMPLE = KernelModule(
     + tuple(f"fuse_kernel<{t}, {tt}>" for t, tt in product(FLOAT_C, TIME_C)),
 )
 
-ALL_MODULES: tuple[KernelModule, ...] = (RESAMPLE,)
+IMAGE_OUT_C = ("float", "rc_half", "rc_bf16", "unsigned char")
+IMAGE_CHANNELS = (1, 3, 4)
+
+IMAGES = KernelModule(
+    "images.cu",
+    tuple(f"crop_resize_kernel<{t}, {c}, {r}>"
+          for t, c, r in product(IMAGE_OUT_C, IMAGE_CHANNELS, ("false", "true"))),
+)
+
+ALL_MODULES: tuple[KernelModule, ...] = (RESAMPLE, IMAGES)

@@ -1,0 +1,175 @@
+// images.cu - gather camera frames by index, crop (or random-shift), resize bilinearly, scale,
+// jitter brightness/contrast, normalise per channel and cast, in one launch.
+//
+// In:  frames uint8 [N,H,W,C] (C = 1, 3 or 4, row-major, device memory or pinned host memory
+//      mapped into the device address space), indices int32/int64 [B,K] (-1: write zeros),
+//      optional zero_mask bool [B,K] (true: write zeros).
+// Out: [B,K,C,h,w] ("BKCHW") or [B,K,h,w,C] ("BKHWC") of TO = float, rc_half, rc_bf16 or
+//      unsigned char, contiguous.
+// Per output pixel (y, x) of image (b, k), in this order (robocache/ops/images.py, the NumPy twin):
+//   window origin (oy, ox) = centre crop, or a random crop drawn per sample (or per frame),
+//   plus a random shift in [-shift, shift]; frame rows/columns outside the frame are clamped
+//   (edge replication, DrQ's pad + crop);
+//   RESIZE: bilinear sample of the (ch, cw) window at output size (h, w), the index and weight
+//   rule of torch.nn.functional.interpolate(mode="bilinear", align_corners=False, antialias=False);
+//   else the window is the output, pixel for pixel;
+//   v *= scale; jitter: v = clamp(v * bf, 0, vmax); v = clamp((v - vmax/2) * cf + vmax/2, 0, vmax);
+//   v = (v - mean[c]) * inv_std[c]; out = Num<TO>::store(v) (round to nearest even; uint8 clamps).
+//
+// Work split: blockIdx.x = image (b, k); blockIdx.y tiles the image's h*w output pixels, each
+// thread looping over pixels with stride gridDim.y * blockDim.x (~8 pixels per thread, set by
+// images.py). Each thread first computes its image's crop origin and jitter factors itself (2 to
+// 8 splitmix rounds: the (key, b, frame) prefix is shared by the draws and computed once), which
+// the ~8 pixels amortise; no shared memory and no barrier. Then it computes all C channels of
+// each of its pixels.
+//
+// Memory access: per pixel, a thread reads C contiguous bytes (RESIZE: 4 taps of C bytes) of one
+// frame row straight from the frame store (no float copy, no crop pass); neighbouring lanes read
+// neighbouring pixels, so a warp reads 32*C contiguous bytes per tap row, and bilinear taps that
+// neighbouring output pixels share hit L1. Writes: "BKCHW" - per channel, lanes write consecutive
+// elements of one plane (a coalesced 32*sizeof(TO)-byte segment per channel); "BKHWC" - one
+// contiguous run of 32*C elements per warp.
+// Bytes per call: reads B*K*ch*cw*C (no resize) or up to B*K*min(4*h*w, ~(ch+h)*(cw+w))*C (resize;
+// taps reread from L1/L2), plus B*K index bytes; writes B*K*C*h*w*sizeof(TO). Zero frames read
+// nothing. Frames read over the bus (pinned host memory) cost the same bytes at bus bandwidth.
+
+#include "common.cuh"
+#include "random.cuh"
+
+// Purposes of the random draws (robocache/ops/images.py mirrors these numbers).
+#define RC_IMG_CROP_Y 1
+#define RC_IMG_CROP_X 2
+#define RC_IMG_SHIFT_Y 3
+#define RC_IMG_SHIFT_X 4
+#define RC_IMG_BRIGHTNESS 5
+#define RC_IMG_CONTRAST 6
+
+// Passed by value (one parameter block, no upload). images.py builds the same layout as a
+// structured NumPy dtype (IMAGE_PARAMS_DTYPE); keep the two in step.
+struct ImageParams {
+    rc_u64 frames;       // uint8 [N,H,W,C]
+    rc_u64 indices;      // int32 or int64 [B,K]
+    rc_u64 zero_mask;    // bool [B,K], or 0 for none
+    rc_u64 out;          // TO, [B,K,C,h,w] or [B,K,h,w,C]
+    rc_u64 key;          // rc_rand_key(seed, epoch, batch)
+    rc_i64 N;            // frames in the store
+    double bright_lo, bright_hi;       // brightness factor range (float32 values)
+    double contrast_lo, contrast_hi;   // contrast factor range (float32 values)
+    float mean[4];
+    float inv_std[4];
+    float sy, sx;        // resize scales ch/h and cw/w (float32, as torch computes them)
+    float scale;         // multiplier applied to the raw 0..255 value
+    float vmax;          // 255 * scale: the jitter clamp
+    int B, K, H, W;
+    int ch, cw;          // crop window
+    int oh, ow;          // output size
+    int cy0, cx0;        // centre-crop origin (used when crop_random == 0)
+    int crop_random;     // 1: random crop origin in [0, H-ch] x [0, W-cw]
+    int shift;           // random shift in [-shift, shift] per axis, 0 for none
+    int per_frame_crop;  // 1: a crop (and shift) per frame, else one per sample
+    int jitter;          // bit 0: brightness, bit 1: contrast
+    int per_frame_jitter;
+    int idx64;           // 1: indices are int64
+    int c_stride;        // output element stride between channels
+    int p_stride;        // output element stride between pixels
+};
+
+RC_DEVICE int rc_clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
+RC_DEVICE float rc_clampf(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+// torch's area_pixel_compute_source_index + guard_index_and_lambda (align_corners=False, linear).
+RC_DEVICE void rc_linear_tap(float scale, int dst, int in_size, int& i0, int& i1, float& l1) {
+    float src = scale * ((float)dst + 0.5f) - 0.5f;
+    src = src < 0.f ? 0.f : src;
+    int i = (int)src;                                    // src >= 0: truncation is floor
+    i = i < in_size - 1 ? i : in_size - 1;
+    l1 = rc_clampf(src - (float)i, 0.f, 1.f);
+    i0 = i;
+    i1 = i + (i < in_size - 1 ? 1 : 0);
+}
+
+template <typename TO, int C, bool RESIZE>
+__global__ void crop_resize_kernel(const ImageParams p) {
+    const int img = blockIdx.x;                          // b * K + k
+    const int b = img / p.K;
+    const int k = img - b * p.K;
+    const int npix = p.oh * p.ow;
+    TO* out = reinterpret_cast<TO*>(p.out) + (rc_i64)img * C * npix;
+    const int first = blockIdx.y * blockDim.x + threadIdx.x;
+    const int step = gridDim.y * blockDim.x;
+
+    rc_i64 row = p.idx64 ? reinterpret_cast<const rc_i64*>(p.indices)[img]
+                         : (rc_i64)reinterpret_cast<const int*>(p.indices)[img];
+    bool zero = row < 0;
+    if (p.zero_mask != 0ull) zero = zero || reinterpret_cast<const unsigned char*>(p.zero_mask)[img];
+    if (zero) {
+        const TO z = Num<TO>::store(0.f);
+        for (int pix = first; pix < npix; pix += step) {
+#pragma unroll
+            for (int c = 0; c < C; ++c) out[c * p.c_stride + pix * p.p_stride] = z;
+        }
+        return;
+    }
+    row = row < p.N ? row : p.N - 1;                     // Python validated; never read past the end
+
+    // Window origin and jitter factors of this image: the same draws as images.py's _draws().
+    const rc_u64 fcrop = p.per_frame_crop ? (rc_u64)k : RC_FRAME_ALL;
+    int oy = p.cy0, ox = p.cx0;
+    if (p.crop_random) {
+        oy = (int)rc_rand_below(rc_rand_bits(p.key, b, fcrop, RC_IMG_CROP_Y), p.H - p.ch + 1);
+        ox = (int)rc_rand_below(rc_rand_bits(p.key, b, fcrop, RC_IMG_CROP_X), p.W - p.cw + 1);
+    }
+    if (p.shift > 0) {
+        const unsigned int n = 2u * (unsigned int)p.shift + 1u;
+        oy += (int)rc_rand_below(rc_rand_bits(p.key, b, fcrop, RC_IMG_SHIFT_Y), n) - p.shift;
+        ox += (int)rc_rand_below(rc_rand_bits(p.key, b, fcrop, RC_IMG_SHIFT_X), n) - p.shift;
+    }
+    float bf = 1.f, cf = 1.f;
+    const rc_u64 fjit = p.per_frame_jitter ? (rc_u64)k : RC_FRAME_ALL;
+    if (p.jitter & 1) {
+        const double u = rc_rand_unit(rc_rand_bits(p.key, b, fjit, RC_IMG_BRIGHTNESS));
+        bf = (float)(p.bright_lo + (p.bright_hi - p.bright_lo) * u);
+    }
+    if (p.jitter & 2) {
+        const double u = rc_rand_unit(rc_rand_bits(p.key, b, fjit, RC_IMG_CONTRAST));
+        cf = (float)(p.contrast_lo + (p.contrast_hi - p.contrast_lo) * u);
+    }
+    const float pivot = 0.5f * p.vmax;
+
+    const unsigned char* frame = reinterpret_cast<const unsigned char*>(p.frames)
+                                 + row * ((rc_i64)p.H * p.W * C);
+    for (int pix = first; pix < npix; pix += step) {
+        const int y = pix / p.ow;
+        const int x = pix - y * p.ow;
+        float v[C];
+        if (RESIZE) {
+            int y0, y1, x0, x1;
+            float ly, lx;
+            rc_linear_tap(p.sy, y, p.ch, y0, y1, ly);
+            rc_linear_tap(p.sx, x, p.cw, x0, x1, lx);
+            const unsigned char* r0 = frame + rc_clampi(oy + y0, 0, p.H - 1) * p.W * C;
+            const unsigned char* r1 = frame + rc_clampi(oy + y1, 0, p.H - 1) * p.W * C;
+            const int c0 = rc_clampi(ox + x0, 0, p.W - 1) * C;
+            const int c1 = rc_clampi(ox + x1, 0, p.W - 1) * C;
+            const float hy = 1.f - ly, hx = 1.f - lx;
+#pragma unroll
+            for (int c = 0; c < C; ++c) {
+                v[c] = hy * (hx * (float)r0[c0 + c] + lx * (float)r0[c1 + c])
+                       + ly * (hx * (float)r1[c0 + c] + lx * (float)r1[c1 + c]);
+            }
+        } else {
+            const unsigned char* s = frame + (rc_clampi(oy + y, 0, p.H - 1) * p.W
+                                              + rc_clampi(ox + x, 0, p.W - 1)) * C;
+#pragma unroll
+            for (int c = 0; c < C; ++c) v[c] = (float)s[c];
+        }
+#pragma unroll
+        for (int c = 0; c < C; ++c) {
+            float t = v[c] * p.scale;
+            if (p.jitter & 1) t = rc_clampf(t * bf, 0.f, p.vmax);
+            if (p.jitter & 2) t = rc_clampf((t - pivot) * cf + pivot, 0.f, p.vmax);
+            t = (t - p.mean[c]) * p.inv_std[c];
+            out[c * p.c_stride + pix * p.p_stride] = Num<TO>::store(t);
+        }
+    }
+}
