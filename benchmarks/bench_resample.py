@@ -6,8 +6,6 @@ without one the NumPy backend is compared with torch on the CPU at a small size.
 
 from __future__ import annotations
 
-import numpy as np
-
 from benchmarks._timing import gpu_available, print_table, time_cpu, time_gpu, torch_cuda_ready
 
 COPY_GBS_H200 = 4160.0  # PERF.md: measured device-to-device copy, bytes read + written
@@ -89,8 +87,9 @@ def _cpu_rows(quick: bool) -> list[dict]:
     for name, B, S, T, D in [("resample 32x500x256->256 f32 (CPU)", 32, 500, 256, 256)]:
         data, src, tgt = _case(B, S, T, D, "cpu", torch.float32)
         d, s, t = data.numpy(), src.numpy(), tgt.numpy()
-        base = time_cpu(lambda: torch_resample(data, src, tgt), iters=3 if quick else 10)
-        ours = time_cpu(lambda: rc.resample(d, s, t), iters=3 if quick else 10)
+        iters = 3 if quick else 10
+        base = time_cpu(lambda a=data, b=src, c=tgt: torch_resample(a, b, c), iters=iters)
+        ours = time_cpu(lambda a=d, b=s, c=t: rc.resample(a, b, c), iters=iters)
         rows.append({"workload": name, "torch_us": base["median_us"], "rc_us": ours["median_us"],
                      "speedup": base["median_us"] / ours["median_us"]})
     return rows
