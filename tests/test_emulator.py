@@ -348,6 +348,15 @@ def test_compile_errors_name_the_kernel_file_and_line(tmp_path):
         emulator.load(emulator.SourceModule(str(bad), ("k",)))
 
 
+def test_module_options_reach_the_compiler():
+    m = emulator.SourceModule("x.cu", (), ("-std=c++20", "-DRC_N=3", "--define-macro=RC_M",
+                                           "-U", "--use_fast_math", "-lineinfo"))
+    fl = emulator.build.flags(m)
+    assert fl[0] == "-std=c++20" and "-DRC_N=3" in fl and "-DRC_M" in fl
+    assert "--use_fast_math" not in fl and "-lineinfo" not in fl and "-std=c++17" not in fl
+    assert "-U" not in fl
+
+
 def test_cooperative_detection_ignores_comments():
     assert emulator.needs_fibers("__global__ void k() { __syncthreads(); }")
     assert emulator.needs_fibers("x = __shfl_xor_sync(m, x, 1);")
@@ -360,7 +369,8 @@ def test_concurrent_builds_both_succeed(tmp_path):
     kernel.write_text("__global__ void add_one(int* x) { x[threadIdx.x] += 1; }\n")
     script = textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+        sys.path[:0] = [{str(Path(__file__).resolve().parent)!r},
+                        {str(Path(__file__).resolve().parent.parent)!r}]
         import numpy as np, emulator
         m = emulator.SourceModule({str(kernel)!r}, ("add_one",))
         x = np.arange(8, dtype=np.int32)

@@ -106,7 +106,7 @@ def flags(module) -> tuple[str, ...]:
     for opt in module.options:
         if opt.startswith(("-std=", "--std=")):
             std = "-std=" + opt.split("=", 1)[1]
-        elif opt.startswith(("-D", "-U")):
+        elif opt.startswith(("-D", "-U")) and len(opt) > 2:
             out.append(opt)
         elif opt.startswith("--define-macro="):
             out.append("-D" + opt.split("=", 1)[1])

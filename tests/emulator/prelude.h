@@ -389,7 +389,7 @@ inline int __all_sync(unsigned int mask, int pred) {
             if (v.has(l) && ((mask >> l) & 1u)) { const T x = v.at(l); r = (EXPR); }          \
         return r;                                                                             \
     }
-RC_EMU_REDUCE(__reduce_add_sync, int, 0, r + x)
+RC_EMU_REDUCE(__reduce_add_sync, int, 0, (int)((unsigned int)r + (unsigned int)x))
 RC_EMU_REDUCE(__reduce_add_sync, unsigned int, 0u, r + x)
 RC_EMU_REDUCE(__reduce_min_sync, int, 0x7fffffff, x < r ? x : r)
 RC_EMU_REDUCE(__reduce_min_sync, unsigned int, 0xffffffffu, x < r ? x : r)
