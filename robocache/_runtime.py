@@ -41,7 +41,8 @@ def _inline(path: Path, seen: set[str]) -> list[str]:
         if m is None:
             out.append(line)
             continue
-        header = (path.parent / m.group(1)).resolve()
+        # headers are always looked up in cuda_src/ (also for test kernels kept elsewhere)
+        header = (CUDA_SRC / m.group(1)).resolve()
         if header.parent != CUDA_SRC or not header.is_file():
             raise KernelCompileError(f"{path.name}:{lineno}: include {m.group(1)!r} is not a "
                                      f"file of robocache/cuda_src")

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from robocache import _runtime
+
+# tests/emulator is importable as `emulator` under every pytest import mode.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _has_torch() -> bool:
@@ -64,3 +70,18 @@ def to_host64(x) -> np.ndarray:
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+@pytest.fixture
+def emulated_cuda():
+    """Run CUDA paths on the CPU: robocache._runtime.launch goes to the g++ kernel emulator.
+
+    Yields the list of launches made (emulator.Launch: source, name, grid, block, shared_mem).
+    Skips the test when no C++ compiler is available.
+    """
+    import emulator
+
+    if not emulator.compiler_available():
+        pytest.skip(f"the CUDA emulator needs a C++ compiler ({emulator.compiler()!r} not found)")
+    with emulator.emulated() as launches:
+        yield launches
