@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from ._version import __api_version__, __build_date__, __git_commit__, __version__
+from ._version import __api_version__, __build_date__, __git_commit__, __version__  # noqa: F401
 
 # public name -> module that defines it (imported on first attribute access)
 _LAZY = {

@@ -67,7 +67,7 @@ class KernelModule:
         return CUDA_SRC / self.source
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _code_of(source: str) -> str:
     path = CUDA_SRC / source
     if not path.is_file():

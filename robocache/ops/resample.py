@@ -90,7 +90,7 @@ def fuse(streams, tgt_times, method: str = "linear", *, check_times: bool = True
     tdtype = V.check_dtype("tgt_times", tgt_times, TIME_DTYPES)
     V.check_same_device([("tgt_times", tgt_times)]
                         + [(f"streams[{k}] {w}", a) for k, p in enumerate(pairs)
-                           for w, a in zip(("data", "times"), p)])
+                           for w, a in zip(("data", "times"), p, strict=True)])
     if squeeze:
         tgt_times = tgt_times[None]
     B = tgt_times.shape[0]
