@@ -132,3 +132,20 @@ def test_render_describes_functions_classes_and_values(tmp_path, monkeypatch):
         "Store.keys: property",
         "load(path: str, *, device: str | None = None) -> Store",
     ]
+
+
+def test_regenerating_refuses_a_released_api_without_bump(tmp_path, monkeypatch):
+    listing = tmp_path / "public_api.txt"
+    monkeypatch.setattr(api, "LISTING", listing)
+    live = api.render_listing()
+    shipped = _listing(api.api_version_of(live), "something_else(x)")
+    monkeypatch.setattr(api, "released_listings", lambda repo=None: {"v9.9.9": shipped})
+    assert api.main([]) == 1
+    assert not listing.exists()
+    monkeypatch.setattr(api, "released_listings", lambda repo=None: {})
+    assert api.main(["--check"]) == 1  # missing
+    assert api.main([]) == 0
+    assert listing.read_text() == live
+    assert api.main(["--check"]) == 0
+    listing.write_text(live.replace("resample(", "resample_old("))
+    assert api.main(["--check"]) == 1
