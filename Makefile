@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 # The GPU machine has no network and no venv: its own python3 runs the source tree.
 GPU_PY ?= python3
 
-.PHONY: install test lint compile-check gpu-check bench build demo release-check clean
+.PHONY: install test lint compile-check gpu-check bench build demo api-listing release-check clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -38,10 +38,20 @@ gpu-check:
 bench: $(STAMP)
 	$(PYTHON) benchmarks/run_all.py --json benchmarks/out/bench.json
 
+# sdist + wheel in dist/, stamped with the commit and date (tools/stamp_build_info.py) in a
+# staging copy of the tree: robocache/_build_info.py never lands in the checkout.
 build: $(STAMP)
 	rm -rf dist
-	$(PYTHON) tools/stamp_build_info.py
-	$(BIN)/flit build --no-use-vcs; status=$$?; rm -f robocache/_build_info.py; exit $$status
+	$(PYTHON) tools/release_check.py --only build --allow-dirty
+
+# Regenerate api/public_api.txt after changing the public API (see RELEASING.md).
+api-listing: $(STAMP)
+	$(PYTHON) tools/update_api_listing.py
+
+# Everything a release must pass, stopping at the first problem (RELEASING.md). ALLOW_DIRTY=1
+# accepts uncommitted changes for a trial run.
+release-check: $(STAMP)
+	$(PYTHON) tools/release_check.py $(if $(ALLOW_DIRTY),--allow-dirty)
 
 demo: $(STAMP)
 	$(PYTHON) -m robocache demo

@@ -1,0 +1,160 @@
+"""`python -m robocache ...`: info, selftest, compile (--check), bench, demo."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import robocache
+from robocache import _kernels, _runtime, cli
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def rc(*args, env=None, timeout=300):
+    env = dict(os.environ if env is None else env, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "robocache", *args], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=timeout)
+
+
+def test_info():
+    out = rc("info")
+    assert out.returncode == 0, out.stderr
+    lines = dict(ln.split(":", 1) for ln in out.stdout.splitlines() if ln and ln[0] != " ")
+    assert lines["robocache"].strip() == robocache.__version__
+    assert lines["api_version"].strip() == robocache.__api_version__
+    for key in ("build_date", "git_commit", "numpy", "cupy", "torch", "cuda_driver", "nvrtc",
+                "gpus", "kernel_cache_dir", "backends"):
+        assert key in lines
+
+
+def test_info_json():
+    out = rc("info", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["backends"]["numpy"] == "usable"
+
+
+def test_selftest():
+    out = rc("selftest")
+    from robocache import selftest
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    for check in selftest.CHECKS:
+        assert f"PASS  numpy      {check.op}" in out.stdout
+    assert "FAIL" not in out.stdout
+    assert f"selftest: {out.stdout.count('PASS')} passed, 0 failed" in out.stdout
+
+
+def test_selftest_exits_nonzero_on_a_failure():
+    code = ("import sys, numpy as np\n"
+            "from robocache import cli, selftest\n"
+            "selftest.register('off by one', inputs=lambda rng: {'x': np.ones(3)},\n"
+            "                  reference=lambda x: x)(lambda x: x + 1)\n"
+            "sys.exit(cli.main(['selftest', '--backend', 'numpy']))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "FAIL  numpy      off by one" in out.stdout
+    assert "PASS  numpy      fuse" in out.stdout
+
+
+def test_selftest_unknown_op_is_a_usage_error():
+    bad = rc("selftest", "--op", "no such op")
+    assert bad.returncode != 0 and "no such op" in bad.stderr
+
+
+def _need_nvrtc_bindings():
+    if _runtime.nvrtc_version().startswith("unavailable"):
+        pytest.skip("the NVRTC bindings are not installed (robocache[compile])")
+
+
+def test_compile_check_one_arch():
+    _need_nvrtc_bindings()
+    out = rc("compile", "--check", "--arch", "sm_80")
+    assert out.returncode == 0, out.stdout + out.stderr
+    for module in _kernels.ALL_MODULES:
+        line = next(ln for ln in out.stdout.splitlines() if f" {module.source} " in ln)
+        assert line.startswith("OK") and "sm_80" in line and "cubin" in line
+    assert f"{len(_kernels.ALL_MODULES)} passed, 0 failed" in out.stdout
+
+
+def test_compile_check_reports_nvrtc_errors(monkeypatch, tmp_path, capsys):
+    _need_nvrtc_bindings()
+    src = tmp_path / "cuda_src"
+    src.mkdir()
+    (src / "broken.cu").write_text('extern "C" __global__ void k(float* x) {\n'
+                                   '    x[0] = undeclared_thing;\n}\n')
+    monkeypatch.setattr(_runtime, "CUDA_SRC", src)
+    _runtime._code_of.cache_clear()
+    monkeypatch.setattr(_kernels, "ALL_MODULES", (_runtime.KernelModule("broken.cu", ("k",)),))
+    try:
+        code = cli.main(["compile", "--check", "--arch", "sm_75", "-j", "1"])
+    finally:
+        _runtime._code_of.cache_clear()
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "FAIL  broken.cu" in out
+    assert 'broken.cu(2): error: identifier "undeclared_thing" is undefined' in out
+    assert "0 passed, 1 failed" in out
+
+
+def test_compile_check_unknown_module():
+    out = rc("compile", "--check", "--module", "nope.cu")
+    assert out.returncode != 0 and "nope.cu" in out.stderr
+
+
+def test_compile_warm_without_gpu():
+    if _runtime.cuda_available():
+        pytest.skip("a GPU is present (covered by make gpu-check)")
+    out = rc("compile")
+    assert out.returncode == 1
+    assert "no usable GPU" in out.stderr and "--check" in out.stderr
+
+
+@pytest.mark.gpu
+def test_compile_warm_on_gpu():
+    if not _runtime.cuda_available():
+        pytest.skip("no usable CUDA device")
+    out = rc("compile", timeout=900)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("OK    device") == len(_kernels.ALL_MODULES)
+
+
+def test_bench_without_benchmarks(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(cli, "_bench_script", lambda: tmp_path / "missing" / "run_all.py")
+    assert cli.main(["bench"]) == 1
+    assert "sdist" in capsys.readouterr().out
+
+
+def test_bench_passes_arguments_through(monkeypatch, tmp_path):
+    script = tmp_path / "benchmarks" / "run_all.py"
+    script.parent.mkdir()
+    script.write_text("import sys, pathlib\n"
+                      "pathlib.Path(sys.argv[0]).with_name('args.txt').write_text("
+                      "' '.join(sys.argv[1:]))\nsys.exit(3)\n")
+    monkeypatch.setattr(cli, "_bench_script", lambda: script)
+    assert cli.main(["bench", "--quick", "--json", "x.json"]) == 3
+    assert (script.parent / "args.txt").read_text() == "--quick --json x.json"
+
+
+def test_demo(monkeypatch, capsys):
+    if importlib.util.find_spec("robocache.demo") is None:
+        assert cli.main(["demo"]) == 1
+        assert "robocache/demo.py" in capsys.readouterr().err
+    else:
+        import robocache.demo as demo
+
+        called = []
+        monkeypatch.setattr(demo, "run", lambda: called.append(1))
+        assert cli.main(["demo"]) == 0 and called == [1]
+
+
+def test_no_command_prints_help():
+    out = rc()
+    assert out.returncode == 2 and "selftest" in out.stdout
