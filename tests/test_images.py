@@ -1,6 +1,6 @@
 """rc.crop_resize_normalize: the NumPy path against a torch reference (slicing + F.interpolate +
 normalise), the random draws, errors, and the CUDA path against the NumPy path (GPU tests, and
-the CPU kernel emulator when one is installed as robocache._runtime._LAUNCHER)."""
+the CPU kernel emulator, tests/emulator)."""
 
 import numpy as np
 import pytest
@@ -408,10 +408,8 @@ def _case_inputs(shape, seed):
 
 
 @pytest.mark.parametrize("shape,kw", CUDA_CASES)
-def test_cuda_path_under_emulator(shape, kw):
-    """apply_cuda on NumPy arrays runs the kernel in the CPU emulator, when one is installed."""
-    if _runtime._LAUNCHER is _runtime._cupy_launch:
-        pytest.skip("no CPU kernel emulator installed as robocache._runtime._LAUNCHER")
+def test_cuda_path_under_emulator(shape, kw, emulated_cuda):
+    """apply_cuda on NumPy arrays runs images.cu in the CPU kernel emulator."""
     frames, idx, mask = _case_inputs(shape, 17)
     plan = images.make_plan(shape[1:], **kw)
     key = _random.rand_key(9, 1, 4)
@@ -420,6 +418,7 @@ def test_cuda_path_under_emulator(shape, kw):
         out = np.full(plan.out_shape(9, 2), 77, dtype=want.dtype)
         images.apply_cuda(plan, frames, ix, mask, out, key)
         _compare(out, want, plan.out_dtype)
+    assert emulated_cuda and all(launch.source == "images.cu" for launch in emulated_cuda)
 
 
 @pytest.mark.gpu
