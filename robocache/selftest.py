@@ -289,3 +289,36 @@ def _fuse(streams, tgt_times):
     from .ops.resample import fuse
 
     return fuse(streams, tgt_times)
+
+
+def _images_inputs(rng):
+    frames = rng.integers(0, 256, size=(6, 16, 20, 3), dtype=np.uint8)
+    indices = rng.integers(0, 6, size=(4, 2))
+    return {"frames": frames, "indices": indices}
+
+
+def _bilinear_axis(n_in: int, n_out: int):
+    # torch.nn.functional.interpolate(mode="bilinear", align_corners=False, antialias=False)
+    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    i0 = np.floor(src).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, src - i0
+
+
+def _images_reference(frames, indices):
+    crop = frames[indices][:, :, 3:13, 4:16].astype(np.float64)  # centre 10x12 of 16x20
+    y0, y1, wy = _bilinear_axis(10, 8)
+    x0, x1, wx = _bilinear_axis(12, 8)
+    rows = crop[:, :, y0] * (1 - wy)[:, None, None] + crop[:, :, y1] * wy[:, None, None]
+    img = rows[:, :, :, x0] * (1 - wx)[:, None] + rows[:, :, :, x1] * wx[:, None]
+    img = (img / 255.0 - np.array([0.5, 0.4, 0.3])) / np.array([0.2, 0.25, 0.3])
+    return img.transpose(0, 1, 4, 2, 3)  # [B,K,C,h,w]
+
+
+@register("crop_resize_normalize", inputs=_images_inputs, reference=_images_reference,
+          rtol=1e-5, atol=2e-5)
+def _crop_resize_normalize(frames, indices):
+    from .ops.images import crop_resize_normalize
+
+    return crop_resize_normalize(frames, indices, crop=(10, 12), crop_mode="center",
+                                 resize=(8, 8), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
