@@ -14,6 +14,8 @@ from ._version import __api_version__, __build_date__, __git_commit__, __version
 _LAZY = {
     "resample": "robocache.ops.resample",
     "fuse": "robocache.ops.resample",
+    "voxelize": "robocache.ops.voxel",
+    "points_to_voxel_coords": "robocache.ops.voxel",
     "print_installation_info": "robocache.info",
     "installation_info": "robocache.info",
     "cuda_available": "robocache._runtime",
