@@ -32,7 +32,9 @@ Semantics (both backends, bit for bit):
 - Ids: ``((b * X + x) * Y + y) * Z + z`` must fit in int32 (B*X*Y*Z <= 2**31 - 1), else
   ValueError before any work.
 
-The CUDA path needs its grid zeroed each call; that memset is part of every call's launches.
+CUDA launches per call (each grid zeroed by a cudaMemsetAsync in the same sequence):
+occupancy / count 2, max 3, mean 6 (+1 memset with return_dropped). mean also allocates scratch:
+int32 [cells] twice, int32 [N], and int64 + int32 [min(N, cells), F] (one row per occupied voxel).
 """
 
 from __future__ import annotations
@@ -98,8 +100,9 @@ def voxelize(points, *, grid_min, voxel_size, grid_size, mode: str = "occupancy"
              check_batch_index: bool = True):
     """Voxelize `points` [N, 3] into a dense grid of `grid_size` voxels starting at `grid_min`.
 
-    mode: "occupancy" (uint8), "count" (int32), "mean" or "max" of `features` [N, F] (float32;
-    features default to the points themselves, giving per-voxel centroids or maxima).
+    mode: "occupancy" (uint8), "count" (int32), "mean" or "max" (float32) of `features` [N, F]
+    (float32, float64, float16 or bfloat16; by default the points themselves, giving per-voxel
+    centroids or maxima).
     voxel_size: a positive number or one per axis; grid_min: a number or one per axis;
     grid_size: an int or one per axis. batch_index [N] (int32/int64) puts several clouds in one
     call: the output gets a leading batch axis of `batch_size` (default max(batch_index) + 1,
@@ -284,21 +287,21 @@ def _host(x):
 
 
 def _voxel_ids_numpy(points: np.ndarray, bidx, grid: _Grid) -> np.ndarray:
-    """int64 [N] linear voxel id of every point, -1 where dropped (same rule as voxel.cuh)."""
-    p = points.astype(np.float64)  # exact widening, subnormals included
-    with np.errstate(invalid="ignore", over="ignore"):
-        q = (p - grid.origin) / grid.size
-        inside = ((q >= 0.0) & (q < np.asarray(grid.dims, dtype=np.float64))).all(axis=1)
-    c = np.where(inside[:, None], q, 0.0).astype(np.int64)  # q in [0, dims): truncation = floor
+    """int64 [N] linear voxel id of every point, -1 where dropped (same rule as voxel.cuh).
+    Axis-major [3, N] so every NumPy loop runs over N; ids are exact in float64 (< 2^31)."""
+    p = np.ascontiguousarray(points.T, dtype=np.float64)  # exact widening, subnormals included
     X, Y, Z = grid.dims
-    if bidx is None:
-        b = np.zeros(p.shape[0], dtype=np.int64)
-    else:
-        b = bidx.astype(np.int64)
-        inside &= (b >= 0) & (b < grid.batch)
-    vid = ((b * X + c[:, 0]) * Y + c[:, 1]) * Z + c[:, 2]
-    vid[~inside] = -1
-    return vid
+    with np.errstate(invalid="ignore", over="ignore"):
+        q = (p - grid.origin[:, None]) / grid.size[:, None]
+        inside = (q[0] >= 0.0) & (q[0] < X) & (q[1] >= 0.0) & (q[1] < Y) \
+            & (q[2] >= 0.0) & (q[2] < Z)  # NaN compares False
+        np.floor(q, out=q)
+        lin = (q[0] * Y + q[1]) * Z + q[2]
+        if bidx is not None:
+            b = np.asarray(bidx)
+            inside &= (b >= 0) & (b < grid.batch)
+            lin += np.where(inside, b, 0) * float(X * Y * Z)
+        return np.where(inside, lin, -1.0).astype(np.int64)
 
 
 def _unravel(ids: np.ndarray, grid: _Grid) -> np.ndarray:
@@ -309,8 +312,9 @@ def _unravel(ids: np.ndarray, grid: _Grid) -> np.ndarray:
 
 
 def _segments(vid: np.ndarray):
-    """Sort kept ids: (order, starts of each run, the id of each run)."""
-    order = np.argsort(vid, kind="stable")
+    """Sort kept ids: (order, starts of each run, the id of each run). The order inside a run
+    does not matter: every reduction over it is exact (integers) or a max."""
+    order = np.argsort(vid)
     sv = vid[order]
     starts = np.flatnonzero(np.concatenate(([True], sv[1:] != sv[:-1]))) if sv.size else \
         np.zeros(0, dtype=np.int64)
