@@ -404,6 +404,15 @@ def test_invalid_arguments(kwargs, exc, words):
     assert words in str(info.value)
 
 
+def test_remembered_grid_parameters_are_still_validated():
+    """Grid parameters are cached by value and type: True (== 1) must not hit 1's entry."""
+    rc.voxelize(_pts(), grid_min=0, voxel_size=1, grid_size=(1, 1, 1))
+    with pytest.raises(TypeError, match="grid_size"):
+        rc.voxelize(_pts(), grid_min=0, voxel_size=1, grid_size=(True, 1, 1))
+    with pytest.raises(TypeError, match="voxel_size"):
+        rc.voxelize(_pts(), grid_min=0, voxel_size=True, grid_size=(1, 1, 1))
+
+
 def test_device_grid_parameters_are_rejected_clearly():
     torch = pytest.importorskip("torch")
     with pytest.raises(TypeError, match="grid_min"):

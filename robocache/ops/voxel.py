@@ -39,6 +39,8 @@ int32 [cells] twice, int32 [N], and int64 + int32 [min(N, cells), F] (one row pe
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .. import _array, _kernels, _runtime
@@ -82,13 +84,20 @@ class _Grid:
         return lead + self.dims + ((features,) if features else ())
 
     def desc(self, bidx64: bool) -> np.void:
-        d = np.zeros((), dtype=VOXEL_GRID_DTYPE)
-        d["origin"] = self.origin
-        d["size"] = self.size
-        d["dims"] = self.dims
-        d["batch"] = self.batch
-        d["bidx64"] = int(bidx64)
-        return d[()]
+        """The kernels' VoxelGrid struct, by value."""
+        return _desc(self.origin.tobytes(), self.size.tobytes(), self.dims, self.batch,
+                     bool(bidx64))
+
+
+@functools.lru_cache(maxsize=256)
+def _desc(origin: bytes, size: bytes, dims: tuple, batch: int, bidx64: bool) -> np.void:
+    d = np.zeros((), dtype=VOXEL_GRID_DTYPE)
+    d["origin"] = np.frombuffer(origin, dtype=np.float64)
+    d["size"] = np.frombuffer(size, dtype=np.float64)
+    d["dims"] = dims
+    d["batch"] = batch
+    d["bidx64"] = int(bidx64)
+    return d[()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,11 +197,38 @@ def _per_axis(name: str, value, kinds: str, what: str) -> np.ndarray:
         arr = np.asarray(value)
     except Exception:  # a CuPy array or a CUDA tensor: grid parameters live on the host
         V.fail(name, f"{what} given as host numbers", type(value).__name__, TypeError)
-    if arr.dtype.kind not in kinds:
+    if arr.dtype.kind not in kinds or (isinstance(value, (list, tuple))
+                                       and any(isinstance(x, (bool, np.bool_)) for x in value)):
         V.fail(name, what, repr(value)[:80], TypeError)
     if arr.shape not in ((), (1,), (3,)):
         V.fail(name, f"{what}: one number or one per axis (x, y, z)", f"shape {arr.shape}")
     return np.broadcast_to(arr.reshape(-1), (3,)).copy()
+
+
+def _scalar_key(v):
+    """A cache key that tells 1 from 1.0 from True (tuples compare them equal), or None."""
+    if isinstance(v, (int, float)):
+        return (type(v), v)
+    if isinstance(v, tuple) and all(isinstance(x, (int, float)) for x in v):
+        return tuple((type(x), x) for x in v)
+    return None
+
+
+_GRID_CACHE: dict = {}  # hashable (grid_min, voxel_size, grid_size) -> _check_grid's result
+
+
+def _check_grid_cached(grid_min, voxel_size, grid_size):
+    """_check_grid, remembered for plain numbers and tuples (the common, per-batch case)."""
+    keys = (_scalar_key(grid_min), _scalar_key(voxel_size), _scalar_key(grid_size))
+    if None in keys:
+        return _check_grid(grid_min, voxel_size, grid_size)
+    hit = _GRID_CACHE.get(keys)
+    if hit is None:
+        hit = _check_grid(grid_min, voxel_size, grid_size)  # raises on bad values: not stored
+        if len(_GRID_CACHE) > 256:
+            _GRID_CACHE.clear()
+        _GRID_CACHE[keys] = hit
+    return hit
 
 
 def _check_grid(grid_min, voxel_size, grid_size):
@@ -216,7 +252,7 @@ def _check_inputs(points, grid_min, voxel_size, grid_size, batch_index, batch_si
     V.check_rank("points", points, (2,))
     V.check_dim("points", points, 1, 3, "x, y, z")
     V.check_dtype("points", points, POINT_DTYPES)
-    origin, size, dims = _check_grid(grid_min, voxel_size, grid_size)
+    origin, size, dims = _check_grid_cached(grid_min, voxel_size, grid_size)
     n = int(points.shape[0])
     bidx = None
     if batch_index is None:
