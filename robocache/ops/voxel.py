@@ -432,17 +432,23 @@ def _offset(ptr: np.uint64, nbytes: int) -> np.uint64:
     return np.uint64(int(ptr) + nbytes)
 
 
-def _voxelize_cuda(points, bidx, feats, grid: _Grid, mode: str, out, want_dropped: bool):
+def _point_args(points, bidx, grid: _Grid):
+    """Contiguous points and batch index (the caller keeps them alive until its launches are
+    made), the points' C type, and the first four arguments of every per-point kernel."""
     pts = _array.contiguous(points)
     bidx = None if bidx is None else _array.contiguous(bidx)
-    n = int(pts.shape[0])
-    P = _array.C_TYPES[_array.dtype_name(pts)]
     desc = grid.desc(bidx is not None and _array.dtype_name(bidx) == "int64")
+    head = (_array.data_ptr(pts), _ptr_or_null(bidx), np.int64(pts.shape[0]), desc)
+    return pts, bidx, _array.C_TYPES[_array.dtype_name(pts)], head
+
+
+def _voxelize_cuda(points, bidx, feats, grid: _Grid, mode: str, out, want_dropped: bool):
+    pts, bidx, P, head = _point_args(points, bidx, grid)
+    n = int(pts.shape[0])
     F = int(feats.shape[1]) if feats is not None else 0
     if out is None:
         out = _array.empty(pts, grid.shape(F), OUT_DTYPES[mode])
     dropped = _array.zeros(pts, (), "int64") if want_dropped else None
-    head = (_array.data_ptr(pts), _ptr_or_null(bidx), np.int64(n), desc)
     if mode in ("occupancy", "count"):
         _array.zero_(out)
         name = f"voxel_scatter_kernel<{P}, {'true' if mode == 'occupancy' else 'false'}>"
@@ -496,17 +502,13 @@ def _voxelize_cuda(points, bidx, feats, grid: _Grid, mode: str, out, want_droppe
 
 
 def _coords_cuda(points, bidx, grid: _Grid, want_dropped: bool):
-    pts = _array.contiguous(points)
-    bidx = None if bidx is None else _array.contiguous(bidx)
-    n = int(pts.shape[0])
-    P = _array.C_TYPES[_array.dtype_name(pts)]
-    desc = grid.desc(bidx is not None and _array.dtype_name(bidx) == "int64")
+    pts, bidx, P, head = _point_args(points, bidx, grid)
     cells = grid.cells
     counts = _array.zeros(pts, (cells,), "int32")
     dropped = _array.zeros(pts, (), "int64") if want_dropped else None
-    _runtime.launch(_kernels.VOXEL, f"voxel_scatter_kernel<{P}, false>", (_blocks(n),),
-                    (THREADS,), (_array.data_ptr(pts), _ptr_or_null(bidx), np.int64(n), desc,
-                                 _array.data_ptr(counts), _ptr_or_null(dropped)), like=pts)
+    _runtime.launch(_kernels.VOXEL, f"voxel_scatter_kernel<{P}, false>",
+                    (_blocks(int(pts.shape[0])),), (THREADS,),
+                    (*head, _array.data_ptr(counts), _ptr_or_null(dropped)), like=pts)
     chunks = _blocks(cells, THREADS * CELLS_PER_THREAD)
     offsets = _array.empty(pts, (chunks + 1,), "int32")  # exclusive prefix per chunk | total
     _runtime.launch(_kernels.VOXEL, "voxel_block_occupied_kernel", (chunks,), (THREADS,),
@@ -522,6 +524,6 @@ def _coords_cuda(points, bidx, grid: _Grid, want_dropped: bool):
     if m:
         _runtime.launch(_kernels.VOXEL, "voxel_emit_kernel", (chunks,), (THREADS,),
                         (_array.data_ptr(counts), np.int32(cells), _array.data_ptr(offsets),
-                         desc, np.int32(ncol), _array.data_ptr(coords),
+                         head[3], np.int32(ncol), _array.data_ptr(coords),  # head[3]: VoxelGrid
                          _array.data_ptr(vcounts)), like=pts)
     return coords, vcounts, dropped
