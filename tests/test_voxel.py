@@ -238,9 +238,8 @@ def test_mean_is_independent_of_point_order():
     perm = rng.permutation(n)
     b = rc.voxelize(pts[perm], mode="mean", features=feats[perm], **GRID)
     np.testing.assert_array_equal(_bits(a), _bits(b))
-    # float32 summation in a different order would not be bitwise equal (the property is real)
-    occupied = rc.voxelize(pts, mode="count", **GRID).reshape(-1)
-    assert occupied.max() > 5
+    # voxels hold several points, so a float summation could depend on their order
+    assert rc.voxelize(pts, mode="count", **GRID).max() > 5
 
 
 def test_mean_error_bound_holds_where_quantisation_dominates():
