@@ -14,6 +14,19 @@
 #define RC_VOXEL_EXP_BIAS 2048     // stored exponent = frexp exponent + bias; 0 = no value yet
 #define RC_VOXEL_MAX_SHIFT 1000    // largest fixed-point shift
 
+// The voxel of point i as rc_voxel_of gives it, or -1 also when one of its F features (a
+// contiguous row) is not finite. Bytes: 3 * sizeof(P) + F * sizeof(T) read.
+template <typename P, typename T>
+RC_DEVICE int rc_feature_voxel_of(const P* __restrict__ pts, const void* bidx, rc_i64 i,
+                                  const VoxelGrid& g, const T* __restrict__ feat, int F) {
+    const int v = rc_voxel_of(pts, bidx, i, g);
+    if (v < 0) return -1;
+    const T* row = feat + i * F;
+    for (int f = 0; f < F; ++f)
+        if (!rc_finite(rc_to_f64(row[f]))) return -1;
+    return v;
+}
+
 // max: order-preserving keys. key(f) = bits ^ 0x80000000 for f >= +0, ~bits for f < 0 (sign
 // set), so unsigned key order is float order with -0 < +0; key 0 (a negative NaN) never occurs
 // because non-finite features drop their point, which makes a zeroed grid mean "empty".
@@ -33,13 +46,9 @@ __global__ void voxel_max_scatter_kernel(const P* __restrict__ pts, const void* 
                                          unsigned int* keys, rc_u64* dropped) {
     __shared__ unsigned int block_dropped;
     const rc_i64 i = (rc_i64)blockIdx.x * blockDim.x + threadIdx.x;
-    int v = i < n ? rc_voxel_of(pts, bidx, i, g) : -1;
-    const T* row = feat + i * F;
+    const int v = i < n ? rc_feature_voxel_of(pts, bidx, i, g, feat, F) : -1;
     if (v >= 0) {
-        for (int f = 0; f < F; ++f)
-            if (!rc_finite(rc_to_f64(row[f]))) { v = -1; break; }
-    }
-    if (v >= 0) {
+        const T* row = feat + i * F;
         unsigned int* k = keys + (rc_i64)v * F;
         for (int f = 0; f < F; ++f) atomicMax(k + f, rc_max_key(rc_f64_to_f32(rc_to_f64(row[f]))));
     }
@@ -87,12 +96,7 @@ __global__ void voxel_mean_prep_kernel(const P* __restrict__ pts, const void* bi
                                        int* vid, int* counts, rc_u64* dropped) {
     __shared__ unsigned int block_dropped;
     const rc_i64 i = (rc_i64)blockIdx.x * blockDim.x + threadIdx.x;
-    int v = i < n ? rc_voxel_of(pts, bidx, i, g) : -1;
-    if (v >= 0) {
-        const T* row = feat + i * F;
-        for (int f = 0; f < F; ++f)
-            if (!rc_finite(rc_to_f64(row[f]))) { v = -1; break; }
-    }
+    const int v = i < n ? rc_feature_voxel_of(pts, bidx, i, g, feat, F) : -1;
     if (i < n) vid[i] = v;
     if (v >= 0) atomicAdd(counts + v, 1);
     if (dropped != nullptr) rc_count_dropped(i < n && v < 0, &block_dropped, dropped);
