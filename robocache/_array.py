@@ -197,12 +197,17 @@ def empty(like, shape: tuple[int, ...], dtype: str):
 
 
 def zeros(like, shape: tuple[int, ...], dtype: str):
-    out = empty(like, shape, dtype)
-    if library(out) == "torch":
-        out.zero_()
+    return zero_(empty(like, shape, dtype))
+
+
+def zero_(x):
+    """Set every element of contiguous x to 0, in place, on x's device and the current stream
+    (a cudaMemsetAsync for CuPy and torch); returns x."""
+    if library(x) == "torch":
+        x.zero_()
     else:
-        out[...] = 0
-    return out
+        x.fill(0)  # CuPy: memset_async for a contiguous array
+    return x
 
 
 def contiguous(x):

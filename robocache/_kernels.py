@@ -29,4 +29,21 @@ IMAGES = KernelModule(
           for t, c, r in product(IMAGE_OUT_C, IMAGE_CHANNELS, ("false", "true"))),
 )
 
-ALL_MODULES: tuple[KernelModule, ...] = (RESAMPLE, IMAGES)
+POINT_C = ("float", "double")
+
+VOXEL = KernelModule(
+    "voxel.cu",
+    tuple(f"voxel_scatter_kernel<{p}, {o}>" for p, o in product(POINT_C, ("false", "true")))
+    + ("voxel_block_occupied_kernel", "voxel_scan_kernel", "voxel_emit_kernel"),
+)
+
+VOXEL_FEATURES = KernelModule(
+    "voxel_features.cu",
+    tuple(f"voxel_max_scatter_kernel<{p}, {t}>" for p, t in product(POINT_C, FLOAT_C))
+    + tuple(f"voxel_mean_prep_kernel<{p}, {t}>" for p, t in product(POINT_C, FLOAT_C))
+    + tuple(f"voxel_mean_{k}_kernel<{t}>" for k, t in product(("exponent", "accumulate"),
+                                                                FLOAT_C))
+    + ("voxel_max_finalize_kernel", "voxel_slots_kernel", "voxel_mean_finalize_kernel"),
+)
+
+ALL_MODULES: tuple[KernelModule, ...] = (RESAMPLE, IMAGES, VOXEL, VOXEL_FEATURES)

@@ -322,3 +322,30 @@ def _crop_resize_normalize(frames, indices):
 
     return crop_resize_normalize(frames, indices, crop=(10, 12), crop_mode="center",
                                  resize=(8, 8), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+
+
+def _voxel_check(mode: str):
+    def call(points, **grid):
+        from .ops.voxel import voxelize
+
+        return voxelize(points, mode=mode, **grid)
+    return call
+
+
+def _voxel_reference(mode: str):
+    def reference(points, **grid):
+        from .ops import _voxel_reference
+
+        return _voxel_reference.voxelize(points, mode=mode, **grid)
+    return reference
+
+
+def _voxel_inputs(rng):
+    from .ops import _voxel_reference
+
+    return _voxel_reference.selftest_inputs(rng)
+
+
+for _mode, _tol in (("occupancy", 0.0), ("count", 0.0), ("max", 0.0), ("mean", 1e-6)):
+    register(f"voxelize {_mode}", inputs=_voxel_inputs, reference=_voxel_reference(_mode),
+             rtol=_tol, atol=_tol)(_voxel_check(_mode))
