@@ -20,4 +20,6 @@ RESAMPLE = KernelModule(
     + tuple(f"fuse_kernel<{t}, {tt}>" for t, tt in product(FLOAT_C, TIME_C)),
 )
 
-ALL_MODULES: tuple[KernelModule, ...] = (RESAMPLE,)
+WINDOWS = KernelModule("windows.cu", ("window_batch_kernel",))
+
+ALL_MODULES: tuple[KernelModule, ...] = (RESAMPLE, WINDOWS)
