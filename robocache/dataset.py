@@ -397,6 +397,6 @@ def _stat_array(key: str, name: str, value, F: int) -> np.ndarray:
 
 
 def _to_torch(x: np.ndarray) -> torch.Tensor:
-    if _array.dtype_name(x) == "bfloat16":
+    if x.dtype.kind == "V":  # ml_dtypes bfloat16 (NumPy's own numeric dtypes are never "V")
         return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(x)

@@ -106,6 +106,7 @@ class WindowOp:
         self.anchors = np.ascontiguousarray(anchors, dtype=np.int64)
         self.zero_pad = bool(zero_pad)
         # keys with equal offsets share one is_pad mask: owner name per offsets tuple
+        self._dkeys = [_deltas_key(k.deltas) for k in self.keys]
         self.mask_owner: dict[str, str] = {}
         owners: dict[tuple, str] = {}
         for k in self.keys:
@@ -153,8 +154,7 @@ class WindowOp:
         a, s = tab[:, ANCHOR], tab[:, START]
         out = {"index": a.copy(), "episode_index": tab[:, EPISODE].copy(), "frame_index": a - s}
         cache: dict[tuple, tuple] = {}
-        for k, src in zip(self.keys, self._host_arrays(), strict=True):
-            dk = _deltas_key(k.deltas)
+        for k, src, dk in zip(self.keys, self._host_arrays(), self._dkeys, strict=True):
             if dk not in cache:
                 cache[dk] = _rows(tab, k.deltas)
             rows, pad = cache[dk]
@@ -163,7 +163,8 @@ class WindowOp:
             if k.kind == "rows":
                 out[k.name] = rows.copy()
                 continue
-            out[k.name] = _convert(k, src[rows], pad if self.zero_pad else None)
+            # np.take is ~4x faster than fancy indexing for row gathers
+            out[k.name] = _convert(k, np.take(src, rows, axis=0), pad if self.zero_pad else None)
         return self._share_masks(out)
 
     # -----------------------------------------------------------------------------------------
@@ -279,7 +280,7 @@ def _rows(tab: np.ndarray, deltas):
         return a, None
     s, e = tab[:, START, None], tab[:, END, None]
     q = a[:, None] + deltas[None, :]
-    return np.clip(q, s, e - 1), (q < s) | (q >= e)
+    return np.minimum(np.maximum(q, s), e - 1), (q < s) | (q >= e)
 
 
 def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
@@ -299,7 +300,7 @@ def _load(src_rows: np.ndarray, in_dtype: str, math: type) -> np.ndarray:
     if in_dtype == "bfloat16":
         x = bf16_bits_to_f32(src_rows.view(np.uint16))
         return x if math is np.float32 else x.astype(np.float64)
-    return src_rows.astype(math)
+    return src_rows.astype(math, copy=False)  # the gather made a fresh array already
 
 
 def _convert(k: WindowKey, vals: np.ndarray, pad) -> np.ndarray:
