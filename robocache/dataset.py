@@ -148,7 +148,9 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         self._sources = sources
         like = next(iter(sources.values())) if store.is_cuda else None
         self._op = WindowOp(wkeys, self._anchors, zero_pad=pad == "zero", like=like)
-        self._wkeys = {k.name: k for k in wkeys}
+        # the order of a sample's entries: each key with its mask, then the anchor's indices
+        self._order = [n for k in self._keys for n in (k, f"{k}_is_pad")
+                       if n == k or k in self._deltas] + list(META_KEYS)
 
     # -----------------------------------------------------------------------------------------
     # construction helpers
@@ -352,17 +354,20 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         return self._op.alloc(B)
 
     def _finish(self, raw: dict, torch_from_numpy: bool = False) -> WindowBatch:
+        """The op's outputs as a WindowBatch in sample order (a new dict: `raw` may be a reused
+        output set of the loader and must keep its arrays)."""
         if torch_from_numpy:
-            raw = {k: _to_torch(v) for k, v in raw.items()}
-        if self._image_keys:
-            for k in self._image_keys:
-                rows = raw[k]
-                mask = raw.get(f"{k}_is_pad")
-                fn = self._transforms.get(k)
-                frames = self._frames(k)
-                raw[k] = fn(frames, rows, mask) if fn is not None else \
-                    gather_frames(frames, rows, mask if self._pad == "zero" else None)
-        return WindowBatch(raw)
+            batch = WindowBatch((n, _to_torch(raw[n])) for n in self._order)
+        else:
+            batch = WindowBatch((n, raw[n]) for n in self._order)
+        for k in self._image_keys:
+            rows = batch[k]
+            mask = batch.get(f"{k}_is_pad")
+            fn = self._transforms.get(k)
+            frames = self._frames(k)
+            batch[k] = fn(frames, rows, mask) if fn is not None else \
+                gather_frames(frames, rows, mask if self._pad == "zero" else None)
+        return batch
 
     def _frames(self, key: str):
         src = self._sources[key]
@@ -373,8 +378,8 @@ def gather_frames(frames, rows, zero_mask=None):
     """Raw camera frames at `rows` (int64 [B, K] or [B]): [B, K, *frame] uint8, zeroed where
     `zero_mask` is True. The default image path (one index_select on the device)."""
     out = frames.index_select(0, rows.reshape(-1)).reshape(*rows.shape, *frames.shape[1:])
-    if zero_mask is not None:
-        out[zero_mask] = 0
+    if zero_mask is not None:  # masked_fill_ rather than out[mask] = 0: no device sync
+        out.masked_fill_(zero_mask.reshape(*zero_mask.shape, *([1] * (frames.ndim - 1))), 0)
     return out
 
 
