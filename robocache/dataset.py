@@ -15,6 +15,9 @@ float32 unless `dtype` says otherwise; integer and bool keys keep their dtype (c
 Camera-frame keys (store.image_keys) come out as raw uint8 frames [B, K, H, W, C] gathered from
 the store, or through `image_transforms[key](frames, rows, is_pad)` when given: `frames` is the
 store's array, `rows` the clamped frame rows (int64 [B, K] or [B]) and `is_pad` the mask.
+
+With torch's DataLoader, a CUDA store needs num_workers=0 (CUDA does not survive fork);
+robocache.DataLoader builds batches in the main process anyway.
 """
 
 from __future__ import annotations
@@ -146,7 +149,7 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                                    norm_a=None if norm is None else norm["a"],
                                    norm_b=None if norm is None else norm["b"]))
         self._sources = sources
-        like = next(iter(sources.values())) if store.is_cuda else None
+        like = store[store.keys[0]] if store.is_cuda else None  # where the tables go
         self._op = WindowOp(wkeys, self._anchors, zero_pad=pad == "zero", like=like)
         # the order of a sample's entries: each key with its mask, then the anchor's indices
         self._order = [n for k in self._keys for n in (k, f"{k}_is_pad")

@@ -426,6 +426,10 @@ def test_torch_dataloader_gets_whole_batches():
     # and per-sample access (no auto-collation) still works
     dl = torch.utils.data.DataLoader(ds, batch_size=None)
     assert next(iter(dl))["action"].shape == (4, 2)
+    # worker processes send whole batches back (pickled WindowBatch)
+    dl = torch.utils.data.DataLoader(ds, batch_size=8, sampler=sampler, num_workers=2)
+    for b, want in zip(dl, batches, strict=True):
+        assert all(torch.equal(b[k], want[k]) for k in want)
 
 
 def test_bad_dataset_arguments():
