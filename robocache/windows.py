@@ -133,10 +133,9 @@ def check_delta_timestamps(delta_timestamps: Mapping, fps: float, tolerance_s: f
         if bad:
             outside[key] = bad
     if outside:
-        raise ValueError(
-            "delta_timestamps: expected multiples of 1/fps within tolerance_s "
-            f"(fps={fps}, tolerance_s={tolerance_s}), got these key: values outside it:\n"
-            "The following delta_timestamps are found outside of tolerance range.\n"
+        raise ValueError(  # LeRobot's message, naming the argument and the tolerance
+            "delta_timestamps: the following delta_timestamps are found outside of tolerance "
+            f"range (tolerance_s={tolerance_s}).\n"
             f"Please make sure they are multiples of 1/{fps} +/- tolerance.\n"
             f"{pformat(outside)}")
 
