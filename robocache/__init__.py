@@ -27,6 +27,9 @@ _LAZY = {
     "KernelCompileError": "robocache._errors",
     "BackendUnavailableError": "robocache._errors",
     "DeviceMemoryError": "robocache._errors",
+    "TrajectoryStore": "robocache.store",
+    "TrajectoryDataset": "robocache.dataset",
+    "DataLoader": "robocache.loader",
 }
 
 __all__ = sorted(["__version__", "__api_version__", "__build_date__", "__git_commit__", *_LAZY])

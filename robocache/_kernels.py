@@ -46,4 +46,6 @@ VOXEL_FEATURES = KernelModule(
     + ("voxel_max_finalize_kernel", "voxel_slots_kernel", "voxel_mean_finalize_kernel"),
 )
 
-ALL_MODULES: tuple[KernelModule, ...] = (RESAMPLE, IMAGES, VOXEL, VOXEL_FEATURES)
+WINDOWS = KernelModule("windows.cu", ("window_batch_kernel",))
+
+ALL_MODULES: tuple[KernelModule, ...] = (RESAMPLE, WINDOWS, IMAGES, VOXEL, VOXEL_FEATURES)

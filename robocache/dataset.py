@@ -1,0 +1,410 @@
+"""TrajectoryDataset: windows of a TrajectoryStore as a torch Dataset with whole-batch access.
+
+Dataset index i is the i-th anchor frame (windows.py has the rule; DESIGN.md "Window semantics").
+`ds[i]` is one sample, `ds.__getitems__(indices)` the batched dict (so torch's own DataLoader, which
+calls __getitems__ when a dataset has it, gets whole batches), and robocache.DataLoader builds
+batches straight from the device (one kernel launch per batch on a CUDA store).
+
+A sample / batch holds, per key, the frames at its offsets ([B, K, *feature]; [B, *feature] for a
+key without offsets), `{key}_is_pad` (bool [B, K], True = padded, LeRobot's convention) for keys
+with offsets, and `index` (the anchor's global frame), `episode_index`, `frame_index` (int64 [B]).
+A store with timestamps also gives `timestamp` (float32, like LeRobot).
+
+Output dtypes: floating keys (float16/bfloat16/float32/float64) and normalized keys come out as
+float32 unless `dtype` says otherwise; integer and bool keys keep their dtype (copied exactly).
+Camera-frame keys (store.image_keys) come out as raw uint8 frames [B, K, H, W, C] gathered from
+the store, or through `image_transforms[key](frames, rows, is_pad)` when given: `frames` is the
+store's array, `rows` the clamped frame rows (int64 [B, K] or [B]) and `is_pad` the mask.
+
+With torch's DataLoader, a CUDA store needs num_workers=0 (CUDA does not survive fork);
+robocache.DataLoader builds batches in the main process anyway.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+import torch.utils.data
+
+from . import _array
+from . import windows as W
+from .ops.windows import META_KEYS, OUT_FLOAT, WindowKey, WindowOp
+from .store import TrajectoryStore
+
+PAD_MODES = ("edge", "zero")
+NORM_MODES = {  # mode -> (kernel formula, low stat, high stat or None for mean_std)
+    "mean_std": ("affine", "mean", "std"),
+    "min_max": ("range", "min", "max"),
+    "quantiles": ("range", "q01", "q99"),
+    "quantile10": ("range", "q10", "q90"),
+    "identity": (None, None, None),
+}
+
+
+class WindowBatch(dict):
+    """A batch: a dict of tensors. torch's default_collate passes it through unchanged, so
+    torch.utils.data.DataLoader(dataset, batch_size=...) works with __getitems__."""
+
+    def __missing__(self, key):
+        # torch's collate looks at batch[0] to pick a collate function; we answer with ourself,
+        # whose type is registered below as "already collated"
+        if key == 0:
+            return self
+        raise KeyError(key)
+
+
+def _collate_window_batch(batch, *, collate_fn_map=None):
+    return batch
+
+
+def _register_collate() -> None:
+    try:
+        from torch.utils.data._utils.collate import default_collate_fn_map
+    except ImportError:  # pragma: no cover - very old torch
+        return
+    default_collate_fn_map.setdefault(WindowBatch, _collate_window_batch)
+
+
+_register_collate()
+
+
+def _norm_mode(key: str, mode) -> str:
+    value = getattr(mode, "value", mode)
+    if not isinstance(value, str) or value.lower() not in NORM_MODES:
+        raise ValueError(f"normalize[{key!r}]: expected one of {list(NORM_MODES)}, got {mode!r}")
+    return value.lower()
+
+
+class TrajectoryDataset(torch.utils.data.Dataset):
+    """Windowed samples of a TrajectoryStore (see the module docstring for what a sample holds).
+
+    delta_indices / delta_timestamps: per key, frame offsets or (LeRobot-style) seconds; keys
+    without offsets give the anchor frame only. drop_n_first_frames / drop_n_last_frames: anchors
+    skip that many frames at each episode's start / end. pad: "edge" repeats the episode's first /
+    last frame, "zero" gives zeros. normalize: key -> "mean_std" | "min_max" | "quantiles" |
+    "quantile10" (LeRobot's formulas; eps = normalize_eps); stats: key -> {stat: array} to use
+    instead of the store's shipped or computed statistics. keys: which store keys to return
+    (default all). dtype: output dtype of floating / normalized keys (str), or per key (dict;
+    "keep" copies the store's dtype).
+    """
+
+    def __init__(self, store: TrajectoryStore, delta_indices: Mapping | None = None,
+                 delta_timestamps: Mapping | None = None, drop_n_first_frames: int = 0,
+                 drop_n_last_frames: int = 0, pad: str = "edge",
+                 normalize: Mapping | None = None, stats: Mapping | None = None,
+                 tolerance_s: float = 1e-4, *, keys=None, dtype=None,
+                 normalize_eps: float = 1e-8,
+                 image_transforms: Mapping[str, Callable] | None = None):
+        if not isinstance(store, TrajectoryStore):
+            raise TypeError(f"store: expected a robocache.TrajectoryStore, got "
+                            f"{type(store).__name__}")
+        if pad not in PAD_MODES:
+            raise ValueError(f"pad: expected one of {list(PAD_MODES)}, got {pad!r}")
+        self._store = store
+        self._pad = pad
+        sources = {k: store[k] for k in store.keys if k not in META_KEYS}
+        if store.timestamps is not None and "timestamp" not in sources:
+            sources["timestamp"] = store.timestamps
+        names = tuple(sources)
+        deltas = W.resolve_deltas(_with_meta(names, store), delta_indices, delta_timestamps,
+                                  store.fps, tolerance_s)
+        for k in deltas:
+            if k in META_KEYS:
+                raise ValueError(f"delta_indices: {k!r} is computed by the dataset (the anchor's "
+                                 f"{k}); offsets on it are not supported")
+        if delta_timestamps is not None and store.timestamps is not None:
+            W.check_timestamps_sync(store._timestamps_host, store._ends, store.fps, tolerance_s)
+        self._keys = self._select_keys(keys, names, deltas)
+        self._deltas = {k: deltas[k] for k in self._keys if k in deltas}
+        first = W.check_drop("drop_n_first_frames", drop_n_first_frames)
+        last = W.check_drop("drop_n_last_frames", drop_n_last_frames)
+        self._anchors = W.anchor_table(store._ends, first, last)
+        if self._anchors.shape[0] == 0:
+            raise ValueError(
+                f"drop_n_first_frames / drop_n_last_frames: expected episodes longer than "
+                f"drop_n_first_frames + drop_n_last_frames = {first + last} frames, got none "
+                f"(longest episode: {int(store.episode_lengths.max())} frames): no anchors")
+        self._drop = (first, last)
+        self._image_keys = tuple(k for k in self._keys if k in store.image_keys)
+        transforms = dict(image_transforms or {})
+        for k in transforms:
+            if k not in self._image_keys:
+                raise ValueError(f"image_transforms: expected camera-frame keys "
+                                 f"{list(self._image_keys)}, got {k!r}")
+        self._transforms = transforms
+        self._norm = self._resolve_norm(normalize, stats, normalize_eps, sources)
+        wkeys = []
+        for k in self._keys:
+            src = sources[k]
+            d = self._deltas.get(k)
+            if k in self._image_keys:
+                wkeys.append(WindowKey(k, src, d, kind="rows"))
+                continue
+            norm = self._norm.get(k)
+            wkeys.append(WindowKey(k, src, d, out_dtype=self._out_dtype(k, src, dtype, norm),
+                                   norm=None if norm is None else norm["kind"],
+                                   norm_a=None if norm is None else norm["a"],
+                                   norm_b=None if norm is None else norm["b"]))
+        self._sources = sources
+        like = store[store.keys[0]] if store.is_cuda else None  # where the tables go
+        self._op = WindowOp(wkeys, self._anchors, zero_pad=pad == "zero", like=like)
+        # the order of a sample's entries: each key with its mask, then the anchor's indices
+        self._order = [n for k in self._keys for n in (k, f"{k}_is_pad")
+                       if n == k or k in self._deltas] + list(META_KEYS)
+
+    # -----------------------------------------------------------------------------------------
+    # construction helpers
+
+    def _select_keys(self, keys, names, deltas) -> tuple[str, ...]:
+        if keys is None:
+            return names
+        if isinstance(keys, str):
+            keys = [keys]
+        keys = list(keys)
+        unknown = [k for k in keys if k not in names]
+        if unknown:
+            raise ValueError(f"keys: expected keys of the store {list(names)}, got unknown "
+                             f"key(s) {unknown}")
+        for k in deltas:  # a key with offsets is always returned
+            if k not in keys:
+                keys.append(k)
+        return tuple(dict.fromkeys(keys))
+
+    def _resolve_norm(self, normalize, stats, eps, sources) -> dict[str, dict]:
+        if normalize is None:
+            return {}
+        if not isinstance(normalize, Mapping):
+            raise TypeError(f"normalize: expected a dict of key -> mode, got "
+                            f"{type(normalize).__name__}")
+        if (isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps >= 0):
+            raise ValueError(f"normalize_eps: expected a number >= 0, got {eps!r}")
+        if stats is not None and not isinstance(stats, Mapping):
+            raise TypeError(f"stats: expected a dict of key -> {{stat: array}}, got "
+                            f"{type(stats).__name__}")
+        out = {}
+        for key, mode in normalize.items():
+            if key not in self._keys:
+                raise ValueError(f"normalize: expected keys of the dataset {list(self._keys)}, "
+                                 f"got {key!r}")
+            if key in self._image_keys:
+                raise ValueError(f"normalize[{key!r}]: camera-frame keys are normalized by "
+                                 f"their image transform, not here")
+            mode = _norm_mode(key, mode)
+            kind, lo, hi = NORM_MODES[mode]
+            if kind is None:
+                continue
+            F = int(np.prod(sources[key].shape[1:], dtype=np.int64))
+            st = self._stats_for(key, stats)
+            missing = [s for s in (lo, hi) if s not in st]
+            if missing:
+                raise ValueError(f"normalize[{key!r}]: mode {mode!r} needs the stats "
+                                 f"{[lo, hi]}, got stats without {missing}")
+            a = _stat_array(key, lo, st[lo], F)
+            b = _stat_array(key, hi, st[hi], F)
+            e32 = np.float32(eps)
+            if kind == "affine":  # LeRobot: (x - mean) / (std + eps), float32
+                b = (b + e32).astype(np.float32)
+            else:  # LeRobot: denom = hi - lo, eps where it is 0; 2 (x - lo) / denom - 1
+                b = (b - a).astype(np.float32)
+                b = np.where(b == 0, e32, b).astype(np.float32)
+            out[key] = {"mode": mode, "kind": kind, "a": a, "b": b}
+        return out
+
+    def _stats_for(self, key: str, stats) -> dict:
+        if stats is not None and key in stats:
+            st = stats[key]
+            if not isinstance(st, Mapping):
+                raise TypeError(f"stats[{key!r}]: expected a dict of stat -> array, got "
+                                f"{type(st).__name__}")
+            return st
+        shipped = self._store.shipped_stats
+        if shipped is not None and key in shipped:
+            return shipped[key]
+        if key == "timestamp" and key not in self._store:
+            from .stats import feature_stats
+
+            return feature_stats(self._store.timestamps)
+        return self._store.stats([key])[key]
+
+    def _out_dtype(self, key: str, src, dtype, norm) -> str | None:
+        in_dt = _array.dtype_name(src)
+        want = dtype.get(key) if isinstance(dtype, Mapping) else dtype
+        if isinstance(dtype, Mapping):
+            for k in dtype:
+                if k not in self._keys:
+                    raise ValueError(f"dtype: expected keys of the dataset {list(self._keys)}, "
+                                     f"got {k!r}")
+        elif dtype is not None and not isinstance(dtype, str):
+            raise TypeError(f"dtype: expected a dtype name or a dict of key -> name, got "
+                            f"{type(dtype).__name__}")
+        floating = in_dt in OUT_FLOAT
+        if want == "keep":
+            if norm is None:
+                return None
+            if not floating:
+                raise ValueError(f"dtype[{key!r}]: 'keep' cannot hold normalized values of an "
+                                 f"{in_dt} key; use a float dtype")
+            return in_dt
+        if want is not None:
+            if want not in OUT_FLOAT:
+                raise ValueError(f"dtype: expected one of {list(OUT_FLOAT)} or 'keep', got "
+                                 f"{want!r}")
+            if floating or norm is not None or isinstance(dtype, Mapping):
+                return want
+            return None
+        return "float32" if (floating or norm is not None) else None
+
+    # -----------------------------------------------------------------------------------------
+    # what it is
+
+    def __len__(self) -> int:
+        return int(self._anchors.shape[0])
+
+    @property
+    def store(self) -> TrajectoryStore:
+        return self._store
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The data keys of a sample (besides masks and index / episode_index / frame_index)."""
+        return self._keys
+
+    @property
+    def delta_indices(self) -> dict[str, list[int]]:
+        return {k: [int(x) for x in v] for k, v in self._deltas.items()}
+
+    @property
+    def image_keys(self) -> tuple[str, ...]:
+        return self._image_keys
+
+    @property
+    def device(self) -> str:
+        return self._store.device
+
+    @property
+    def pad(self) -> str:
+        return self._pad
+
+    @property
+    def normalization(self) -> dict[str, dict]:
+        """key -> {"mode", "a", "b"}: the float32 parameters of y = (x-a)/b or 2(x-a)/b - 1."""
+        return {k: {"mode": v["mode"], "a": v["a"].copy(), "b": v["b"].copy()}
+                for k, v in self._norm.items()}
+
+    @property
+    def anchors(self) -> np.ndarray:
+        """int64 [len, 4]: (anchor frame, episode start, episode end, episode) per index."""
+        return self._anchors.copy()
+
+    def episode_anchor_ranges(self) -> tuple[np.ndarray, np.ndarray]:
+        """(first dataset index, number of anchors) of every episode of the store."""
+        return W.episode_anchor_ranges(self._anchors, self._store.num_episodes)
+
+    def __repr__(self) -> str:
+        return (f"TrajectoryDataset({len(self)} anchors, keys={list(self._keys)}, "
+                f"deltas={self.delta_indices}, pad={self._pad!r}, device={self.device!r})")
+
+    # -----------------------------------------------------------------------------------------
+    # samples and batches
+
+    def _check_indices(self, indices) -> np.ndarray:
+        if isinstance(indices, torch.Tensor):
+            idx = indices.detach().cpu().numpy()
+        else:
+            idx = np.asarray(indices)
+        if idx.size == 0:
+            return np.zeros(0, np.int64)
+        if idx.dtype == np.bool_ or not np.issubdtype(idx.dtype, np.integer):
+            raise TypeError(f"indices: expected integers, got dtype {idx.dtype}")
+        idx = idx.astype(np.int64).reshape(-1)
+        n = len(self)
+        bad = (idx < -n) | (idx >= n)
+        if bad.any():
+            raise IndexError(f"indices: expected values in [{-n}, {n}), got "
+                             f"{int(idx[np.argmax(bad)])}")
+        return np.where(idx < 0, idx + n, idx)
+
+    def __getitem__(self, index) -> dict:
+        if isinstance(index, torch.Tensor):
+            index = index.item()
+        if isinstance(index, bool) or not isinstance(index, numbers.Integral):
+            raise TypeError(f"index: expected an int, got {type(index).__name__}")
+        batch = self.__getitems__([int(index)])
+        return {k: v[0] for k, v in batch.items()}
+
+    def __getitems__(self, indices) -> WindowBatch:
+        """The batch of `indices` (list / array / tensor of ints) as one dict of tensors."""
+        idx = self._check_indices(indices)
+        if not self._store.is_cuda:
+            return self._finish(self._op.run_numpy(idx), torch_from_numpy=True)
+        dev_idx = torch.as_tensor(idx, dtype=torch.int64).to(self.device, non_blocking=True)
+        return self._finish(self._op.run_cuda(dev_idx))
+
+    def _batch_from_device(self, idx, offset: int, count: int, out: dict | None = None
+                           ) -> WindowBatch:
+        """The batch of idx[offset : offset + count] for an int64 device array of indices (a CUDA
+        store; used by the loader: no host-to-device copy)."""
+        return self._finish(self._op.run_cuda(idx, offset, count, out))
+
+    def _batch_from_host(self, idx: np.ndarray) -> WindowBatch:
+        """The batch of validated host indices (the loader's CPU path)."""
+        return self._finish(self._op.run_numpy(idx), torch_from_numpy=True)
+
+    def _alloc(self, B: int) -> dict:
+        return self._op.alloc(B)
+
+    def _finish(self, raw: dict, torch_from_numpy: bool = False) -> WindowBatch:
+        """The op's outputs as a WindowBatch in sample order (a new dict: `raw` may be a reused
+        output set of the loader and must keep its arrays)."""
+        if torch_from_numpy:
+            batch = WindowBatch((n, _to_torch(raw[n])) for n in self._order)
+        else:
+            batch = WindowBatch((n, raw[n]) for n in self._order)
+        for k in self._image_keys:
+            rows = batch[k]
+            mask = batch.get(f"{k}_is_pad")
+            fn = self._transforms.get(k)
+            frames = self._frames(k)
+            batch[k] = fn(frames, rows, mask) if fn is not None else \
+                gather_frames(frames, rows, mask if self._pad == "zero" else None)
+        return batch
+
+    def _frames(self, key: str):
+        src = self._sources[key]
+        return torch.from_numpy(src) if isinstance(src, np.ndarray) else src
+
+
+def gather_frames(frames, rows, zero_mask=None):
+    """Raw camera frames at `rows` (int64 [B, K] or [B]): [B, K, *frame] uint8, zeroed where
+    `zero_mask` is True. The default image path (one index_select on the device)."""
+    out = frames.index_select(0, rows.reshape(-1)).reshape(*rows.shape, *frames.shape[1:])
+    if zero_mask is not None:  # masked_fill_ rather than out[mask] = 0: no device sync
+        out.masked_fill_(zero_mask.reshape(*zero_mask.shape, *([1] * (frames.ndim - 1))), 0)
+    return out
+
+
+def _with_meta(names, store) -> tuple[str, ...]:
+    return names + tuple(k for k in store.keys if k in META_KEYS)
+
+
+def _stat_array(key: str, name: str, value, F: int) -> np.ndarray:
+    try:
+        arr = np.asarray(_array.to_numpy(_array.as_array(f"stats[{key!r}][{name!r}]", value)),
+                         dtype=np.float64)
+    except TypeError:
+        arr = np.asarray(value, dtype=np.float64)
+    if arr.size == 1:
+        arr = np.full(F, float(arr.reshape(-1)[0]))
+    if arr.size != F:
+        raise ValueError(f"stats[{key!r}][{name!r}]: expected {F} values (one per feature), got "
+                         f"shape {arr.shape}")
+    return arr.reshape(-1).astype(np.float32)
+
+
+def _to_torch(x: np.ndarray) -> torch.Tensor:
+    if x.dtype.kind == "V":  # ml_dtypes bfloat16 (NumPy's own numeric dtypes are never "V")
+        return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(x)

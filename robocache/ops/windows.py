@@ -1,0 +1,370 @@
+"""Windowed batch builder: the gather behind TrajectoryDataset / DataLoader, NumPy and CUDA paths.
+
+A `WindowOp` is built once per dataset from an anchor table (windows.anchor_table: per dataset
+index the anchor frame a, the bounds [s, e) of the segment it lives in, and a segment id) and a
+list of `WindowKey`s (source array [N, *feature], frame offsets, output dtype, normalization).
+For a batch of dataset indices it returns, per key (rules in windows.py and windows.cu):
+
+  key                values [B, K, *feature] ([B, *feature] without offsets), or for "rows" keys
+                     the clamped source rows int64 [B, K] that another op (camera frames) reads
+  key + "_is_pad"    bool [B, K]; keys with equal offsets share one mask array
+  index, episode_index, frame_index   int64 [B]: a, the segment id, a - s
+
+The NumPy path is vectorized over samples (one fancy-index gather per key). The CUDA path is ONE
+kernel launch for every key of the batch (windows.cu) reading the batch's indices from a device
+array at an offset, so a loader that uploads its epoch order once does no per-batch copy.
+bfloat16 values on the NumPy path are ml_dtypes arrays (NumPy has no bfloat16 of its own).
+
+Normalization is LeRobot's, in float32 arithmetic (float64 when the output is float64):
+norm 1 (mean_std): (x - a) / b with b = std + eps; norm 2 (min_max, quantiles): 2 * (x - a) / b - 1
+with b = hi - lo (eps where hi == lo). Zero-padded values are 0 after normalization too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import _array, _kernels, _runtime
+from ..windows import ANCHOR, END, EPISODE, START
+
+DTYPE_CODES = {
+    "float32": 0, "float64": 1, "float16": 2, "bfloat16": 3, "uint8": 4, "int8": 5, "int16": 6,
+    "int32": 7, "int64": 8, "uint16": 9, "uint32": 10, "bool": 11, "uint64": 12,
+}
+OUT_FLOAT = ("float32", "float64", "float16", "bfloat16")
+NORM_CODES = {None: 0, "affine": 1, "range": 2}
+MAX_KEYS = 32  # RC_WIN_MAX_KEYS in windows.cu
+MAX_SEGS = 1 + 2 * MAX_KEYS
+SEG_META, SEG_VALUES, SEG_MASK, SEG_ROWS = 0, 1, 2, 3
+THREADS = 128
+MAX_GRID_Y = 65535
+META_KEYS = ("index", "episode_index", "frame_index")
+
+WIN_KEYS_DTYPE = np.dtype({
+    "names": ["src", "out", "mask", "norm_a", "norm_b", "F", "K", "delta_off", "in_code",
+              "out_code", "norm", "seg_kind", "seg_key", "seg_begin", "nseg", "zero_pad"],
+    "formats": [(np.uint64, MAX_KEYS)] * 5 + [(np.int32, MAX_KEYS)] * 6
+               + [(np.int32, MAX_SEGS), (np.int32, MAX_SEGS), (np.int32, MAX_SEGS + 1),
+                  np.int32, np.int32],
+}, align=True)  # the layout of struct WinKeys in windows.cu
+
+
+@dataclass
+class WindowKey:
+    """One output key. `src` is the store's array [N, *feature] (NumPy or device)."""
+
+    name: str
+    src: object
+    deltas: np.ndarray | None = None       # int64 [K]; None: the anchor frame only
+    kind: str = "values"                   # "values" or "rows"
+    out_dtype: str | None = None           # None: the source dtype, bytes copied unchanged
+    norm: str | None = None                # None, "affine" or "range"
+    norm_a: np.ndarray | None = None       # float32 [F]
+    norm_b: np.ndarray | None = None       # float32 [F]
+    feature_shape: tuple[int, ...] = field(init=False)
+    in_dtype: str = field(init=False)
+
+    def __post_init__(self):
+        self.feature_shape = tuple(int(s) for s in self.src.shape[1:])
+        self.in_dtype = _array.dtype_name(self.src)
+
+    @property
+    def F(self) -> int:
+        return int(np.prod(self.feature_shape, dtype=np.int64))
+
+    @property
+    def K(self) -> int:
+        return 0 if self.deltas is None else int(self.deltas.size)
+
+    @property
+    def result_dtype(self) -> str:
+        if self.kind == "rows":
+            return "int64"
+        return self.in_dtype if self.out_dtype is None else self.out_dtype
+
+
+def _deltas_key(d: np.ndarray | None):
+    return None if d is None else tuple(int(x) for x in d)
+
+
+class WindowOp:
+    """Index tables and key descriptors of one dataset; builds batches on the host or device.
+
+    `like` = None keeps everything on the host (NumPy path); a device array (torch CUDA tensor,
+    CuPy array) puts the tables next to it and enables `run_cuda`. For the CPU kernel emulator a
+    NumPy `like` with `device_tables=True` runs the CUDA path on host memory.
+    """
+
+    def __init__(self, keys: list[WindowKey], anchors: np.ndarray, *, zero_pad: bool,
+                 like=None):
+        if len(keys) > MAX_KEYS:
+            raise ValueError(f"keys: expected at most {MAX_KEYS} keys per dataset, got "
+                             f"{len(keys)}")
+        self.keys = list(keys)
+        self.anchors = np.ascontiguousarray(anchors, dtype=np.int64)
+        self.zero_pad = bool(zero_pad)
+        # keys with equal offsets share one is_pad mask: owner name per offsets tuple
+        self._dkeys = [_deltas_key(k.deltas) for k in self.keys]
+        self.mask_owner: dict[str, str] = {}
+        owners: dict[tuple, str] = {}
+        for k in self.keys:
+            if k.deltas is not None:
+                self.mask_owner[k.name] = owners.setdefault(_deltas_key(k.deltas), k.name)
+        self._host_src = None
+        self._like = like
+        self._desc = None
+        if like is not None:
+            self._setup_device(like)
+
+    # -----------------------------------------------------------------------------------------
+    # output layout
+
+    def output_spec(self, B: int) -> dict[str, tuple[tuple[int, ...], str]]:
+        """name -> (shape, dtype) of every array a batch of B samples returns (shared masks once)."""
+        spec = {m: ((B,), "int64") for m in META_KEYS}
+        for k in self.keys:
+            lead = (B,) if k.deltas is None else (B, k.K)
+            spec[k.name] = ((*lead, *k.feature_shape) if k.kind == "values" else lead,
+                            k.result_dtype)
+            if k.deltas is not None and self.mask_owner[k.name] == k.name:
+                spec[f"{k.name}_is_pad"] = ((B, k.K), "bool")
+        return spec
+
+    def _share_masks(self, out: dict) -> dict:
+        for name, owner in self.mask_owner.items():
+            if owner != name:
+                out[f"{name}_is_pad"] = out[f"{owner}_is_pad"]
+        return out
+
+    # -----------------------------------------------------------------------------------------
+    # NumPy path
+
+    def _host_arrays(self):
+        if self._host_src is None:
+            self._host_src = [np.asarray(k.src) if _array.library(k.src) == "numpy"
+                              else _array.to_numpy(k.src) for k in self.keys]
+        return self._host_src
+
+    def run_numpy(self, idx) -> dict[str, np.ndarray]:
+        """The batch for dataset indices `idx` (int array [B]), built with NumPy on the host."""
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        tab = self.anchors[idx]
+        a, s = tab[:, ANCHOR], tab[:, START]
+        out = {"index": a.copy(), "episode_index": tab[:, EPISODE].copy(), "frame_index": a - s}
+        cache: dict[tuple, tuple] = {}
+        for k, src, dk in zip(self.keys, self._host_arrays(), self._dkeys, strict=True):
+            if dk not in cache:
+                cache[dk] = _rows(tab, k.deltas)
+            rows, pad = cache[dk]
+            if pad is not None and self.mask_owner[k.name] == k.name:
+                out[f"{k.name}_is_pad"] = pad
+            if k.kind == "rows":
+                out[k.name] = rows.copy()
+                continue
+            # np.take is ~4x faster than fancy indexing for row gathers
+            out[k.name] = _convert(k, np.take(src, rows, axis=0), pad if self.zero_pad else None)
+        return self._share_masks(out)
+
+    # -----------------------------------------------------------------------------------------
+    # CUDA path
+
+    def _setup_device(self, like) -> None:
+        """Device copies of the index tables, offsets and normalization parameters; the static
+        part of the kernel's key descriptor."""
+        up = _uploader(like)
+        self.d_anchors = up(self.anchors.reshape(-1), "int64")
+        deltas = [k.deltas for k in self.keys if k.deltas is not None]
+        flat = np.concatenate(deltas) if deltas else np.zeros(1, np.int64)
+        if np.abs(flat).max(initial=0) >= 2**31:
+            raise ValueError("delta_indices: expected offsets below 2**31 in magnitude, got "
+                             f"{int(np.abs(flat).max())}")
+        self.d_deltas = up(flat.astype(np.int32), "int32")
+        desc = np.zeros((), dtype=WIN_KEYS_DTYPE)
+        self._keep = []  # device arrays the descriptor points at
+        off = 0
+        seg_kind, seg_key, widths = [SEG_META], [0], [1]
+        for i, k in enumerate(self.keys):
+            src = _array.contiguous(k.src)
+            self._keep.append(src)
+            desc["src"][i] = _array.data_ptr(src)
+            desc["F"][i] = k.F
+            desc["K"][i] = k.K
+            desc["delta_off"][i] = off
+            off += k.K
+            desc["in_code"][i] = DTYPE_CODES[k.in_dtype]
+            desc["out_code"][i] = -1 if k.out_dtype is None else DTYPE_CODES[k.out_dtype]
+            desc["norm"][i] = NORM_CODES[k.norm]
+            if k.norm is not None:
+                na = up(np.ascontiguousarray(k.norm_a, np.float32).reshape(-1), "float32")
+                nb = up(np.ascontiguousarray(k.norm_b, np.float32).reshape(-1), "float32")
+                self._keep += [na, nb]
+                desc["norm_a"][i] = _array.data_ptr(na)
+                desc["norm_b"][i] = _array.data_ptr(nb)
+            rows = max(k.K, 1)
+            if k.kind == "values" and k.F > 0:
+                seg_kind.append(SEG_VALUES)
+                seg_key.append(i)
+                widths.append(rows * k.F)
+            elif k.kind == "rows":
+                seg_kind.append(SEG_ROWS)
+                seg_key.append(i)
+                widths.append(rows)
+            if k.deltas is not None and self.mask_owner[k.name] == k.name:
+                seg_kind.append(SEG_MASK)
+                seg_key.append(i)
+                widths.append(k.K)
+        begin = np.concatenate([[0], np.cumsum(widths, dtype=np.int64)])
+        if begin[-1] >= 2**31:
+            raise ValueError(f"keys: expected fewer than 2**31 output elements per sample, got "
+                             f"{int(begin[-1])}")
+        n = len(widths)
+        desc["seg_kind"][:n] = seg_kind
+        desc["seg_key"][:n] = seg_key
+        desc["seg_begin"][: n + 1] = begin
+        desc["seg_begin"][n + 1:] = begin[-1]
+        desc["nseg"] = n
+        desc["zero_pad"] = int(self.zero_pad)
+        self._desc = desc
+        self._work = int(begin[-1])
+        # output order of the descriptor's pointer slots
+        self._out_slots = [(i, k.name) for i, k in enumerate(self.keys)
+                           if not (k.kind == "values" and k.F == 0)]
+        self._mask_slots = [(i, f"{k.name}_is_pad") for i, k in enumerate(self.keys)
+                            if k.deltas is not None and self.mask_owner[k.name] == k.name]
+        self._alloc = _allocator(like)
+        self._ptr = _pointer_of(like)
+        # everything per-batch launches need that does not change between batches
+        self._desc_out, self._desc_mask = desc["out"], desc["mask"]  # views into desc
+        self._chunks = min(MAX_GRID_Y, max(1, -(-self._work // THREADS)))
+        self._static_ptrs = (_array.data_ptr(self.d_anchors), _array.data_ptr(self.d_deltas))
+        self._specs: dict[int, list] = {}
+
+    def alloc(self, B: int) -> dict:
+        """Uninitialised outputs for a batch of B samples, on the tables' device."""
+        spec = self._specs.get(B)
+        if spec is None:
+            spec = self._specs[B] = list(self.output_spec(B).items())
+        alloc = self._alloc
+        return {name: alloc(shape, dt) for name, (shape, dt) in spec}
+
+    def run_cuda(self, idx, offset: int = 0, count: int | None = None, out: dict | None = None
+                 ) -> dict:
+        """The batch for dataset indices idx[offset : offset + count] (int64 device array), built
+        by one launch of window_batch_kernel. `out` (from `alloc`) is written in place.
+
+        Host work per call, all without synchronising: one caching-allocator call per output
+        (~2 us each on torch; none when `out` is given), one data_ptr per output (<1 us), the
+        launch (~7-10 us through CuPy on torch's stream). PERF.md workload (7 outputs): about
+        25-30 us fresh, 12-15 us with `out`; the GPU work itself is ~1-2 us."""
+        if self._desc is None:
+            raise RuntimeError("WindowOp.run_cuda: built without device tables (like=None)")
+        B = (int(idx.shape[0]) - offset) if count is None else int(count)
+        if out is None:
+            out = self.alloc(B)
+        ptr = self._ptr
+        outs, masks = self._desc_out, self._desc_mask
+        for i, name in self._out_slots:
+            outs[i] = ptr(out[name])
+        for i, name in self._mask_slots:
+            masks[i] = ptr(out[name])
+        anchors, deltas = self._static_ptrs
+        _runtime.launch(
+            _kernels.WINDOWS, "window_batch_kernel", (B, self._chunks), (THREADS,),
+            (self._desc[()], np.uint64(ptr(idx) + 8 * offset), anchors, deltas,
+             np.uint64(ptr(out["index"])), np.uint64(ptr(out["episode_index"])),
+             np.uint64(ptr(out["frame_index"])), np.int64(B)),
+            like=self.d_anchors)
+        return self._share_masks(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _rows(tab: np.ndarray, deltas):
+    a = tab[:, ANCHOR]
+    if deltas is None:
+        return a, None
+    s, e = tab[:, START, None], tab[:, END, None]
+    q = a[:, None] + deltas[None, :]
+    return np.minimum(np.maximum(q, s), e - 1), (q < s) | (q >= e)
+
+
+def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """Round to nearest even, NaN kept quiet with its sign: rc_float_to_bf16 in common.cuh."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    r = ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+    q = (u >> np.uint32(16)) | np.uint32(0x40)
+    return np.where(nan, q, r).astype(np.uint16)
+
+
+def _load(src_rows: np.ndarray, in_dtype: str, math: type) -> np.ndarray:
+    if in_dtype == "bfloat16":
+        x = bf16_bits_to_f32(src_rows.view(np.uint16))
+        return x if math is np.float32 else x.astype(np.float64)
+    return src_rows.astype(math, copy=False)  # the gather made a fresh array already
+
+
+def _convert(k: WindowKey, vals: np.ndarray, pad) -> np.ndarray:
+    """Gathered source values [B, (K,) *feature] -> the key's output (fresh array)."""
+    if k.out_dtype is None:
+        if pad is not None:
+            vals[pad] = 0
+        return vals
+    math = np.float64 if k.out_dtype == "float64" else np.float32
+    x = _load(vals, k.in_dtype, math)
+    if k.norm is not None:
+        a = np.asarray(k.norm_a, np.float32).reshape(k.feature_shape).astype(math)
+        b = np.asarray(k.norm_b, np.float32).reshape(k.feature_shape).astype(math)
+        if k.norm == "affine":
+            x = (x - a) / b
+        else:
+            x = math(2) * (x - a) / b - math(1)
+    if pad is not None:
+        x[pad] = 0
+    if k.out_dtype in ("float32", "float64"):
+        return x
+    if k.out_dtype == "float16":
+        return x.astype(np.float16)
+    return f32_to_bf16_bits(x).view(_array.numpy_dtype("bfloat16"))
+
+
+def _uploader(like):
+    """host NumPy array -> a device copy next to `like` (NumPy `like`: a host copy)."""
+    def up(arr: np.ndarray, dtype: str):
+        if _array.library(like) == "numpy":
+            return np.ascontiguousarray(arr).copy()
+        return _array.contiguous(_array.from_numpy(np.ascontiguousarray(arr), like, dtype))
+    return up
+
+
+def _pointer_of(like):
+    """array -> its device address as a Python int (torch: the tensor's own data_ptr())."""
+    if _array.library(like) == "torch":
+        return lambda t: t.data_ptr()
+    return lambda a: int(_array.data_ptr(a))
+
+
+def _allocator(like):
+    """(shape, dtype) -> uninitialised array next to `like`. For torch the caching allocator is
+    called directly with cached dtype objects (~2 us); otherwise _array.empty."""
+    if _array.library(like) == "torch":
+        import torch
+
+        dev = like.device
+        dts = {name: getattr(torch, name) for name in DTYPE_CODES}
+
+        def alloc(shape, dtype):
+            return torch.empty(shape, dtype=dts[dtype], device=dev)
+        return alloc
+
+    def alloc(shape, dtype):
+        return _array.empty(like, tuple(shape), dtype)
+    return alloc

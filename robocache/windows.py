@@ -1,0 +1,223 @@
+"""Window index tables: which frames a dataset index reads. Pure NumPy, computed once per dataset.
+
+The rule (DESIGN.md "Window semantics"): episode e holds global frames [s, e_end). An anchor is a
+frame a with s + drop_n_first_frames <= a < e_end - drop_n_last_frames; dataset index i is the
+i-th anchor in global order. For a key with deltas d_0..d_{K-1}: q = a + d_j,
+is_pad[j] = q < s or q >= e_end, and the row read is clamp(q, s, e_end - 1) (pad="edge") or the
+value is zero (pad="zero").
+
+Everything here is host-side bookkeeping: the anchor table [A, 4] = (a, s, e_end, episode) that
+the batch builders (ops/windows.py, NumPy and CUDA) read one row of per sample, the per-key delta
+lists (from frame offsets or from LeRobot-style delta_timestamps), and the per-episode anchor
+ranges that episode-uniform sampling draws from.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable, Mapping
+from pprint import pformat
+
+import numpy as np
+
+# columns of the anchor table
+ANCHOR, START, END, EPISODE = 0, 1, 2, 3
+
+
+def check_episode_ends(episode_ends, num_frames: int) -> np.ndarray:
+    """episode_ends as int64 [E]: cumulative ends, strictly increasing, the last == num_frames."""
+    if isinstance(episode_ends, (list, tuple, range)):
+        ends = np.asarray(episode_ends)
+        if ends.size == 0:
+            ends = ends.astype(np.int64)
+    else:
+        try:
+            from . import _array
+
+            ends = _array.to_numpy(_array.as_array("episode_ends", episode_ends))
+        except TypeError:
+            raise TypeError("episode_ends: expected a 1-D integer array of cumulative episode "
+                            f"ends, got {type(episode_ends).__name__}") from None
+    if ends.dtype == np.bool_ or not np.issubdtype(ends.dtype, np.integer):
+        raise TypeError(f"episode_ends: expected an integer array, got dtype {ends.dtype}")
+    if ends.ndim != 1:
+        raise ValueError(f"episode_ends: expected a 1-D array, got shape {ends.shape}")
+    if ends.size == 0:
+        raise ValueError("episode_ends: expected at least one episode, got an empty array")
+    ends = ends.astype(np.int64)
+    if ends[0] < 1:
+        raise ValueError(f"episode_ends: expected a first end >= 1 (episodes hold at least one "
+                         f"frame), got {int(ends[0])}")
+    steps = np.diff(ends)
+    if (steps <= 0).any():
+        k = int(np.argmax(steps <= 0))
+        raise ValueError(f"episode_ends: expected strictly increasing cumulative ends, got "
+                         f"{int(ends[k])} followed by {int(ends[k + 1])} at position {k + 1}")
+    if ends[-1] != num_frames:
+        raise ValueError(f"episode_ends: expected the last end to equal the number of frames "
+                         f"({num_frames}), got {int(ends[-1])}")
+    return ends
+
+
+def episode_starts(ends: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.zeros(1, np.int64), ends[:-1]]).astype(np.int64)
+
+
+def check_drop(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected a non-negative int, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name}: expected a non-negative int, got {value}")
+    return int(value)
+
+
+def anchor_table(ends: np.ndarray, drop_n_first_frames: int = 0,
+                 drop_n_last_frames: int = 0) -> np.ndarray:
+    """int64 [A, 4]: (anchor frame a, episode start s, episode end e_end, episode index) of every
+    anchor, in global frame order. Episodes shorter than drop_first + drop_last + 1 give none."""
+    starts = episode_starts(ends)
+    lo = starts + drop_n_first_frames
+    hi = ends - drop_n_last_frames
+    counts = np.maximum(hi - lo, 0)
+    total = int(counts.sum())
+    table = np.empty((total, 4), dtype=np.int64)
+    ep = np.repeat(np.arange(ends.size, dtype=np.int64), counts)
+    # a = lo[ep] + (position within the episode's anchors)
+    first = np.concatenate([np.zeros(1, np.int64), np.cumsum(counts)[:-1]])
+    table[:, ANCHOR] = lo[ep] + (np.arange(total, dtype=np.int64) - first[ep])
+    table[:, START] = starts[ep]
+    table[:, END] = ends[ep]
+    table[:, EPISODE] = ep
+    return table
+
+
+def episode_anchor_ranges(table: np.ndarray, num_episodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(first anchor index, anchor count) per episode: dataset indices [first, first + count)."""
+    counts = np.bincount(table[:, EPISODE], minlength=num_episodes).astype(np.int64)
+    first = np.concatenate([np.zeros(1, np.int64), np.cumsum(counts)[:-1]])
+    return first, counts
+
+
+# ---------------------------------------------------------------------------------------------
+# Deltas
+
+
+def _delta_list(argname: str, key: str, values) -> list:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise TypeError(f"{argname}[{key!r}]: expected a non-empty list of offsets, got "
+                        f"{type(values).__name__}")
+    if hasattr(values, "tolist"):
+        values = values.tolist()
+    values = list(values)
+    if len(values) == 0:
+        raise ValueError(f"{argname}[{key!r}]: expected a non-empty list of offsets, got []")
+    return values
+
+
+def _check_keys(argname: str, mapping, keys) -> None:
+    if not isinstance(mapping, Mapping):
+        raise TypeError(f"{argname}: expected a dict of key -> offsets, got "
+                        f"{type(mapping).__name__}")
+    unknown = [k for k in mapping if k not in keys]
+    if unknown:
+        raise ValueError(f"{argname}: expected keys of the store {sorted(keys)}, got unknown "
+                         f"key(s) {unknown}")
+
+
+def check_delta_timestamps(delta_timestamps: Mapping, fps: float, tolerance_s: float) -> None:
+    """LeRobot's rule: every dt must satisfy |dt*fps - round(dt*fps)| / fps <= tolerance_s."""
+    outside = {}
+    for key, values in delta_timestamps.items():
+        bad = [ts for ts in values if not abs(ts * fps - round(ts * fps)) / fps <= tolerance_s]
+        if bad:
+            outside[key] = bad
+    if outside:
+        raise ValueError(  # LeRobot's message, naming the argument and the tolerance
+            "delta_timestamps: the following delta_timestamps are found outside of tolerance "
+            f"range (tolerance_s={tolerance_s}).\n"
+            f"Please make sure they are multiples of 1/{fps} +/- tolerance.\n"
+            f"{pformat(outside)}")
+
+
+def resolve_deltas(keys, delta_indices=None, delta_timestamps=None, fps=None,
+                   tolerance_s: float = 1e-4) -> dict[str, np.ndarray]:
+    """key -> int64 frame offsets, from delta_indices or LeRobot-style delta_timestamps.
+
+    delta_timestamps follow LeRobot exactly: checked with `check_delta_timestamps`, then
+    d = round(dt * fps) (Python's round, half to even).
+    """
+    if delta_indices is not None and delta_timestamps is not None:
+        raise ValueError("delta_indices / delta_timestamps: expected at most one of them, got both")
+    if delta_indices is None and delta_timestamps is None:
+        return {}
+    if delta_timestamps is not None:
+        _check_keys("delta_timestamps", delta_timestamps, keys)
+        if fps is None:
+            raise ValueError("delta_timestamps: expected a store with fps (frames per second) to "
+                             "convert seconds to frame offsets, got a store with fps=None; pass "
+                             "fps= to the store or use delta_indices")
+        if (isinstance(tolerance_s, bool) or not isinstance(tolerance_s, numbers.Real)
+                or not tolerance_s >= 0):
+            raise ValueError(f"tolerance_s: expected a number >= 0, got {tolerance_s!r}")
+        lists = {}
+        for key, values in delta_timestamps.items():
+            values = _delta_list("delta_timestamps", key, values)
+            for v in values:
+                if (isinstance(v, bool) or not isinstance(v, numbers.Real)
+                        or not math.isfinite(v)):
+                    raise ValueError(f"delta_timestamps[{key!r}]: expected finite numbers of "
+                                     f"seconds, got {v!r}")
+            lists[key] = [float(v) for v in values]
+        check_delta_timestamps(lists, fps, tolerance_s)
+        return {k: np.array([round(d * fps) for d in v], dtype=np.int64)
+                for k, v in lists.items()}
+    _check_keys("delta_indices", delta_indices, keys)
+    out = {}
+    for key, values in delta_indices.items():
+        values = _delta_list("delta_indices", key, values)
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise TypeError(f"delta_indices[{key!r}]: expected integer frame offsets, got "
+                                f"{v!r}")
+        out[key] = np.array([int(v) for v in values], dtype=np.int64)
+    return out
+
+
+def check_timestamps_sync(timestamps: np.ndarray, ends: np.ndarray, fps: float,
+                          tolerance_s: float) -> None:
+    """LeRobot's check: inside every episode consecutive timestamps differ by 1/fps within
+    tolerance_s (so frame offsets and time offsets agree). ValueError listing the first offenders."""
+    if timestamps.size < 2:
+        return
+    diffs = np.diff(timestamps)
+    ok = np.abs(diffs - 1.0 / fps) <= tolerance_s
+    ok[ends[:-1] - 1] = True  # the step from an episode's last frame to the next episode's first
+    if ok.all():
+        return
+    bad = np.flatnonzero(~ok)
+    ep = np.searchsorted(ends, bad, side="right")
+    rows = [{"timestamps": [float(timestamps[i]), float(timestamps[i + 1])],
+             "diff": float(diffs[i]), "episode_index": int(e)}
+            for i, e in zip(bad[:10], ep[:10], strict=True)]
+    raise ValueError(
+        f"timestamps: expected consecutive frames of an episode 1/fps = {1.0 / fps:.6g} s apart "
+        f"within tolerance_s={tolerance_s}, got {bad.size} step(s) outside it (first ones):\n"
+        f"{pformat(rows)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows of a batch (used by the NumPy batch builder and by tests)
+
+
+def window_rows(anchors: np.ndarray, deltas: np.ndarray | None):
+    """For anchor-table rows [B, 4] and deltas [K]: (rows [B, K] clamped, is_pad [B, K]).
+    deltas None means the anchor frame only: rows [B], is_pad None."""
+    a = anchors[:, ANCHOR]
+    if deltas is None:
+        return a.copy(), None
+    s = anchors[:, START, None]
+    e = anchors[:, END, None]
+    q = a[:, None] + deltas[None, :]
+    is_pad = (q < s) | (q >= e)
+    return np.clip(q, s, e - 1), is_pad

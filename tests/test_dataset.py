@@ -1,0 +1,470 @@
+"""TrajectoryDataset on the NumPy backend: the DESIGN.md window rule, and LeRobot / diffusion_policy /
+robomimic batches compared element by element with literal reference samplers (tests/_peers.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from _peers import (
+    RobomimicSequence,
+    dp_create_indices,
+    dp_sample_sequence,
+    lerobot_check_delta_timestamps,
+    lerobot_get_delta_indices,
+    lerobot_item,
+    lerobot_normalize,
+    lerobot_sampler_indices,
+)
+
+import robocache as rc
+
+
+def _store(rng, lens, feats=None, **kw):
+    ends = np.cumsum(lens).astype(np.int64)
+    N = int(ends[-1])
+    feats = feats or {"state": (N, 3), "action": (N, 2)}
+    arrays = {k: rng.standard_normal(shape).astype(np.float32) for k, shape in feats.items()}
+    arrays["step"] = np.arange(N, dtype=np.int64) * 10 + 7  # exact integers, copied unchanged
+    return rc.TrajectoryStore.from_arrays(arrays, episode_ends=ends, device="cpu", **kw), arrays
+
+
+def design_rule(arrays, ends, deltas, drop_first, drop_last, pad):
+    """DESIGN.md "Window semantics", one sample at a time."""
+    samples, s = [], 0
+    for ep, e in enumerate(ends):
+        for a in range(s + drop_first, e - drop_last):
+            item = {"index": a, "episode_index": ep, "frame_index": a - s}
+            for key, arr in arrays.items():
+                if key not in deltas:
+                    item[key] = arr[a]
+                    continue
+                vals, pads = [], []
+                for d in deltas[key]:
+                    q = a + d
+                    p = q < s or q >= e
+                    pads.append(p)
+                    vals.append(np.zeros_like(arr[0]) if (pad == "zero" and p)
+                                else arr[min(max(q, s), e - 1)])
+                item[key] = np.stack(vals)
+                item[f"{key}_is_pad"] = np.array(pads)
+            samples.append(item)
+        s = e
+    return samples
+
+
+def _assert_sample(batch, i, ref, keys):
+    for k in keys:
+        got = batch[k][i].numpy()
+        want = np.asarray(ref[k])
+        assert got.shape == want.shape, (k, got.shape, want.shape)
+        np.testing.assert_array_equal(got, want.astype(got.dtype), err_msg=f"{k} sample {i}")
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("pad", ["edge", "zero"])
+def test_design_rule_on_random_episodes(seed, pad):
+    rng = np.random.default_rng(seed)
+    # length-1 episodes and windows longer than any episode included
+    lens = np.concatenate([[1, 1], rng.integers(1, 9, size=8), [1]])
+    rng.shuffle(lens)
+    st, arrays = _store(rng, lens)
+    deltas = {"state": sorted(rng.choice(np.arange(-12, 13), size=4, replace=False).tolist()),
+              "action": list(range(-1, 15))}  # 16 > every episode length
+    first, last = int(rng.integers(0, 2)), int(rng.integers(0, 2))
+    ds = rc.TrajectoryDataset(st, delta_indices=deltas, pad=pad, drop_n_first_frames=first,
+                              drop_n_last_frames=last)
+    ref = design_rule(arrays, st.episode_ends, deltas, first, last, pad)
+    assert len(ds) == len(ref)
+    batch = ds.__getitems__(list(range(len(ds))))
+    keys = ["state", "action", "step", "state_is_pad", "action_is_pad", "index",
+            "episode_index", "frame_index"]
+    for i in range(len(ds)):
+        _assert_sample(batch, i, ref[i], keys)
+    assert batch["action"].shape == (len(ds), 16, 2) and batch["step"].shape == (len(ds),)
+    assert batch["step"].dtype == torch.int64 and batch["action"].dtype == torch.float32
+    assert batch["action_is_pad"].dtype == torch.bool
+    # random subsets, repeated and in any order, give the same rows
+    idx = rng.integers(0, len(ds), size=37)
+    sub = ds.__getitems__(idx)
+    for j, i in enumerate(idx):
+        _assert_sample(sub, j, ref[i], keys)
+
+
+def test_lerobot_example_first_frame_is_pad():
+    rng = np.random.default_rng(0)
+    st, _ = _store(rng, [6, 4, 7])
+    ds = rc.TrajectoryDataset(st, delta_indices={"action": [-2, -1, 0, 1, 2]})
+    for first in (0, 6, 10):  # the first frame of every episode
+        item = ds[first]
+        assert item["action_is_pad"].tolist() == [True, True, False, False, False]
+        assert item["frame_index"].item() == 0
+    # the last frame pads the other way
+    assert ds[5]["action_is_pad"].tolist() == [False, False, False, True, True]
+
+
+@pytest.mark.parametrize("drop", [(0, 0), (2, 3), (0, 7)])
+def test_lerobot_item_and_sampler_equality(drop):
+    rng = np.random.default_rng(1)
+    lens = [12, 1, 9, 20, 3]
+    st, arrays = _store(rng, lens)
+    fps = 30
+    delta_ts = {"state": [-1 / fps, 0.0], "action": [t / fps for t in range(16)]}
+    assert lerobot_check_delta_timestamps(delta_ts, fps, 1e-4)
+    ref_deltas = lerobot_get_delta_indices(delta_ts, fps)
+    st = rc.TrajectoryStore.from_arrays(arrays, episode_ends=st.episode_ends, fps=fps,
+                                        device="cpu")
+    ds = rc.TrajectoryDataset(st, delta_timestamps=delta_ts, drop_n_first_frames=drop[0],
+                              drop_n_last_frames=drop[1])
+    assert ds.delta_indices == ref_deltas
+    frames = lerobot_sampler_indices(st.episode_ends, *drop)
+    assert len(ds) == len(frames)
+    batch = ds.__getitems__(np.arange(len(ds)))
+    keys = ["state", "action", "step", "state_is_pad", "action_is_pad", "index",
+            "episode_index", "frame_index"]
+    for i, frame in enumerate(frames):
+        _assert_sample(batch, i, lerobot_item(arrays, st.episode_ends, ref_deltas, frame), keys)
+
+
+def test_delta_timestamps_tolerance_and_rounding():
+    rng = np.random.default_rng(2)
+    _, arrays = _store(rng, [10, 10])
+    st = rc.TrajectoryStore.from_arrays(arrays, episode_ends=[10, 20], fps=10, device="cpu")
+    # within tolerance: rounded like LeRobot
+    ds = rc.TrajectoryDataset(st, delta_timestamps={"action": [0.1 + 5e-5, -0.2 - 9e-5, 0.0]})
+    assert ds.delta_indices == {"action": [1, -2, 0]}
+    # outside: ValueError naming the key and the value
+    with pytest.raises(ValueError, match=r"(?s)tolerance.*'action': \[0\.15\]") as info:
+        rc.TrajectoryDataset(st, delta_timestamps={"action": [0.0, 0.15], "state": [0.0]})
+    assert "state" not in str(info.value).split("+/- tolerance.")[-1]
+    assert not lerobot_check_delta_timestamps({"action": [0.0, 0.15]}, 10, 1e-4)
+    # a looser tolerance accepts it
+    ds = rc.TrajectoryDataset(st, delta_timestamps={"action": [0.15]}, tolerance_s=0.06)
+    assert ds.delta_indices == {"action": [lerobot_get_delta_indices({"a": [0.15]}, 10)["a"][0]]}
+    # no fps
+    st2 = rc.TrajectoryStore.from_arrays(arrays, episode_ends=[10, 20], device="cpu")
+    with pytest.raises(ValueError, match="delta_timestamps: .*fps"):
+        rc.TrajectoryDataset(st2, delta_timestamps={"action": [0.0]})
+
+
+def test_timestamps_off_the_fps_grid_are_rejected_with_delta_timestamps():
+    rng = np.random.default_rng(3)
+    _, arrays = _store(rng, [5, 5])
+    ts = np.concatenate([np.arange(5) / 10, np.arange(5) / 10])
+    ts[7] += 0.01  # one frame 10 ms off the 10 fps grid
+    st = rc.TrajectoryStore.from_arrays(arrays, episode_ends=[5, 10], fps=10, timestamps=ts,
+                                        device="cpu")
+    with pytest.raises(ValueError, match=r"(?s)timestamps: .*'episode_index': 1"):
+        rc.TrajectoryDataset(st, delta_timestamps={"action": [0.0, 0.1]})
+    rc.TrajectoryDataset(st, delta_indices={"action": [0, 1]})  # frame offsets do not care
+
+
+def test_timestamp_key_and_anchor_only_keys():
+    rng = np.random.default_rng(4)
+    _, arrays = _store(rng, [4, 6])
+    ts = np.concatenate([np.arange(4) / 10, np.arange(6) / 10])
+    st = rc.TrajectoryStore.from_arrays(arrays, episode_ends=[4, 10], fps=10, timestamps=ts,
+                                        device="cpu")
+    ds = rc.TrajectoryDataset(st, delta_indices={"action": [0, 1]})
+    item = ds[6]
+    assert item["timestamp"].dtype == torch.float32 and item["timestamp"].item() == np.float32(0.2)
+    assert item["state"].shape == (3,) and "state_is_pad" not in item
+    np.testing.assert_array_equal(item["state"].numpy(), arrays["state"][6])
+    ds = rc.TrajectoryDataset(st, delta_indices={"timestamp": [-1, 0]}, keys=["state"])
+    assert set(ds.keys) == {"state", "timestamp"}
+    np.testing.assert_array_equal(ds[4]["timestamp"].numpy(), np.float32([0.0, 0.0]))
+    assert ds[4]["timestamp_is_pad"].tolist() == [True, False]
+
+
+@pytest.mark.parametrize("S, pb, pa", [(16, 1, 7), (4, 0, 0), (5, 2, 2), (8, 3, 4), (3, 2, 0)])
+def test_diffusion_policy_windows(S, pb, pa):
+    rng = np.random.default_rng(S * 100 + pb * 10 + pa)
+    lens = [1, 2, S - 1, S, S + 3, 25, 4]
+    st, arrays = _store(rng, lens)
+    ends = st.episode_ends
+    indices = dp_create_indices(ends, S, pad_before=pb, pad_after=pa)
+    # the window count per episode: L - S + pb + pa + 1 (none when that is <= 0)
+    assert len(indices) == sum(max(L - S + pb + pa + 1, 0) for L in lens)
+    keys = ["state", "action", "step"]
+    ds = rc.TrajectoryDataset(st, delta_indices={k: range(-pb, S - pb) for k in keys},
+                              drop_n_first_frames=0, drop_n_last_frames=S - 1 - pa - pb,
+                              pad="edge")
+    assert len(ds) == len(indices)
+    batch = ds.__getitems__(range(len(ds)))
+    for i in range(len(ds)):
+        ref = dp_sample_sequence({k: arrays[k] for k in keys}, indices, S, i)
+        _assert_sample(batch, i, ref, keys)
+
+
+def test_diffusion_policy_lerobot_config_is_the_same_window_set():
+    """SEMANTICS.md: obs [1-n_obs, 0], action [1-n_obs, 1-n_obs+S), drop_last = S - n_act - n_obs + 1."""
+    rng = np.random.default_rng(5)
+    S, n_obs, n_act = 16, 2, 8
+    lens = [30, 17, 9, 40]
+    st, arrays = _store(rng, lens)
+    ds = rc.TrajectoryDataset(
+        st, delta_indices={"state": range(1 - n_obs, 1), "action": range(1 - n_obs, 1 - n_obs + S)},
+        drop_n_last_frames=S - n_act - n_obs + 1)
+    pb, pa = n_obs - 1, n_act - 1
+    indices = dp_create_indices(st.episode_ends, S, pad_before=pb, pad_after=pa)
+    assert len(ds) == len(indices)
+    batch = ds.__getitems__(range(len(ds)))
+    for i in range(len(ds)):
+        ref = dp_sample_sequence({"state": arrays["state"], "action": arrays["action"]},
+                                 indices, S, i)
+        np.testing.assert_array_equal(batch["action"][i].numpy(), ref["action"])
+        np.testing.assert_array_equal(batch["state"][i].numpy(), ref["state"][:n_obs])
+
+
+@pytest.mark.parametrize("fs, sl, pfs, psl", [
+    (1, 1, True, True), (3, 5, True, True), (2, 10, True, True), (3, 4, False, True),
+    (2, 3, True, False), (4, 2, False, False), (10, 1, True, True)])
+def test_robomimic_sequence_and_pad_mask(fs, sl, pfs, psl):
+    rng = np.random.default_rng(fs * 7 + sl)
+    # robomimic asserts on demos too short for unpadded windows: keep those long enough
+    min_len = (1 if pfs else fs) + (0 if psl else sl - 1)
+    lens = [max(min_len, L) for L in (1, 2, 6, 13, 3)]
+    st, arrays = _store(rng, lens)
+    ref = RobomimicSequence(st.episode_ends, frame_stack=fs, seq_length=sl,
+                            pad_frame_stack=pfs, pad_seq_length=psl)
+    keys = ["state", "action"]
+    deltas = range(-(fs - 1), sl)
+    ds = rc.TrajectoryDataset(st, delta_indices={k: deltas for k in keys},
+                              drop_n_first_frames=0 if pfs else fs - 1,
+                              drop_n_last_frames=0 if psl else sl - 1)
+    assert len(ds) == len(ref)
+    batch = ds.__getitems__(range(len(ds)))
+    for i in range(len(ds)):
+        r = ref.item({k: arrays[k] for k in keys}, i)
+        for k in keys:
+            np.testing.assert_array_equal(batch[k][i].numpy(), r[k])
+        # robomimic's pad_mask is True for real data: the negation of is_pad
+        np.testing.assert_array_equal(~batch["action_is_pad"][i].numpy()[:, None], r["pad_mask"])
+
+
+# ---------------------------------------------------------------------------------------------
+# normalization
+
+
+@pytest.mark.parametrize("mode", ["mean_std", "min_max", "quantiles", "quantile10"])
+def test_normalization_matches_lerobot_formulas(mode):
+    rng = np.random.default_rng(6)
+    st, arrays = _store(rng, [7, 1, 12])
+    # a constant feature: its denominator is eps
+    arrays = dict(arrays)
+    st = rc.TrajectoryStore.from_arrays(
+        {**arrays, "const": np.full((20, 2), 3.0, np.float32)}, episode_ends=[7, 8, 20],
+        device="cpu")
+    ds = rc.TrajectoryDataset(st, delta_indices={"action": [-1, 0, 1]},
+                              normalize={"action": mode, "state": mode, "const": mode})
+    batch = ds.__getitems__(range(len(ds)))
+    for key in ("action", "state", "const"):
+        stats = st.stats(key)[key]
+        rows = batch[key].numpy()
+        raw = ds.__getitems__(range(len(ds)))  # same rows, then LeRobot's transform
+        del raw
+        src = arrays[key] if key != "const" else np.full((20, 2), 3.0, np.float32)
+        if key == "action":
+            pos = np.clip(np.arange(len(ds))[:, None] + np.array([-1, 0, 1]),
+                          ds.anchors[:, 1, None], ds.anchors[:, 2, None] - 1)
+            x = src[pos]
+        else:
+            x = src[np.arange(len(ds))]
+        want = lerobot_normalize(x, stats, mode).numpy()
+        np.testing.assert_array_equal(rows, want, err_msg=f"{key} {mode}")
+    if mode != "mean_std":
+        assert (batch["const"].numpy() == -1).all()  # LeRobot maps x == lo to -1
+
+
+def test_normalization_stats_priority_eps_and_errors():
+    rng = np.random.default_rng(7)
+    st, arrays = _store(rng, [5, 5])
+    my = {"action": {"mean": [1.0, -1.0], "std": [2.0, 4.0]}}
+    ds = rc.TrajectoryDataset(st, normalize={"action": "MEAN_STD"}, stats=my,
+                              normalize_eps=1e-3)  # robomimic's std + 1e-3
+    got = ds[3]["action"].numpy()
+    want = (arrays["action"][3] - np.float32([1, -1])) / (np.float32([2, 4]) + np.float32(1e-3))
+    np.testing.assert_array_equal(got, want)
+    # shipped stats are used when none are given
+    st2 = rc.TrajectoryStore.from_arrays(arrays, episode_ends=[5, 10], device="cpu", stats=my)
+    np.testing.assert_array_equal(
+        rc.TrajectoryDataset(st2, normalize={"action": "mean_std"}, normalize_eps=1e-3)[3]
+        ["action"].numpy(), want)
+    with pytest.raises(ValueError, match=r"normalize\['action'\]: mode 'min_max' needs"):
+        rc.TrajectoryDataset(st2, normalize={"action": "min_max"})
+    with pytest.raises(ValueError, match=r"normalize\['action'\]: expected one of"):
+        rc.TrajectoryDataset(st, normalize={"action": "zscore"})
+    with pytest.raises(ValueError, match="normalize: expected keys"):
+        rc.TrajectoryDataset(st, normalize={"nope": "mean_std"})
+    with pytest.raises(ValueError, match=r"stats\['action'\]\['mean'\]: expected 2 values"):
+        rc.TrajectoryDataset(st, normalize={"action": "mean_std"},
+                             stats={"action": {"mean": [0, 0, 0], "std": [1, 1, 1]}})
+    ident = rc.TrajectoryDataset(st, normalize={"action": "identity"})
+    np.testing.assert_array_equal(ident[2]["action"].numpy(), arrays["action"][2])
+
+
+def test_zero_pad_is_zero_after_normalization():
+    rng = np.random.default_rng(8)
+    st, _ = _store(rng, [3, 4])
+    ds = rc.TrajectoryDataset(st, delta_indices={"state": [-2, 0, 2]}, pad="zero",
+                              normalize={"state": "min_max"})
+    item = ds[0]
+    assert item["state_is_pad"].tolist() == [True, False, False]
+    assert (item["state"][0] == 0).all() and (item["state"][1] != 0).any()
+
+
+# ---------------------------------------------------------------------------------------------
+# dtypes and camera frames
+
+
+def test_output_dtypes():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    rng = np.random.default_rng(9)
+    N = 12
+    arrays = {"b": rng.standard_normal((N, 3)).astype(ml_dtypes.bfloat16),
+              "h": rng.standard_normal((N, 2)).astype(np.float16),
+              "d": rng.standard_normal((N, 2)),
+              "u": rng.integers(0, 255, (N, 4)).astype(np.uint8),
+              "flag": rng.random(N) < 0.5}
+    st = rc.TrajectoryStore.from_arrays(arrays, episode_ends=[5, 12], device="cpu")
+    ds = rc.TrajectoryDataset(st, delta_indices={"b": [0, 1], "u": [-1, 0]})
+    item = ds[4]
+    assert item["b"].dtype == torch.float32 and item["h"].dtype == torch.float32
+    assert item["d"].dtype == torch.float32 and item["u"].dtype == torch.uint8
+    assert item["flag"].dtype == torch.bool
+    np.testing.assert_array_equal(item["b"].numpy(), arrays["b"][[4, 4]].astype(np.float32))
+    np.testing.assert_array_equal(item["u"].numpy(), arrays["u"][[3, 4]])
+    assert item["flag"].item() == arrays["flag"][4]
+    ds = rc.TrajectoryDataset(st, dtype="bfloat16", normalize={"u": "mean_std"})
+    item = ds[7]
+    assert item["d"].dtype == torch.bfloat16 and item["u"].dtype == torch.bfloat16
+    assert item["flag"].dtype == torch.bool
+    want = torch.from_numpy(arrays["d"][7].astype(np.float32)).to(torch.bfloat16)
+    assert torch.equal(item["d"], want)  # round to nearest even, like torch
+    ds = rc.TrajectoryDataset(st, dtype={"d": "float64", "h": "keep", "flag": "float16"})
+    item = ds[1]
+    assert item["d"].dtype == torch.float64 and item["h"].dtype == torch.float16
+    assert item["flag"].dtype == torch.float16 and item["b"].dtype == torch.float32
+    np.testing.assert_array_equal(item["d"].numpy(), arrays["d"][1])
+    with pytest.raises(ValueError, match="dtype: expected one of"):
+        rc.TrajectoryDataset(st, dtype="int32")
+    with pytest.raises(ValueError, match=r"dtype\['u'\]: 'keep'"):
+        rc.TrajectoryDataset(st, dtype={"u": "keep"}, normalize={"u": "min_max"})
+
+
+def test_camera_frames_raw_and_through_a_transform():
+    rng = np.random.default_rng(10)
+    N = 9
+    img = rng.integers(1, 256, size=(N, 4, 5, 3), dtype=np.uint8)
+    st = rc.TrajectoryStore.from_arrays({"cam": img, "s": np.arange(N, dtype=np.float32)},
+                                        episode_ends=[4, 9], device="cpu")
+    assert st.image_keys == ("cam",)
+    ds = rc.TrajectoryDataset(st, delta_indices={"cam": [-1, 0]}, pad="zero")
+    b = ds.__getitems__([0, 5])
+    assert b["cam"].dtype == torch.uint8 and b["cam"].shape == (2, 2, 4, 5, 3)
+    assert (b["cam"][0, 0] == 0).all() and b["cam_is_pad"][0].tolist() == [True, False]
+    np.testing.assert_array_equal(b["cam"][1].numpy(), img[[4, 5]])
+    seen = {}
+
+    def transform(frames, rows, is_pad):
+        seen["rows"], seen["pad"] = rows.clone(), is_pad.clone()
+        return frames.index_select(0, rows.reshape(-1)).float().mean(dim=(1, 2, 3))
+
+    ds = rc.TrajectoryDataset(st, delta_indices={"cam": [-1, 0]},
+                              image_transforms={"cam": transform})
+    b = ds.__getitems__([4, 8])
+    assert seen["rows"].tolist() == [[4, 4], [7, 8]]
+    assert seen["pad"].tolist() == [[True, False], [False, False]]
+    assert b["cam"].shape == (4,)
+    with pytest.raises(ValueError, match="image_transforms"):
+        rc.TrajectoryDataset(st, image_transforms={"s": transform})
+    with pytest.raises(ValueError, match="camera-frame"):
+        rc.TrajectoryDataset(st, normalize={"cam": "mean_std"})
+
+
+# ---------------------------------------------------------------------------------------------
+# access paths
+
+
+def test_getitem_equals_getitems_row_and_index_errors():
+    rng = np.random.default_rng(11)
+    st, _ = _store(rng, [3, 5, 2])
+    ds = rc.TrajectoryDataset(st, delta_indices={"action": [-1, 0, 1]})
+    batch = ds.__getitems__([7, 2, 7])
+    for j, i in enumerate([7, 2, 7]):
+        item = ds[i]
+        assert set(item) == set(batch)
+        for k in item:
+            assert torch.equal(item[k], batch[k][j]), k
+    assert torch.equal(ds[-1]["action"], ds[len(ds) - 1]["action"])
+    assert torch.equal(ds[torch.tensor(3)]["index"], torch.tensor(3))
+    with pytest.raises(IndexError):
+        ds[len(ds)]
+    with pytest.raises(IndexError):
+        ds.__getitems__([0, -len(ds) - 1])
+    with pytest.raises(TypeError):
+        ds[1.5]
+    with pytest.raises(TypeError):
+        ds.__getitems__(np.array([0.5]))
+    assert list(ds.__getitems__([])["action"].shape) == [0, 3, 2]
+
+
+def test_torch_dataloader_gets_whole_batches():
+    """torch's DataLoader calls __getitems__ and its default collate passes the batch through."""
+    rng = np.random.default_rng(12)
+    st, _ = _store(rng, [6, 9, 4])
+    ds = rc.TrajectoryDataset(st, delta_indices={"action": range(4)})
+    sampler = torch.utils.data.SequentialSampler(ds)
+    dl = torch.utils.data.DataLoader(ds, batch_size=8, sampler=sampler)
+    batches = list(dl)
+    assert [b["action"].shape[0] for b in batches] == [8, 8, 3]
+    for n, b in enumerate(batches):
+        want = ds.__getitems__(range(8 * n, min(8 * n + 8, len(ds))))
+        assert set(b) == set(want)
+        for k in b:
+            assert torch.equal(b[k], want[k]), k
+    # and per-sample access (no auto-collation) still works
+    dl = torch.utils.data.DataLoader(ds, batch_size=None)
+    assert next(iter(dl))["action"].shape == (4, 2)
+    # worker processes send whole batches back (pickled WindowBatch)
+    dl = torch.utils.data.DataLoader(ds, batch_size=8, sampler=sampler, num_workers=2)
+    for b, want in zip(dl, batches, strict=True):
+        assert all(torch.equal(b[k], want[k]) for k in want)
+
+
+def test_bad_dataset_arguments():
+    rng = np.random.default_rng(13)
+    st, _ = _store(rng, [4, 4])
+    mk = rc.TrajectoryDataset
+    with pytest.raises(ValueError, match=r"delta_indices: expected keys of the store .*'nope'"):
+        mk(st, delta_indices={"nope": [0]})
+    with pytest.raises(ValueError, match=r"delta_timestamps: expected keys of the store"):
+        rc.TrajectoryDataset(rc.TrajectoryStore.from_arrays(
+            {"a": np.zeros((8, 1))}, episode_ends=[8], fps=10, device="cpu"),
+            delta_timestamps={"b": [0.0]})
+    with pytest.raises(ValueError, match="both"):
+        mk(st, delta_indices={"state": [0]}, delta_timestamps={"state": [0.0]})
+    with pytest.raises(ValueError, match="non-empty"):
+        mk(st, delta_indices={"state": []})
+    with pytest.raises(TypeError, match="integer frame offsets"):
+        mk(st, delta_indices={"state": [0.5]})
+    with pytest.raises(ValueError, match="drop_n_first_frames: expected a non-negative"):
+        mk(st, drop_n_first_frames=-1)
+    with pytest.raises(ValueError, match="no anchors"):
+        mk(st, drop_n_first_frames=2, drop_n_last_frames=2)
+    with pytest.raises(ValueError, match="pad: expected one of"):
+        mk(st, pad="reflect")
+    with pytest.raises(ValueError, match="keys: expected keys"):
+        mk(st, keys=["nope"])
+    with pytest.raises(TypeError, match="store"):
+        mk({"state": np.zeros(3)})
+    with pytest.raises(ValueError, match="computed by the dataset"):
+        mk(rc.TrajectoryStore.from_arrays({"a": np.zeros((8, 1)), "frame_index": np.arange(8)},
+                                          episode_ends=[8], device="cpu"),
+           delta_indices={"frame_index": [0, 1]})
+    # episodes shorter than the drops give no anchors but the others still do
+    ds = mk(rc.TrajectoryStore.from_arrays({"a": np.zeros((11, 1))}, episode_ends=[1, 3, 11],
+                                           device="cpu"), drop_n_first_frames=1,
+            drop_n_last_frames=1)
+    assert len(ds) == 0 + 0 + 6
+    assert ds.anchors[:, 0].tolist() == list(range(4, 10))

@@ -1,0 +1,259 @@
+"""rc.DataLoader on the NumPy backend: epoch orders, seeds, resume, episode sampling, samplers,
+DistributedSampler sharding (in-process and a real two-process gloo run)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _peers import distributed_indices
+
+import robocache as rc
+from robocache.loader import shard
+
+
+def _dataset(lens=(5, 1, 9, 3, 12, 2, 7), drop=(0, 0), **kw):
+    rng = np.random.default_rng(0)
+    ends = np.cumsum(lens)
+    st = rc.TrajectoryStore.from_arrays(
+        {"a": rng.standard_normal((int(ends[-1]), 2)).astype(np.float32),
+         "f": np.arange(int(ends[-1]), dtype=np.int64)},
+        episode_ends=ends, device="cpu")
+    return rc.TrajectoryDataset(st, delta_indices={"a": [-1, 0, 1]}, drop_n_first_frames=drop[0],
+                                drop_n_last_frames=drop[1], **kw)
+
+
+def _indices(loader):
+    """Dataset indices of one pass: the anchor frame (column "f") mapped back through anchors."""
+    frames = [b["f"].numpy() for b in loader]
+    return np.concatenate(frames) if frames else np.zeros(0, np.int64)
+
+
+def _anchor_frames(ds, idx):
+    return ds.anchors[np.asarray(idx, dtype=np.int64), 0]
+
+
+def test_sequential_and_batches_equal_getitems():
+    ds = _dataset()
+    dl = rc.DataLoader(ds, batch_size=8)
+    assert len(dl) == -(-len(ds) // 8)
+    batches = list(dl)
+    assert len(batches) == len(dl)
+    for n, b in enumerate(batches):
+        want = ds.__getitems__(range(8 * n, min(8 * n + 8, len(ds))))
+        assert set(b) == set(want)
+        for k in b:
+            assert torch.equal(b[k], want[k]), k
+    dl = rc.DataLoader(ds, batch_size=8, drop_last=True)
+    assert len(dl) == len(ds) // 8 == len(list(dl))
+    assert all(b["a"].shape[0] == 8 for b in dl)
+
+
+def test_shuffle_is_the_seeded_permutation_of_each_epoch():
+    ds = _dataset()
+    n = len(ds)
+    dl = rc.DataLoader(ds, batch_size=6, shuffle=True, seed=123)
+    for epoch in range(3):  # each full pass advances the epoch
+        want = np.random.Generator(np.random.PCG64([123, epoch])).permutation(n)
+        np.testing.assert_array_equal(_indices(dl), _anchor_frames(ds, want))
+        assert dl.epoch == epoch + 1
+    dl.set_epoch(1)
+    np.testing.assert_array_equal(
+        _indices(dl), _anchor_frames(ds, np.random.Generator(np.random.PCG64([123, 1]))
+                                     .permutation(n)))
+    # same seed, same batches; another seed, another order
+    a = _indices(rc.DataLoader(ds, batch_size=6, shuffle=True, seed=5))
+    b = _indices(rc.DataLoader(ds, batch_size=6, shuffle=True, seed=5))
+    c = _indices(rc.DataLoader(ds, batch_size=6, shuffle=True, seed=6))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert sorted(a.tolist()) == sorted(c.tolist()) == ds.anchors[:, 0].tolist()
+
+
+def test_default_seed_follows_torch_rng_and_generator():
+    ds = _dataset()
+    torch.manual_seed(0)
+    a = _indices(rc.DataLoader(ds, batch_size=4, shuffle=True))
+    torch.manual_seed(0)
+    b = _indices(rc.DataLoader(ds, batch_size=4, shuffle=True))
+    np.testing.assert_array_equal(a, b)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    np.testing.assert_array_equal(_indices(rc.DataLoader(ds, batch_size=4, shuffle=True,
+                                                         generator=g1)),
+                                  _indices(rc.DataLoader(ds, batch_size=4, shuffle=True,
+                                                         generator=g2)))
+
+
+@pytest.mark.parametrize("sampling", ["frame", "episode"])
+def test_resume_mid_epoch_exactly(sampling):
+    ds = _dataset(drop=(1, 0))
+    dl = rc.DataLoader(ds, batch_size=5, shuffle=True, seed=99, sampling=sampling)
+    full = [_indices([b]) for b in dl] + [_indices([b]) for b in dl]  # epochs 0 and 1
+    per_epoch = len(dl)
+    for stop in (0, 2, per_epoch - 1, per_epoch, per_epoch + 3):
+        dl = rc.DataLoader(ds, batch_size=5, shuffle=True, seed=99, sampling=sampling)
+        got, it = [], iter(dl)
+        for _ in range(min(stop, per_epoch)):
+            got.append(_indices([next(it)]))
+        if stop >= per_epoch:
+            assert list(it) == []  # finish epoch 0
+            it = iter(dl)
+            for _ in range(stop - per_epoch):
+                got.append(_indices([next(it)]))
+        state = dl.state_dict()
+        # a fresh loader without a seed takes the saved one
+        dl2 = rc.DataLoader(ds, batch_size=5, shuffle=True, sampling=sampling)
+        dl2.load_state_dict(state)
+        rest = [_indices([b]) for b in dl2]
+        if stop < per_epoch:
+            rest += [_indices([b]) for b in dl2]
+        got += rest
+        assert len(got) == 2 * per_epoch, stop
+        for x, y in zip(got, full, strict=True):
+            np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="batch_size"):
+        rc.DataLoader(ds, batch_size=6, shuffle=True, sampling=sampling).load_state_dict(state)
+    with pytest.raises(ValueError, match="state"):
+        dl2.load_state_dict({"epoch": 1})
+
+
+def test_episode_sampling_is_uniform_over_episodes():
+    lens = (1, 2, 40, 3, 100)
+    ds = _dataset(lens=lens)
+    dl = rc.DataLoader(ds, batch_size=64, sampling="episode", seed=1)
+    first, count = ds.episode_anchor_ranges()
+    # the spec: episode uniform, then an anchor uniform within it, from PCG64([seed, epoch])
+    rng = np.random.Generator(np.random.PCG64([1, 0]))
+    ep = rng.integers(0, len(lens), size=len(ds))
+    want = first[ep] + rng.integers(0, count[ep])
+    np.testing.assert_array_equal(dl.epoch_order(0), want)
+    draws = np.concatenate([dl.epoch_order(e) for e in range(60)])
+    eps = ds.anchors[draws, 3]
+    freq = np.bincount(eps, minlength=len(lens)) / draws.size
+    np.testing.assert_allclose(freq, 1 / len(lens), atol=0.02)
+    # within the long episode, anchors are uniform too
+    inner = draws[eps == 4] - first[4]
+    assert inner.min() == 0 and inner.max() == 99
+    assert len(dl) == -(-len(ds) // 64)
+    # episodes without anchors are never drawn
+    ds2 = _dataset(lens=lens, drop=(2, 0))
+    dl2 = rc.DataLoader(ds2, batch_size=8, sampling="episode", seed=0)
+    eps2 = ds2.anchors[np.concatenate([dl2.epoch_order(e) for e in range(5)]), 3]
+    assert set(eps2.tolist()) == {2, 3, 4}
+
+
+def test_samplers_batch_samplers_and_collate():
+    ds = _dataset()
+    order = list(range(len(ds)))[::-1]
+    dl = rc.DataLoader(ds, batch_size=7, sampler=order)
+    np.testing.assert_array_equal(_indices(dl), _anchor_frames(ds, order))
+    assert len(dl) == -(-len(ds) // 7)
+    bs = torch.utils.data.BatchSampler(torch.utils.data.SequentialSampler(ds), 10, False)
+    dl = rc.DataLoader(ds, batch_sampler=bs)
+    sizes = [b["a"].shape[0] for b in dl]
+    assert sizes == [len(b) for b in bs] and len(dl) == len(bs)
+    dl = rc.DataLoader(ds, batch_sampler=[[3, 1], [0]])
+    np.testing.assert_array_equal(_indices(dl), _anchor_frames(ds, [3, 1, 0]))
+    dsampler = torch.utils.data.DistributedSampler(ds, num_replicas=2, rank=1, seed=4)
+    dl = rc.DataLoader(ds, batch_size=4, sampler=dsampler)
+    dl.set_epoch(3)  # forwarded to the sampler
+    dsampler.set_epoch(3)
+    np.testing.assert_array_equal(_indices(dl), _anchor_frames(ds, list(dsampler)))
+    dl = rc.DataLoader(ds, batch_size=4, collate_fn=lambda b: b["a"].sum())
+    assert all(x.ndim == 0 for x in dl)
+
+
+@pytest.mark.parametrize("n", [1, 7, 10, 11])
+@pytest.mark.parametrize("world", [1, 2, 3, 4, 13])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_shard_is_distributed_sampler_arithmetic(n, world, drop_last):
+    order = np.random.default_rng(n).permutation(n)
+    for rank in range(world):
+        np.testing.assert_array_equal(shard(order, rank, world, drop_last),
+                                      distributed_indices(order.tolist(), rank, world, drop_last))
+
+
+def test_explicit_ranks_get_disjoint_equal_shards():
+    ds = _dataset()  # 39 anchors
+    n = len(ds)
+    for drop_last in (False, True):
+        parts = []
+        for rank in range(3):
+            dl = rc.DataLoader(ds, batch_size=4, shuffle=True, seed=2, rank=rank, world_size=3,
+                               drop_last=drop_last)
+            parts.append(_indices(dl))
+            assert len(dl) == (n // 3 // 4 if drop_last else -(-(n // 3) // 4))
+        if not drop_last:
+            assert {p.size for p in parts} == {13}
+            assert sorted(np.concatenate(parts).tolist()) == ds.anchors[:, 0].tolist()
+    # the shards are the global permutation, dealt out
+    perm = np.random.Generator(np.random.PCG64([2, 0])).permutation(n)
+    dl = rc.DataLoader(ds, batch_size=100, shuffle=True, seed=2, rank=1, world_size=3)
+    np.testing.assert_array_equal(_indices(dl), _anchor_frames(ds, perm[1::3]))
+    assert rc.DataLoader(ds, shuffle=True, rank=0, world_size=2).seed == 0  # like DistributedSampler
+
+
+def test_two_process_gloo_run_covers_every_anchor_once(tmp_path):
+    worker = Path(__file__).with_name("_dist_worker.py")
+    root = str(Path(rc.__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    procs = [subprocess.Popen([sys.executable, str(worker), str(r), "2",
+                               str(tmp_path / "init"), str(tmp_path / f"r{r}.npz")],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+             for r in range(2)]
+    for p in procs:
+        out, _ = p.communicate(timeout=240)
+        assert p.returncode == 0, out.decode()[-3000:]
+    r0, r1 = (np.load(tmp_path / f"r{r}.npz") for r in range(2))
+    n = int(r0["len"][0])
+    orders = []
+    for epoch in range(2):
+        a, b = r0[f"epoch{epoch}"], r1[f"epoch{epoch}"]
+        assert a.size == b.size == n // 2
+        both = np.concatenate([a, b])
+        assert sorted(both.tolist()) == list(range(n))  # every anchor exactly once
+        orders.append(both)
+    assert not np.array_equal(orders[0], orders[1])  # epochs differ
+
+
+def test_bad_loader_arguments():
+    ds = _dataset()
+    for bs in (0, -1, True, 2.0, None):
+        with pytest.raises(ValueError, match="batch_size"):
+            rc.DataLoader(ds, batch_size=bs)
+    with pytest.raises(ValueError, match="batch_sampler"):
+        rc.DataLoader(ds, batch_size=4, batch_sampler=[[0]])
+    with pytest.raises(ValueError, match="sampler"):
+        rc.DataLoader(ds, sampler=[0, 1], shuffle=True)
+    with pytest.raises(ValueError, match="sampling"):
+        rc.DataLoader(ds, sampling="trajectory")
+    with pytest.raises(ValueError, match="shuffle"):
+        rc.DataLoader(ds, sampling="episode", shuffle=False)
+    with pytest.raises(ValueError, match="reuse_outputs"):
+        rc.DataLoader(ds, reuse_outputs=1)
+    with pytest.raises(ValueError, match="rank"):
+        rc.DataLoader(ds, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="world_size"):
+        rc.DataLoader(ds, rank=0, world_size=0)
+    with pytest.raises(TypeError, match="TrajectoryDataset"):
+        rc.DataLoader(list(range(3)))
+    with pytest.raises(ValueError, match="epoch"):
+        rc.DataLoader(ds).set_epoch(-1)
+    with pytest.raises(IndexError):
+        list(rc.DataLoader(ds, sampler=[len(ds)]))
+
+
+def test_worker_arguments_are_accepted_no_ops():
+    ds = _dataset()
+    dl = rc.DataLoader(ds, batch_size=8, shuffle=True, seed=1, num_workers=8, pin_memory=True,
+                       prefetch_factor=4, persistent_workers=True, timeout=5,
+                       worker_init_fn=print, multiprocessing_context="spawn",
+                       pin_memory_device="cuda", in_order=False)
+    ref = rc.DataLoader(ds, batch_size=8, shuffle=True, seed=1)
+    np.testing.assert_array_equal(_indices(dl), _indices(ref))
