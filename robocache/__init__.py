@@ -18,6 +18,7 @@ _LAZY = {
     "resample": "robocache.ops.resample",
     "fuse": "robocache.ops.resample",
     "crop_resize_normalize": "robocache.ops.images",
+    "ImageTransform": "robocache.ops.images",
     "voxelize": "robocache.ops.voxel",
     "points_to_voxel_coords": "robocache.ops.voxel",
     "print_installation_info": "robocache.info",

@@ -13,8 +13,15 @@ A store with timestamps also gives `timestamp` (float32, like LeRobot).
 Output dtypes: floating keys (float16/bfloat16/float32/float64) and normalized keys come out as
 float32 unless `dtype` says otherwise; integer and bool keys keep their dtype (copied exactly).
 Camera-frame keys (store.image_keys) come out as raw uint8 frames [B, K, H, W, C] gathered from
-the store, or through `image_transforms[key](frames, rows, is_pad)` when given: `frames` is the
-store's array, `rows` the clamped frame rows (int64 [B, K] or [B]) and `is_pad` the mask.
+the store, or transformed when `image_transforms[key]` is given:
+- an `rc.ImageTransform(crop=..., resize=..., mean=..., std=..., out_dtype=...)`: one launch per
+  key and batch reads the store's uint8 frames at the window's rows and writes the cropped,
+  resized, normalized [B, K, C, h, w] tensor (ops/images.py has the exact semantics). Padded
+  frames follow the dataset's pad rule (edge: the clamped frame; zero: an all-zero image).
+  Random crops / jitter are keyed by (seed, epoch, batch number): robocache.DataLoader passes its
+  own; direct `__getitems__` calls use seed 0, epoch 0 and a per-dataset call counter.
+- any callable `fn(frames, rows, is_pad)`: `frames` is the store's array, `rows` the clamped
+  frame rows (int64 [B, K] or [B]) and `is_pad` the mask.
 
 With torch's DataLoader, a CUDA store needs num_workers=0 (CUDA does not survive fork);
 robocache.DataLoader builds batches in the main process anyway.
@@ -31,6 +38,9 @@ import torch.utils.data
 
 from . import _array
 from . import windows as W
+from .ops import _random
+from .ops import images as _images
+from .ops.images import ImageTransform
 from .ops.windows import META_KEYS, OUT_FLOAT, WindowKey, WindowOp
 from .store import TrajectoryStore
 
@@ -135,6 +145,9 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                 raise ValueError(f"image_transforms: expected camera-frame keys "
                                  f"{list(self._image_keys)}, got {k!r}")
         self._transforms = transforms
+        self._image_plans = {k: t.plan(tuple(store[k].shape[1:]))
+                             for k, t in transforms.items() if isinstance(t, ImageTransform)}
+        self._calls = 0  # random-draw batch counter of direct __getitems__ calls
         self._norm = self._resolve_norm(normalize, stats, normalize_eps, sources)
         wkeys = []
         for k in self._keys:
@@ -338,25 +351,30 @@ class TrajectoryDataset(torch.utils.data.Dataset):
     def __getitems__(self, indices) -> WindowBatch:
         """The batch of `indices` (list / array / tensor of ints) as one dict of tensors."""
         idx = self._check_indices(indices)
+        draw = (0, 0, self._calls)
+        self._calls += 1
         if not self._store.is_cuda:
-            return self._finish(self._op.run_numpy(idx), torch_from_numpy=True)
+            return self._finish(self._op.run_numpy(idx), torch_from_numpy=True, draw=draw)
         dev_idx = torch.as_tensor(idx, dtype=torch.int64).to(self.device, non_blocking=True)
-        return self._finish(self._op.run_cuda(dev_idx))
+        return self._finish(self._op.run_cuda(dev_idx), draw=draw)
 
-    def _batch_from_device(self, idx, offset: int, count: int, out: dict | None = None
-                           ) -> WindowBatch:
+    def _batch_from_device(self, idx, offset: int, count: int, out: dict | None = None,
+                           draw: tuple[int, int, int] = (0, 0, 0)) -> WindowBatch:
         """The batch of idx[offset : offset + count] for an int64 device array of indices (a CUDA
-        store; used by the loader: no host-to-device copy)."""
-        return self._finish(self._op.run_cuda(idx, offset, count, out))
+        store; used by the loader: no host-to-device copy). `draw` = (seed, epoch, batch) keys
+        the random image transforms."""
+        return self._finish(self._op.run_cuda(idx, offset, count, out), draw=draw)
 
-    def _batch_from_host(self, idx: np.ndarray) -> WindowBatch:
+    def _batch_from_host(self, idx: np.ndarray, draw: tuple[int, int, int] = (0, 0, 0)
+                         ) -> WindowBatch:
         """The batch of validated host indices (the loader's CPU path)."""
-        return self._finish(self._op.run_numpy(idx), torch_from_numpy=True)
+        return self._finish(self._op.run_numpy(idx), torch_from_numpy=True, draw=draw)
 
     def _alloc(self, B: int) -> dict:
         return self._op.alloc(B)
 
-    def _finish(self, raw: dict, torch_from_numpy: bool = False) -> WindowBatch:
+    def _finish(self, raw: dict, torch_from_numpy: bool = False,
+                draw: tuple[int, int, int] = (0, 0, 0)) -> WindowBatch:
         """The op's outputs as a WindowBatch in sample order (a new dict: `raw` may be a reused
         output set of the loader and must keep its arrays)."""
         if torch_from_numpy:
@@ -366,11 +384,32 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         for k in self._image_keys:
             rows = batch[k]
             mask = batch.get(f"{k}_is_pad")
+            zero_mask = mask if self._pad == "zero" else None
+            plan = self._image_plans.get(k)
+            if plan is not None:
+                batch[k] = self._transform_frames(k, plan, rows, zero_mask, draw)
+                continue
             fn = self._transforms.get(k)
             frames = self._frames(k)
             batch[k] = fn(frames, rows, mask) if fn is not None else \
-                gather_frames(frames, rows, mask if self._pad == "zero" else None)
+                gather_frames(frames, rows, zero_mask)
         return batch
+
+    def _transform_frames(self, key: str, plan, rows, zero_mask, draw):
+        """One image-kernel launch (or the NumPy path) from the store's frames at `rows`."""
+        rand = _random.rand_key(*draw)
+        rows2 = rows if rows.ndim == 2 else rows.reshape(-1, 1)
+        mask2 = None if zero_mask is None else zero_mask.reshape(rows2.shape)
+        src = self._sources[key]
+        if isinstance(src, np.ndarray):
+            out = _images.apply_numpy(plan, src, rows2.numpy(),
+                                      None if mask2 is None else mask2.numpy(), rand)
+            out = _to_torch(np.ascontiguousarray(out))
+        else:
+            B, K = rows2.shape
+            out = _array.empty(src, plan.out_shape(B, K), plan.out_dtype)
+            _images.apply_cuda(plan, src, rows2, mask2, out, rand)
+        return out if rows.ndim == 2 else out[:, 0]
 
     def _frames(self, key: str):
         src = self._sources[key]

@@ -251,9 +251,10 @@ class DataLoader:
         for b in range(start, bounds.size - 1):
             lo, hi = int(bounds[b]), int(bounds[b + 1])
             if on_device:
-                batch = ds._batch_from_device(dev_order, lo, hi - lo, self._out(hi - lo))
+                batch = ds._batch_from_device(dev_order, lo, hi - lo, self._out(hi - lo),
+                                              draw=(self.seed, epoch, b))
             else:
-                batch = ds._batch_from_host(order[lo:hi])
+                batch = ds._batch_from_host(order[lo:hi], draw=(self.seed, epoch, b))
             self._position = b + 1
             yield batch if self.collate_fn is None else self.collate_fn(batch)
         self._epoch = epoch + 1

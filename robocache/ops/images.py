@@ -218,6 +218,34 @@ def make_plan(frame_shape, *, crop=None, crop_mode: str = "center", per_frame_cr
         out_dtype=out_dtype, layout=layout)
 
 
+class ImageTransform:
+    """A camera key's transform for TrajectoryDataset(image_transforms={key: ImageTransform(...)}):
+    the keyword arguments of crop_resize_normalize's transform (crop, crop_mode, per_frame_crop,
+    shift, resize, scale, mean, std, brightness, contrast, per_frame_jitter, out_dtype, layout).
+
+    The dataset validates it once against the key's frame shape (`plan`) and, per batch, runs
+    one launch that reads the store's uint8 frames at the window's rows and writes the batch's
+    tensor; random draws are keyed by (loader seed, epoch, batch number).
+    """
+
+    _FIELDS = ("crop", "crop_mode", "per_frame_crop", "shift", "resize", "scale", "mean", "std",
+               "brightness", "contrast", "per_frame_jitter", "out_dtype", "layout")
+
+    def __init__(self, **options):
+        unknown = sorted(set(options) - set(self._FIELDS))
+        if unknown:
+            V.fail("ImageTransform", f"keyword arguments among {list(self._FIELDS)}",
+                   repr(unknown), TypeError)
+        self.options = options
+
+    def plan(self, frame_shape) -> ImagePlan:
+        return make_plan(frame_shape, **self.options)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"ImageTransform({args})"
+
+
 # ---------------------------------------------------------------------------------------------
 # Public op
 

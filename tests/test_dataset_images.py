@@ -1,0 +1,93 @@
+"""Camera keys through TrajectoryDataset / DataLoader with rc.ImageTransform."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import robocache as rc  # noqa: E402
+
+
+def _store(rng, device="cpu"):
+    ends = np.array([1, 6, 14, 15, 23])  # a length-1 episode and short ones
+    N = int(ends[-1])
+    frames = rng.integers(0, 256, size=(N, 12, 16, 3), dtype=np.uint8)
+    state = rng.standard_normal((N, 4)).astype(np.float32)
+    return rc.TrajectoryStore.from_arrays({"cam": frames, "state": state}, episode_ends=ends,
+                                          fps=10.0, device=device), frames, ends
+
+
+def _expected_rows(ends, anchors, deltas):
+    starts = np.concatenate([[0], ends[:-1]])
+    ep = np.searchsorted(ends, anchors, side="right")
+    q = anchors[:, None] + np.asarray(deltas)[None, :]
+    s, e = starts[ep][:, None], ends[ep][:, None]
+    return np.clip(q, s, e - 1), (q < s) | (q >= e)
+
+
+@pytest.mark.parametrize("pad", ["edge", "zero"])
+def test_image_transform_equals_the_op_at_the_window_rows(pad, rng):
+    store, frames, ends = _store(rng)
+    tf = rc.ImageTransform(crop=(8, 10), crop_mode="random", resize=(6, 6),
+                           mean=(0.5, 0.5, 0.5), std=(0.25, 0.3, 0.35))
+    deltas = [-2, 0, 3]
+    ds = rc.TrajectoryDataset(store, delta_indices={"cam": deltas, "state": [0]}, pad=pad,
+                              image_transforms={"cam": tf})
+    idx = np.arange(len(ds))
+    batch = ds.__getitems__(idx)
+    rows, is_pad = _expected_rows(ends, idx, deltas)
+    np.testing.assert_array_equal(batch["cam_is_pad"].numpy(), is_pad)
+    want = rc.crop_resize_normalize(frames, rows, zero_mask=is_pad if pad == "zero" else None,
+                                    seed=0, epoch=0, batch=0, **tf.options)
+    assert tuple(batch["cam"].shape) == (len(ds), 3, 3, 6, 6)
+    np.testing.assert_array_equal(batch["cam"].numpy(), want)
+    if pad == "zero":
+        assert (batch["cam"].numpy()[is_pad] == 0).all() and is_pad.any()
+
+
+def test_loader_random_crops_follow_seed_epoch_and_batch(rng):
+    store, _, _ = _store(rng)
+    tf = rc.ImageTransform(crop=6, crop_mode="random", out_dtype="bfloat16")
+    ds = rc.TrajectoryDataset(store, delta_indices={"cam": [-1, 0]},
+                              image_transforms={"cam": tf})
+
+    def epoch_batches(seed, epoch):
+        loader = rc.DataLoader(ds, batch_size=5, shuffle=True, seed=seed)
+        loader.set_epoch(epoch)
+        return [b["cam"].float().numpy() for b in loader]
+
+    a, b = epoch_batches(3, 0), epoch_batches(3, 0)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    c = epoch_batches(3, 1)
+    assert any(x.shape != y.shape or not np.array_equal(x, y) for x, y in zip(a, c, strict=True))
+    assert a[0].dtype == np.float32 and a[0].shape[1:] == (2, 3, 6, 6)
+
+
+def test_anchor_only_camera_key_and_unknown_options(rng):
+    store, frames, _ = _store(rng)
+    ds = rc.TrajectoryDataset(store, delta_indices={"state": [0]}, keys=["cam", "state"],
+                              image_transforms={"cam": rc.ImageTransform(resize=(4, 8))})
+    batch = ds.__getitems__([0, 7])
+    assert tuple(batch["cam"].shape) == (2, 3, 4, 8)
+    want = rc.crop_resize_normalize(frames, np.array([0, 7]), resize=(4, 8))
+    np.testing.assert_array_equal(batch["cam"].numpy(), want)
+    with pytest.raises(TypeError, match="ImageTransform"):
+        rc.ImageTransform(rotate=3)
+    with pytest.raises(ValueError, match="crop"):
+        rc.TrajectoryDataset(store, delta_indices={"cam": [0]},
+                             image_transforms={"cam": rc.ImageTransform(crop=(40, 40))})
+
+
+@pytest.mark.gpu
+def test_cuda_store_images_equal_cpu_store(rng):
+    cpu, _, _ = _store(np.random.default_rng(5))
+    gpu, _, _ = _store(np.random.default_rng(5), device="cuda")
+    tf = rc.ImageTransform(crop=(8, 8), crop_mode="random", shift=2, resize=(10, 10),
+                           brightness=0.2, contrast=0.1)
+    kw = dict(delta_indices={"cam": [-1, 0, 1]}, pad="zero", image_transforms={"cam": tf})
+    a = rc.DataLoader(rc.TrajectoryDataset(cpu, **kw), batch_size=4, shuffle=True, seed=1)
+    b = rc.DataLoader(rc.TrajectoryDataset(gpu, **kw), batch_size=4, shuffle=True, seed=1)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x["cam"].numpy(), y["cam"].cpu().numpy(), atol=1e-5)
