@@ -78,7 +78,8 @@ def _decode_pyav(path: Path, q: Queries, out: np.ndarray, key: str, tol: float, 
         if not container.streams.video:
             raise DatasetFormatError(f"{key}: {str(path)!r} has no video stream")
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        if H * W >= 256 * 256:  # frame threads pay off on large frames only
+            stream.thread_type = "AUTO"
         n, j = len(q.times), 0
         prev = prev_t = prev_img = None
 
