@@ -108,7 +108,7 @@ def write_lerobot(root, episodes: list[dict], *, fps: int = 10, version: str = "
                   video_keys=(), image_keys=(), episodes_per_file: int = 2,
                   episodes_per_video_file: int = 3, episodes_meta_files: int = 1,
                   chunks_size: int = 1000, codec=LOSSLESS, tasks=("push the block",),
-                  write_stats: bool = True) -> dict:
+                  write_stats: bool = True, row_group_size: int | None = None) -> dict:
     """episodes: list of {key: array [L, ...]} (camera keys uint8 [L, H, W, 3]).
     Returns info.json as written."""
     root = Path(root)
@@ -171,7 +171,7 @@ def write_lerobot(root, episodes: list[dict], *, fps: int = 10, version: str = "
             c, f = chunk_file(i)
             path = root / V3_DATA.format(chunk_index=c, file_index=f)
             path.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table(eps), path)
+            pq.write_table(table(eps), path, row_group_size=row_group_size)
             meta["data/chunk_index"] += [c] * len(eps)
             meta["data/file_index"] += [f] * len(eps)
         meta["episode_index"] = list(range(E))
@@ -220,7 +220,7 @@ def write_lerobot(root, episodes: list[dict], *, fps: int = 10, version: str = "
             ch = e // chunks_size
             path = root / V2_DATA.format(episode_chunk=ch, episode_index=e)
             path.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table([e]), path)
+            pq.write_table(table([e]), path, row_group_size=row_group_size)
             for k in video_keys:
                 encode_video(root / V2_VIDEO.format(episode_chunk=ch, episode_index=e,
                                                     video_key=k), episodes[e][k], fps, codec)

@@ -98,6 +98,19 @@ def test_v21_round_trip_and_aggregated_stats(v21):
         assert src.stats[k]["count"].tolist() == [sum(LENGTHS)]
 
 
+@pytest.mark.parametrize("version", ["v3.0", "v2.1"])
+def test_many_row_groups_read_in_parallel_tasks(tmp_path, monkeypatch, version):
+    from robocache.formats import lerobot
+
+    monkeypatch.setattr(lerobot, "TASK_BYTES", 300)  # a few row groups per task
+    lengths = [17, 1, 30, 9, 2, 25]
+    eps = make_episodes(lengths, seed=12)
+    write_lerobot(tmp_path, eps, version=version, episodes_per_file=3, row_group_size=4)
+    md = pq.read_metadata(next((tmp_path / "data").rglob("*.parquet")))
+    assert md.num_row_groups > 3
+    check_source(read_lerobot(tmp_path, progress=False), eps)
+
+
 def test_keys_filter_never_decodes_unused_cameras(tmp_path):
     eps = make_episodes([3, 1, 2], seed=3, cameras=CAMS)
     write_lerobot(tmp_path, eps, video_keys=tuple(CAMS))

@@ -85,6 +85,7 @@ def read_lerobot(root, keys=None, video_backend: str | None = None, tolerance_s:
         layout = _V3(root, info, video_keys)
     else:
         layout = _V2(root, info, video_keys)
+    layout.file_first = {p: first for p, first, _ in layout.data_files}
     ends = np.cumsum(layout.lengths, dtype=np.int64)
     n = int(ends[-1]) if len(ends) else 0
     total = info.get("total_frames")
@@ -92,6 +93,8 @@ def read_lerobot(root, keys=None, video_backend: str | None = None, tolerance_s:
         raise DatasetFormatError(f"{root / 'meta/info.json'}: total_frames is {total} but the "
                                  f"episode metadata ({layout.episodes_file}) sums to {n} frames")
 
+    stats = _load_stats(root, version, selected)  # small files first: fail before the big reads
+    tasks = _load_tasks(root, version)
     first = layout.data_files[0][0] if layout.data_files else None
     schema = _schema(first) if first is not None else None
     out: dict[str, np.ndarray] = {}
@@ -103,13 +106,12 @@ def read_lerobot(root, keys=None, video_backend: str | None = None, tolerance_s:
     _decode_videos(layout, features, video_keys, out, timestamps, tolerance_s,
                    video_backend or "pyav", progress)
 
-    stats = _load_stats(root, version, selected)
     return TrajectorySource(
         arrays=out, episode_ends=ends, fps=float(info["fps"]), timestamps=timestamps,
         stats=stats or None,
         image_keys=tuple(k for k in selected if features[k]["dtype"] in ("video", "image")),
         meta={"format": "lerobot", "codebase_version": version, "root": str(root),
-              "robot_type": info.get("robot_type"), "tasks": _load_tasks(root, version),
+              "robot_type": info.get("robot_type"), "tasks": tasks,
               "episode_index": layout.episode_index.tolist(),
               "features": {k: features[k] for k in selected}},
     )
@@ -283,6 +285,7 @@ class _Layout:
     episode_index: np.ndarray   # int64 [E], original episode ids in row order
     lengths: np.ndarray         # int64 [E]
     data_files: list            # [(path, first_row, rows or None)]
+    file_first: dict            # path -> first_row
     videos: dict                # key -> [(path, [episode positions], from_timestamps)]
 
 
@@ -358,7 +361,7 @@ class _V3(_Layout):
         self.data_files = []
         row = 0
         for p in paths:
-            rows = _num_rows(p)
+            rows = _metadata(p).num_rows
             self.data_files.append((p, row, rows))
             row += rows
         if row != int(to[-1]):
@@ -425,12 +428,12 @@ class _V2(_Layout):
                 for pos, e in enumerate(self.episode_index.tolist())]
 
 
-def _num_rows(path: Path) -> int:
+def _metadata(path: Path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_metadata(path).num_rows
+        return pq.read_metadata(path)
     except FileNotFoundError:
         raise DatasetFormatError(f"{path}: missing (data file named by the episode "
                                  f"metadata)") from None
@@ -441,34 +444,67 @@ def _num_rows(path: Path) -> int:
 # ---------------------------------------------------------------------------------------------
 # reading
 
+TASK_BYTES = 32 << 20  # rows of output per read task (whole row groups)
+
+
 def _read_tables(root, layout, features, selected, out, timestamps, n, progress) -> None:
+    """Read every data file's columns into their rows of `out`, in parallel over files and
+    groups of row groups (pyarrow releases the GIL while it decodes)."""
     from . import _arrow, _video
 
     table_keys = [k for k in selected if features[k]["dtype"] != "video"]
     columns = list(dict.fromkeys([*table_keys, "timestamp", "episode_index"]))
     expected_episode = np.repeat(layout.episode_index, layout.lengths)
-    total_bytes = sum(out[k].nbytes for k in table_keys) + timestamps.nbytes
+    row_bytes = sum(out[k][:1].nbytes for k in table_keys) + 8
+    total_bytes = row_bytes * n
 
-    def one(item):
+    def plan(item):
         path, first, rows = item
-        names = _schema(path).names
+        md = _metadata(path)
+        names = md.schema.to_arrow_schema().names
         for c in columns:
             if c not in names and c != "episode_index":
                 raise DatasetFormatError(f"{path}: missing column {c!r}")
-        table = _read_parquet(path, [c for c in columns if c in names], "data file")
-        if rows is not None and table.num_rows != rows:
-            raise DatasetFormatError(f"{path}: {table.num_rows} rows, the episode metadata "
+        if rows is not None and md.num_rows != rows:
+            raise DatasetFormatError(f"{path}: {md.num_rows} rows, the episode metadata "
                                      f"expects {rows}")
-        sl = slice(first, first + table.num_rows)
-        if sl.stop > n:
+        if first + md.num_rows > n:
             raise DatasetFormatError(f"{path}: rows beyond the {n} the episode metadata lists")
+        tasks, group, group_rows, row = [], [], 0, first
+        for i in range(md.num_row_groups):
+            group.append(i)
+            group_rows += md.row_group(i).num_rows
+            if group_rows * row_bytes >= TASK_BYTES or i == md.num_row_groups - 1:
+                tasks.append((path, md, group, row, group_rows,
+                              [c for c in columns if c in names]))
+                row, group, group_rows = row + group_rows, [], 0
+        return tasks
+
+    tasks = [t for p in _run(plan, layout.data_files, None) for t in p]
+    threads_inside = len(tasks) == 1  # one task: let pyarrow use its own threads
+
+    def one(task):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path, md, groups, first, rows, cols = task
+        try:
+            table = pq.ParquetFile(path, metadata=md).read_row_groups(
+                groups, columns=cols, use_threads=threads_inside)
+        except (pa.ArrowException, OSError) as exc:
+            raise DatasetFormatError(f"{path}: unreadable parquet data ({exc})") from None
+        if table.num_rows != rows:
+            raise DatasetFormatError(f"{path}: row groups {groups[0]}..{groups[-1]} hold "
+                                     f"{table.num_rows} rows, its footer says {rows}")
+        sl = slice(first, first + rows)
         if "episode_index" in table.column_names:
             got = _int_column(table, "episode_index", path)
             bad = np.flatnonzero(got != expected_episode[sl])
             if bad.size:
                 r = int(bad[0])
+                local = first + r - (layout.file_first[path])
                 raise DatasetFormatError(
-                    f"{path}: row {r} belongs to episode {int(got[r])}, but the episode "
+                    f"{path}: row {local} belongs to episode {int(got[r])}, but the episode "
                     f"metadata puts global row {first + r} in episode "
                     f"{int(expected_episode[first + r])}")
         _arrow.column_into(timestamps[sl], table.column("timestamp"), f"{path}: 'timestamp'")
@@ -477,10 +513,10 @@ def _read_tables(root, layout, features, selected, out, timestamps, n, progress)
                 _images_into(out[k][sl], table.column(k), f"{path}: {k!r}", _video)
             else:
                 _arrow.column_into(out[k][sl], table.column(k), f"{path}: {k!r}")
-        return sum(out[k][sl].nbytes for k in table_keys) + timestamps[sl].nbytes
+        return rows * row_bytes
 
     with _progress.bar(total_bytes, "reading parquet", progress=progress) as bar:
-        _run(one, layout.data_files, bar)
+        _run(one, tasks, bar)
     if not np.isfinite(timestamps).all():
         r = int(np.flatnonzero(~np.isfinite(timestamps))[0])
         raise DatasetFormatError(f"{root / 'data'}: timestamp of row {r} is not finite")
@@ -534,27 +570,30 @@ def _decode_videos(layout, features, video_keys, out, timestamps, tol, backend, 
         _run(one, jobs, None, workers=min(4, MAX_WORKERS))
 
 
-def _run(fn, items, bar, workers: int = MAX_WORKERS) -> None:
-    """fn over items on a thread pool (Arrow and the decoders release the GIL); the first
-    error is raised after every running job has stopped."""
+def _run(fn, items, bar, workers: int = MAX_WORKERS) -> list:
+    """[fn(item) for item in items] on a thread pool (Arrow and the decoders release the GIL),
+    results in order; with a bar, each result (a number) advances it. The first error is
+    raised once the jobs already running have stopped; the others are cancelled."""
     workers = max(1, min(workers, os.cpu_count() or 1, len(items)))
+    results = []
     if workers == 1:
         for it in items:
-            done = fn(it)
+            results.append(fn(it))
             if bar is not None:
-                bar.update(done)
-        return
+                bar.update(results[-1])
+        return results
     with ThreadPoolExecutor(workers) as pool:
         futures = [pool.submit(fn, it) for it in items]
         try:
             for f in futures:
-                done = f.result()
+                results.append(f.result())
                 if bar is not None:
-                    bar.update(done)
+                    bar.update(results[-1])
         except BaseException:
             for f in futures:
                 f.cancel()
             raise
+    return results
 
 
 # ---------------------------------------------------------------------------------------------
