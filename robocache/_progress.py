@@ -4,7 +4,9 @@
 - None (default): a tqdm bar that appears only once the work has run for about a second and
   only when stderr is a terminal;
 - True: always shown (even when not a terminal), from the start;
-- False: never shown.
+- False: never shown;
+- an object with .update(n) (e.g. a tqdm bar the caller opened for a bigger job): advanced,
+  neither opened nor closed here, so one bar can span several loads or uploads.
 Without tqdm installed nothing is shown. Bars are safe to update from several threads.
 """
 
@@ -30,10 +32,20 @@ class _Silent:
         pass
 
 
-def bar(total: int | float, desc: str, *, unit: str = "B", progress: bool | None = None):
+class _Borrowed(_Silent):
+    def __init__(self, bar):
+        self._bar = bar
+
+    def update(self, n: int = 1) -> None:
+        self._bar.update(n)
+
+
+def bar(total: int | float, desc: str, *, unit: str = "B", progress=None):
     """A context manager with .update(n); silent per the rules above."""
     if progress is False:
         return _Silent()
+    if progress is not None and progress is not True and hasattr(progress, "update"):
+        return _Borrowed(progress)
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover - tqdm is in the formats extra

@@ -401,3 +401,23 @@ def test_a_truncated_video_of_a_different_codec_still_decodes_what_it_has(tmp_pa
     encode_video(video, eps[0][TOP][:3], 10)
     with pytest.raises(DatasetFormatError, match=r"episode 0: .*timestamp 0\.300000"):
         read_lerobot(tmp_path, keys=[TOP])
+
+
+def test_ragged_list_column(small):
+    f = small / "data/chunk-000/file-000.parquet"
+    t = pq.read_table(f)
+    i = t.schema.get_field_index("action")
+    ragged = pa.array([[1.0, 2.0, 3.0], [1.0, 2.0], [0.0, 0.0, 0.0], [4.0, 5.0, 6.0]],
+                      pa.list_(pa.float32()))
+    pq.write_table(t.set_column(i, "action", ragged), f)
+    with pytest.raises(DatasetFormatError, match="different lengths"):
+        read_lerobot(small, keys=["action"])
+
+
+def test_float_column_into_an_int_feature_is_refused(small):
+    f = small / "data/chunk-000/file-000.parquet"
+    t = pq.read_table(f)
+    i = t.schema.get_field_index("task_index")
+    pq.write_table(t.set_column(i, "task_index", pa.array(np.zeros(4), pa.float64())), f)
+    with pytest.raises(DatasetFormatError, match="does not cast"):
+        read_lerobot(small, keys=["task_index"])

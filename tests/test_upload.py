@@ -125,3 +125,25 @@ def test_cuda_upload_fails_before_allocating(monkeypatch):
     with pytest.raises(DeviceMemoryError, match="needs"):
         _upload.to_device(np.zeros(1000, np.float32), "cuda")
     assert torch.cuda.memory_allocated() == before
+
+
+def test_progress_can_be_a_caller_owned_bar():
+    from robocache import _progress
+
+    class Bar:
+        n = 0
+        closed = False
+
+        def update(self, k):
+            self.n += k
+
+        def close(self):
+            self.closed = True
+
+    b = Bar()
+    with _progress.bar(100, "x", progress=b) as inner:
+        inner.update(40)
+        inner.update(2)
+    assert b.n == 42 and not b.closed
+    with _progress.bar(100, "x", progress=False) as inner:
+        inner.update(1)

@@ -44,16 +44,20 @@ def inside(root: Path, relative: str, what: str) -> Path:
 
 
 def check_tree(root: Path, what: str) -> None:
-    """Fail if any symlink under root resolves outside root."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            if p.is_symlink():
-                target = p.resolve()
-                if target != root and root not in target.parents:
-                    raise DatasetFormatError(
-                        f"{what}: {str(p)!r} is a symlink to {str(target)!r}, outside the "
-                        f"dataset root {str(root)!r}")
+    """Fail if any symlink under root resolves outside root (one directory listing per
+    directory; only symlinks are resolved)."""
+    stack = [root]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.is_symlink():
+                    target = Path(entry.path).resolve()
+                    if target != root and root not in target.parents:
+                        raise DatasetFormatError(
+                            f"{what}: {entry.path!r} is a symlink to {str(target)!r}, outside "
+                            f"the dataset root {str(root)!r}")
+                elif entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
 
 
 def check_template(template, allowed: set[str], what: str) -> str:
