@@ -26,3 +26,11 @@ class DeviceMemoryError(RoboCacheError, MemoryError):
             f"{what} needs {needed / 2**30:.2f} GiB ({needed} bytes) of device memory "
             f"but only {free / 2**30:.2f} GiB ({free} bytes) is free"
         )
+
+
+class DatasetFormatError(RoboCacheError, ValueError):
+    """A dataset on disk is malformed, truncated, inconsistent or unsafe to read.
+
+    The message names the file (or array) and what is wrong with it. Readers raise it before
+    returning anything, so a failed read never leaves a half-built result.
+    """

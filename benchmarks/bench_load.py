@@ -1,0 +1,248 @@
+"""Dataset load throughput: LeRobot-style parquet -> arrays (-> GPU), and RoboCache's own cache.
+
+    python benchmarks/bench_load.py [--quick] [--json out.json]
+
+Generates a LeRobot v3.0-style numeric dataset in a temporary directory (~1 GB of feature data
+in full mode, ~25 MB quick: observation.state float32[64], action float32[32] and LeRobot's
+bookkeeping columns, ~100 MB snappy parquet files with one row group per episode, episodes of
+200-400 frames), then measures,
+each from the page cache (one untimed read first, best of a few timed runs):
+
+- read_lerobot -> contiguous host arrays, beside the usual per-row route to the same arrays
+  (Arrow column -> NumPy object array of rows -> np.stack, what a datasets-based loader does);
+- write_cache, and read_cache with and without SHA-256 verification (the mapped pages are
+  touched, so the bytes really are read);
+- with a GPU: read_lerobot + to_device (target >= 1 GB/s), and cache -> to_device beside a plain
+  pinned host-to-device copy of the same size measured in the same run (target >= 80% of it).
+GPU rows are skipped, with the reason printed, where there is no CUDA device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+STATE, ACTION = 64, 32
+
+
+def make_dataset(root: Path, frames: int, seed: int = 0) -> int:
+    """A LeRobot v3.0 dataset of `frames` rows; returns the feature bytes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    lengths = []
+    while sum(lengths) < frames:
+        lengths.append(int(rng.integers(200, 401)))
+    lengths[-1] -= sum(lengths) - frames
+    if lengths[-1] <= 0:
+        lengths.pop()
+        lengths[-1] += frames - sum(lengths)
+    lengths = np.asarray(lengths)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    row_bytes = (STATE + ACTION) * 4 + 4 + 4 * 8
+    rows_per_file = max(1, (100 << 20) // row_bytes)
+    # whole episodes per file, ~100 MB each (LeRobot's data_files_size_in_mb)
+    data_file = np.cumsum(lengths) // rows_per_file
+    data_file = np.concatenate([[0], data_file[:-1]])
+    (root / "data/chunk-000").mkdir(parents=True)
+    for f in np.unique(data_file):
+        eps = np.flatnonzero(data_file == f)
+        a, b = int(starts[eps[0]]), int(starts[eps[-1]] + lengths[eps[-1]])
+        n = b - a
+        ep = np.repeat(eps, lengths[eps])
+        fi = np.arange(a, b) - starts[ep]
+        table = pa.table({
+            "observation.state": pa.FixedSizeListArray.from_arrays(
+                pa.array(rng.standard_normal(n * STATE, dtype=np.float32)), STATE),
+            "action": pa.FixedSizeListArray.from_arrays(
+                pa.array(rng.standard_normal(n * ACTION, dtype=np.float32)), ACTION),
+            "timestamp": pa.array((fi / 30).astype(np.float32)),
+            "frame_index": pa.array(fi.astype(np.int64)),
+            "episode_index": pa.array(ep.astype(np.int64)),
+            "index": pa.array(np.arange(a, b, dtype=np.int64)),
+            "task_index": pa.array(np.zeros(n, np.int64)),
+        })
+        # one row group per episode, as a writer appending episode by episode produces
+        with pq.ParquetWriter(root / f"data/chunk-000/file-{f:03d}.parquet",
+                              table.schema) as w:
+            for e in eps:
+                w.write_table(table.slice(int(starts[e]) - a, int(lengths[e])))
+    (root / "meta/episodes/chunk-000").mkdir(parents=True)
+    E = len(lengths)
+    pq.write_table(pa.table({
+        "episode_index": pa.array(np.arange(E, dtype=np.int64)),
+        "length": pa.array(lengths.astype(np.int64)),
+        "data/chunk_index": pa.array(np.zeros(E, np.int64)),
+        "data/file_index": pa.array(data_file),
+        "dataset_from_index": pa.array(starts.astype(np.int64)),
+        "dataset_to_index": pa.array((starts + lengths).astype(np.int64)),
+    }), root / "meta/episodes/chunk-000/file-000.parquet")
+    scalar = {"dtype": "int64", "shape": [1], "names": None}
+    info = {"codebase_version": "v3.0", "fps": 30, "total_frames": frames,
+            "total_episodes": E, "chunks_size": 1000,
+            "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
+            "video_path": None,
+            "features": {"observation.state": {"dtype": "float32", "shape": [STATE]},
+                         "action": {"dtype": "float32", "shape": [ACTION]},
+                         "timestamp": {"dtype": "float32", "shape": [1], "names": None},
+                         "frame_index": scalar, "episode_index": scalar, "index": scalar,
+                         "task_index": scalar}}
+    (root / "meta/info.json").write_text(json.dumps(info))
+    return frames * (STATE + ACTION) * 4
+
+
+def best_of(fn, repeat: int) -> tuple[float, object]:
+    fn()  # warm: page cache, imports, thread pools
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def _per_row_baseline(root: Path):
+    import pyarrow.parquet as pq
+
+    out = {}
+    for f in sorted((root / "data").rglob("*.parquet")):
+        t = pq.read_table(f, columns=["observation.state", "action"])
+        for k in t.column_names:
+            rows = t.column(k).to_numpy(zero_copy_only=False)  # object array of row arrays
+            out.setdefault(k, []).append(np.stack(rows))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _touch(arrays) -> None:
+    for a in arrays.values():
+        flat = a.reshape(-1).view(np.uint8) if a.flags.c_contiguous else a
+        flat[:: 4096].sum()  # one byte per page: maps every page of the file
+
+
+def run(quick: bool = False) -> list[dict]:
+    from robocache.formats import read_cache, read_lerobot, write_cache
+
+    frames = 60_000 if quick else 2_600_000
+    repeat = 2 if quick else 3
+    rows: list[dict] = []
+    tmp = Path(tempfile.mkdtemp(prefix="rc-bench-load-"))
+    try:
+        t0 = time.perf_counter()
+        nbytes = make_dataset(tmp / "lerobot", frames)
+        print(f"generated {frames:,} frames ({nbytes / 1e9:.2f} GB of features) in "
+              f"{time.perf_counter() - t0:.1f} s at {tmp}")
+
+        def lerobot():
+            return read_lerobot(tmp / "lerobot", progress=False)
+
+        t_ours, src = best_of(lerobot, repeat)
+        got = sum(a.nbytes for a in src.arrays.values()) + src.timestamps.nbytes
+        t_base, base = best_of(lambda: _per_row_baseline(tmp / "lerobot"), 1 if not quick else 2)
+        for k in base:
+            assert np.array_equal(base[k], src.arrays[k])
+        rows.append({"name": "lerobot parquet -> host arrays", "bytes": got,
+                     "seconds": t_ours, "GB/s": got / t_ours / 1e9,
+                     "baseline": "per-row to_numpy + np.stack", "baseline_seconds": t_base,
+                     "speedup": t_base / t_ours})
+
+        t_write, _ = best_of(lambda: write_cache(tmp / "cache", src, overwrite=True,
+                                                 progress=False), 1)
+        rows.append({"name": "write_cache (sha256 + fsync)", "bytes": got, "seconds": t_write,
+                     "GB/s": got / t_write / 1e9})
+        for verify in (False, True):
+            def load(verify=verify):
+                c = read_cache(tmp / "cache", verify=verify, progress=False)
+                _touch(c.arrays)
+                return c
+
+            t, _ = best_of(load, repeat)
+            rows.append({"name": f"read_cache(verify={verify}) + touch pages", "bytes": got,
+                         "seconds": t, "GB/s": got / t / 1e9})
+        rows += _gpu_rows(tmp, src, got, repeat)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _print(rows)
+    return rows
+
+
+def _gpu_rows(tmp: Path, src, got: int, repeat: int) -> list[dict]:
+    try:
+        import torch
+    except ImportError:
+        print("GPU rows skipped: torch is not installed")
+        return []
+    if not torch.cuda.is_available():
+        print("GPU rows skipped: no CUDA device")
+        return []
+    from robocache._upload import to_device
+    from robocache.formats import read_cache, read_lerobot
+
+    def sync_time(fn):
+        def timed():
+            out = fn()
+            torch.cuda.synchronize()
+            return out
+        return best_of(timed, repeat)
+
+    def pinned_copy_seconds() -> float:
+        pinned = torch.empty(got, dtype=torch.uint8, pin_memory=True)
+        pinned.fill_(1)
+        dev = torch.empty(got, dtype=torch.uint8, device="cuda")
+        return sync_time(lambda: dev.copy_(pinned, non_blocking=True))[0]
+
+    t_pin = pinned_copy_seconds()
+    rows = [{"name": "pinned host -> device copy (reference)", "bytes": got, "seconds": t_pin,
+             "GB/s": got / t_pin / 1e9}]
+
+    def lerobot_to_gpu():
+        s = read_lerobot(tmp / "lerobot", progress=False)
+        return [to_device(a, "cuda") for a in [*s.arrays.values(), s.timestamps]]
+
+    t, _ = sync_time(lerobot_to_gpu)
+    rows.append({"name": "lerobot parquet -> GPU", "bytes": got, "seconds": t,
+                 "GB/s": got / t / 1e9, "target_GB/s": 1.0})
+
+    def cache_to_gpu():
+        c = read_cache(tmp / "cache", verify=False, progress=False)
+        return [to_device(a, "cuda") for a in [*c.arrays.values(), c.timestamps]]
+
+    t, _ = sync_time(cache_to_gpu)
+    rows.append({"name": "own cache -> GPU (mmap, pinned double buffer)", "bytes": got,
+                 "seconds": t, "GB/s": got / t / 1e9, "of_pinned_copy": t_pin / t,
+                 "target_of_pinned_copy": 0.8})
+    return rows
+
+
+def _print(rows: list[dict]) -> None:
+    print(f"{'what':48s} {'GB':>7s} {'s':>8s} {'GB/s':>7s}  notes")
+    for r in rows:
+        notes = []
+        if "speedup" in r:
+            notes.append(f"{r['baseline']}: {r['baseline_seconds']:.3f} s -> {r['speedup']:.1f}x")
+        if "of_pinned_copy" in r:
+            notes.append(f"{100 * r['of_pinned_copy']:.0f}% of pinned copy (target 80%)")
+        if "target_GB/s" in r:
+            notes.append(f"target >= {r['target_GB/s']} GB/s")
+        print(f"{r['name']:48s} {r['bytes'] / 1e9:7.3f} {r['seconds']:8.3f} {r['GB/s']:7.2f}  "
+              + "; ".join(notes))
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    result = run(args.quick)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))

@@ -1,0 +1,56 @@
+"""Progress bars for long loads (decode, read, upload).
+
+`progress`, as every loader takes it:
+- None (default): a tqdm bar that appears only once the work has run for about a second and
+  only when stderr is a terminal;
+- True: always shown (even when not a terminal), from the start;
+- False: never shown;
+- an object with .update(n) (e.g. a tqdm bar the caller opened for a bigger job): advanced,
+  neither opened nor closed here, so one bar can span several loads or uploads.
+Without tqdm installed nothing is shown. Bars are safe to update from several threads.
+"""
+
+from __future__ import annotations
+
+DELAY_S = 1.0
+
+
+class _Silent:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, s: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+class _Borrowed(_Silent):
+    def __init__(self, bar):
+        self._bar = bar
+
+    def update(self, n: int = 1) -> None:
+        self._bar.update(n)
+
+
+def bar(total: int | float, desc: str, *, unit: str = "B", progress=None):
+    """A context manager with .update(n); silent per the rules above."""
+    if progress is False:
+        return _Silent()
+    if progress is not None and progress is not True and hasattr(progress, "update"):
+        return _Borrowed(progress)
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is in the formats extra
+        return _Silent()
+    auto = progress is None
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, unit_divisor=1024 if unit == "B" else 1000,
+                delay=DELAY_S if auto else 0.0, disable=None if auto else False,
+                leave=False, dynamic_ncols=True)

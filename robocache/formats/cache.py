@@ -1,0 +1,394 @@
+"""RoboCache's own on-disk cache: one .npy file per key plus manifest.json.
+
+directory/
+  manifest.json        {"format": "robocache-cache", "format_version": 1, "num_frames": N,
+                        "keys": [...], "arrays": {key: {file, dtype, shape, nbytes, sha256}},
+                        "episode_ends": [...], "fps": float | null,
+                        "timestamps": {file, dtype, shape, nbytes, sha256} | null,
+                        "image_keys": [...], "stats": {key: {stat: {dtype, shape, data}}},
+                        "meta": {...}, "created_by": "robocache <version>"}
+  000-observation.state.npy, 001-action.npy, ..., timestamps.npy
+
+`write_cache` writes everything into a temporary directory beside the target, fsyncs it and
+renames it into place, so a reader never sees a half-written cache (an existing cache is
+replaced only with overwrite=True, and a directory that is not a cache never). The SHA-256 of
+every file is computed while it is written. `read_cache` memory-maps the .npy files
+(np.load(mmap_mode="r", allow_pickle=False): nothing is copied and nothing is unpickled), checks
+each header against the manifest and, with verify=True, every checksum (files hashed in
+parallel); it refuses a manifest of a newer format version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from .. import _array, _progress
+from .._errors import DatasetFormatError
+from .._version import __version__
+from . import _paths
+from .source import TrajectorySource
+
+FORMAT = "robocache-cache"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.npy$")
+_HASH_BLOCK = 8 << 20
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+def write_cache(directory, source, *, episode_ends=None, fps=None, timestamps=None, stats=None,
+                image_keys=(), meta=None, overwrite: bool = False,
+                progress: bool | None = None) -> Path:
+    """Write `source` (a TrajectorySource, or a mapping key -> array [N, ...] with
+    episode_ends and the other keyword fields) as a cache in `directory`. Arrays may be NumPy,
+    CuPy or torch (device arrays are copied to the host). Returns the directory's path."""
+    if isinstance(source, TrajectorySource):
+        given = {"episode_ends": episode_ends, "fps": fps, "timestamps": timestamps,
+                 "stats": stats, "meta": meta}
+        extra = [k for k, v in given.items() if v is not None] + (["image_keys"] if image_keys
+                                                                   else [])
+        if extra:
+            raise TypeError(f"write_cache: {extra} come from the TrajectorySource; pass them only "
+                            f"with a mapping of arrays")
+        arrays, episode_ends, fps = source.arrays, source.episode_ends, source.fps
+        timestamps, stats = source.timestamps, source.stats
+        image_keys, meta = source.image_keys, source.meta
+    elif isinstance(source, Mapping):
+        arrays = source
+        if episode_ends is None:
+            raise TypeError("write_cache: episode_ends is required with a mapping of arrays")
+    else:
+        raise TypeError(f"source: expected a TrajectorySource or a mapping of arrays, got "
+                        f"{type(source).__name__}")
+    plan = _plan(arrays, episode_ends, fps, timestamps, stats, image_keys, meta)
+    target = Path(os.fspath(directory)).expanduser().absolute()
+    _check_target(target, overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
+    try:
+        _write_all(tmp, plan, progress)
+        _replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _plan(arrays, episode_ends, fps, timestamps, stats, image_keys, meta) -> dict:
+    if not arrays:
+        raise ValueError("arrays: expected at least one key")
+    ends = np.asarray(episode_ends if isinstance(episode_ends, (list, tuple))
+                      else _array.to_numpy(episode_ends))
+    if ends.ndim != 1 or (ends.size and ends.dtype.kind not in "iu"):
+        raise ValueError(f"episode_ends: expected a 1-D integer array, got shape {ends.shape} "
+                         f"dtype {ends.dtype}")
+    ends = ends.astype(np.int64)
+    if ends.size and ((ends <= np.concatenate([[0], ends[:-1]])).any()):
+        raise ValueError("episode_ends: expected positive, strictly increasing frame counts")
+    n = int(ends[-1]) if ends.size else 0
+    entries = []
+    for i, (key, value) in enumerate(arrays.items()):
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"arrays: keys must be non-empty strings, got {key!r}")
+        arr = _host(value, f"arrays[{key!r}]")
+        if arr.ndim < 1 or arr.shape[0] != n:
+            raise ValueError(f"arrays[{key!r}]: expected {n} rows (episode_ends[-1]), got shape "
+                             f"{arr.shape}")
+        slug = re.sub(r"[^A-Za-z0-9._-]", "_", key)[:80]
+        entries.append((key, f"{i:03d}-{slug}.npy", arr))
+    ts = None
+    if timestamps is not None:
+        ts = _host(timestamps, "timestamps")
+        if ts.shape != (n,):
+            raise ValueError(f"timestamps: expected shape ({n},), got {ts.shape}")
+    if fps is not None and not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps: expected a positive number or None, got {fps!r}")
+    stats_json = {}
+    for key, per in (stats or {}).items():
+        stats_json[str(key)] = {}
+        for name, v in per.items():
+            a = np.asarray(v if isinstance(v, (int, float, list, tuple)) else _array.to_numpy(v))
+            if a.dtype.kind not in "biuf":
+                raise ValueError(f"stats[{key!r}][{name!r}]: expected numbers, got {a.dtype}")
+            stats_json[str(key)][str(name)] = {"dtype": a.dtype.name, "shape": list(a.shape),
+                                               "data": a.reshape(-1).tolist()}
+    try:
+        meta_json = json.loads(json.dumps(meta or {}, default=_jsonable))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"meta: expected JSON-serialisable values ({exc})") from None
+    missing = [k for k in image_keys if k not in arrays]
+    if missing:
+        raise ValueError(f"image_keys: {missing} are not keys of arrays")
+    return {"n": n, "ends": ends, "entries": entries, "timestamps": ts,
+            "fps": None if fps is None else float(fps), "stats": stats_json,
+            "image_keys": list(image_keys), "meta": meta_json}
+
+
+def _host(value, name: str) -> np.ndarray:
+    arr = _array.to_numpy(_array.as_array(name, value))
+    if arr.dtype.name != "bfloat16" and (arr.dtype.kind not in "biuf" or arr.dtype.fields):
+        raise TypeError(f"{name}: expected a numeric or bool array, got dtype {arr.dtype}")
+    return arr
+
+
+def _jsonable(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
+
+
+def _check_target(target: Path, overwrite: bool) -> None:
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise FileExistsError(f"directory: {str(target)!r} exists and is not a directory")
+    if not any(target.iterdir()):
+        return
+    if not (target / MANIFEST).is_file():
+        raise FileExistsError(f"directory: {str(target)!r} is not empty and holds no "
+                              f"{MANIFEST}; refusing to replace something that is not a cache")
+    if not overwrite:
+        raise FileExistsError(f"directory: {str(target)!r} already holds a cache; pass "
+                              f"overwrite=True to replace it")
+
+
+class _HashingWriter:
+    """What np.lib.format.write_array writes to: the file, a SHA-256 and a progress bar."""
+
+    def __init__(self, f, bar):
+        self.f, self.bar, self.hash = f, bar, hashlib.sha256()
+
+    def write(self, b) -> int:
+        self.hash.update(b)
+        n = self.f.write(b)
+        self.bar.update(len(b))
+        return n
+
+
+def _write_npy(path: Path, arr: np.ndarray, bar) -> dict:
+    dtype = arr.dtype.name
+    if dtype == "bfloat16":  # no NumPy dtype descr for it: stored as its bits
+        arr = arr.view(np.uint16)
+    with open(path, "wb") as f:
+        w = _HashingWriter(f, bar)
+        np.lib.format.write_array(w, np.ascontiguousarray(arr), allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+    return {"file": path.name, "dtype": dtype, "shape": list(arr.shape),
+            "nbytes": int(arr.nbytes), "sha256": w.hash.hexdigest()}
+
+
+def _write_all(tmp: Path, plan: dict, progress) -> None:
+    jobs = [(key, tmp / name, arr) for key, name, arr in plan["entries"]]
+    if plan["timestamps"] is not None:
+        jobs.append((None, tmp / "timestamps.npy", plan["timestamps"]))
+    total = sum(a.nbytes for _, _, a in jobs)
+    with _progress.bar(total, "writing cache", progress=progress) as bar:
+        workers = max(1, min(8, os.cpu_count() or 1, len(jobs)))
+        with ThreadPoolExecutor(workers) as pool:
+            done = list(pool.map(lambda j: _write_npy(j[1], j[2], bar), jobs))
+    entries = {key: e for (key, _, _), e in zip(jobs, done, strict=True) if key is not None}
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "created_by": f"robocache {__version__}",
+        "num_frames": plan["n"], "keys": list(entries), "arrays": entries,
+        "episode_ends": plan["ends"].tolist(), "fps": plan["fps"],
+        "timestamps": done[-1] if plan["timestamps"] is not None else None,
+        "image_keys": plan["image_keys"], "stats": plan["stats"], "meta": plan["meta"],
+    }
+    with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(tmp)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _replace(tmp: Path, target: Path) -> None:
+    if target.exists() and any(target.iterdir()):
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
+        os.rename(target, old)
+        try:
+            os.rename(tmp, target)
+        except BaseException:
+            os.rename(old, target)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        if target.exists():
+            target.rmdir()
+        os.rename(tmp, target)
+    _fsync_dir(target.parent)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+def read_cache(directory, verify: bool = True, progress: bool | None = None) -> TrajectorySource:
+    """Open the cache in `directory`: arrays are read-only memory maps of its .npy files.
+    verify=True checks every file's SHA-256 against the manifest first (reads every byte)."""
+    root = _paths.root_dir(directory, "directory")
+    mpath = root / MANIFEST
+    try:
+        with open(mpath, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        raise DatasetFormatError(f"{mpath}: missing (not a RoboCache cache)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetFormatError(f"{mpath}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DatasetFormatError(f"{mpath}: not a RoboCache cache manifest (format "
+                                 f"{manifest.get('format') if isinstance(manifest, dict) else None!r})")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise DatasetFormatError(f"{mpath}: format_version {version!r} is not a version number")
+    if version > FORMAT_VERSION:
+        raise DatasetFormatError(
+            f"{mpath}: written in cache format version {version} by "
+            f"{manifest.get('created_by', 'a newer RoboCache')}; this RoboCache ({__version__}) "
+            f"reads versions up to {FORMAT_VERSION}: upgrade robocache or rebuild the cache")
+    try:
+        n = int(manifest["num_frames"])
+        keys = list(manifest["keys"])
+        entries = {k: manifest["arrays"][k] for k in keys}
+        ends = np.asarray(manifest["episode_ends"], dtype=np.int64)
+        fps = manifest.get("fps")
+        ts_entry = manifest.get("timestamps")
+        image_keys = tuple(manifest.get("image_keys", ()))
+        stats_json = manifest.get("stats") or {}
+        meta = manifest.get("meta") or {}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DatasetFormatError(f"{mpath}: malformed manifest ({type(exc).__name__}: "
+                                 f"{exc})") from None
+    if ends.ndim != 1 or (ends.size and (int(ends[-1]) != n or
+                                         (ends <= np.concatenate([[0], ends[:-1]])).any())):
+        raise DatasetFormatError(f"{mpath}: episode_ends must be strictly increasing and end at "
+                                 f"num_frames={n}")
+    files = [(k, e) for k, e in entries.items()]
+    if ts_entry is not None:
+        files.append((None, ts_entry))
+    checked = [(k, e, _entry_path(root, e, mpath, k)) for k, e in files]
+    if verify:
+        _verify(checked, progress)
+    arrays = {}
+    timestamps = None
+    for k, e, path in checked:
+        arr = _load(path, e, k)
+        if k is None:
+            timestamps = arr
+        else:
+            arrays[k] = arr
+        expect_rows = n
+        if arr.ndim < 1 or arr.shape[0] != expect_rows:
+            raise DatasetFormatError(f"{path}: {arr.shape[0] if arr.ndim else 0} rows, the "
+                                     f"manifest says num_frames={n}")
+    stats = {}
+    try:
+        for key, per in stats_json.items():
+            stats[key] = {name: np.asarray(s["data"], dtype=np.dtype(s["dtype"])).reshape(
+                s["shape"]) for name, s in per.items()}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DatasetFormatError(f"{mpath}: malformed stats ({exc})") from None
+    return TrajectorySource(arrays=arrays, episode_ends=ends,
+                            fps=None if fps is None else float(fps), timestamps=timestamps,
+                            stats=stats or None, image_keys=image_keys,
+                            meta={**meta, "cache": str(root)})
+
+
+def _entry_path(root: Path, entry, mpath: Path, key) -> Path:
+    what = f"{mpath}: {'timestamps' if key is None else repr(key)}"
+    if not isinstance(entry, dict):
+        raise DatasetFormatError(f"{what}: expected an object with file, dtype, shape, sha256")
+    name = entry.get("file")
+    if not isinstance(name, str) or not _FILE.match(name):
+        raise DatasetFormatError(f"{what}: file {name!r} is not a plain .npy file name")
+    path = _paths.inside(root, name, what)
+    if not path.is_file():
+        raise DatasetFormatError(f"{path}: missing (listed in {MANIFEST})")
+    return path
+
+
+def _sha256(path: Path, bar) -> str:
+    h = hashlib.sha256()
+    buf = bytearray(_HASH_BLOCK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            got = f.readinto(view)
+            if not got:
+                break
+            h.update(view[:got])
+            bar.update(got)
+    return h.hexdigest()
+
+
+def _verify(checked, progress) -> None:
+    total = sum(p.stat().st_size for _, _, p in checked)
+    with _progress.bar(total, "verifying cache", progress=progress) as bar:
+        workers = max(1, min(8, os.cpu_count() or 1, len(checked)))
+        with ThreadPoolExecutor(workers) as pool:
+            digests = list(pool.map(lambda c: _sha256(c[2], bar), checked))
+    for (_, e, path), got in zip(checked, digests, strict=True):
+        want = e.get("sha256")
+        if got != want:
+            raise DatasetFormatError(f"{path}: checksum mismatch (manifest sha256 {want}, file "
+                                     f"{got}): the file is corrupt or was changed after the "
+                                     f"cache was written")
+
+
+def _load(path: Path, entry: dict, key) -> np.ndarray:
+    dtype = entry.get("dtype")
+    shape = entry.get("shape")
+    stored = "uint16" if dtype == "bfloat16" else dtype
+    try:
+        with open(path, "rb") as f:
+            major, minor = np.lib.format.read_magic(f)
+            hdr = (np.lib.format.read_array_header_1_0 if major == 1
+                   else np.lib.format.read_array_header_2_0)(f)
+        fshape, fortran, fdtype = hdr
+        if fdtype.hasobject:
+            raise DatasetFormatError(f"{path}: holds Python objects (refused: no pickle)")
+        if fdtype.name != stored or list(fshape) != list(shape) or fortran:
+            raise DatasetFormatError(f"{path}: header says dtype {fdtype}, shape {list(fshape)}"
+                                     f"{', Fortran order' if fortran else ''}; the manifest says "
+                                     f"{dtype}, {shape}")
+        if math.prod(fshape) == 0:
+            arr = np.load(path, allow_pickle=False)
+        else:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except DatasetFormatError:
+        raise
+    except (ValueError, OSError, EOFError) as exc:
+        raise DatasetFormatError(f"{path}: unreadable .npy file ({exc})") from None
+    if dtype == "bfloat16":
+        arr = arr.view(_array.numpy_dtype("bfloat16"))
+    return arr

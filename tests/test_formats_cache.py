@@ -1,0 +1,233 @@
+"""write_cache / read_cache: round trips, atomic replacement, corrupt and hostile caches."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from robocache._errors import DatasetFormatError
+from robocache.formats import TrajectorySource, read_cache, write_cache
+from robocache.formats import cache as cache_mod
+
+
+def make_source(lengths=(3, 1, 5), seed=0) -> TrajectorySource:
+    rng = np.random.default_rng(seed)
+    n = sum(lengths)
+    return TrajectorySource(
+        arrays={"observation.state": rng.standard_normal((n, 6)).astype(np.float32),
+                "action": rng.standard_normal((n, 2)),
+                "observation.images.top": rng.integers(0, 256, (n, 4, 5, 3), dtype=np.uint8),
+                "obs/flag": rng.random(n) > 0.5,
+                "bf": rng.standard_normal((n, 3)).astype(ml_dtypes.bfloat16),
+                "empty_feature": np.zeros((n, 0), np.float32)},
+        episode_ends=np.cumsum(lengths).astype(np.int64), fps=15.0,
+        timestamps=np.concatenate([np.arange(L) / 15.0 for L in lengths]),
+        stats={"action": {"mean": np.array([0.5, -1.0]), "std": np.array([1.0, np.nan]),
+                          "count": np.array([n])},
+               "observation.state": {"min": np.full(6, -2.0, np.float32)}},
+        image_keys=("observation.images.top",),
+        meta={"format": "lerobot", "tasks": ["push"], "episode_index": [0, 1, 2],
+              "np": np.int64(3)})
+
+
+def assert_same(a: TrajectorySource, b: TrajectorySource):
+    assert list(a.arrays) == list(b.arrays)
+    for k in a.arrays:
+        assert a.arrays[k].dtype == b.arrays[k].dtype, k
+        assert a.arrays[k].shape == b.arrays[k].shape, k
+        np.testing.assert_array_equal(a.arrays[k].view(np.uint8), b.arrays[k].view(np.uint8))
+    np.testing.assert_array_equal(a.episode_ends, b.episode_ends)
+    assert a.fps == b.fps
+    np.testing.assert_array_equal(a.timestamps, b.timestamps)
+    assert a.image_keys == b.image_keys
+    for k, per in (a.stats or {}).items():
+        for s, v in per.items():
+            assert b.stats[k][s].dtype == np.asarray(v).dtype
+            np.testing.assert_array_equal(b.stats[k][s], v)
+
+
+def test_round_trip_memory_maps(tmp_path):
+    src = make_source()
+    out = write_cache(tmp_path / "c", src, progress=False)
+    got = read_cache(out, progress=False)
+    assert_same(src, got)
+    big = got.arrays["observation.state"]
+    assert isinstance(big, np.memmap) and not big.flags.writeable
+    assert got.meta["tasks"] == ["push"] and got.meta["np"] == 3
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["format_version"] == cache_mod.FORMAT_VERSION
+    assert manifest["keys"] == list(src.arrays)
+    assert manifest["episode_ends"] == [3, 4, 9]
+    assert manifest["arrays"]["action"]["shape"] == [9, 2]
+    assert manifest["arrays"]["action"]["dtype"] == "float64"
+    assert len(manifest["arrays"]["action"]["sha256"]) == 64
+    assert manifest["timestamps"]["file"] == "timestamps.npy"
+    assert [p.name for p in tmp_path.iterdir()] == ["c"]  # no temporary directories left
+
+
+def test_from_a_mapping(tmp_path):
+    arrays = {"x": np.arange(10, dtype=np.int32).reshape(5, 2)}
+    write_cache(tmp_path / "c", arrays, episode_ends=[2, 5], fps=None)
+    got = read_cache(tmp_path / "c", verify=False)
+    np.testing.assert_array_equal(got.arrays["x"], arrays["x"])
+    assert got.timestamps is None and got.stats is None and got.fps is None
+    with pytest.raises(TypeError, match="episode_ends is required"):
+        write_cache(tmp_path / "d", arrays)
+    with pytest.raises(TypeError, match="come from the TrajectorySource"):
+        write_cache(tmp_path / "d", make_source(), fps=3.0)
+    with pytest.raises(ValueError, match="expected 6 rows"):
+        write_cache(tmp_path / "d", arrays, episode_ends=[2, 6])
+    with pytest.raises(ValueError, match="strictly increasing"):
+        write_cache(tmp_path / "d", arrays, episode_ends=[3, 2, 5])
+    with pytest.raises(TypeError, match="numeric or bool"):
+        write_cache(tmp_path / "d", {"o": np.array([None] * 5, dtype=object)}, episode_ends=[5])
+    with pytest.raises(ValueError, match="meta"):
+        write_cache(tmp_path / "d", arrays, episode_ends=[5], meta={"f": object()})
+    assert not (tmp_path / "d").exists()
+
+
+@settings(max_examples=25, deadline=None)
+@given(lengths=st.lists(st.integers(1, 6), min_size=1, max_size=5),
+       dtype=st.sampled_from(["float32", "float64", "int8", "uint16", "int64", "bool",
+                              "float16"]),
+       tail=st.lists(st.integers(0, 3), max_size=3))
+def test_round_trip_property(tmp_path_factory, lengths, dtype, tail):
+    rng = np.random.default_rng(len(lengths))
+    n = sum(lengths)
+    x = (rng.standard_normal((n, *tail)) * 50).astype(dtype)
+    d = tmp_path_factory.mktemp("p")
+    write_cache(d / "c", {"x": x}, episode_ends=np.cumsum(lengths))
+    got = read_cache(d / "c")
+    assert got.arrays["x"].dtype == x.dtype and got.arrays["x"].shape == x.shape
+    np.testing.assert_array_equal(got.arrays["x"], x)
+
+
+def test_overwrite_rules(tmp_path):
+    write_cache(tmp_path / "c", make_source(seed=1))
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        write_cache(tmp_path / "c", make_source(seed=2))
+    src2 = make_source(lengths=(2, 2), seed=2)
+    write_cache(tmp_path / "c", src2, overwrite=True)
+    assert_same(src2, read_cache(tmp_path / "c"))
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a cache"):
+        write_cache(tmp_path / "mine", src2, overwrite=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    (tmp_path / "empty").mkdir()
+    write_cache(tmp_path / "empty", src2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "empty", "mine"]
+
+
+def test_failed_write_leaves_nothing_half_written(tmp_path, monkeypatch):
+    good = make_source(seed=3)
+    write_cache(tmp_path / "c", good)
+    calls = []
+
+    def boom(path, arr, bar):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return real(path, arr, bar)
+
+    real = cache_mod._write_npy
+    monkeypatch.setattr(cache_mod, "_write_npy", boom)
+    with pytest.raises(OSError, match="disk full"):
+        write_cache(tmp_path / "c", make_source(seed=4), overwrite=True)
+    calls.clear()
+    with pytest.raises(OSError, match="disk full"):
+        write_cache(tmp_path / "new", make_source(seed=4))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+    assert_same(good, read_cache(tmp_path / "c"))  # the old cache is intact
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return write_cache(tmp_path / "c", make_source(seed=5))
+
+
+def entry_file(cache, key):
+    m = json.loads((cache / "manifest.json").read_text())
+    return cache / m["arrays"][key]["file"], m
+
+
+def test_checksum_mismatch(cache):
+    f, _ = entry_file(cache, "action")
+    raw = bytearray(f.read_bytes())
+    raw[-3] ^= 0x40
+    f.write_bytes(bytes(raw))
+    with pytest.raises(DatasetFormatError, match=r"001-action.npy: checksum mismatch"):
+        read_cache(cache)
+    got = read_cache(cache, verify=False)  # explicitly unverified: loads the changed bytes
+    assert got.arrays["action"].shape == (9, 2)
+
+
+def test_truncated_npy_even_without_verify(cache):
+    f, _ = entry_file(cache, "observation.state")
+    f.write_bytes(f.read_bytes()[:-10])
+    with pytest.raises(DatasetFormatError, match="000-observation.state.npy: unreadable"):
+        read_cache(cache, verify=False)
+
+
+def test_newer_format_version_refused(cache):
+    m = json.loads((cache / "manifest.json").read_text())
+    m["format_version"] = cache_mod.FORMAT_VERSION + 1
+    m["created_by"] = "robocache 9.0.0"
+    (cache / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DatasetFormatError, match="format version 2 by robocache 9.0.0.*upgrade"):
+        read_cache(cache)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda m: m.update(format="other"), "not a RoboCache cache"),
+    (lambda m: m.update(format_version="1"), "not a version number"),
+    (lambda m: m["arrays"]["action"].update(file="../../etc/passwd.npy"), "not a plain .npy"),
+    (lambda m: m["arrays"]["action"].update(file="nope.npy"), "nope.npy: missing"),
+    (lambda m: m["arrays"]["action"].update(shape=[9, 3]), "header says"),
+    (lambda m: m["arrays"]["action"].update(dtype="float32"), "header says"),
+    (lambda m: m.update(episode_ends=[3, 4, 8]), "episode_ends"),
+    (lambda m: m.pop("num_frames"), "malformed manifest"),
+    (lambda m: m["stats"]["action"]["mean"].update(shape=[5]), "malformed stats"),
+])
+def test_malformed_manifest(cache, edit, match):
+    m = json.loads((cache / "manifest.json").read_text())
+    edit(m)
+    (cache / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DatasetFormatError, match=match):
+        read_cache(cache, verify=False)
+
+
+def test_bad_json_and_missing_manifest(cache, tmp_path):
+    (cache / "manifest.json").write_text("{")
+    with pytest.raises(DatasetFormatError, match="manifest.json: not valid JSON"):
+        read_cache(cache)
+    (cache / "manifest.json").unlink()
+    with pytest.raises(DatasetFormatError, match="missing"):
+        read_cache(cache)
+    with pytest.raises(FileNotFoundError):
+        read_cache(tmp_path / "nothing")
+
+
+def test_symlinked_file_out_of_the_cache(cache, tmp_path_factory):
+    f, _ = entry_file(cache, "action")
+    outside = tmp_path_factory.mktemp("o") / "a.npy"
+    outside.write_bytes(f.read_bytes())
+    f.unlink()
+    os.symlink(outside, f)
+    with pytest.raises(DatasetFormatError, match="outside the dataset root"):
+        read_cache(cache)
+
+
+def test_pickled_npy_refused(cache):
+    f, m = entry_file(cache, "action")
+    obj = np.empty((9, 2), dtype=object)
+    with open(f, "wb") as fh:
+        np.lib.format.write_array(fh, obj, allow_pickle=True)
+    with pytest.raises(DatasetFormatError, match="no pickle"):
+        read_cache(cache, verify=False)

@@ -1,0 +1,423 @@
+"""read_lerobot on datasets written the way LeRobot writes them (tests/_lerobot_writer.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from _lerobot_writer import LOSSY, encode_video, make_episodes, write_lerobot
+
+from robocache._errors import DatasetFormatError
+from robocache.formats import TrajectorySource, read_lerobot
+
+TOP, WRIST, SIDE = "observation.images.top", "observation.images.wrist", "observation.images.side"
+CAMS = {TOP: (16, 24), WRIST: (8, 10)}
+LENGTHS = [5, 1, 7, 3, 1, 4, 2]
+
+
+def expected(eps, key):
+    return np.concatenate([e[key] for e in eps])
+
+
+def check_source(src: TrajectorySource, eps, fps=10):
+    lengths = [len(e["action"]) for e in eps]
+    np.testing.assert_array_equal(src.episode_ends, np.cumsum(lengths))
+    assert src.episode_ends.dtype == np.int64
+    assert src.fps == fps
+    ts = np.concatenate([(np.arange(L) / fps).astype(np.float32) for L in lengths])
+    np.testing.assert_array_equal(src.timestamps, ts.astype(np.float64))
+    for k, arr in src.arrays.items():
+        if k == "task_index":
+            continue
+        want = expected(eps, k)
+        assert arr.shape == want.shape, k
+        assert arr.dtype == want.dtype, k
+        assert arr.flags.c_contiguous, k
+        np.testing.assert_array_equal(arr, want, err_msg=k)
+
+
+@pytest.fixture(scope="module")
+def v3(tmp_path_factory):
+    root = tmp_path_factory.mktemp("v3")
+    eps = make_episodes(LENGTHS, seed=1, cameras=CAMS, images={SIDE: (6, 10)})
+    write_lerobot(root, eps, version="v3.0", video_keys=tuple(CAMS), image_keys=(SIDE,),
+                  chunks_size=2, episodes_per_file=2, episodes_per_video_file=3,
+                  episodes_meta_files=3)
+    return root, eps
+
+
+@pytest.fixture(scope="module")
+def v21(tmp_path_factory):
+    root = tmp_path_factory.mktemp("v21")
+    eps = make_episodes(LENGTHS, seed=2, cameras=CAMS)
+    write_lerobot(root, eps, version="v2.1", video_keys=tuple(CAMS), chunks_size=3)
+    return root, eps
+
+
+def test_v3_round_trip(v3):
+    root, eps = v3
+    src = read_lerobot(root, progress=False)
+    assert set(src.arrays) == set(eps[0]) | {"task_index"}
+    check_source(src, eps)
+    assert src.arrays["next.reward"].shape == (sum(LENGTHS),)  # shape [1] -> a scalar column
+    assert src.arrays["observation.environment_state"].shape == (sum(LENGTHS), 2, 3)
+    assert set(src.image_keys) == {TOP, WRIST, SIDE}
+    np.testing.assert_array_equal(src.arrays["task_index"], np.repeat(
+        np.arange(len(LENGTHS)) % 1, LENGTHS))
+    assert src.meta["tasks"] == ["push the block"]
+    assert src.meta["episode_index"] == list(range(len(LENGTHS)))
+    assert src.meta["codebase_version"] == "v3.0"
+    stats = json.loads((root / "meta/stats.json").read_text())
+    for k in src.arrays:
+        if k in stats:
+            for s, v in stats[k].items():
+                np.testing.assert_array_equal(src.stats[k][s], np.asarray(v, np.float64))
+                assert src.stats[k][s].dtype == np.float64
+    assert src.stats[TOP]["mean"].shape == (3, 1, 1)
+    # several data files, chunks and video files really were exercised
+    assert len(list((root / "data").glob("chunk-*/file-*.parquet"))) == 4
+    assert len(list((root / "data").glob("chunk-*"))) == 2
+    assert len(list((root / "videos" / TOP).glob("chunk-*/*.mp4"))) == 3
+
+
+def test_v21_round_trip_and_aggregated_stats(v21):
+    root, eps = v21
+    src = read_lerobot(root, progress=False)
+    check_source(src, eps)
+    assert src.meta["codebase_version"] == "v2.1"
+    for k in ("observation.state", "action", "observation.environment_state"):
+        x = expected(eps, k).astype(np.float64)
+        np.testing.assert_allclose(src.stats[k]["mean"], x.mean(0), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(src.stats[k]["std"], x.std(0), rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(src.stats[k]["min"], x.min(0))
+        np.testing.assert_array_equal(src.stats[k]["max"], x.max(0))
+        assert src.stats[k]["count"].tolist() == [sum(LENGTHS)]
+
+
+@pytest.mark.parametrize("version", ["v3.0", "v2.1"])
+def test_many_row_groups_read_in_parallel_tasks(tmp_path, monkeypatch, version):
+    from robocache.formats import lerobot
+
+    monkeypatch.setattr(lerobot, "TASK_BYTES", 300)  # a few row groups per task
+    lengths = [17, 1, 30, 9, 2, 25]
+    eps = make_episodes(lengths, seed=12)
+    write_lerobot(tmp_path, eps, version=version, episodes_per_file=3, row_group_size=4)
+    md = pq.read_metadata(next((tmp_path / "data").rglob("*.parquet")))
+    assert md.num_row_groups > 3
+    check_source(read_lerobot(tmp_path, progress=False), eps)
+
+
+def test_keys_filter_never_decodes_unused_cameras(tmp_path):
+    eps = make_episodes([3, 1, 2], seed=3, cameras=CAMS)
+    write_lerobot(tmp_path, eps, video_keys=tuple(CAMS))
+    for f in (tmp_path / "videos" / WRIST).rglob("*.mp4"):
+        f.write_bytes(b"not a video")  # would fail if it were opened
+    src = read_lerobot(tmp_path, keys=["action", TOP], progress=False)
+    assert list(src.arrays) == ["action", TOP]
+    np.testing.assert_array_equal(src.arrays[TOP], expected(eps, TOP))
+    assert src.image_keys == (TOP,)
+    assert set(src.stats) == {"action", TOP}
+    with pytest.raises(DatasetFormatError, match=WRIST):
+        read_lerobot(tmp_path, keys=[WRIST], progress=False)
+    # bookkeeping columns only when asked for
+    src = read_lerobot(tmp_path, keys=["index", "frame_index"], progress=False)
+    np.testing.assert_array_equal(src.arrays["index"], np.arange(6))
+    np.testing.assert_array_equal(src.arrays["frame_index"], [0, 1, 2, 0, 0, 1])
+
+
+def test_keys_errors(v3):
+    root, _ = v3
+    with pytest.raises(ValueError, match="nope"):
+        read_lerobot(root, keys=["nope"])
+    with pytest.raises(ValueError, match="distinct"):
+        read_lerobot(root, keys=["action", "action"])
+    with pytest.raises(ValueError, match="video_backend"):
+        read_lerobot(root, video_backend="opencv")
+    with pytest.raises(ValueError, match="tolerance_s"):
+        read_lerobot(root, tolerance_s=-1)
+
+
+def test_string_feature_is_not_loadable(tmp_path):
+    eps = make_episodes([2, 2], seed=4, extra=False)
+    write_lerobot(tmp_path, eps)
+    info = json.loads((tmp_path / "meta/info.json").read_text())
+    info["features"]["language"] = {"dtype": "string", "shape": [1], "names": None}
+    (tmp_path / "meta/info.json").write_text(json.dumps(info))
+    assert "language" not in read_lerobot(tmp_path, progress=False).arrays
+    with pytest.raises(ValueError, match="language"):
+        read_lerobot(tmp_path, keys=["language"])
+
+
+def test_torchcodec_backend_missing_is_a_clear_error(v3):
+    root, _ = v3
+    try:
+        import torchcodec  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="torchcodec"):
+            read_lerobot(root, keys=[TOP], video_backend="torchcodec")
+    else:  # pragma: no cover - only where torchcodec is installed
+        src = read_lerobot(root, keys=[TOP], video_backend="torchcodec", progress=False)
+        np.testing.assert_array_equal(src.arrays[TOP], expected(v3[1], TOP))
+
+
+def smooth_frames(n, h, w, seed):
+    """Frames a lossy codec keeps close, each clearly different from its neighbours."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    out = np.empty((n, h, w, 3), np.uint8)
+    for i in range(n):
+        c = rng.uniform(40, 215, 3)
+        out[i] = np.clip(c + 30 * np.sin(xx / 5 + i)[..., None] + 20 * np.cos(yy / 7)[..., None],
+                         0, 255).astype(np.uint8)
+    return out
+
+
+@pytest.mark.parametrize("version", ["v3.0", "v2.1"])
+def test_lossy_yuv420_mp4_matches_nearest_frames(tmp_path, version):
+    lengths = [6, 1, 9]
+    eps = make_episodes(lengths, seed=5, extra=False)
+    frames = smooth_frames(sum(lengths), 32, 48, 5)
+    for e, s in zip(eps, np.cumsum([0, *lengths[:-1]]), strict=True):
+        e[TOP] = frames[s:s + len(e["action"])]
+    write_lerobot(tmp_path, eps, version=version, video_keys=(TOP,), codec=LOSSY,
+                  episodes_per_video_file=2)
+    got = read_lerobot(tmp_path, keys=[TOP], progress=False).arrays[TOP].astype(np.int16)
+    err = np.abs(got - frames.astype(np.int16)).mean(axis=(1, 2, 3))
+    assert err.max() < 6, err
+    # every row got its own frame, not a neighbour
+    d = np.abs(got[:, None].astype(np.float32) - frames[None].astype(np.float32)).mean((2, 3, 4))
+    np.testing.assert_array_equal(d.argmin(1), np.arange(len(frames)))
+
+
+def shift_from_timestamp(root, key, episode, by):
+    path = next((root / "meta/episodes").rglob("*.parquet"))
+    t = pq.read_table(path)
+    col = f"videos/{key}/from_timestamp"
+    vals = t.column(col).to_numpy().copy()
+    vals[episode] += by
+    t = t.set_column(t.schema.get_field_index(col), col, pa.array(vals))
+    pq.write_table(t, path)
+
+
+def test_timestamp_outside_tolerance_names_key_episode_and_time(tmp_path):
+    eps = make_episodes([4, 3, 5], seed=6, cameras={TOP: (8, 8)}, extra=False)
+    write_lerobot(tmp_path, eps, video_keys=(TOP,), episodes_per_video_file=3)
+    shift_from_timestamp(tmp_path, TOP, 2, 0.03)  # a third of a frame at 10 fps
+    with pytest.raises(DatasetFormatError, match=rf"{TOP}: episode 2: .*timestamp 0\.000000"):
+        read_lerobot(tmp_path, keys=[TOP], progress=False)
+    src = read_lerobot(tmp_path, keys=[TOP], tolerance_s=0.04, progress=False)
+    np.testing.assert_array_equal(src.arrays[TOP], expected(eps, TOP))
+    # past the last frame of the file
+    shift_from_timestamp(tmp_path, TOP, 2, 0.5 - 0.03)
+    with pytest.raises(DatasetFormatError, match=f"{TOP}: episode 2"):
+        read_lerobot(tmp_path, keys=[TOP], tolerance_s=0.04, progress=False)
+
+
+def test_tie_goes_to_the_earlier_frame(tmp_path):
+    eps = make_episodes([4], seed=7, cameras={TOP: (8, 8)}, extra=False)
+    write_lerobot(tmp_path, eps, fps=8, video_keys=(TOP,))
+    shift_from_timestamp(tmp_path, TOP, 0, 1 / 16)  # exactly between frames (binary fractions)
+    src = read_lerobot(tmp_path, keys=[TOP], tolerance_s=0.07, progress=False)
+    np.testing.assert_array_equal(src.arrays[TOP], eps[0][TOP])
+    shift_from_timestamp(tmp_path, TOP, 0, 1 / 64)  # 5/64 s: closer to the later frame
+    src = read_lerobot(tmp_path, keys=[TOP], tolerance_s=0.08, progress=False)
+    np.testing.assert_array_equal(src.arrays[TOP], eps[0][TOP][[1, 2, 3, 3]])
+
+
+def test_progress_true_shows_a_bar(v3, capsys):
+    root, eps = v3
+    src = read_lerobot(root, keys=["action", TOP], progress=True)
+    np.testing.assert_array_equal(src.arrays["action"], expected(eps, "action"))
+    assert "decoding video" in capsys.readouterr().err
+
+
+def test_single_episode_single_frame(tmp_path):
+    eps = make_episodes([1], seed=8, cameras={TOP: (4, 6)})
+    write_lerobot(tmp_path, eps, video_keys=(TOP,))
+    check_source(read_lerobot(tmp_path, progress=False), eps)
+
+
+# --- corrupt and unsafe datasets ------------------------------------------------------------
+
+@pytest.fixture
+def small(tmp_path):
+    eps = make_episodes([3, 1, 4, 2], seed=9, cameras={TOP: (8, 8)})
+    write_lerobot(tmp_path, eps, video_keys=(TOP,), episodes_per_file=2)
+    return tmp_path
+
+
+def edit_info(root, **changes):
+    info = json.loads((root / "meta/info.json").read_text())
+    info.update(changes)
+    (root / "meta/info.json").write_text(json.dumps(info))
+
+
+def test_truncated_parquet_names_the_file(small):
+    f = small / "data/chunk-000/file-001.parquet"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(DatasetFormatError, match="file-001.parquet"):
+        read_lerobot(small)
+
+
+def test_missing_column_names_file_and_column(small):
+    f = small / "data/chunk-000/file-001.parquet"
+    t = pq.read_table(f)
+    pq.write_table(t.drop_columns(["action"]), f)
+    with pytest.raises(DatasetFormatError, match=r"file-001.parquet: missing column 'action'"):
+        read_lerobot(small)
+
+
+def test_wrong_width_and_nulls(small):
+    f = small / "data/chunk-000/file-000.parquet"
+    t = pq.read_table(f)
+    i = t.schema.get_field_index("action")
+    wide = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(4 * 4, np.float32)), 4)
+    pq.write_table(t.set_column(i, "action", wide), f)
+    with pytest.raises(DatasetFormatError, match="4 values per row, expected 3"):
+        read_lerobot(small, keys=["action"])
+    nulls = pa.array([1.0, None, 2.0, 3.0], pa.float32())
+    j = t.schema.get_field_index("next.reward")
+    pq.write_table(t.set_column(j, "next.reward", nulls), f)
+    with pytest.raises(DatasetFormatError, match="null"):
+        read_lerobot(small, keys=["next.reward"])
+
+
+def test_bad_info_json(small):
+    (small / "meta/info.json").write_text("{ not json")
+    with pytest.raises(DatasetFormatError, match="info.json: not valid JSON"):
+        read_lerobot(small)
+    (small / "meta/info.json").unlink()
+    with pytest.raises(DatasetFormatError, match="info.json: missing"):
+        read_lerobot(small)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"codebase_version": "v1.6"}, "codebase_version"),
+    ({"fps": 0}, "fps"),
+    ({"features": {"action": {"dtype": "float32", "shape": [-1]}}}, "shape"),
+    ({"total_frames": 999}, "total_frames"),
+])
+def test_inconsistent_info(small, change, match):
+    edit_info(small, **change)
+    with pytest.raises(DatasetFormatError, match=match):
+        read_lerobot(small)
+
+
+@pytest.mark.parametrize("template", [
+    "../outside/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
+    "/etc/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
+    "data/{chunk_index.__class__}/file-{file_index:03d}.parquet",
+    "data/chunk-{chunk_index:03d}/{secret}.parquet",
+])
+def test_data_path_may_not_leave_the_root(small, template):
+    edit_info(small, data_path=template)
+    with pytest.raises(DatasetFormatError, match="data_path"):
+        read_lerobot(small)
+
+
+def test_video_path_may_not_leave_the_root(small):
+    edit_info(small, video_path="../{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4")
+    with pytest.raises(DatasetFormatError, match="video_path"):
+        read_lerobot(small, keys=[TOP])
+    read_lerobot(small, keys=["action"])  # no camera asked for: the template is never used
+
+
+def test_symlink_out_of_the_root(small, tmp_path_factory):
+    outside = tmp_path_factory.mktemp("outside") / "x.parquet"
+    f = small / "data/chunk-000/file-001.parquet"
+    outside.write_bytes(f.read_bytes())
+    f.unlink()
+    os.symlink(outside, f)
+    with pytest.raises(DatasetFormatError, match="outside the dataset root"):
+        read_lerobot(small)
+
+
+def test_episode_metadata_gaps_and_order(small):
+    path = next((small / "meta/episodes").rglob("*.parquet"))
+    t = pq.read_table(path)
+    i = t.schema.get_field_index("dataset_from_index")
+    frm = t.column(i).to_numpy().copy()
+    frm[2] += 1
+    pq.write_table(t.set_column(i, "dataset_from_index", pa.array(frm)), path)
+    with pytest.raises(DatasetFormatError, match="episode 2 covers rows"):
+        read_lerobot(small)
+
+
+def test_rows_of_the_wrong_episode(small):
+    f = small / "data/chunk-000/file-001.parquet"
+    t = pq.read_table(f)
+    i = t.schema.get_field_index("episode_index")
+    ep = t.column(i).to_numpy().copy()
+    ep[0] = 0
+    pq.write_table(t.set_column(i, "episode_index", pa.array(ep)), f)
+    with pytest.raises(DatasetFormatError, match="row 0 belongs to episode 0"):
+        read_lerobot(small)
+
+
+def test_missing_and_truncated_video(small):
+    video = small / f"videos/{TOP}/chunk-000/file-001.mp4"
+    data = video.read_bytes()
+    video.unlink()
+    with pytest.raises(DatasetFormatError, match="file-001.mp4: missing"):
+        read_lerobot(small, keys=[TOP])
+    video.write_bytes(data[: len(data) // 3])
+    with pytest.raises(DatasetFormatError, match=TOP):
+        read_lerobot(small, keys=[TOP])
+
+
+def test_video_size_disagrees_with_info(small):
+    info = json.loads((small / "meta/info.json").read_text())
+    info["features"][TOP]["shape"] = [8, 12, 3]
+    (small / "meta/info.json").write_text(json.dumps(info))
+    with pytest.raises(DatasetFormatError, match="8x8 frames"):
+        read_lerobot(small, keys=[TOP])
+
+
+def test_v21_bad_episodes_jsonl(tmp_path):
+    eps = make_episodes([2, 3], seed=10, extra=False)
+    write_lerobot(tmp_path, eps, version="v2.1")
+    p = tmp_path / "meta/episodes.jsonl"
+    good = p.read_text()
+    p.write_text(good + "{broken\n")
+    with pytest.raises(DatasetFormatError, match="episodes.jsonl: line 3"):
+        read_lerobot(tmp_path)
+    p.write_text(good.replace('"length": 3', '"length": 4'))
+    with pytest.raises(DatasetFormatError, match="total_frames is 5"):
+        read_lerobot(tmp_path)
+    edit_info(tmp_path, total_frames=6)
+    with pytest.raises(DatasetFormatError, match="episode_000001.parquet: 3 rows"):
+        read_lerobot(tmp_path)
+
+
+def test_a_truncated_video_of_a_different_codec_still_decodes_what_it_has(tmp_path):
+    # a file with fewer frames than rows: the missing rows are reported, not zero-filled
+    eps = make_episodes([5], seed=11, cameras={TOP: (8, 8)}, extra=False)
+    write_lerobot(tmp_path, eps, video_keys=(TOP,))
+    video = next((tmp_path / "videos").rglob("*.mp4"))
+    encode_video(video, eps[0][TOP][:3], 10)
+    with pytest.raises(DatasetFormatError, match=r"episode 0: .*timestamp 0\.300000"):
+        read_lerobot(tmp_path, keys=[TOP])
+
+
+def test_ragged_list_column(small):
+    f = small / "data/chunk-000/file-000.parquet"
+    t = pq.read_table(f)
+    i = t.schema.get_field_index("action")
+    ragged = pa.array([[1.0, 2.0, 3.0], [1.0, 2.0], [0.0, 0.0, 0.0], [4.0, 5.0, 6.0]],
+                      pa.list_(pa.float32()))
+    pq.write_table(t.set_column(i, "action", ragged), f)
+    with pytest.raises(DatasetFormatError, match="different lengths"):
+        read_lerobot(small, keys=["action"])
+
+
+def test_float_column_into_an_int_feature_is_refused(small):
+    f = small / "data/chunk-000/file-000.parquet"
+    t = pq.read_table(f)
+    i = t.schema.get_field_index("task_index")
+    pq.write_table(t.set_column(i, "task_index", pa.array(np.zeros(4), pa.float64())), f)
+    with pytest.raises(DatasetFormatError, match="does not cast"):
+        read_lerobot(small, keys=["task_index"])

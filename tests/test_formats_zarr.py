@@ -1,0 +1,190 @@
+"""read_zarr on ReplayBuffers written with zarr the way diffusion_policy writes them."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numcodecs
+import numpy as np
+import pytest
+import zarr
+
+from robocache._errors import DatasetFormatError
+from robocache.formats import read_zarr
+
+DP_DEFAULT = numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.NOSHUFFLE)
+DP_DISK = numcodecs.Blosc("zstd", clevel=5, shuffle=numcodecs.Blosc.BITSHUFFLE)
+
+
+def make_data(lengths, seed=0, extra_rows=0):
+    rng = np.random.default_rng(seed)
+    n = sum(lengths) + extra_rows
+    return {
+        "img": rng.integers(0, 256, (n, 12, 10, 3), dtype=np.uint8),
+        "state": rng.standard_normal((n, 5)).astype(np.float32),
+        "action": rng.standard_normal((n, 2)),
+        "n_contacts": rng.integers(0, 4, (n, 1)).astype(np.int64),
+        "keypoint": rng.standard_normal((n, 9, 2)).astype(np.float32),
+    }
+
+
+def write_replay_buffer(store, data, lengths, *, zarr_format=2, compressor=DP_DEFAULT,
+                        chunk_rows=4, shards=None):
+    g = zarr.open_group(store, mode="w", zarr_format=zarr_format)
+    d, m = g.create_group("data"), g.create_group("meta")
+    for k, v in data.items():
+        kw = {"compressors": compressor}
+        if shards is not None:
+            kw["shards"] = (shards, *v.shape[1:])
+        a = d.create_array(k, shape=v.shape, chunks=(chunk_rows, *v.shape[1:]), dtype=v.dtype,
+                           **kw)
+        a[:] = v
+    e = m.create_array("episode_ends", shape=(len(lengths),), chunks=(len(lengths),),
+                       dtype="int64", compressors=None)
+    e[:] = np.cumsum(lengths)
+    return g
+
+
+LENGTHS = [5, 1, 9, 2, 1]
+
+
+@pytest.mark.parametrize("zarr_format, compressor, shards", [
+    (2, DP_DEFAULT, None),
+    (2, DP_DISK, None),
+    (2, numcodecs.Zstd(level=3), None),
+    (3, zarr.codecs.BloscCodec(cname="zstd", clevel=3), None),
+    (3, zarr.codecs.ZstdCodec(), 8),
+])
+def test_round_trip(tmp_path, zarr_format, compressor, shards):
+    data = make_data(LENGTHS, seed=zarr_format)
+    write_replay_buffer(tmp_path / "rb.zarr", data, LENGTHS, zarr_format=zarr_format,
+                        compressor=compressor, shards=shards)
+    src = read_zarr(tmp_path / "rb.zarr", progress=False)
+    np.testing.assert_array_equal(src.episode_ends, np.cumsum(LENGTHS))
+    assert src.episode_ends.dtype == np.int64
+    assert list(src.arrays) == sorted(data)
+    for k, v in data.items():
+        assert src.arrays[k].dtype == v.dtype and src.arrays[k].flags.c_contiguous
+        np.testing.assert_array_equal(src.arrays[k], v, err_msg=k)
+    assert src.image_keys == ("img",)
+    assert src.fps is None and src.timestamps is None
+
+
+def test_arrays_longer_than_episode_ends_are_cut(tmp_path):
+    data = make_data(LENGTHS, seed=1, extra_rows=6)
+    write_replay_buffer(tmp_path / "rb.zarr", data, LENGTHS)
+    src = read_zarr(tmp_path / "rb.zarr", keys=["state"])
+    assert list(src.arrays) == ["state"]
+    np.testing.assert_array_equal(src.arrays["state"], data["state"][: sum(LENGTHS)])
+
+
+def test_blocks_of_many_chunks(tmp_path, monkeypatch):
+    from robocache.formats import zarr as zr
+
+    monkeypatch.setattr(zr, "BLOCK_BYTES", 200)  # several chunks per block, uneven last block
+    data = make_data([13, 1, 20], seed=2)
+    write_replay_buffer(tmp_path / "rb.zarr", data, [13, 1, 20], chunk_rows=3)
+    src = read_zarr(tmp_path / "rb.zarr", progress=False)
+    for k, v in data.items():
+        np.testing.assert_array_equal(src.arrays[k], v)
+
+
+def test_zip_store(tmp_path):
+    data = make_data(LENGTHS, seed=3)
+    store = zarr.storage.ZipStore(tmp_path / "rb.zarr.zip", mode="w")
+    write_replay_buffer(store, data, LENGTHS)
+    store.close()
+    src = read_zarr(tmp_path / "rb.zarr.zip")
+    for k, v in data.items():
+        np.testing.assert_array_equal(src.arrays[k], v)
+
+
+def test_keys_errors(tmp_path):
+    write_replay_buffer(tmp_path / "rb.zarr", make_data(LENGTHS), LENGTHS)
+    with pytest.raises(ValueError, match="'nope' is not an array"):
+        read_zarr(tmp_path / "rb.zarr", keys=["nope"])
+    with pytest.raises(ValueError, match="array names"):
+        read_zarr(tmp_path / "rb.zarr", keys=["../meta/episode_ends"])
+    with pytest.raises(FileNotFoundError):
+        read_zarr(tmp_path / "missing.zarr")
+
+
+@pytest.mark.parametrize("ends, match", [
+    ([5, 3, 18], "strictly increasing"),
+    ([5, 5, 18], "strictly increasing"),
+    ([0, 5, 18], "episode 0 ends at 0"),
+    ([-1, 18], "episode 0 ends at -1"),
+    ([5, 40], "at least 40 rows"),
+    ([], "non-empty"),
+    ([[5, 18]], "1-D"),
+    ([5.0, 18.0], "integers"),
+])
+def test_bad_episode_ends(tmp_path, ends, match):
+    data = make_data([18], seed=4)
+    g = write_replay_buffer(tmp_path / "rb.zarr", data, [18])
+    arr = np.asarray(ends, dtype=np.float64 if isinstance(ends[0] if ends else 0, float)
+                     else np.int64)
+    g["meta"].create_array("episode_ends", shape=arr.shape, dtype=arr.dtype,
+                           chunks=arr.shape or (1,), overwrite=True, compressors=None)
+    if arr.size:
+        g["meta"]["episode_ends"][...] = arr
+    with pytest.raises(DatasetFormatError, match=match):
+        read_zarr(tmp_path / "rb.zarr")
+
+
+def test_missing_groups(tmp_path):
+    g = zarr.open_group(tmp_path / "a.zarr", mode="w", zarr_format=2)
+    g.create_group("data")
+    with pytest.raises(DatasetFormatError, match="missing meta"):
+        read_zarr(tmp_path / "a.zarr")
+    (tmp_path / "b.zarr").mkdir()
+    with pytest.raises(DatasetFormatError, match="no zarr group"):
+        read_zarr(tmp_path / "b.zarr")
+    (tmp_path / "c.zip").write_bytes(b"junk")
+    with pytest.raises(DatasetFormatError, match="not a zarr"):
+        read_zarr(tmp_path / "c.zip")
+
+
+def test_corrupt_chunk_names_the_array(tmp_path):
+    data = make_data(LENGTHS, seed=5)
+    write_replay_buffer(tmp_path / "rb.zarr", data, LENGTHS)
+    chunk = tmp_path / "rb.zarr/data/state/1.0"
+    chunk.write_bytes(chunk.read_bytes()[:7])
+    with pytest.raises(DatasetFormatError, match=r"data/state rows \[0, 18\)"):
+        read_zarr(tmp_path / "rb.zarr", progress=False)
+    read_zarr(tmp_path / "rb.zarr", keys=["img"])  # other arrays still read
+
+
+def test_unknown_codec_says_which(tmp_path):
+    write_replay_buffer(tmp_path / "rb.zarr", make_data(LENGTHS), LENGTHS)
+    meta = tmp_path / "rb.zarr/data/img/.zarray"
+    m = json.loads(meta.read_text())
+    m["compressor"] = {"id": "imagecodecs_jpeg2k", "level": 50}
+    meta.write_text(json.dumps(m))
+    try:
+        import imagecodecs  # noqa: F401
+    except ImportError:
+        with pytest.raises(DatasetFormatError, match="imagecodecs_jpeg2k.*pip install imagecodecs"):
+            read_zarr(tmp_path / "rb.zarr")
+    read_zarr(tmp_path / "rb.zarr", keys=["state"])  # not asked for: never opened
+
+
+def test_symlink_out_of_the_store(tmp_path):
+    write_replay_buffer(tmp_path / "rb.zarr", make_data(LENGTHS), LENGTHS)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    chunk = tmp_path / "rb.zarr/data/state/0.0"
+    (outside / "0.0").write_bytes(chunk.read_bytes())
+    chunk.unlink()
+    os.symlink(outside / "0.0", chunk)
+    with pytest.raises(DatasetFormatError, match="outside the dataset root"):
+        read_zarr(tmp_path / "rb.zarr")
+
+
+def test_non_numeric_array_refused(tmp_path):
+    g = write_replay_buffer(tmp_path / "rb.zarr", make_data([3]), [3])
+    s = g["data"].create_array("names", shape=(3,), dtype=str, chunks=(3,))
+    s[:] = np.array(["a", "b", "c"])
+    with pytest.raises(DatasetFormatError, match="data/names has dtype"):
+        read_zarr(tmp_path / "rb.zarr")

@@ -1,0 +1,149 @@
+"""to_device: host no-op, the double-buffered pipeline on the host, memory checks; the real
+CUDA path under @pytest.mark.gpu."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from robocache import _runtime, _upload
+from robocache._errors import DeviceMemoryError
+
+gpu = pytest.mark.gpu
+needs_gpu = pytest.mark.skipif(not _runtime.cuda_available(), reason="needs a CUDA GPU")
+
+
+def test_cpu_is_a_no_op():
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert _upload.to_device(a, None) is a
+    assert _upload.to_device(a, "cpu") is a
+    with pytest.raises(TypeError, match="NumPy array"):
+        _upload.to_device([1, 2], "cpu")
+    with pytest.raises(ValueError, match="chunk_bytes"):
+        _upload.to_device(a, "cpu", chunk_bytes=0)
+
+
+class FakeDevice:
+    """Stands in for the copy engine: records the order of waits and submits."""
+
+    def __init__(self, nbytes):
+        self.dst = np.zeros(nbytes, np.uint8)
+        self.log = []
+        self.staging = None
+
+    def wait(self, k):
+        self.log.append(("wait", k))
+
+    def submit(self, k, off, n):
+        self.log.append(("submit", k, off, n))
+        self.dst[off:off + n] = self.staging[k][:n]
+
+
+@pytest.mark.parametrize("nbytes, chunk, workers", [
+    (1, 8, 1), (1000, 64, 1), (1000, 1000, 1), (1000, 3000, 1), (4096 * 9 + 17, 4096 * 4, 3),
+    (4096 * 9 + 17, 4096 * 2, 8),
+])
+def test_pipeline_moves_every_byte_in_order(monkeypatch, nbytes, chunk, workers):
+    monkeypatch.setattr(_upload, "MIN_PARALLEL_BYTES", 1)
+    src = np.random.default_rng(nbytes).integers(0, 256, nbytes, dtype=np.uint8)
+    chunk = min(chunk, nbytes)
+    dev = FakeDevice(nbytes)
+    dev.staging = [np.empty(chunk, np.uint8) for _ in range(2)]
+
+    class Bar:
+        n = 0
+
+        def update(self, k):
+            Bar.n += k
+
+    _upload._pipeline(src, chunk, dev.staging, dev.wait, dev.submit, Bar(), workers)
+    np.testing.assert_array_equal(dev.dst, src)
+    assert Bar.n == nbytes
+    submits = [e for e in dev.log if e[0] == "submit"]
+    assert [e[2] for e in submits] == list(range(0, nbytes, chunk))
+    assert [e[1] for e in submits] == [i % 2 for i in range(len(submits))]
+    # a buffer is refilled only after waiting for its previous transfer
+    for i, e in enumerate(dev.log):
+        if e[0] == "submit" and submits.index(e) >= 2:
+            assert dev.log[i - 1] == ("wait", e[1])
+
+
+def test_memory_check_uses_free_plus_cached(monkeypatch):
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev=None: (1000, 10_000))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda dev=None: 500)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda dev=None: 200)
+    assert _upload.device_free_bytes("cuda:0") == 1300
+    _upload.check_device_memory(1300, "cuda:0")
+    with pytest.raises(DeviceMemoryError, match=r"the store needs .*\(1301 bytes\).*\(1300 bytes\)"):
+        _upload.check_device_memory(1301, "cuda:0", "the store")
+    _upload.check_device_memory(10**15, "cpu")
+    with pytest.raises(ValueError, match="CUDA device"):
+        _upload.check_device_memory(1, "meta")
+
+
+# --- the CUDA path --------------------------------------------------------------------------
+
+@gpu
+@needs_gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64", "uint8", "bool", "int64", "float16",
+                                   "bfloat16"])
+def test_cuda_upload_matches_host(dtype):
+    import torch
+
+    from robocache import _array
+
+    rng = np.random.default_rng(0)
+    a = (rng.standard_normal((1001, 7, 3)) * 40).astype(_array.numpy_dtype(dtype))
+    t = _upload.to_device(a, "cuda", chunk_bytes=4096 * 5)
+    assert t.is_cuda and tuple(t.shape) == a.shape and str(t.dtype) == f"torch.{dtype}"
+    back = _array.to_numpy(t)
+    np.testing.assert_array_equal(back.view(np.uint8), np.ascontiguousarray(a).view(np.uint8))
+    # a non-contiguous source
+    strided = _array.to_numpy(_upload.to_device(a[::2], "cuda"))
+    np.testing.assert_array_equal(strided.view(np.uint8), np.ascontiguousarray(a[::2]).view(np.uint8))
+    assert torch.cuda.current_stream().query()
+
+
+@gpu
+@needs_gpu
+def test_cuda_upload_of_a_memmap(tmp_path):
+    a = np.random.default_rng(1).standard_normal((300_000, 16)).astype(np.float32)
+    np.save(tmp_path / "a.npy", a)
+    m = np.load(tmp_path / "a.npy", mmap_mode="r")
+    t = _upload.to_device(m, "cuda", chunk_bytes=1 << 20)
+    np.testing.assert_array_equal(t.cpu().numpy(), a)
+
+
+@gpu
+@needs_gpu
+def test_cuda_upload_fails_before_allocating(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(_upload, "device_free_bytes", lambda device: 100)
+    before = torch.cuda.memory_allocated()
+    with pytest.raises(DeviceMemoryError, match="needs"):
+        _upload.to_device(np.zeros(1000, np.float32), "cuda")
+    assert torch.cuda.memory_allocated() == before
+
+
+def test_progress_can_be_a_caller_owned_bar():
+    from robocache import _progress
+
+    class Bar:
+        n = 0
+        closed = False
+
+        def update(self, k):
+            self.n += k
+
+        def close(self):
+            self.closed = True
+
+    b = Bar()
+    with _progress.bar(100, "x", progress=b) as inner:
+        inner.update(40)
+        inner.update(2)
+    assert b.n == 42 and not b.closed
+    with _progress.bar(100, "x", progress=False) as inner:
+        inner.update(1)
