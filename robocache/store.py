@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import _array, _runtime
+from . import _array, _progress, _runtime
 from . import stats as _stats
 from ._errors import BackendUnavailableError, DeviceMemoryError
 from .formats.source import TrajectorySource
@@ -65,10 +65,10 @@ def _require_device(device: str) -> None:
 
 
 def _free_bytes(device: str) -> int:
-    import torch
+    """Bytes a new allocation can use on `device` (driver free + torch's unused cache)."""
+    from ._upload import device_free_bytes
 
-    free, _total = torch.cuda.mem_get_info(torch.device(device))
-    return int(free)
+    return device_free_bytes(device)
 
 
 def check_fits(needed: int, device: str, what: str = "the store") -> None:
@@ -80,16 +80,12 @@ def check_fits(needed: int, device: str, what: str = "the store") -> None:
         raise DeviceMemoryError(f"{what} on {device}", needed, free)
 
 
-def _upload(host: np.ndarray, device: str):
-    """One host array -> a torch tensor on `device`. The only place that copies to the device
-    (robocache/_upload.py will replace it with chunked, pinned streaming)."""
-    import torch
+def _upload(host: np.ndarray, device: str, bar):
+    """One host array -> a torch tensor on `device`, streamed through pinned buffers
+    (robocache/_upload.py). The only place that copies to the device."""
+    from ._upload import to_device
 
-    if _array.dtype_name(host) == "bfloat16":
-        t = torch.from_numpy(np.ascontiguousarray(host).view(np.int16)).view(torch.bfloat16)
-    else:
-        t = torch.from_numpy(np.ascontiguousarray(host))
-    return t.to(device)
+    return to_device(np.ascontiguousarray(host), device, progress=bar)
 
 
 def _host_view(name: str, x) -> np.ndarray:
@@ -150,8 +146,8 @@ class TrajectoryStore:
     def from_source(cls, source: TrajectorySource, device=None, progress=None
                     ) -> TrajectoryStore:
         """The store of a reader's TrajectorySource, uploaded to `device`. Carries fps,
-        timestamps, shipped stats and image keys. `progress(done_bytes, total_bytes)` is called
-        after each key is placed."""
+        timestamps, shipped stats and image keys. `progress`: None (a bar after ~1 s on a
+        terminal), True, False, or a tqdm-like bar to advance."""
         arrays = source.arrays
         if not isinstance(arrays, Mapping) or len(arrays) == 0:
             raise ValueError("arrays: expected at least one key, got an empty store")
@@ -214,6 +210,63 @@ class TrajectoryStore:
         return cls(arrays=placed[0], episode_ends=ends, fps=fps, timestamps=placed[1],
                    device=dev, shipped_stats=shipped, image_keys=image_keys,
                    meta=dict(source.meta))
+
+    @classmethod
+    def from_lerobot(cls, root, keys=None, device=None, *, video_backend=None,
+                     tolerance_s: float = 1e-4, progress=None) -> TrajectoryStore:
+        """A LeRobot dataset (v3.0 or v2.1) at `root`: numeric features, camera keys decoded once
+        into uint8 [N, H, W, C], fps, timestamps, episode bounds and meta/stats.json.
+        `keys` loads only those features (unused cameras are never decoded)."""
+        from .formats.lerobot import read_lerobot
+
+        source = read_lerobot(root, keys=keys, video_backend=video_backend,
+                              tolerance_s=tolerance_s, progress=progress)
+        return cls.from_source(source, device=device, progress=progress)
+
+    @classmethod
+    def from_zarr(cls, path, keys=None, device=None, *, progress=None) -> TrajectoryStore:
+        """A diffusion_policy ReplayBuffer zarr store (data/<key>, meta/episode_ends)."""
+        from .formats.zarr import read_zarr
+
+        return cls.from_source(read_zarr(path, keys=keys, progress=progress), device=device,
+                               progress=progress)
+
+    @classmethod
+    def from_robomimic(cls, path, obs_keys=None, filter_key=None, device=None, *,
+                       progress=None) -> TrajectoryStore:
+        """A robomimic HDF5 file: keys "obs/<key>", "actions", "rewards", "dones"; demos in
+        numeric order; `filter_key` selects mask/<filter_key>."""
+        from .formats.robomimic import read_robomimic
+
+        source = read_robomimic(path, obs_keys=obs_keys, filter_key=filter_key,
+                                progress=progress)
+        return cls.from_source(source, device=device, progress=progress)
+
+    def save(self, directory, *, overwrite: bool = False, progress=None):
+        """Write the store to RoboCache's own cache: one .npy per key and a manifest.json with
+        dtypes, shapes, episode ends, fps, stats and a sha256 per file (written to a temporary
+        folder, then renamed: never a half-written cache). Returns the directory's path."""
+        from .formats.cache import write_cache
+
+        return write_cache(directory, self.to_source(), overwrite=overwrite, progress=progress)
+
+    @classmethod
+    def load(cls, directory, device=None, *, verify: bool = True, progress=None
+             ) -> TrajectoryStore:
+        """A store saved by `save`: the .npy files are memory-mapped and streamed to `device`
+        through pinned buffers; a newer format version or a failed checksum is refused."""
+        from .formats.cache import read_cache
+
+        return cls.from_source(read_cache(directory, verify=verify, progress=progress),
+                               device=device, progress=progress)
+
+    def to_source(self) -> TrajectorySource:
+        """The store's contents as host arrays (copied from the device for CUDA stores), with
+        its shipped stats."""
+        arrays = {k: _array.to_numpy(v) for k, v in self._arrays.items()}
+        return TrajectorySource(arrays=arrays, episode_ends=self._ends.copy(), fps=self._fps,
+                                timestamps=self._timestamps_host, stats=self._shipped,
+                                image_keys=self._image_keys, meta=dict(self.meta))
 
     def to(self, device) -> TrajectoryStore:
         """This store on another device (self when already there). Stats travel along."""
@@ -348,20 +401,12 @@ def _check_stats(name: str, stats, arrays) -> dict:
 
 def _place(arrays: dict, timestamps, device: str, progress):
     """Arrays (and timestamps) on `device`: NumPy for "cpu", torch tensors for "cuda:N".
-    On CUDA the free device memory is checked first (DeviceMemoryError before any allocation)."""
-    total = sum(_array.nbytes(x) for x in arrays.values())
-    if timestamps is not None:
-        total += int(np.asarray(timestamps).size) * 8
-    done = 0
-    out = {}
+    On CUDA the free device memory is checked for all keys first (DeviceMemoryError before any
+    allocation, so a failure never leaves a half-built store). `progress` follows
+    robocache._progress (None: a bar after ~1 s on a terminal, True, False, or a bar object)."""
     if device == "cpu":
-        for key, x in arrays.items():
-            out[key] = np.ascontiguousarray(_host_view(key, x))
-            done += _array.nbytes(x)
-            if progress is not None:
-                progress(done, total)
+        out = {key: np.ascontiguousarray(_host_view(key, x)) for key, x in arrays.items()}
         ts = None if timestamps is None else np.ascontiguousarray(timestamps, dtype=np.float64)
-        _report(progress, ts, total)
         return out, ts
     import torch
 
@@ -370,23 +415,17 @@ def _place(arrays: dict, timestamps, device: str, progress):
     if timestamps is not None:
         needed += int(np.asarray(timestamps).size) * 8
     check_fits(needed, device)
-    for key, x in arrays.items():
-        if _on(x, device):
-            out[key] = x.contiguous() if _array.library(x) == "torch" else \
-                torch.as_tensor(x, device=device).contiguous()
-        else:
-            out[key] = _upload(_host_view(key, x), device)
-        done += _array.nbytes(x)
-        if progress is not None:
-            progress(done, total)
-    ts = None if timestamps is None else _upload(np.asarray(timestamps, np.float64), device)
-    _report(progress, ts, total)
+    out = {}
+    with _progress.bar(needed, "uploading", progress=progress) as bar:
+        for key, x in arrays.items():
+            if _on(x, device):
+                out[key] = x.contiguous() if _array.library(x) == "torch" else \
+                    torch.as_tensor(x, device=device).contiguous()
+            else:
+                out[key] = _upload(_host_view(key, x), device, bar)
+        ts = None if timestamps is None else \
+            _upload(np.asarray(timestamps, np.float64), device, bar)
     return out, ts
-
-
-def _report(progress, ts, total: int) -> None:
-    if progress is not None and ts is not None:
-        progress(total, total)
 
 
 def _on(x, device: str) -> bool:
