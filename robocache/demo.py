@@ -3,8 +3,9 @@
 The dataset (examples/data/arm2d_reach, a simulated two-link arm written as LeRobot v3.0 by
 examples/make_demo_dataset.py) is read through read_lerobot, put in a TrajectoryStore on the GPU
 when there is one (the CPU otherwise), and served by rc.DataLoader with diffusion-policy style
-windows (2 observation frames incl. the camera, 16 actions); torch's DataLoader serves the same
-windows from the same arrays, one sample at a time, for comparison.
+windows (2 observation frames incl. the camera, randomly cropped to 56x56 and scaled to [0, 1],
+16 actions, normalized); torch's DataLoader serves the same windows from the same arrays, one
+sample at a time (the usual per-sample __getitem__), for comparison.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ DATASET = Path(__file__).resolve().parent.parent / "examples" / "data" / "arm2d_
 OBS = [-1, 0]
 ACT = list(range(-1, 15))
 KEYS = ("observation.state", "observation.images.top", "action")
+CAMERA = "observation.images.top"
+CROP = 56
 
 
 def run(device=None, root=None, batch_size: int = 256, batches: int = 20) -> dict:
@@ -30,23 +33,29 @@ def run(device=None, root=None, batch_size: int = 256, batches: int = 20) -> dic
     if not (root / "meta" / "info.json").is_file():
         raise FileNotFoundError(f"no demo dataset at {root}; make it with "
                                 f"`python examples/make_demo_dataset.py --out {root}`")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or ("cuda" if rc.cuda_available() and torch.cuda.is_available() else "cpu")
     t0 = time.perf_counter()
     src = read_lerobot(root, keys=KEYS)
-    print(f"read {root.name}: {len(src.episode_ends)} episodes, {int(src.episode_ends[-1])} "
-          f"frames in {time.perf_counter() - t0:.2f} s")
-
-    store = rc.TrajectoryStore.from_lerobot(root, keys=KEYS, device=device)
-    deltas = {"observation.state": OBS, "observation.images.top": OBS, "action": ACT}
-    ds = rc.TrajectoryDataset(store, delta_indices=deltas, drop_n_last_frames=7, pad="edge",
-                              normalize={"observation.state": "mean_std", "action": "min_max"})
-    ours = _throughput(rc.DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True,
-                                     seed=0), batches, device)
+    print(f"read {root.name} (LeRobot v3.0): {len(src.episode_ends)} episodes, "
+          f"{int(src.episode_ends[-1])} frames at {src.fps:g} fps in "
+          f"{time.perf_counter() - t0:.2f} s")
+    store = rc.TrajectoryStore.from_source(src, device=device)
+    deltas = {"observation.state": OBS, CAMERA: OBS, "action": ACT}
+    ds = rc.TrajectoryDataset(
+        store, delta_indices=deltas, drop_n_last_frames=7, pad="edge",
+        normalize={"observation.state": "mean_std", "action": "min_max"},
+        image_transforms={CAMERA: rc.ImageTransform(crop=CROP, crop_mode="random")})
+    loader = rc.DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True, seed=0)
+    print(f"store on {store.device}: {store.nbytes / 2**20:.1f} MiB; dataset: {len(ds)} windows; "
+          f"{len(loader)} batches of {batch_size} per epoch")
+    for name, value in next(iter(loader)).items():
+        print(f"  {name:32s} {str(tuple(value.shape)):22s} {str(value.dtype).removeprefix('torch.')}")
+    ours = _throughput(loader, batches, device)
     base = _throughput(torch.utils.data.DataLoader(
         _Windows(src, deltas, drop_last=7), batch_size=batch_size, shuffle=True, drop_last=True),
         batches, "cpu")
-    print(f"rc.DataLoader on {device}: {ours:,.0f} samples/s; torch DataLoader (0 workers): "
-          f"{base:,.0f} samples/s; ratio {ours / base:.1f}x")
+    print(f"rc.DataLoader on {device}: {ours:,.0f} samples/s; torch DataLoader (per-sample "
+          f"__getitem__, 0 workers): {base:,.0f} samples/s; ratio {ours / base:.1f}x")
     return {"device": str(device), "robocache_samples_per_s": ours, "torch_samples_per_s": base}
 
 
@@ -73,6 +82,7 @@ class _Windows:
 
     def __init__(self, src, deltas, drop_last: int):
         self.arrays, self.deltas = src.arrays, deltas
+        self.rng = np.random.default_rng(0)
         ends = src.episode_ends
         starts = np.concatenate([[0], ends[:-1]])
         self.anchors = np.concatenate([np.arange(s, e - drop_last) for s, e in
@@ -90,7 +100,11 @@ class _Windows:
         out = {}
         for k, d in self.deltas.items():
             q = a + np.asarray(d)
-            out[k] = torch.from_numpy(self.arrays[k][np.clip(q, s, e - 1)])
+            x = self.arrays[k][np.clip(q, s, e - 1)]
+            if k == CAMERA:  # random crop, [0, 1], channels first: what the GPU path does
+                oy, ox = self.rng.integers(0, x.shape[1] - CROP + 1, size=2)
+                x = x[:, oy:oy + CROP, ox:ox + CROP].transpose(0, 3, 1, 2) / np.float32(255)
+            out[k] = torch.from_numpy(np.ascontiguousarray(x))
             out[f"{k}_is_pad"] = torch.from_numpy((q < s) | (q >= e))
         return out
 
