@@ -6,13 +6,16 @@ import json
 import os
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-from _lerobot_writer import LOSSY, encode_video, make_episodes, write_lerobot
 
 from robocache._errors import DatasetFormatError
 from robocache.formats import TrajectorySource, read_lerobot
+
+pytest.importorskip("av")
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+from _lerobot_writer import LOSSY, encode_video, make_episodes, write_lerobot  # noqa: E402
 
 TOP, WRIST, SIDE = "observation.images.top", "observation.images.wrist", "observation.images.side"
 CAMS = {TOP: (16, 24), WRIST: (8, 10)}

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 
-import numcodecs
 import numpy as np
 import pytest
-import zarr
 
 from robocache._errors import DatasetFormatError
 from robocache.formats import read_zarr
+
+zarr = pytest.importorskip("zarr")
+numcodecs = pytest.importorskip("numcodecs")
 
 DP_DEFAULT = numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.NOSHUFFLE)
 DP_DISK = numcodecs.Blosc("zstd", clevel=5, shuffle=numcodecs.Blosc.BITSHUFFLE)
