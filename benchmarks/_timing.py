@@ -25,25 +25,43 @@ def torch_cuda_ready() -> bool:
     return torch.cuda.is_available()
 
 
-def time_gpu(fn, *, warmup: int = 10, iters: int = 100) -> dict:
-    """{"event_us": median event latency, "b2b_us": back-to-back per call}; fn launches work."""
+def gpu_reason() -> str | None:
+    """Why the GPU rows cannot run here (None when they can): needs CuPy + a device and torch."""
+    from robocache import _runtime
+
+    ok, why = _runtime.cuda_status()
+    if not ok:
+        return why
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed"
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA device"
+    return None
+
+
+def time_gpu(fn, *, warmup: int = 10, iters: int = 100, indexed: bool = False) -> dict:
+    """{"event_us": median event latency, "b2b_us": back-to-back per call}; fn launches work.
+    With indexed=True fn takes the call number (to rotate among input sets)."""
     import torch
 
-    for _ in range(warmup):
-        fn()
+    call = fn if indexed else (lambda i: fn())
+    for i in range(warmup):
+        call(i)
     torch.cuda.synchronize()
     lat = []
-    for _ in range(iters):
+    for i in range(iters):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        call(i)
         end.record()
         end.synchronize()
         lat.append(start.elapsed_time(end) * 1e3)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    for _ in range(iters):
-        fn()
+    for i in range(iters):
+        call(i)
     torch.cuda.synchronize()
     b2b = (time.perf_counter() - t0) / iters * 1e6
     return {"event_us": statistics.median(lat), "b2b_us": b2b}

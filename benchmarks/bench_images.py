@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import robocache as rc  # noqa: E402
-from robocache import _runtime  # noqa: E402
+from benchmarks import _timing  # noqa: E402
 from robocache.ops import _random, images  # noqa: E402
 
 H200_COPY_BW = 4.16e12  # bytes/s, PERF.md
@@ -104,40 +103,10 @@ def _row(w, impl, out_dtype, us, device, floor_us=None, **extra) -> dict:
 # GPU
 
 
-def _gpu_reason() -> str | None:
-    ok, why = _runtime.cuda_status()
-    if not ok:
-        return why
-    try:
-        import torch
-    except ImportError:
-        return "torch is not installed"
-    if not torch.cuda.is_available():
-        return "torch sees no CUDA device"
-    return None
-
-
 def _gpu_time(fn, iters: int) -> tuple[float, float]:
     """(median CUDA-event latency per call, back-to-back wall time per call), microseconds."""
-    import torch
-
-    for i in range(3):
-        fn(i)
-    torch.cuda.synchronize()
-    lat = []
-    for i in range(iters):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn(i)
-        e.record()
-        e.synchronize()
-        lat.append(s.elapsed_time(e) * 1e3)
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for i in range(iters):
-        fn(i)
-    torch.cuda.synchronize()
-    return statistics.median(lat), (time.perf_counter() - t0) / iters * 1e6
+    t = _timing.time_gpu(fn, warmup=3, iters=iters, indexed=True)
+    return t["event_us"], t["b2b_us"]
 
 
 def _copy_bandwidth() -> float:
@@ -343,7 +312,7 @@ def _print(rows: list[dict]) -> None:
 
 def run(quick: bool = False) -> list[dict]:
     rows: list[dict] = []
-    why = _gpu_reason()
+    why = _timing.gpu_reason()
     if why is None:
         bw = _copy_bandwidth()
         print(f"device-to-device copy bandwidth here: {bw / 1e12:.2f} TB/s")
