@@ -5,6 +5,7 @@ the L1 error over real (not padded) action steps, as in LeRobot's ACT / diffusio
 time is split into data (waiting for the next batch) and compute (forward, backward, optimizer).
 
     python examples/train_policy.py                       # synthetic store, a few hundred steps
+    python examples/train_policy.py --data examples/data/arm2d_reach   # the bundled LeRobot set
     python examples/train_policy.py --data demo.npz       # arrays + "episode_ends" in one .npz
     python examples/train_policy.py --device cpu --steps 100 --batch-size 64
 
@@ -57,15 +58,15 @@ def load_store(path: str, device: str):
             arrays = {k: z[k] for k in z.files if k != "episode_ends"}
             ends = z["episode_ends"]
         return rc.TrajectoryStore.from_arrays(arrays, episode_ends=ends, device=device)
-    for name in ("from_lerobot", "from_zarr", "from_robomimic"):  # readers, when installed
-        reader = getattr(rc.TrajectoryStore, name, None)
-        if reader is not None:
-            try:
-                return reader(p, device=device)
-            except (ValueError, FileNotFoundError, OSError):
-                continue
-    raise SystemExit(f"--data {path}: not an .npz of arrays + episode_ends, and no reader of "
-                     f"this version understood it")
+    if (p / "meta" / "info.json").is_file():  # LeRobot v3.0 / v2.1
+        return rc.TrajectoryStore.from_lerobot(p, keys=[OBS, ACT], device=device)
+    if p.suffix in (".hdf5", ".h5"):  # robomimic: obs/<key>, actions
+        raise SystemExit(f"--data {path}: robomimic files name their keys obs/<key> and "
+                         f"actions; load them with rc.TrajectoryStore.from_robomimic")
+    if (p / "meta" / "episode_ends").exists() or p.suffix == ".zarr":  # diffusion_policy
+        return rc.TrajectoryStore.from_zarr(p, keys=[OBS, ACT], device=device)
+    raise SystemExit(f"--data {path}: expected an .npz of arrays + episode_ends, a LeRobot "
+                     f"dataset folder or a diffusion_policy zarr store")
 
 
 def build_policy(obs_dim: int, act_dim: int, n_obs: int, horizon: int):
@@ -78,8 +79,8 @@ def build_policy(obs_dim: int, act_dim: int, n_obs: int, horizon: int):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=None, help=".npz of arrays + episode_ends (default: "
-                                                   "a synthetic store)")
+    ap.add_argument("--data", default=None, help="a LeRobot dataset folder, a diffusion_policy "
+                    "zarr store or an .npz of arrays + episode_ends (default: a synthetic store)")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when usable)")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch-size", type=int, default=256)
