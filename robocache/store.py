@@ -107,8 +107,10 @@ class TrajectoryStore:
 
     def __init__(self, *, arrays: dict, episode_ends: np.ndarray, fps: float | None,
                  timestamps, device: str, shipped_stats: dict | None,
-                 image_keys: tuple[str, ...], meta: dict | None = None):
+                 image_keys: tuple[str, ...], meta: dict | None = None,
+                 host_keys: tuple[str, ...] = ()):
         self._arrays = arrays
+        self._host_keys = tuple(host_keys)  # camera keys kept in pinned host memory
         self._ends = episode_ends
         self._fps = fps
         self._timestamps = timestamps            # on the device, float64 [N] or None
@@ -125,7 +127,8 @@ class TrajectoryStore:
     @classmethod
     def from_arrays(cls, arrays: Mapping, episode_ends, fps: float | None = None,
                     timestamps=None, device=None, *, stats: Mapping | None = None,
-                    image_keys=None, progress=None) -> TrajectoryStore:
+                    image_keys=None, progress=None, frames_on_host: bool = False
+                    ) -> TrajectoryStore:
         """A store of `arrays` (key -> [N, *feature], NumPy / torch / CuPy) split into episodes
         by `episode_ends` (cumulative ends: episode e holds frames [ends[e-1], ends[e])).
 
@@ -133,6 +136,8 @@ class TrajectoryStore:
         within each episode. device: "cpu", "cuda", "cuda:N", or None (CUDA when usable).
         stats: shipped statistics (key -> {"mean", "std", ...}), used by normalize= when the
         dataset gets none. image_keys: camera-frame keys (default: uint8 arrays of rank >= 3).
+        frames_on_host: on a CUDA device, keep the camera keys in pinned host memory, read by
+        the image kernel over the bus (for frame stores larger than free GPU memory).
         """
         if not isinstance(arrays, Mapping):
             raise TypeError(f"arrays: expected a dict of key -> array, got "
@@ -140,14 +145,16 @@ class TrajectoryStore:
         source = TrajectorySource(arrays=dict(arrays), episode_ends=episode_ends, fps=fps,
                                   timestamps=timestamps, stats=None if stats is None
                                   else dict(stats), image_keys=tuple(image_keys or ()))
-        return cls.from_source(source, device=device, progress=progress)
+        return cls.from_source(source, device=device, progress=progress,
+                               frames_on_host=frames_on_host)
 
     @classmethod
-    def from_source(cls, source: TrajectorySource, device=None, progress=None
-                    ) -> TrajectoryStore:
+    def from_source(cls, source: TrajectorySource, device=None, progress=None, *,
+                    frames_on_host: bool = False) -> TrajectoryStore:
         """The store of a reader's TrajectorySource, uploaded to `device`. Carries fps,
         timestamps, shipped stats and image keys. `progress`: None (a bar after ~1 s on a
-        terminal), True, False, or a tqdm-like bar to advance."""
+        terminal), True, False, or a tqdm-like bar to advance. `frames_on_host`: see
+        from_arrays."""
         arrays = source.arrays
         if not isinstance(arrays, Mapping) or len(arrays) == 0:
             raise ValueError("arrays: expected at least one key, got an empty store")
@@ -206,14 +213,22 @@ class TrajectoryStore:
 
         dev = resolve_device(device)
         _require_device(dev)
-        placed = _place(checked, ts, dev, progress)
+        if not isinstance(frames_on_host, bool):
+            raise TypeError(f"frames_on_host: expected a bool, got {frames_on_host!r}")
+        host_keys = image_keys if frames_on_host and dev != "cpu" else ()
+        for k in host_keys:
+            if _array.dtype_name(checked[k]) != "uint8":
+                raise TypeError(f"frames_on_host: expected uint8 camera keys, got {k!r} of dtype "
+                                f"{_array.dtype_name(checked[k])}")
+        placed = _place(checked, ts, dev, progress, host_keys)
         return cls(arrays=placed[0], episode_ends=ends, fps=fps, timestamps=placed[1],
                    device=dev, shipped_stats=shipped, image_keys=image_keys,
-                   meta=dict(source.meta))
+                   meta=dict(source.meta), host_keys=host_keys)
 
     @classmethod
     def from_lerobot(cls, root, keys=None, device=None, *, video_backend=None,
-                     tolerance_s: float = 1e-4, progress=None) -> TrajectoryStore:
+                     tolerance_s: float = 1e-4, progress=None, frames_on_host: bool = False
+                     ) -> TrajectoryStore:
         """A LeRobot dataset (v3.0 or v2.1) at `root`: numeric features, camera keys decoded once
         into uint8 [N, H, W, C], fps, timestamps, episode bounds and meta/stats.json.
         `keys` loads only those features (unused cameras are never decoded)."""
@@ -221,26 +236,29 @@ class TrajectoryStore:
 
         source = read_lerobot(root, keys=keys, video_backend=video_backend,
                               tolerance_s=tolerance_s, progress=progress)
-        return cls.from_source(source, device=device, progress=progress)
+        return cls.from_source(source, device=device, progress=progress,
+                               frames_on_host=frames_on_host)
 
     @classmethod
-    def from_zarr(cls, path, keys=None, device=None, *, progress=None) -> TrajectoryStore:
+    def from_zarr(cls, path, keys=None, device=None, *, progress=None,
+                  frames_on_host: bool = False) -> TrajectoryStore:
         """A diffusion_policy ReplayBuffer zarr store (data/<key>, meta/episode_ends)."""
         from .formats.zarr import read_zarr
 
         return cls.from_source(read_zarr(path, keys=keys, progress=progress), device=device,
-                               progress=progress)
+                               progress=progress, frames_on_host=frames_on_host)
 
     @classmethod
     def from_robomimic(cls, path, obs_keys=None, filter_key=None, device=None, *,
-                       progress=None) -> TrajectoryStore:
+                       progress=None, frames_on_host: bool = False) -> TrajectoryStore:
         """A robomimic HDF5 file: keys "obs/<key>", "actions", "rewards", "dones"; demos in
         numeric order; `filter_key` selects mask/<filter_key>."""
         from .formats.robomimic import read_robomimic
 
         source = read_robomimic(path, obs_keys=obs_keys, filter_key=filter_key,
                                 progress=progress)
-        return cls.from_source(source, device=device, progress=progress)
+        return cls.from_source(source, device=device, progress=progress,
+                               frames_on_host=frames_on_host)
 
     def save(self, directory, *, overwrite: bool = False, progress=None):
         """Write the store to RoboCache's own cache: one .npy per key and a manifest.json with
@@ -251,14 +269,14 @@ class TrajectoryStore:
         return write_cache(directory, self.to_source(), overwrite=overwrite, progress=progress)
 
     @classmethod
-    def load(cls, directory, device=None, *, verify: bool = True, progress=None
-             ) -> TrajectoryStore:
+    def load(cls, directory, device=None, *, verify: bool = True, progress=None,
+             frames_on_host: bool = False) -> TrajectoryStore:
         """A store saved by `save`: the .npy files are memory-mapped and streamed to `device`
         through pinned buffers; a newer format version or a failed checksum is refused."""
         from .formats.cache import read_cache
 
         return cls.from_source(read_cache(directory, verify=verify, progress=progress),
-                               device=device, progress=progress)
+                               device=device, progress=progress, frames_on_host=frames_on_host)
 
     def to_source(self) -> TrajectorySource:
         """The store's contents as host arrays (copied from the device for CUDA stores), with
@@ -274,10 +292,11 @@ class TrajectoryStore:
         if dev == self._device:
             return self
         _require_device(dev)
-        placed = _place(self._arrays, self._timestamps_host, dev, None)
+        host_keys = self._host_keys if dev != "cpu" else ()
+        placed = _place(self._arrays, self._timestamps_host, dev, None, host_keys)
         out = TrajectoryStore(arrays=placed[0], episode_ends=self._ends, fps=self._fps,
                               timestamps=placed[1], device=dev, shipped_stats=self._shipped,
-                              image_keys=self._image_keys, meta=self.meta)
+                              image_keys=self._image_keys, meta=self.meta, host_keys=host_keys)
         out._stats_cache = dict(self._stats_cache)
         return out
 
@@ -338,6 +357,11 @@ class TrajectoryStore:
         return self._device != "cpu"
 
     @property
+    def host_keys(self) -> tuple[str, ...]:
+        """Camera keys kept in pinned host memory on a CUDA store (frames_on_host=True)."""
+        return self._host_keys
+
+    @property
     def image_keys(self) -> tuple[str, ...]:
         return self._image_keys
 
@@ -379,8 +403,10 @@ class TrajectoryStore:
                 raise ValueError(f"keys: expected keys of the store {list(self._arrays)}, got "
                                  f"{k!r}")
             if k not in self._stats_cache:
-                self._stats_cache[k] = _stats.feature_stats(self._arrays[k],
-                                                            image=k in self._image_keys)
+                x = self._arrays[k]
+                if k in self._host_keys:  # pinned host tensor: stats on its NumPy view
+                    x = x.numpy()
+                self._stats_cache[k] = _stats.feature_stats(x, image=k in self._image_keys)
             out[k] = {name: v.copy() for name, v in self._stats_cache[k].items()}
         return out
 
@@ -399,11 +425,12 @@ def _check_stats(name: str, stats, arrays) -> dict:
     return out
 
 
-def _place(arrays: dict, timestamps, device: str, progress):
+def _place(arrays: dict, timestamps, device: str, progress, host_keys=()):
     """Arrays (and timestamps) on `device`: NumPy for "cpu", torch tensors for "cuda:N".
     On CUDA the free device memory is checked for all keys first (DeviceMemoryError before any
     allocation, so a failure never leaves a half-built store). `progress` follows
-    robocache._progress (None: a bar after ~1 s on a terminal, True, False, or a bar object)."""
+    robocache._progress (None: a bar after ~1 s on a terminal, True, False, or a bar object).
+    `host_keys` stay on the host in pinned (page-locked) memory, as torch CPU tensors."""
     if device == "cpu":
         out = {key: np.ascontiguousarray(_host_view(key, x)) for key, x in arrays.items()}
         ts = None if timestamps is None else np.ascontiguousarray(timestamps, dtype=np.float64)
@@ -411,14 +438,18 @@ def _place(arrays: dict, timestamps, device: str, progress):
     import torch
 
     # bytes that must be allocated on the device (arrays already there are kept)
-    needed = sum(_array.nbytes(x) for x in arrays.values() if not _on(x, device))
+    needed = sum(_array.nbytes(x) for k, x in arrays.items()
+                 if not _on(x, device) and k not in host_keys)
     if timestamps is not None:
         needed += int(np.asarray(timestamps).size) * 8
     check_fits(needed, device)
     out = {}
     with _progress.bar(needed, "uploading", progress=progress) as bar:
         for key, x in arrays.items():
-            if _on(x, device):
+            if key in host_keys:
+                out[key] = _pinned(_host_view(key, x))
+                bar.update(_array.nbytes(x))
+            elif _on(x, device):
                 out[key] = x.contiguous() if _array.library(x) == "torch" else \
                     torch.as_tensor(x, device=device).contiguous()
             else:
@@ -426,6 +457,14 @@ def _place(arrays: dict, timestamps, device: str, progress):
         ts = None if timestamps is None else \
             _upload(np.asarray(timestamps, np.float64), device, bar)
     return out, ts
+
+
+def _pinned(host: np.ndarray):
+    """A pinned (page-locked) torch CPU copy of `host`: the image kernel reads it over the bus
+    through its mapped device address."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(host)).pin_memory()
 
 
 def _on(x, device: str) -> bool:

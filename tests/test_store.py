@@ -243,3 +243,36 @@ def test_stats_cached_and_bad_key():
     assert st.stats("a")["a"]["mean"] == 4.5
     with pytest.raises(ValueError, match="keys"):
         st.stats(["b"])
+
+
+def test_frames_on_host_keep_camera_bytes_out_of_device_memory(monkeypatch):
+    """frames_on_host: camera keys are pinned on the host and do not count against free GPU
+    memory; without it the same store does not fit."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(store_mod, "_require_device", lambda device: None)
+    monkeypatch.setattr(store_mod, "_free_bytes", lambda device: 1000)
+    uploaded, pinned = [], []
+    monkeypatch.setattr(store_mod, "_upload",
+                        lambda host, device, bar: uploaded.append(host.nbytes) or
+                        torch.from_numpy(np.ascontiguousarray(host)))
+    monkeypatch.setattr(store_mod, "_pinned",
+                        lambda host: pinned.append(host.nbytes) or torch.from_numpy(host))
+    cam = np.random.default_rng(0).integers(0, 256, (50, 8, 8, 3), dtype=np.uint8)  # 9600 B
+    state = np.zeros((50, 4), np.float32)                                           # 800 B
+    arrays = {"cam": cam, "state": state}
+    with pytest.raises(_errors.DeviceMemoryError, match="10400 bytes"):
+        rc.TrajectoryStore.from_arrays(arrays, episode_ends=[20, 50], device="cuda:0")
+    st = rc.TrajectoryStore.from_arrays(arrays, episode_ends=[20, 50], device="cuda:0",
+                                        frames_on_host=True)
+    assert st.host_keys == ("cam",) and st.image_keys == ("cam",)
+    assert uploaded == [800] and pinned == [9600]
+    np.testing.assert_array_equal(st["cam"].numpy(), cam)
+    np.testing.assert_array_equal(st.stats("cam")["cam"]["max"], cam.reshape(-1, 3).max(0))
+    cpu = rc.TrajectoryStore.from_arrays(arrays, episode_ends=[20, 50], device="cpu",
+                                         frames_on_host=True)
+    assert cpu.host_keys == ()  # a CPU store keeps everything on the host anyway
+    with pytest.raises(TypeError, match="frames_on_host"):
+        rc.TrajectoryStore.from_arrays({"cam": cam.astype(np.float32)}, episode_ends=[50],
+                                       image_keys=["cam"], device="cuda:0", frames_on_host=True)
+    with pytest.raises(TypeError, match="frames_on_host"):
+        rc.TrajectoryStore.from_arrays(arrays, episode_ends=[50], frames_on_host="yes")
