@@ -5,7 +5,9 @@
   compiler is the authority, not g++);
 - every kernel name the Python side builds, for every dtype it accepts, is among its module's
   name_expressions (so no dtype combination fails with a KeyError on a GPU), and every name
-  expression is reachable from Python.
+  expression is reachable from Python;
+- float32 <-> float64 conversions that promise to be exact do not flush subnormals under the
+  -ftz=true CuPy compiles with (checked in the PTX: the CPU emulator cannot see -ftz).
 """
 
 from __future__ import annotations
@@ -173,3 +175,37 @@ def test_every_kernel_name_python_builds_is_compiled(emulated_cuda):
             f"{module.source}: built but not compiled: {sorted(names - set(module.name_expressions))}"
         assert names == set(module.name_expressions), \
             f"{module.source}: never built by Python: {sorted(set(module.name_expressions) - names)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# -ftz: exact float32 <-> float64 conversions must not become flushing cvt instructions
+
+
+def _ptx(module, arch: str = "compute_90") -> str:
+    """PTX of `module` with every name expression instantiated, compiled as CuPy does (-ftz)."""
+    nvrtc = _nvrtc()
+    err, prog = nvrtc.nvrtcCreateProgram(module.code().encode(), module.source.encode(), 0, [], [])
+    assert int(err) == 0
+    try:
+        for name in module.name_expressions:
+            assert int(nvrtc.nvrtcAddNameExpression(prog, name.encode())[0]) == 0
+        opts = [*module.options, "-ftz=true", f"--gpu-architecture={arch}"]
+        (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), [o.encode() for o in opts])
+        assert int(err) == 0, module.source
+        err, size = nvrtc.nvrtcGetPTXSize(prog)
+        buf = b" " * size
+        nvrtc.nvrtcGetPTX(prog, buf)
+        return buf.decode(errors="replace")
+    finally:
+        nvrtc.nvrtcDestroyProgram(prog)
+
+
+@pytest.mark.parametrize("module", [_kernels.WINDOWS, _kernels.VOXEL, _kernels.VOXEL_FEATURES],
+                         ids=lambda m: m.source)
+def test_exact_widening_does_not_flush_subnormals(module):
+    """windows.cu converts float32 / bfloat16 values to float64 outputs, the voxel kernels widen
+    coordinates and features: all promise NumPy's exact widening, subnormals included. Under
+    -ftz=true a plain (double)f is `cvt.ftz.f64.f32`, which turns 1e-40f into 0.0."""
+    ptx = _ptx(module)
+    assert ".entry" in ptx
+    assert "cvt.ftz.f64.f32" not in ptx
