@@ -421,6 +421,21 @@ def test_cuda_path_under_emulator(shape, kw, emulated_cuda):
     assert emulated_cuda and all(launch.source == "images.cu" for launch in emulated_cuda)
 
 
+def test_cuda_path_with_no_frames_reads_nothing(emulated_cuda):
+    """N == 0 with unchecked rows >= 0: the NumPy path gives zeros; the kernel clamped the row
+    to N - 1 = -1 and read the 48 bytes before the frames (here: a sentinel in the same
+    buffer; on a GPU an illegal address or another tensor's bytes)."""
+    buf = np.full((2, 4, 4, 3), 200, np.uint8)
+    frames = np.ndarray((0, 4, 4, 3), np.uint8, buffer=buf, offset=buf[0].nbytes)
+    plan = images.make_plan((4, 4, 3))
+    idx = np.array([[0, 3], [-1, 1]])
+    key = _random.rand_key(1, 2, 3)
+    out = np.full(plan.out_shape(2, 2), 7, np.float32)
+    images.apply_cuda(plan, frames, idx, None, out, key)
+    np.testing.assert_array_equal(out, images.apply_numpy(plan, frames, idx, None, key))
+    assert not out.any() and len(emulated_cuda) == 1
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("lib", ["cupy", "torch"])
 @pytest.mark.parametrize("shape,kw", CUDA_CASES)
