@@ -145,6 +145,30 @@ def test_emulated_dataset_batch_equals_cpu_batch():
             assert (got[k] == want[k]).all(), k
 
 
+def test_emulated_empty_offset_list_writes_nothing():
+    """A key with an empty offset array has outputs [B, 0, F] and [B, 0] (the NumPy path); the
+    kernel used to give it one row per sample and wrote B * F elements past its empty output.
+    Outputs are views into buffers with a sentinel tail that must stay untouched."""
+    emulator = _emulator()
+    src = np.arange(30, dtype=np.float32).reshape(10, 3)
+    keys = [WindowKey("a", src, np.zeros(0, np.int64)),
+            WindowKey("r", src, np.zeros(0, np.int64), kind="rows"),
+            WindowKey("b", src, np.array([-1, 0], np.int64), out_dtype="float16")]
+    tab = W.anchor_table(np.array([4, 10], np.int64))
+    dev = WindowOp(keys, tab, zero_pad=True, like=np.zeros(1))
+    idx = np.array([3, 0, 9, 4, 4], dtype=np.int64)
+    bufs, out = {}, {}
+    for name, (shape, dt) in dev.output_spec(idx.size).items():
+        nbytes = int(np.prod(shape)) * np.dtype(dt).itemsize
+        bufs[name] = np.full(nbytes + 64, 0xAB, np.uint8)
+        out[name] = bufs[name][:nbytes].view(dt).reshape(shape)
+    with emulator.emulated():
+        got = dev.run_cuda(idx, out=out)
+    for name, b in bufs.items():
+        assert (b[-64:] == 0xAB).all(), f"{name}: written past its end"
+    _assert_same(got, WindowOp(keys, tab, zero_pad=True).run_numpy(idx))
+
+
 def test_emulated_float32_float64_conversions_are_exact_for_special_values():
     """float32 -> float64 and float64 -> float32 outputs equal NumPy's astype bit for bit for
     subnormals, signed zeros, the FLT_MIN rounding boundary, overflow, inf and NaN. (On a GPU,
