@@ -91,7 +91,8 @@ def test_layout_check_catches_a_wrong_offset():
     assert not r.ok and "offset of VoxelGrid.bidx64" in r.log
 
 
-_KERNEL = re.compile(r"__global__\s+void\s+(\w+)\s*\(([^)]*)\)", re.S)
+_KERNEL = re.compile(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s*)?(\w+)\s*\(([^)]*)\)",
+                     re.S)
 _STRUCT = re.compile(r"\bstruct\s+(?:alignas\(\d+\)\s+)?(\w+)\s*\{")
 
 
@@ -107,6 +108,18 @@ def test_every_struct_parameter_has_a_layout_check(module):
             by_value = "*" not in p and "&" not in p
             for s in structs & set(words):
                 assert by_value and s in checked, f"{module.source}: {name} takes {s} ({p.strip()})"
+
+
+@pytest.mark.parametrize("arch", ["sm_75", "sm_120"])
+def test_scan_kernel_fits_a_1024_thread_block(arch):
+    """voxel_scan_kernel is the one kernel launched with 1024 threads: more than 64 registers
+    per thread would make every launch fail on a GPU (the emulator has no register file)."""
+    _nvrtc()
+    r = _runtime.compile_for_arch(_kernels.VOXEL, arch, verbose_ptxas=True)
+    assert r.ok, r.log
+    log = r.log.split("Compiling entry function '_Z17voxel_scan_kernel", 1)[1]
+    regs = int(re.search(r"Used (\d+) registers", log).group(1))
+    assert regs * voxel.SCAN_THREADS <= 65536, f"{regs} registers per thread on {arch}"
 
 
 # ---------------------------------------------------------------------------------------------
