@@ -104,8 +104,13 @@ def to_device(array: np.ndarray, device, *, chunk_bytes: int = DEFAULT_CHUNK_BYT
             dst_bytes[off:off + n].copy_(staging[k][:n], non_blocking=True)
             events[k].record(stream)
 
-    with _progress.bar(nbytes, "uploading", progress=progress) as bar:
-        _pipeline(src_bytes, chunk, staging_np, wait, submit, bar, workers)
+    try:
+        with _progress.bar(nbytes, "uploading", progress=progress) as bar:
+            _pipeline(src_bytes, chunk, staging_np, wait, submit, bar, workers)
+    finally:
+        # also on an error (a failing read of a memory-mapped file, Ctrl-C): `out` belongs to
+        # the caller's stream in torch's allocator, which would hand its memory out again while
+        # copies queued on the side stream still write into it
         stream.synchronize()
     return out
 

@@ -421,6 +421,21 @@ def test_cuda_path_under_emulator(shape, kw, emulated_cuda):
     assert emulated_cuda and all(launch.source == "images.cu" for launch in emulated_cuda)
 
 
+def test_cuda_path_with_no_frames_reads_nothing(emulated_cuda):
+    """N == 0 with unchecked rows >= 0: the NumPy path gives zeros; the kernel clamped the row
+    to N - 1 = -1 and read the 48 bytes before the frames (here: a sentinel in the same
+    buffer; on a GPU an illegal address or another tensor's bytes)."""
+    buf = np.full((2, 4, 4, 3), 200, np.uint8)
+    frames = np.ndarray((0, 4, 4, 3), np.uint8, buffer=buf, offset=buf[0].nbytes)
+    plan = images.make_plan((4, 4, 3))
+    idx = np.array([[0, 3], [-1, 1]])
+    key = _random.rand_key(1, 2, 3)
+    out = np.full(plan.out_shape(2, 2), 7, np.float32)
+    images.apply_cuda(plan, frames, idx, None, out, key)
+    np.testing.assert_array_equal(out, images.apply_numpy(plan, frames, idx, None, key))
+    assert not out.any() and len(emulated_cuda) == 1
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("lib", ["cupy", "torch"])
 @pytest.mark.parametrize("shape,kw", CUDA_CASES)
@@ -454,6 +469,61 @@ def test_cuda_bad_indices_raise_before_launch():
         rc.crop_resize_normalize(frames, torch.tensor([[0, 4]], device="cuda"))
     with pytest.raises(ValueError, match="indices"):
         rc.crop_resize_normalize(frames, torch.tensor([[0, 1]]))   # on the host
+
+
+def test_pinned_frames_are_held_until_their_kernel_is_done():
+    """The host-resident path returns before the kernel reads the frames; they are kept alive
+    (in images._PINNED_IN_USE) until the event recorded after the launch has completed."""
+    import gc
+    import weakref
+
+    class FakeEvent:
+        def __init__(self):
+            self.finished = False
+
+        def query(self):
+            return self.finished
+
+    saved = list(images._PINNED_IN_USE)
+    images._PINNED_IN_USE.clear()
+    try:
+        ev1, ev2 = FakeEvent(), FakeEvent()
+        frames = np.zeros((2, 4, 4, 3), np.uint8)
+        alive = weakref.ref(frames)
+        images._hold_until_done(frames, ev1)
+        del frames
+        gc.collect()
+        assert alive() is not None            # the kernel may still be reading
+        images._hold_until_done(np.zeros(1, np.uint8), ev2)
+        assert alive() is not None            # ev1 still pending: kept
+        ev1.finished = True
+        images._hold_until_done(np.zeros(1, np.uint8), FakeEvent())
+        gc.collect()
+        assert alive() is None                # done: released at the next call
+        assert len(images._PINNED_IN_USE) == 2
+    finally:
+        images._PINNED_IN_USE[:] = saved
+
+
+@pytest.mark.gpu
+def test_temporary_pinned_frames_are_not_recycled_under_the_kernel():
+    """The stream is kept busy so the kernel runs well after the call returned; meanwhile the
+    caller's temporary pinned frames are dropped and pinned memory is reallocated and filled
+    with other bytes. The output must still be computed from the original frames."""
+    if not _runtime.cuda_available():
+        pytest.skip("no CUDA device")
+    frames, idx, mask = _case_inputs((12, 40, 50, 3), 21)
+    kw = dict(crop=32, resize=(24, 24), seed=1)
+    want = rc.crop_resize_normalize(frames, idx, zero_mask=mask, **kw)
+    for _ in range(3):
+        torch.cuda._sleep(100_000_000)       # ~50-100 ms of GPU time ahead of the kernel
+        got = rc.crop_resize_normalize(torch.from_numpy(frames).pin_memory(),
+                                       torch.from_numpy(idx), zero_mask=torch.from_numpy(mask),
+                                       device="cuda", **kw)
+        junk = [torch.full(frames.shape, 255, dtype=torch.uint8).pin_memory() for _ in range(4)]
+        torch.cuda.synchronize()
+        _compare(got.cpu().numpy(), want, "float32")
+        del junk
 
 
 @pytest.mark.gpu

@@ -127,6 +127,38 @@ def test_cuda_upload_fails_before_allocating(monkeypatch):
     assert torch.cuda.memory_allocated() == before
 
 
+@gpu
+@needs_gpu
+def test_cuda_upload_error_leaves_no_copy_in_flight(monkeypatch):
+    """A failure between chunks (a bad page of a memmap, Ctrl-C) must not leave side-stream
+    copies writing into the output the caller's stream already gave back to the allocator."""
+    import torch
+
+    streams = []
+    real_stream = torch.cuda.Stream
+
+    def recording_stream(*args, **kwargs):
+        s = real_stream(*args, **kwargs)
+        streams.append(s)
+        return s
+
+    calls = []
+    real_fill = _upload._fill
+
+    def failing_fill(dst, src, pool, workers):
+        calls.append(len(src))
+        if len(calls) == 3:
+            raise OSError("simulated read error")
+        real_fill(dst, src, pool, workers)
+
+    monkeypatch.setattr(torch.cuda, "Stream", recording_stream)
+    monkeypatch.setattr(_upload, "_fill", failing_fill)
+    a = np.ones(3 * (256 << 20), np.uint8)  # two 256 MB copies queued (~5 ms each) when it fails
+    with pytest.raises(OSError, match="simulated"):
+        _upload.to_device(a, "cuda", chunk_bytes=256 << 20, workers=1)
+    assert len(streams) == 1 and streams[0].query()
+
+
 def test_progress_can_be_a_caller_owned_bar():
     from robocache import _progress
 

@@ -145,6 +145,64 @@ def test_emulated_dataset_batch_equals_cpu_batch():
             assert (got[k] == want[k]).all(), k
 
 
+def test_emulated_empty_offset_list_writes_nothing():
+    """A key with an empty offset array has outputs [B, 0, F] and [B, 0] (the NumPy path); the
+    kernel used to give it one row per sample and wrote B * F elements past its empty output.
+    Outputs are views into buffers with a sentinel tail that must stay untouched."""
+    emulator = _emulator()
+    src = np.arange(30, dtype=np.float32).reshape(10, 3)
+    keys = [WindowKey("a", src, np.zeros(0, np.int64)),
+            WindowKey("r", src, np.zeros(0, np.int64), kind="rows"),
+            WindowKey("b", src, np.array([-1, 0], np.int64), out_dtype="float16")]
+    tab = W.anchor_table(np.array([4, 10], np.int64))
+    dev = WindowOp(keys, tab, zero_pad=True, like=np.zeros(1))
+    idx = np.array([3, 0, 9, 4, 4], dtype=np.int64)
+    bufs, out = {}, {}
+    for name, (shape, dt) in dev.output_spec(idx.size).items():
+        nbytes = int(np.prod(shape)) * np.dtype(dt).itemsize
+        bufs[name] = np.full(nbytes + 64, 0xAB, np.uint8)
+        out[name] = bufs[name][:nbytes].view(dt).reshape(shape)
+    with emulator.emulated():
+        got = dev.run_cuda(idx, out=out)
+    for name, b in bufs.items():
+        assert (b[-64:] == 0xAB).all(), f"{name}: written past its end"
+    _assert_same(got, WindowOp(keys, tab, zero_pad=True).run_numpy(idx))
+
+
+def test_emulated_float32_float64_conversions_are_exact_for_special_values():
+    """float32 -> float64 and float64 -> float32 outputs equal NumPy's astype bit for bit for
+    subnormals, signed zeros, the FLT_MIN rounding boundary, overflow, inf and NaN. (On a GPU,
+    -ftz=true would flush the subnormals of a plain cast; test_kernel_contracts checks that the
+    kernel's widening has no flushing cvt, and common.cuh's narrowing guards its cvt.)"""
+    emulator = _emulator()
+    tiny = float(np.finfo(np.float32).tiny)
+    f32 = np.array([1e-45, -3e-42, 1e-40, tiny, -tiny * (1 - 2**-24), 0.0, -0.0, 1.5, np.inf,
+                    -np.inf, np.nan, 3.4e38], dtype=np.float32)
+    f64 = np.array([1e-45, 7e-46, 2e-46, -1e-40, tiny * (1 - 2**-25), tiny * (1 - 2**-23),
+                    -0.0, 1e-300, 1e39, -np.inf, np.nan, 0.1, 3.4028235e38], dtype=np.float64)
+    n = max(f32.size, f64.size)
+    a = np.resize(f32, n)[:, None].copy()
+    b = np.resize(f64, n)[:, None].copy()
+    with np.errstate(over="ignore"):  # 1e39 -> inf in float32
+        b32 = b.astype(np.float32)
+        keys = [WindowKey("a", a, None, out_dtype="float64"),
+                WindowKey("b", b, None, out_dtype="float32"),
+                WindowKey("c", b32, np.array([0, 1], np.int64), out_dtype="float64")]
+        tab = W.anchor_table(np.array([n], np.int64))
+        dev = WindowOp(keys, tab, zero_pad=False, like=np.zeros(1))
+        idx = np.arange(n, dtype=np.int64)
+        with emulator.emulated():
+            got = dev.run_cuda(idx)
+        want = WindowOp(keys, tab, zero_pad=False).run_numpy(idx)
+    ok = ~np.isnan(b[:, 0])
+    assert (want["b"][ok, 0].view(np.uint32) == b32[ok, 0].view(np.uint32)).all()
+    for k in ("a", "b", "c"):
+        x, y = np.asarray(got[k]), np.asarray(want[k])
+        nan = np.isnan(y)
+        assert (np.isnan(x) == nan).all(), k
+        np.testing.assert_array_equal(x[~nan].view(np.uint8), y[~nan].view(np.uint8), err_msg=k)
+
+
 # ---------------------------------------------------------------------------------------------
 # On a GPU
 

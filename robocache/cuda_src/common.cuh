@@ -69,6 +69,34 @@ RC_DEVICE rc_half rc_float_to_half(float f) {
     return r;
 }
 
+// Exact float32 <-> float64 conversions, subnormals included. CuPy compiles with -ftz=true, which
+// makes a plain (double)f a `cvt.ftz.f64.f32` (1e-40f -> 0.0) and a plain (float)d flush results
+// below FLT_MIN to 0; NumPy does neither. Widening is done on the bits (no cvt at all): the
+// exponent is rebiased and a subnormal is rebuilt as man * 2^-149 (exact in double); a NaN keeps
+// its payload and is made quiet, as x86's cvtss2sd does.
+RC_DEVICE double rc_f32_to_f64(float f) {
+    const unsigned int u = rc_float_to_bits(f);
+    const unsigned int e = (u >> 23) & 0xffu;
+    const unsigned int man = u & 0x007fffffu;
+    if (e == 0u) {                                              // zero or subnormal
+        const double v = (double)man * 1.4012984643248171e-45;  // 2^-149
+        return (u & 0x80000000u) ? -v : v;
+    }
+    rc_u64 bits = ((rc_u64)(u & 0x80000000u) << 32) | ((rc_u64)man << 29);
+    if (e == 0xffu) bits |= 0x7ff0000000000000ull | (man != 0u ? 0x0008000000000000ull : 0ull);
+    else bits |= (rc_u64)(e + 896u) << 52;                      // 1023 - 127
+    return __longlong_as_double((long long)bits);
+}
+
+// float64 -> float32, round to nearest even; subnormal results are built from their bits (the
+// cvt below is only reached when the result is normal, inf or NaN, where -ftz changes nothing).
+RC_DEVICE float rc_f64_to_f32(double d) {
+    const double a = fabs(d);
+    if (!(a < 1.1754943508222875e-38)) return (float)d;   // normal, overflow to inf, NaN
+    const unsigned int m = (unsigned int)rint(a * 7.1362384635297994e+44);  // a * 2^149
+    return rc_bits_to_float((signbit(d) ? 0x80000000u : 0u) | m);  // m == 2^23 is FLT_MIN
+}
+
 // Num<T>: Acc is the arithmetic type; load() widens, store() narrows with round-to-nearest-even.
 template <typename T> struct Num;
 template <> struct Num<float> {

@@ -100,7 +100,7 @@ __global__ void crop_resize_kernel(const ImageParams p) {
 
     rc_i64 row = p.idx64 ? reinterpret_cast<const rc_i64*>(p.indices)[img]
                          : (rc_i64)reinterpret_cast<const int*>(p.indices)[img];
-    bool zero = row < 0;
+    bool zero = row < 0 || p.N <= 0;                  // no frames at all: zeros, as NumPy
     if (p.zero_mask != 0ull) zero = zero || reinterpret_cast<const unsigned char*>(p.zero_mask)[img];
     if (zero) {
         const TO z = Num<TO>::store(0.f);

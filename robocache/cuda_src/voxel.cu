@@ -68,9 +68,12 @@ __global__ void voxel_block_occupied_kernel(const int* __restrict__ counts, int 
     if (threadIdx.x == blockDim.x - 1) chunk_counts[blockIdx.x] = total;
 }
 
-// One block of RC_VOXEL_SCAN_THREADS threads: chunk_counts[0..n) becomes its exclusive prefix sum, and *total the
-// sum. Each thread scans a contiguous segment serially around one block-wide scan.
-__global__ void voxel_scan_kernel(int* chunk_counts, int n, int* total) {
+// One block of RC_VOXEL_SCAN_THREADS threads: chunk_counts[0..n) becomes its exclusive prefix
+// sum, and *total the sum. Each thread scans a contiguous segment serially around one block-wide
+// scan. __launch_bounds__ keeps the kernel within 64 registers per thread, or a 1024-thread launch
+// fails ("too many resources requested") on every GPU.
+__global__ void __launch_bounds__(RC_VOXEL_SCAN_THREADS)
+voxel_scan_kernel(int* chunk_counts, int n, int* total) {
     __shared__ int buf[RC_VOXEL_SCAN_THREADS];
     const int per = (n + (int)blockDim.x - 1) / (int)blockDim.x;
     const int lo = threadIdx.x * per;

@@ -1,10 +1,11 @@
 // voxel.cuh - what every voxel kernel shares: the grid description, the voxel of a point, exact
-// float conversions and the per-block count of dropped points.
+// widening of any float type and the per-block count of dropped points.
 //
 // The voxel of a point (identical in every kernel and in the NumPy backend, bit for bit):
 //   q_a = (p_a - origin_a) / size_a, a = x, y, z, in IEEE float64: float32 coordinates are
-//   widened exactly (rc_to_f64, subnormals too, whatever -ftz says), the subtraction and the
-//   division are correctly rounded (-ftz and the fast paths touch only float32).
+//   widened exactly (rc_f32_to_f64 in common.cuh: subnormals too, whatever -ftz says), the
+//   subtraction and the division are correctly rounded (-ftz and the fast paths touch only
+//   float32).
 //   The point is kept iff 0 <= q_a < dims_a on every axis (NaN and inf fail the test before any
 //   integer cast, so 1e30 cannot wrap into the grid) and 0 <= batch < B; with mean / max also
 //   iff every feature is finite. Its voxel is (b, q_x, q_y, q_z) truncated, linear id
@@ -22,23 +23,6 @@ struct VoxelGrid {
     int batch;         // B (1 without batch_index)
     int bidx64;        // batch_index is int64 (else int32)
 };
-
-// Exact widening to float64: NVRTC compiles with -ftz=true, which would flush float32 subnormals
-// in a plain cvt; they are rebuilt from their bits instead (man * 2^-149, exact in double).
-RC_DEVICE double rc_f32_to_f64(float f) {
-    const unsigned int u = rc_float_to_bits(f);
-    if ((u & 0x7f800000u) != 0u) return (double)f;    // normal, inf, NaN: cvt is exact
-    const double v = (double)(u & 0x007fffffu) * 1.4012984643248171e-45;   // 2^-149
-    return (u & 0x80000000u) ? -v : v;
-}
-
-// float64 -> float32, round to nearest even, subnormal results kept (not flushed by -ftz).
-RC_DEVICE float rc_f64_to_f32(double d) {
-    const double a = fabs(d);
-    if (!(a < 1.1754943508222875e-38)) return (float)d;   // normal, overflow to inf, NaN
-    const unsigned int m = (unsigned int)rint(a * 7.1362384635297994e+44);  // a * 2^149
-    return rc_bits_to_float((signbit(d) ? 0x80000000u : 0u) | m);  // m == 2^23 is FLT_MIN
-}
 
 template <typename T> RC_DEVICE double rc_to_f64(T v) { return rc_f32_to_f64(Num<T>::load(v)); }
 template <> RC_DEVICE double rc_to_f64<double>(double v) { return v; }

@@ -14,7 +14,9 @@
 //           norm 1: (x - a_f) / b_f       (LeRobot MEAN_STD: b_f = std + eps)
 //           norm 2: 2 * (x - a_f) / b_f - 1   (MIN_MAX / QUANTILES: b_f = hi - lo, eps if 0)
 //   in float32 arithmetic (float64 when the output is float64), written as the output dtype;
-//   out_code < 0 copies the element's bytes unchanged (integer/bool keys, exact).
+//   out_code < 0 copies the element's bytes unchanged (integer/bool keys, exact). float32 <->
+//   float64 conversions are exact for subnormals too (common.cuh; -ftz would flush them), as in
+//   NumPy; float32 arithmetic (normalization) flushes subnormal operands and results under -ftz.
 // Outputs: values [B, K, F] ([B, F] when a key has no deltas), is_pad bool [B, K],
 //   "rows" int64 [B, K] for keys whose frames another kernel reads (camera frames),
 //   index / episode_index / frame_index int64 [B].
@@ -78,7 +80,7 @@ struct WinKeys {
 RC_DEVICE float rc_win_load_f32(rc_u64 base, int code, rc_i64 i) {
     switch (code) {
         case RC_F32: return reinterpret_cast<const float*>(base)[i];
-        case RC_F64: return (float)reinterpret_cast<const double*>(base)[i];
+        case RC_F64: return rc_f64_to_f32(reinterpret_cast<const double*>(base)[i]);
         case RC_F16: return rc_half_to_float(reinterpret_cast<const rc_half*>(base)[i]);
         case RC_BF16: return rc_bf16_to_float(reinterpret_cast<const rc_bf16*>(base)[i]);
         case RC_U8: return (float)reinterpret_cast<const unsigned char*>(base)[i];
@@ -95,10 +97,10 @@ RC_DEVICE float rc_win_load_f32(rc_u64 base, int code, rc_i64 i) {
 
 RC_DEVICE double rc_win_load_f64(rc_u64 base, int code, rc_i64 i) {
     switch (code) {
-        case RC_F32: return (double)reinterpret_cast<const float*>(base)[i];
+        case RC_F32: return rc_f32_to_f64(reinterpret_cast<const float*>(base)[i]);
         case RC_F64: return reinterpret_cast<const double*>(base)[i];
-        case RC_F16: return (double)rc_half_to_float(reinterpret_cast<const rc_half*>(base)[i]);
-        case RC_BF16: return (double)rc_bf16_to_float(reinterpret_cast<const rc_bf16*>(base)[i]);
+        case RC_F16: return rc_f32_to_f64(rc_win_load_f32(base, RC_F16, i));
+        case RC_BF16: return rc_f32_to_f64(rc_win_load_f32(base, RC_BF16, i));
         case RC_U8: return (double)reinterpret_cast<const unsigned char*>(base)[i];
         case RC_I8: return (double)reinterpret_cast<const signed char*>(base)[i];
         case RC_I16: return (double)reinterpret_cast<const short*>(base)[i];
@@ -142,8 +144,8 @@ RC_DEVICE void rc_win_value(const WinKeys& p, int k, int f, rc_i64 si, rc_i64 oi
         if (!zero) {
             x = rc_win_load_f64(p.src[k], p.in_code[k], si);
             if (nm != 0) {
-                const double a = (double)reinterpret_cast<const float*>(p.norm_a[k])[f];
-                const double b = (double)reinterpret_cast<const float*>(p.norm_b[k])[f];
+                const double a = rc_f32_to_f64(reinterpret_cast<const float*>(p.norm_a[k])[f]);
+                const double b = rc_f32_to_f64(reinterpret_cast<const float*>(p.norm_b[k])[f]);
                 x = nm == 1 ? (x - a) / b : 2.0 * (x - a) / b - 1.0;
             }
         }

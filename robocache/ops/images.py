@@ -32,6 +32,9 @@ Host-resident frames: pass frames that live in pinned host memory (torch: tensor
 CuPy: cupyx.empty_pinned) together with device="cuda[:i]": the kernel reads them over the bus
 through their mapped device address (unified addressing), nothing is copied up front, and the
 output is allocated on `device` (torch frames -> torch tensor, NumPy frames -> CuPy array).
+The call returns before the kernel has read the frames: robocache keeps a reference to them
+until it has (so a temporary pinned buffer is not recycled under the kernel), but writing into
+them before the output is ready (synchronise, or order by stream) changes what is read.
 
 Design note - how TrajectoryDataset uses this op (no separate pass, no extra copy):
   once per image key, at dataset construction:
@@ -322,6 +325,7 @@ def crop_resize_normalize(frames, indices, *, zero_mask=None, crop=None, crop_mo
         ptr = _mapped_pointer(frames, like)
         out = _array.empty(like, plan.out_shape(B, K), plan.out_dtype)
         apply_cuda(plan, frames, indices, zero_mask, out, key, frames_ptr=ptr)
+        _hold_until_done(frames, _record_event(out))
     return out[:, 0] if squeeze else out
 
 
@@ -436,6 +440,39 @@ def _mapped_pointer(frames, like) -> np.uint64:
         V.fail("frames", "pinned host memory for device=... (torch: tensor.pin_memory(); "
                "CuPy: cupyx.empty_pinned)", "pageable host memory")
     return np.uint64(attrs.devicePointer)
+
+
+# Pinned frames that a queued kernel still reads, with the event that says it has finished. The
+# kernel runs after the call returns; if the caller drops the frames at once (a temporary
+# `x.pin_memory()`), torch's / CuPy's pinned-memory pool would hand the block out again (neither
+# knows about our kernel) and the next pinned allocation could overwrite it mid-read.
+_PINNED_IN_USE: list[tuple[object, object]] = []
+
+
+def _record_event(out):
+    """An event recorded on the stream the kernel writing `out` was launched on."""
+    if _array.library(out) == "torch":
+        import torch
+
+        ev = torch.cuda.Event()
+        ev.record(torch.cuda.current_stream(out.device))
+        return ev
+    import cupy
+
+    with cupy.cuda.Device(out.device.id):
+        ev = cupy.cuda.Event(disable_timing=True)
+        ev.record()  # CuPy's current stream of that device: where _runtime launched
+    return ev
+
+
+def _event_done(ev) -> bool:
+    return bool(ev.query()) if hasattr(ev, "query") else bool(ev.done)
+
+
+def _hold_until_done(frames, event) -> None:
+    """Keep `frames` referenced until `event` has completed (checked at the next call)."""
+    _PINNED_IN_USE[:] = [(e, f) for e, f in _PINNED_IN_USE if not _event_done(e)]
+    _PINNED_IN_USE.append((event, frames))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -202,7 +202,7 @@ class WindowOp:
                 self._keep += [na, nb]
                 desc["norm_a"][i] = _array.data_ptr(na)
                 desc["norm_b"][i] = _array.data_ptr(nb)
-            rows = max(k.K, 1)
+            rows = 1 if k.deltas is None else k.K  # an empty offset list: [B, 0, ...], no work
             if k.kind == "values" and k.F > 0:
                 seg_kind.append(SEG_VALUES)
                 seg_key.append(i)
