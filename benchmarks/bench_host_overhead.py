@@ -16,10 +16,12 @@ around the launch. This benchmark times exactly that part, on any machine:
 - CPU allocations are made cache-like (glibc's mmap threshold raised for the run), so a
   torch.empty costs ~2 us here as on a GPU's caching allocator, whatever its size.
 
-What a GPU adds on top, per call (PERF.md, H200): ~7 us for the CuPy launch itself (~8-9 us with
-a stream/device context manager around it) and ~5-10 us per torch op such as zero_ (replaced by
-a no-op here). Timings are medians over repeats of many back-to-back calls on this machine's CPU
-(min also given: the machine may be shared); compare rows of one run only.
+What a GPU adds on top, per call (PERF.md, H200): ~7 us for the CuPy launch itself and ~1 us
+per cudaMemsetAsync (replaced by no-ops here). Timings are medians over repeats of many
+back-to-back calls on this machine's CPU (min also given: the machine may be shared); compare
+rows of one run only. On a machine with a CUDA GPU the same calls also run for real, with CUDA
+tensors and real launches, timed back-to-back (wall time per call from a synchronised start to
+the end of the last call's GPU work): the number the PERF.md targets are about.
 
     python benchmarks/bench_host_overhead.py [--quick] [--json out.json]
 """
@@ -92,61 +94,74 @@ def host_standins():
         _malloc_like_a_caching_allocator(False)
 
 
-def per_call_us(fn, *, calls: int, repeats: int, warmup: int = 20) -> dict:
-    """Median (and min) over `repeats` of the mean wall time of `calls` back-to-back calls."""
+def _sync(gpu: bool) -> None:
+    if gpu:
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def per_call_us(fn, *, calls: int, repeats: int, gpu: bool = False, warmup: int = 20) -> dict:
+    """Median (and min) over `repeats` of the mean wall time of `calls` back-to-back calls (on a
+    GPU: from a synchronised start to the end of the last call's work)."""
     for _ in range(warmup):
         fn()
     samples = []
     for _ in range(repeats):
+        _sync(gpu)
         t0 = time.perf_counter()
         for _ in range(calls):
             fn()
+        _sync(gpu)
         samples.append((time.perf_counter() - t0) / calls * 1e6)
-    return {"host_us": statistics.median(samples), "host_us_min": min(samples)}
+    return {"us": statistics.median(samples), "us_min": min(samples)}
 
 
-def per_batch_us(make_iter, *, batches: int, repeats: int) -> dict:
+def per_batch_us(make_iter, *, batches: int, repeats: int, gpu: bool = False) -> dict:
     """Per-batch wall time of a loader iterator (its epoch start excluded)."""
     samples = []
     for _ in range(repeats + 1):
         it = make_iter()
         next(it)  # epoch start: order drawn and uploaded once
+        _sync(gpu)
         t0 = time.perf_counter()
         n = sum(1 for _ in islice(it, batches))
+        _sync(gpu)
         samples.append((time.perf_counter() - t0) / max(n, 1) * 1e6)
         del it
     samples = samples[1:]  # the first repeat warms caches
-    return {"host_us": statistics.median(samples), "host_us_min": min(samples)}
+    return {"us": statistics.median(samples), "us_min": min(samples)}
 
 
 # ---------------------------------------------------------------------------------------------
-# the hot paths
+# the hot paths: (path, call, timing) for tensors on `device` ("cpu": host stand-ins, "cuda")
 
 
-def _window_rows(quick: bool) -> list[dict]:
+def _window_rows(quick: bool, device: str) -> list[dict]:
     import torch
 
     import robocache as rc
     from benchmarks.bench_windows import ACT_DELTAS, BATCH, OBS_DELTAS, make_arrays
 
+    gpu = device == "cuda"
     arrays, ends = make_arrays()
-    store = rc.TrajectoryStore.from_arrays(arrays, episode_ends=ends, device="cpu")
+    store = rc.TrajectoryStore.from_arrays(arrays, episode_ends=ends, device=device)
     deltas = {"observation.state": OBS_DELTAS, "action": ACT_DELTAS}
     plain = rc.TrajectoryDataset(store, delta_indices=deltas)
     normed = rc.TrajectoryDataset(store, delta_indices=deltas,
                                   normalize={"observation.state": "mean_std",
                                              "action": "min_max"})
-    like = torch.zeros(1)
-    for ds in (plain, normed):
-        ds._device_standin(like)
+    if not gpu:
+        for ds in (plain, normed):
+            ds._device_standin(torch.zeros(1))
     batches = 100 if quick else 400
-    repeats = 3 if quick else 7
+    repeats = 3 if quick else 9
     rows = []
     for what, ds, kw in (("fresh outputs (default)", plain, {}),
                          ("reuse_outputs=4", plain, {"reuse_outputs": 4}),
                          ("mean_std/min_max normalization", normed, {})):
         dl = rc.DataLoader(ds, batch_size=BATCH, shuffle=True, drop_last=True, seed=0, **kw)
-        res = per_batch_us(lambda dl=dl: iter(dl), batches=batches, repeats=repeats)
+        res = per_batch_us(lambda dl=dl: iter(dl), batches=batches, repeats=repeats, gpu=gpu)
         rows.append({"path": "windows", "call": f"rc.DataLoader batch, {what}", **res})
     op = plain._op
     order = op.upload_indices(np.random.default_rng(0).permutation(len(plain)))
@@ -158,111 +173,130 @@ def _window_rows(quick: bool) -> list[dict]:
         op.run_cuda(order, b * BATCH, BATCH)
 
     rows.append({"path": "windows", "call": "WindowOp.run_cuda (op only, fresh outputs)",
-                 **per_call_us(run_op, calls=batches, repeats=repeats)})
+                 **per_call_us(run_op, calls=batches, repeats=repeats, gpu=gpu)})
     return rows
 
 
-def _resample_rows(quick: bool) -> list[dict]:
+def _resample_rows(quick: bool, device: str) -> list[dict]:
     import torch
 
     import robocache as rc
 
     g = torch.Generator().manual_seed(0)
     B, S, T, D = 32, 500, 256, 256
-    src = torch.sort(torch.rand(B, S, generator=g), dim=1).values
-    tgt = torch.sort(torch.rand(B, T, generator=g), dim=1).values
-    data = torch.randn(B, S, D, generator=g).to(torch.bfloat16)
-    streams = [(torch.randn(4, s, d, generator=g).to(torch.bfloat16),
-                torch.sort(torch.rand(4, s, generator=g), dim=1).values)
+    src = torch.sort(torch.rand(B, S, generator=g), dim=1).values.to(device)
+    tgt = torch.sort(torch.rand(B, T, generator=g), dim=1).values.to(device)
+    data = torch.randn(B, S, D, generator=g).to(device=device, dtype=torch.bfloat16)
+    streams = [(torch.randn(4, s, d, generator=g).to(device=device, dtype=torch.bfloat16),
+                torch.sort(torch.rand(4, s, generator=g), dim=1).values.to(device))
                for s, d in ((30, 512), (100, 64), (200, 12))]
-    ftgt = torch.sort(torch.rand(4, 50, generator=g), dim=1).values
-    calls, repeats = (300, 3) if quick else (2000, 7)
+    ftgt = torch.sort(torch.rand(4, 50, generator=g), dim=1).values.to(device)
+    calls, repeats = (300, 3) if quick else (2000, 9)
+    gpu = device == "cuda"
     return [
         {"path": "resample", "call": "rc.resample 32x500x256->256 bf16, check_times=False",
          **per_call_us(lambda: rc.resample(data, src, tgt, check_times=False), calls=calls,
-                       repeats=repeats)},
+                       repeats=repeats, gpu=gpu)},
         {"path": "fuse", "call": "rc.fuse 3 streams -> 50 targets bf16, check_times=False",
          **per_call_us(lambda: rc.fuse(streams, ftgt, check_times=False), calls=calls,
-                       repeats=repeats)},
+                       repeats=repeats, gpu=gpu)},
     ]
 
 
-def _image_rows(quick: bool) -> list[dict]:
+def _image_rows(quick: bool, device: str) -> list[dict]:
     import torch
 
     import robocache as rc
+    from robocache import _array
     from robocache.ops import _random, images
 
-    frames = torch.zeros((2000, 96, 96, 3), dtype=torch.uint8)
-    idx = torch.randint(0, 2000, (256, 2))
+    frames = torch.zeros((2000, 96, 96, 3), dtype=torch.uint8, device=device)
+    idx = torch.randint(0, 2000, (256, 2)).to(device)
     kw = dict(crop=84, crop_mode="random", mean=(0.485, 0.456, 0.406),
               std=(0.229, 0.224, 0.225))
     plan = images.make_plan((96, 96, 3), **kw)
     key = _random.rand_key(0, 0, 0)
-    from robocache import _array
 
     def dataset_path():  # what TrajectoryDataset does per camera key and batch
         out = _array.empty(frames, plan.out_shape(256, 2), plan.out_dtype)
         images.apply_cuda(plan, frames, idx, None, out, key)
 
     out = _array.empty(frames, plan.out_shape(256, 2), plan.out_dtype)
-
-    calls, repeats = (300, 3) if quick else (2000, 7)
+    calls, repeats = (300, 3) if quick else (2000, 9)
+    gpu = device == "cuda"
     return [
         {"path": "images", "call": "rc.crop_resize_normalize 256x2 96->84 f32, "
                                    "check_indices=False",
          **per_call_us(lambda: rc.crop_resize_normalize(frames, idx, check_indices=False, **kw),
-                       calls=calls, repeats=repeats)},
+                       calls=calls, repeats=repeats, gpu=gpu)},
         {"path": "images", "call": "dataset path: plan made once, empty + apply_cuda",
-         **per_call_us(dataset_path, calls=calls, repeats=repeats)},
+         **per_call_us(dataset_path, calls=calls, repeats=repeats, gpu=gpu)},
         {"path": "images", "call": "apply_cuda into a preallocated out",
          **per_call_us(lambda: images.apply_cuda(plan, frames, idx, None, out, key),
-                       calls=calls, repeats=repeats)},
+                       calls=calls, repeats=repeats, gpu=gpu)},
     ]
 
 
-def _voxel_rows(quick: bool) -> list[dict]:
+def _voxel_rows(quick: bool, device: str) -> list[dict]:
     import torch
 
     import robocache as rc
 
-    pts = torch.rand(500_000, 3)
+    pts = torch.rand(500_000, 3).to(device)
     grid = dict(grid_min=0.0, voxel_size=1.0 / 128, grid_size=128)
-    calls, repeats = (300, 3) if quick else (2000, 7)
+    calls, repeats = (300, 3) if quick else (2000, 9)
+    gpu = device == "cuda"
     rows = []
     for mode in ("count", "occupancy"):
         rows.append({"path": "voxelize", "call": f"rc.voxelize 500k points -> 128^3 {mode}",
                      **per_call_us(lambda mode=mode: rc.voxelize(pts, mode=mode, **grid),
-                                   calls=calls, repeats=repeats)})
-    out = torch.empty((128, 128, 128), dtype=torch.int32)
+                                   calls=calls, repeats=repeats, gpu=gpu)})
+    out = torch.empty((128, 128, 128), dtype=torch.int32, device=device)
     rows.append({"path": "voxelize", "call": "rc.voxelize count, out= reused",
                  **per_call_us(lambda: rc.voxelize(pts, mode="count", out=out, **grid),
-                               calls=calls, repeats=repeats)})
+                               calls=calls, repeats=repeats, gpu=gpu)})
     return rows
+
+
+PARTS = (_window_rows, _resample_rows, _image_rows, _voxel_rows)
 
 
 def run(quick: bool = False) -> list[dict]:
     try:
-        import torch  # noqa: F401
+        import torch
     except ImportError:
         print("bench_host_overhead: skipped (needs torch: torch CPU tensors stand in for CUDA "
               "tensors)")
         return []
+    from benchmarks._timing import gpu_available
+
     rows: list[dict] = []
     with host_standins() as launches:
-        for part in (_window_rows, _resample_rows, _image_rows, _voxel_rows):
-            rows += part(quick)
+        for part in PARTS:
+            rows += [{**r, "mode": "host, no-op launch"} for r in part(quick, "cpu")]
         assert launches, "the stand-ins made no launch: the CUDA paths were not taken"
+    gpu = gpu_available() and torch.cuda.is_available()
+    if gpu:  # the same calls with real launches, back-to-back
+        for part in PARTS:
+            rows += [{**r, "mode": f"GPU b2b ({torch.cuda.get_device_name(0)})"}
+                     for r in part(quick, "cuda")]
+    else:
+        print("bench_host_overhead: no CUDA GPU here; host rows only (add ~7 us per launch)")
     for r in rows:
         r["bench"] = "host_overhead"
         r["target_us"] = TARGETS[r["path"]]
-        r["host_plus_launch_us"] = r["host_us"] + LAUNCH_US
-    print("\n## host Python per call, launch and memsets no-ops (us; + ~7 us launch on a GPU)")
+        if r["mode"].startswith("host"):
+            r["plus_launch_us"] = r["us"] + LAUNCH_US
     w = max(len(r["call"]) for r in rows)
-    print(f"{'path':9} | {'call':{w}} | {'host us':>8} | {'min':>6} | {'+launch':>7} | target")
-    for r in rows:
-        print(f"{r['path']:9} | {r['call']:{w}} | {r['host_us']:8.2f} | {r['host_us_min']:6.2f} "
-              f"| {r['host_plus_launch_us']:7.1f} | {r['target_us']:.0f}")
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        extra = " (+launch: plus one ~7 us launch)" if mode.startswith("host") else ""
+        print(f"\n## {mode}: us per call{extra}")
+        print(f"{'path':9} | {'call':{w}} | {'us':>7} | {'min':>7} | {'+launch':>7} | target")
+        for r in rows:
+            if r["mode"] == mode:
+                plus = r.get("plus_launch_us")
+                print(f"{r['path']:9} | {r['call']:{w}} | {r['us']:7.2f} | {r['us_min']:7.2f} | "
+                      f"{'-' if plus is None else f'{plus:.1f}':>7} | {r['target_us']:.0f}")
     return rows
 
 

@@ -162,3 +162,55 @@ def test_builder_refuses_unknown_entries_and_host_ops():
     # a key sharing another key's mask reads the owner's mask array
     assert dev._op.resolve_name("grip_is_pad") == "action_is_pad"
     assert dev._op.resolve_name("state_is_pad") == "state_is_pad"
+
+
+@pytest.mark.parametrize("reuse", [0, 2])
+def test_camera_keys_on_the_device_path(reuse):
+    """Camera keys come out of the pool as frame rows; the dataset turns them into frames (the
+    image transform keyed by seed / epoch / batch, a callable, or the raw gather)."""
+    rng = np.random.default_rng(4)
+    ends = np.array([1, 6, 14, 15, 23])
+    n = int(ends[-1])
+    st = rc.TrajectoryStore.from_arrays(
+        {"cam": rng.integers(0, 256, (n, 12, 16, 3), dtype=np.uint8),
+         "wrist": rng.integers(0, 256, (n, 4, 4, 1), dtype=np.uint8),
+         "top": rng.integers(0, 256, (n, 3, 5, 3), dtype=np.uint8),
+         "state": rng.standard_normal((n, 4)).astype(np.float32)},
+        episode_ends=ends, image_keys=("cam", "wrist", "top"), device="cpu")
+
+    def summed(frames, rows, is_pad):  # a callable transform: frames[rows] summed
+        return torch.from_numpy(np.asarray(frames)[rows.numpy()].sum(axis=(-3, -2, -1)))
+
+    kw = dict(delta_indices={"cam": [-1, 0], "wrist": [0, 2], "top": [-1, 0], "state": [0]},
+              pad="zero", image_transforms={
+                  "cam": rc.ImageTransform(crop=8, crop_mode="random", resize=(6, 6)),
+                  "wrist": summed})
+    dev, host = rc.TrajectoryDataset(st, **kw), rc.TrajectoryDataset(st, **kw)
+    dev._device_standin(torch.zeros(1))
+    a = rc.DataLoader(dev, batch_size=5, shuffle=True, seed=2, reuse_outputs=reuse)
+    b = rc.DataLoader(host, batch_size=5, shuffle=True, seed=2)
+    for epoch in range(2):
+        for n_batch, (got, want) in enumerate(zip(a, b, strict=True)):
+            _assert_batch_equal(_snapshot(got), want, f"epoch {epoch} batch {n_batch}")
+
+
+def test_batch_sampler_sampler_and_collate_on_the_device_path(monkeypatch):
+    monkeypatch.setattr(OW, "SLAB_BYTES", 3000)
+    dev, host = _datasets()
+    batches = [[3, 1, 4], [1, 5, 9], [2, 6], [5, 3, 5], [8, 9, 7], [9, 3, 2]]
+
+    def collate(batch):
+        return {"n": len(batch["index"]), **batch}
+
+    a = rc.DataLoader(dev, batch_sampler=batches, collate_fn=collate)
+    b = rc.DataLoader(host, batch_sampler=batches, collate_fn=collate)
+    got = list(a)  # held: batch-sampler batches of varying sizes come from fresh pools too
+    for n, (g, w) in enumerate(zip(got, list(b), strict=True)):
+        assert g.pop("n") == w.pop("n") == len(batches[n])
+        _assert_batch_equal(g, w, f"batch {n}")
+    assert len(a._builder[2]._pools) == 2  # sizes 3 and 2
+    sampler = [7, 0, 3, 3, 11, 2, 5]
+    a = rc.DataLoader(dev, batch_size=3, sampler=sampler, reuse_outputs=2)
+    b = rc.DataLoader(host, batch_size=3, sampler=sampler)
+    for n, (g, w) in enumerate(zip(a, b, strict=True)):
+        _assert_batch_equal(_snapshot(g), w, f"sampler batch {n}")

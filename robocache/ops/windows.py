@@ -393,7 +393,7 @@ class BatchBuilder:
         ring = bool(self.reuse) and B == self.batch_size
         if ring:
             count = self.reuse
-        elif B == self.batch_size:
+        elif B == self.batch_size or self.batch_size is None:  # None: a batch_sampler's sizes
             per_set = sum(math.prod(shape) * _array.ITEMSIZE[dt]
                           for shape, dt in self.op.output_spec(B).values())
             count = max(1, min(SLAB_SETS, SLAB_BYTES // max(per_set, 1)))
