@@ -412,11 +412,12 @@ class BatchBuilder:
         arrays, desc, p_index, p_episode, p_frame = pool.sets[j]
         j += 1
         pool.next = 0 if (pool.ring and j == pool.count) else j  # a ring is never used up
-        anchors, deltas = self._static
-        _runtime.launch_prepared(
-            _kernels.WINDOWS, "window_batch_kernel", pool.grid, (THREADS,),
-            (desc, np.uint64(self._idx_ptr + 8 * offset), anchors, deltas, p_index, p_episode,
-             p_frame, pool.B64), self._like)
+        if count:  # (a batch sampler may yield an empty batch: nothing to launch)
+            anchors, deltas = self._static
+            _runtime.launch_prepared(
+                _kernels.WINDOWS, "window_batch_kernel", pool.grid, (THREADS,),
+                (desc, np.uint64(self._idx_ptr + 8 * offset), anchors, deltas, p_index,
+                 p_episode, p_frame, pool.B64), self._like)
         return arrays
 
 
