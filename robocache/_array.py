@@ -57,6 +57,17 @@ def library(x) -> str:
     return lib
 
 
+def signature(x) -> tuple:
+    """(type, shape, dtype, device): everything the ops' rank / shape / dtype / placement checks
+    read from an array, as a hashable key (ops remember which signatures passed their checks)."""
+    lib = _LIBRARY_OF_TYPE.get(type(x)) or library(x)
+    if lib == "numpy":
+        return (type(x), x.shape, x.dtype)
+    if lib == "torch":
+        return (type(x), x.shape, x.dtype, x.device)
+    return (type(x), x.shape, x.dtype, x.device.id)
+
+
 def as_array(name: str, x):
     """Accept arrays of the three libraries; turn lists/tuples/scalars into NumPy arrays."""
     if isinstance(x, (list, tuple, int, float)):
@@ -86,7 +97,20 @@ def placement(x) -> str:
         return "numpy:cpu"
     if lib == "cupy":
         return f"cupy:cuda:{x.device.id}"
+    if x.is_cuda:  # the common cases without formatting a torch.device (hot path)
+        return _TORCH_CUDA_PLACEMENT[x.get_device()]
+    if x.is_cpu:
+        return "torch:cpu"
     return f"torch:{x.device}"
+
+
+class _CudaPlacements(dict):
+    def __missing__(self, index: int) -> str:
+        self[index] = value = f"torch:cuda:{index}"
+        return value
+
+
+_TORCH_CUDA_PLACEMENT = _CudaPlacements()
 
 
 def device_id(x) -> int:
@@ -98,11 +122,19 @@ def device_id(x) -> int:
     raise ValueError(f"expected a device array, got a {placement(x)} array")
 
 
+_DTYPE_NAMES: dict = {}  # dtype object (NumPy / torch) -> name: hot path
+
+
 def dtype_name(x) -> str:
-    lib = library(x)
-    if lib == "torch":
-        return str(x.dtype).removeprefix("torch.")
-    return np.dtype(x.dtype).name
+    dt = x.dtype
+    name = _DTYPE_NAMES.get(dt)
+    if name is None:
+        if library(x) == "torch":
+            name = str(dt).removeprefix("torch.")
+        else:
+            name = np.dtype(dt).name
+        _DTYPE_NAMES[dt] = name
+    return name
 
 
 def namespace(x):
@@ -129,10 +161,16 @@ def numpy_dtype(name: str) -> np.dtype:
     return np.dtype(name)
 
 
-def torch_dtype(name: str):
-    import torch
+_TORCH_DTYPES: dict = {}
 
-    return getattr(torch, name)
+
+def torch_dtype(name: str):
+    dt = _TORCH_DTYPES.get(name)
+    if dt is None:
+        import torch
+
+        dt = _TORCH_DTYPES[name] = getattr(torch, name)
+    return dt
 
 
 def to_numpy(x) -> np.ndarray:
@@ -202,11 +240,15 @@ def zeros(like, shape: tuple[int, ...], dtype: str):
 
 def zero_(x):
     """Set every element of contiguous x to 0, in place, on x's device and the current stream
-    (a cudaMemsetAsync for CuPy and torch); returns x."""
-    if library(x) == "torch":
+    (one cudaMemsetAsync for device arrays: runtime.zero_device); returns x."""
+    if is_device(x):
+        from . import _runtime
+
+        _runtime.zero_device(x)
+    elif library(x) == "torch":
         x.zero_()
     else:
-        x.fill(0)  # CuPy: memset_async for a contiguous array
+        x.fill(0)
     return x
 
 
@@ -229,6 +271,16 @@ def data_ptr(x) -> np.uint64:
     if lib == "torch":
         return np.uint64(x.data_ptr())
     return np.uint64(x.ctypes.data)  # host memory: used by the CPU kernel emulator in tests
+
+
+def address(x) -> int:
+    """data_ptr(x) as a Python int (for struct packing)."""
+    lib = library(x)
+    if lib == "torch":
+        return x.data_ptr()
+    if lib == "cupy":
+        return x.data.ptr
+    return x.ctypes.data
 
 
 def numel(x) -> int:

@@ -138,6 +138,7 @@ def get_function(module: KernelModule, name: str, device_id: int):
                     mod = cupy.RawModule(code=module.code(), options=module.options,
                                          name_expressions=(name,))
                     fn = mod.get_function(name)
+                    getattr(fn, "kernel", None)  # compile / load for this device now
             except cupy.cuda.compiler.CompileException as exc:
                 # nothing is cached in memory for a failed compile; CuPy writes no cache entry
                 raise KernelCompileError(
@@ -146,37 +147,138 @@ def get_function(module: KernelModule, name: str, device_id: int):
     return fn
 
 
+# The launch path. Per launch it costs a few dict lookups on top of CuPy's own call: kernel
+# handles are cached per (module, name, device); torch's current stream is read as a raw handle
+# (no torch.cuda.Stream object) and mapped to a cached CuPy stream passed straight to the
+# launch (no stream context manager); the device context is entered only when the current
+# device is another one.
+
+# (source, name, device) -> (module, handle): strings hash once, a KernelModule per call would not
+_handles: dict[tuple[str, str, int], tuple[KernelModule, object]] = {}
 _streams: dict[tuple[int, int], object] = {}
+_MAX_STREAMS = 64  # cached CuPy wrappers of torch streams (a program rarely has more)
+_cupy_fns: dict[str, object] = {}  # CuPy callables looked up once (see _bind)
+_torch_stream_fn: list = []  # torch's raw current-stream query, looked up once
+
+
+def _bind() -> dict:
+    """CuPy's getDevice, Device and get_current_stream, looked up once."""
+    if not _cupy_fns:
+        import cupy
+
+        _cupy_fns["get_device"] = cupy.cuda.runtime.getDevice
+        _cupy_fns["Device"] = cupy.cuda.Device
+        _cupy_fns["current_stream"] = cupy.cuda.get_current_stream
+        _cupy_fns["memset_async"] = cupy.cuda.runtime.memsetAsync
+    return _cupy_fns
+
+
+def _torch_raw_stream(device_id: int) -> int:
+    """The cudaStream_t of torch's current stream on `device_id`, as an int (torch's private
+    query when it exists, ~0.1 us, else through torch.cuda.current_stream)."""
+    if not _torch_stream_fn:
+        import torch
+
+        raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+        _torch_stream_fn.append(raw if raw is not None else (
+            lambda dev: torch.cuda.current_stream(dev).cuda_stream))
+    return int(_torch_stream_fn[0](device_id))
 
 
 def _cupy_stream_for_torch(device_id: int):
-    import cupy
-    import torch
-
-    ts = torch.cuda.current_stream(device_id)
-    key = (device_id, ts.cuda_stream)
+    """A CuPy stream for torch's current stream on `device_id`, cached by its raw handle."""
+    key = (device_id, _torch_raw_stream(device_id))
     s = _streams.get(key)
     if s is None:
-        s = cupy.cuda.Stream.from_external(ts)
-        _streams[key] = s
+        import cupy
+        import torch
+
+        if len(_streams) >= _MAX_STREAMS:
+            _streams.clear()
+        s = _streams[key] = cupy.cuda.Stream.from_external(torch.cuda.current_stream(device_id))
     return s
 
 
-def _cupy_launch(module: KernelModule, name: str, grid, block, args, like, shared_mem: int):
-    import cupy
+def stream_key(like) -> int:
+    """An int naming the stream a launch with `like` runs on now (torch's current stream for
+    torch CUDA tensors, CuPy's for CuPy arrays); 0 for host arrays. Output pools compare it to
+    know when to stop reusing memory allocated for another stream."""
+    return stream_query(like)()
 
-    dev = _array.device_id(like)
-    fn = get_function(module, name, dev)
-    with cupy.cuda.Device(dev):
-        if _array.library(like) == "torch":
-            with _cupy_stream_for_torch(dev):
-                fn(grid, block, args, shared_mem=shared_mem)
-        else:
-            fn(grid, block, args, shared_mem=shared_mem)
+
+def stream_query(like):
+    """A function of no argument returning stream_key(like), bound once (hot paths)."""
+    lib = _array.library(like)
+    if lib == "torch" and like.is_cuda:
+        dev = like.get_device()
+        _torch_raw_stream(dev)  # binds torch's query
+        return functools.partial(_torch_stream_fn[0], dev)
+    if lib == "cupy":
+        current = _bind()["current_stream"]
+        return lambda: current().ptr
+    return _no_stream
+
+
+def _no_stream() -> int:
+    return 0
+
+
+def _handle(module: KernelModule, name: str, device_id: int):
+    """The low-level CuPy function of `name` on one device: callable as
+    f(grid, block, args, shared_mem, stream) (stream None = CuPy's current stream)."""
+    key = (module.source, name, device_id)
+    hit = _handles.get(key)
+    if hit is not None and hit[0] == module:
+        return hit[1]
+    raw = get_function(module, name, device_id)
+    with _bind()["Device"](device_id):
+        fn = getattr(raw, "kernel", None)  # cupy.cuda.function.Function for this device
+    if fn is None:  # pragma: no cover - a CuPy without RawKernel.kernel
+        def fn(grid, block, args, shared_mem, stream, _raw=raw):
+            _raw(grid, block, args, shared_mem=shared_mem, stream=stream)
+    _handles[key] = (module, fn)
+    return fn
+
+
+def _cupy_launch(module: KernelModule, name: str, grid, block, args, like, shared_mem: int):
+    fast = _cupy_fns if _cupy_fns else _bind()
+    if _array.library(like) == "torch":
+        dev = like.get_device()
+        stream = _cupy_stream_for_torch(dev)
+    else:  # CuPy: its current stream
+        dev = like.device.id
+        stream = None
+    hit = _handles.get((module.source, name, dev))
+    fn = hit[1] if hit is not None and hit[0] is module else _handle(module, name, dev)
+    if fast["get_device"]() == dev:
+        fn(grid, block, args, shared_mem, stream)
+    else:
+        with fast["Device"](dev):
+            fn(grid, block, args, shared_mem, stream)
 
 
 # Tests replace this with a CPU emulator of the kernels (tests/emulator).
 _LAUNCHER = _cupy_launch
+
+
+def zero_device(x) -> None:
+    """Set the contiguous device array `x` to 0 with one cudaMemsetAsync on the stream a launch
+    with like=x uses (torch's current stream for torch tensors, CuPy's for CuPy arrays). About a
+    microsecond of host time where a torch op (x.zero_()) costs several; falls back to the
+    library's own zeroing when `x` lives on another device than the current one."""
+    fast = _cupy_fns if _cupy_fns else _bind()
+    if _array.library(x) == "torch":
+        dev = x.get_device()
+        nbytes = x.numel() * x.element_size()
+        if fast["get_device"]() != dev or not x.is_contiguous():
+            x.zero_()
+        elif nbytes:
+            fast["memset_async"](x.data_ptr(), 0, nbytes, _torch_raw_stream(dev))
+        return
+    if fast["get_device"]() != x.device.id or not x.flags.c_contiguous:
+        x.fill(0)
+    elif x.nbytes:
+        fast["memset_async"](x.data.ptr, 0, x.nbytes, fast["current_stream"]().ptr)
 
 
 def launch(module: KernelModule, name: str, grid: tuple[int, ...], block: tuple[int, ...],
@@ -187,11 +289,18 @@ def launch(module: KernelModule, name: str, grid: tuple[int, ...], block: tuple[
     for pointers from `_array.data_ptr`, or a structured np.void): CuPy checks nothing.
     """
     for a in args:
-        if not isinstance(a, (np.generic,)):
+        if not isinstance(a, np.generic):
             raise TypeError(f"kernel {name}: argument {a!r} is not a NumPy scalar")
-    if any(g <= 0 for g in grid):
+    if min(grid) <= 0:
         return  # empty work
     _LAUNCHER(module, name, tuple(grid), tuple(block), tuple(args), like, int(shared_mem))
+
+
+def launch_prepared(module: KernelModule, name: str, grid: tuple, block: tuple, args: tuple,
+                    like, shared_mem: int = 0) -> None:
+    """`launch` for internal hot paths whose arguments were built once with exact types: grid and
+    block are tuples of ints >= 1, args a tuple of NumPy scalars. Nothing is checked."""
+    _LAUNCHER(module, name, grid, block, args, like, shared_mem)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -353,25 +353,44 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         idx = self._check_indices(indices)
         draw = (0, 0, self._calls)
         self._calls += 1
-        if not self._store.is_cuda:
+        if not self._op.on_device:
             return self._finish(self._op.run_numpy(idx), torch_from_numpy=True, draw=draw)
-        dev_idx = torch.as_tensor(idx, dtype=torch.int64).to(self.device, non_blocking=True)
-        return self._finish(self._op.run_cuda(dev_idx), draw=draw)
+        return self._finish(self._op.run_cuda(self._op.upload_indices(idx)), draw=draw)
 
-    def _batch_from_device(self, idx, offset: int, count: int, out: dict | None = None,
-                           draw: tuple[int, int, int] = (0, 0, 0)) -> WindowBatch:
-        """The batch of idx[offset : offset + count] for an int64 device array of indices (a CUDA
-        store; used by the loader: no host-to-device copy). `draw` = (seed, epoch, batch) keys
-        the random image transforms."""
-        return self._finish(self._op.run_cuda(idx, offset, count, out), draw=draw)
+    @property
+    def _on_device(self) -> bool:
+        """Whether batches are built by the CUDA path (a CUDA store, or a stand-in)."""
+        return self._op.on_device
+
+    def _device_batches(self, reuse: int = 0, batch_size: int | None = None):
+        """The loader's per-batch path on the device: (builder, build). builder.bind(idx) points
+        it at an epoch's int64 index array (from self._op.upload_indices); build(offset, count,
+        draw) returns the batch of idx[offset : offset + count], made by one launch with no
+        per-batch validation or allocation (ops.windows.BatchBuilder: `reuse` and `batch_size`
+        choose fresh or recycled outputs). `draw` = (seed, epoch, batch) keys the random image
+        transforms."""
+        builder = self._op.batch_builder(self._order, reuse, batch_size)
+        names = self._order
+        if not self._image_keys:
+            def build(offset: int, count: int, draw) -> WindowBatch:
+                return WindowBatch(zip(names, builder(offset, count), strict=False))
+        else:
+            def build(offset: int, count: int, draw) -> WindowBatch:
+                batch = WindowBatch(zip(names, builder(offset, count), strict=False))
+                return self._finish_images(batch, draw)
+        return builder, build
+
+    def _device_standin(self, like) -> None:
+        """Run the CUDA path with index tables next to `like`, a host array (NumPy: the kernel
+        emulator of the tests; torch CPU tensor: the host-overhead benchmark). Tests and
+        benchmarks only: the store's arrays must be host arrays the launcher can read."""
+        op = self._op
+        self._op = WindowOp(op.keys, op.anchors, zero_pad=op.zero_pad, like=like)
 
     def _batch_from_host(self, idx: np.ndarray, draw: tuple[int, int, int] = (0, 0, 0)
                          ) -> WindowBatch:
         """The batch of validated host indices (the loader's CPU path)."""
         return self._finish(self._op.run_numpy(idx), torch_from_numpy=True, draw=draw)
-
-    def _alloc(self, B: int) -> dict:
-        return self._op.alloc(B)
 
     def _finish(self, raw: dict, torch_from_numpy: bool = False,
                 draw: tuple[int, int, int] = (0, 0, 0)) -> WindowBatch:
@@ -381,6 +400,10 @@ class TrajectoryDataset(torch.utils.data.Dataset):
             batch = WindowBatch((n, _to_torch(raw[n])) for n in self._order)
         else:
             batch = WindowBatch((n, raw[n]) for n in self._order)
+        return self._finish_images(batch, draw) if self._image_keys else batch
+
+    def _finish_images(self, batch: WindowBatch, draw: tuple[int, int, int]) -> WindowBatch:
+        """Camera keys of `batch` (their frame rows) replaced by frames, in place."""
         for k in self._image_keys:
             rows = batch[k]
             mask = batch.get(f"{k}_is_pad")

@@ -17,9 +17,24 @@ CUDA stores, on every rank.
 
 On a CUDA store the order is uploaded once per epoch; batch b reads its indices from that device
 array at offset b * batch_size, and ONE kernel launch builds the whole batch (ops/windows.py):
-no per-batch host-to-device copy, random-number kernel or synchronisation. Host work per batch:
-one torch.empty per output (~2 us each; none with reuse_outputs), one launch (~7-10 us through
-CuPy), one dict. On a CPU store each batch is one vectorized NumPy gather per key.
+no per-batch host-to-device copy, random-number kernel or synchronisation. Everything else is
+prepared once (ops.windows.BatchBuilder, kept across epochs): nothing is validated per batch, and
+outputs come from pools whose kernel descriptors are packed when the pool is made. Host work per
+batch: one launch (~7 us through CuPy), one dict, and with fresh outputs the batch's tensor
+objects (views into a pool allocated for up to 32 batches at once; ~0.6 us each to create).
+On a CPU store each batch is one vectorized NumPy gather per key.
+
+Output memory (CUDA store), `reuse_outputs`:
+  0 (default): fresh outputs. Every batch has memory of its own, never written again, so batches
+    stay valid as long as they are held (list(loader) works, as with torch's DataLoader). A pool's
+    memory (at most 8 MiB) returns to torch's caching allocator once every batch cut from it
+    has been dropped.
+  R >= 2: R output sets recycled in turn. Batch n's tensors are overwritten by batch n + R: the
+    last R batches handed out stay valid (launches run in stream order, so work already queued on
+    the same stream that reads batch n finishes first). Saves the tensor objects per batch; for
+    loops that drop each batch before asking for the next (R = 2 leaves room for one prefetched
+    batch). A last partial batch gets fresh outputs.
+Fresh outputs are the default because reuse silently changes batches a program still holds.
 
 Arguments of torch's DataLoader that mean nothing here are accepted and ignored: num_workers,
 pin_memory, pin_memory_device, prefetch_factor, persistent_workers, timeout, worker_init_fn,
@@ -86,7 +101,8 @@ class DataLoader:
     sampling: "frame" (uniform over anchors) or "episode" (uniform over episodes).
     rank / world_size: this process's shard (default: from the torch.distributed process group).
     reuse_outputs: 0 gives fresh tensors every batch; R >= 2 cycles R preallocated output sets
-    on a CUDA store (a batch's tensors are overwritten R batches later; no allocation per batch).
+    on a CUDA store: the last R batches stay valid, batch n is overwritten by batch n + R (see
+    the module docstring).
     """
 
     def __init__(self, dataset, batch_size: int | None = 1, shuffle: bool | None = None,
@@ -162,8 +178,7 @@ class DataLoader:
         self._epoch = 0
         self._position = 0       # batches handed out in the current epoch
         self._resume = None      # batch to start the next iteration at (load_state_dict)
-        self._ring = None
-        self._ring_next = 0
+        self._builder = None  # (op, key, builder, build) of the device path: _device_path
 
     # -----------------------------------------------------------------------------------------
     # epoch order
@@ -244,30 +259,34 @@ class DataLoader:
         self._resume = None
         order, bounds = self._plan(epoch)
         ds = self.dataset
-        on_device = ds.store.is_cuda
-        if on_device:
-            dev_order = torch.from_numpy(order).to(ds.device)  # once per epoch
+        seed, collate = self.seed, self.collate_fn
+        bounds = bounds.tolist()
         self._position = start
-        for b in range(start, bounds.size - 1):
-            lo, hi = int(bounds[b]), int(bounds[b + 1])
-            if on_device:
-                batch = ds._batch_from_device(dev_order, lo, hi - lo, self._out(hi - lo),
-                                              draw=(self.seed, epoch, b))
-            else:
-                batch = ds._batch_from_host(order[lo:hi], draw=(self.seed, epoch, b))
-            self._position = b + 1
-            yield batch if self.collate_fn is None else self.collate_fn(batch)
+        if ds._on_device:
+            builder, build = self._device_path(ds)
+            builder.bind(ds._op.upload_indices(order))  # once per epoch
+            for b in range(start, len(bounds) - 1):
+                lo = bounds[b]
+                batch = build(lo, bounds[b + 1] - lo, (seed, epoch, b))
+                self._position = b + 1
+                yield batch if collate is None else collate(batch)
+        else:
+            for b in range(start, len(bounds) - 1):
+                batch = ds._batch_from_host(order[bounds[b]:bounds[b + 1]],
+                                            draw=(seed, epoch, b))
+                self._position = b + 1
+                yield batch if collate is None else collate(batch)
         self._epoch = epoch + 1
         self._position = 0
 
-    def _out(self, B: int):
-        if self.reuse_outputs == 0 or B != self.batch_size:
-            return None
-        if self._ring is None:
-            self._ring = [self.dataset._alloc(B) for _ in range(self.reuse_outputs)]
-        out = self._ring[self._ring_next]
-        self._ring_next = (self._ring_next + 1) % len(self._ring)
-        return out
+    def _device_path(self, ds):
+        """The dataset's per-batch builder, kept across epochs (so reused outputs and pools
+        survive them) while dataset, batch_size and reuse_outputs stay the same."""
+        key = (self.batch_size, self.reuse_outputs)
+        if self._builder is None or self._builder[0] is not ds._op or self._builder[1] != key:
+            self._builder = (ds._op, key, *ds._device_batches(self.reuse_outputs,
+                                                              self.batch_size))
+        return self._builder[2], self._builder[3]
 
     # -----------------------------------------------------------------------------------------
     # checkpointing

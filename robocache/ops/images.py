@@ -342,8 +342,35 @@ def _cached_plan(frame_shape, items):
     return make_plan(frame_shape, **{k: v for k, _, v in items})
 
 
+_PLAIN_TYPES = frozenset({tuple, str, int, float, bool, type(None)}
+                         | {t for t in np.sctypeDict.values() if issubclass(t, np.generic)})
+_PLANS: dict = {}  # (frame_shape, names, values, types) -> plan, for plain values
+
+
 def _plan_for(frame_shape, **kw) -> ImagePlan:
-    """make_plan, memoised on hashable arguments (a hot loop calls with the same ones)."""
+    """make_plan, memoised on hashable arguments (a hot loop calls with the same ones).
+
+    Plain values (numbers, strings, None, tuples) are looked up directly; lists and the rest go
+    through _hashable's conversion (arrays are validated every time)."""
+    values = tuple(kw.values())
+    types = tuple(map(type, values))
+    if _PLAIN_TYPES.issuperset(types):
+        key = (frame_shape, tuple(kw), values, types)
+        try:
+            plan = _PLANS.get(key)
+        except TypeError:  # a tuple holding a list
+            plan = key = None
+        if plan is None:
+            plan = _plan_for_items(frame_shape, kw)
+            if key is not None:
+                if len(_PLANS) >= 128:
+                    _PLANS.clear()
+                _PLANS[key] = plan
+        return plan
+    return _plan_for_items(frame_shape, kw)
+
+
+def _plan_for_items(frame_shape, kw: dict) -> ImagePlan:
     try:
         # the type is part of the key: shift=True must not hit the entry of shift=1
         items = tuple((k, type(v), _hashable(v)) for k, v in kw.items())
@@ -612,7 +639,12 @@ def apply_numpy(plan: ImagePlan, frames: np.ndarray, indices: np.ndarray,
 
 def launch_config(plan: ImagePlan, B: int, K: int) -> tuple[tuple[int, int], tuple[int]]:
     """grid (images, tiles per image) and block: ~PIXELS_PER_THREAD pixels per thread."""
-    npix = plan.size[0] * plan.size[1]
+    return _launch_config(plan.size, B, K)
+
+
+@functools.lru_cache(maxsize=256)
+def _launch_config(size: tuple[int, int], B: int, K: int):
+    npix = size[0] * size[1]
     threads = min(THREADS, max(32, -(-npix // 32) * 32))
     tiles = max(1, min(65535, -(-npix // (threads * PIXELS_PER_THREAD))))
     return (B * K, tiles), (threads,)
@@ -626,8 +658,9 @@ def apply_cuda(plan: ImagePlan, frames, indices, zero_mask, out, key, *,
     [B,K] and zero_mask bool [B,K] (or None) on out's device. Rows must be valid (rows >= N are
     clamped). Works on NumPy arrays too, for the CPU kernel emulator."""
     B, K = (int(s) for s in indices.shape)
-    if tuple(out.shape) != plan.out_shape(B, K) or _array.dtype_name(out) != plan.out_dtype:
-        V.fail("out", f"{plan.out_dtype} {plan.out_shape(B, K)}",
+    out_shape = plan.out_shape(B, K)
+    if tuple(out.shape) != out_shape or _array.dtype_name(out) != plan.out_dtype:
+        V.fail("out", f"{plan.out_dtype} {out_shape}",
                f"{_array.dtype_name(out)} {tuple(out.shape)}")
     if tuple(frames.shape[1:]) != plan.frame_shape:
         V.fail("frames", f"frames [N, {', '.join(map(str, plan.frame_shape))}]",
@@ -639,15 +672,15 @@ def apply_cuda(plan: ImagePlan, frames, indices, zero_mask, out, key, *,
         zero_mask = _array.contiguous(zero_mask)
     if frames_ptr is None:
         frames = _array.contiguous(frames)
-        frames_ptr = _array.data_ptr(frames)
+        frames_ptr = _array.address(frames)
     buf = bytearray(plan.template)
-    _DYNAMIC.pack_into(buf, 0, int(frames_ptr), int(_array.data_ptr(indices)),
-                       0 if zero_mask is None else int(_array.data_ptr(zero_mask)),
-                       int(_array.data_ptr(out)), int(key), int(frames.shape[0]))
-    _INT2.pack_into(buf, _OFFSET["B"], B, K)
-    _INT1.pack_into(buf, _OFFSET["idx64"], int(_array.dtype_name(indices) == "int64"))
+    _DYNAMIC.pack_into(buf, 0, int(frames_ptr), _array.address(indices),
+                       0 if zero_mask is None else _array.address(zero_mask),
+                       _array.address(out), int(key), int(frames.shape[0]))
+    _INT2.pack_into(buf, _OFFSET_B, B, K)
+    _INT1.pack_into(buf, _OFFSET_IDX64, int(_array.dtype_name(indices) == "int64"))
     p = np.frombuffer(buf, dtype=IMAGE_PARAMS_DTYPE)[0]
-    grid, block = launch_config(plan, B, K)
+    grid, block = _launch_config(plan.size, B, K)
     _runtime.launch(_kernels.IMAGES, plan.kernel, grid, block, (p,), like=out)
 
 
@@ -657,6 +690,7 @@ _DYNAMIC = struct.Struct("<QQQQQq")
 _INT2 = struct.Struct("<ii")
 _INT1 = struct.Struct("<i")
 _OFFSET = {name: IMAGE_PARAMS_DTYPE.fields[name][1] for name in IMAGE_PARAMS_DTYPE.names}
+_OFFSET_B, _OFFSET_IDX64 = _OFFSET["B"], _OFFSET["idx64"]
 assert [_OFFSET[n] for n in ("frames", "N", "K")] == [0, 40, _OFFSET["B"] + 4]
 
 

@@ -11,6 +11,9 @@ nearest / previous copy values exactly; linear rounds once to the data's dtype.
 
 from __future__ import annotations
 
+import functools
+import struct
+
 import numpy as np
 
 from .. import _array, _kernels, _runtime
@@ -33,6 +36,81 @@ def resample(data, src_times, tgt_times, method: str = "linear", *, check_times:
     data = _array.as_array("data", data)
     src_times = _array.as_array("src_times", src_times)
     tgt_times = _array.as_array("tgt_times", tgt_times)
+    try:  # a hot loop calls with the same shapes: check each signature once
+        key = (method, _array.signature(data), _array.signature(src_times),
+               _array.signature(tgt_times))
+        meta = _CHECKED.get(key)
+    except TypeError:  # an unhashable argument: check it every time
+        key = meta = None
+    if meta is None:
+        meta = _check_resample(data, src_times, tgt_times, method)
+        _remember(key, meta)
+    squeeze, dtype, tdtype = meta
+    if squeeze:
+        data, src_times, tgt_times = data[None], src_times[None], tgt_times[None]
+    if check_times:
+        V.check_times("src_times", src_times)
+        V.check_times_finite("tgt_times", tgt_times)
+    if _array.is_device(data):
+        out = _resample_cuda(data, src_times, tgt_times, METHODS[method], dtype, tdtype)
+    else:
+        out = _array.from_numpy(
+            _resample_numpy(data, src_times, tgt_times, METHODS[method]), data, dtype)
+    return out[0] if squeeze else out
+
+
+def fuse(streams, tgt_times, method: str = "linear", *, check_times: bool = True):
+    """Align several (data [B,S_k,D_k], times [B,S_k]) streams onto `tgt_times` [B,T] and
+    concatenate their features: [B,T,sum D_k]. One kernel launch on the GPU.
+
+    All streams share one dtype and one time dtype; 2-D streams ([S_k,D_k] with [S_k] times and
+    [T] targets) give [T, sum D_k].
+    """
+    key = _fuse_key(streams, tgt_times, method)
+    meta = None if key is None else _CHECKED.get(key)
+    if meta is None:  # the full checks (time checks included), then remember the signature
+        checked, tgt_times, meta = _check_fuse(streams, tgt_times, method, check_times)
+        _remember(key, meta)
+        squeeze, dtype, tdtype = meta
+    else:  # these shapes passed before: only the times' values can be wrong
+        squeeze, dtype, tdtype = meta
+        if squeeze:
+            checked = [(d[None], t[None]) for d, t in streams]
+            tgt_times = tgt_times[None]
+        else:
+            checked = [(d, t) for d, t in streams]
+        if check_times:
+            for k, (_, t) in enumerate(checked):
+                V.check_times(f"streams[{k}] times", t)
+            V.check_times_finite("tgt_times", tgt_times)
+    if _array.is_device(tgt_times):
+        out = _fuse_cuda(checked, tgt_times, METHODS[method], dtype, tdtype)
+    else:
+        parts = [_resample_numpy(d, t, tgt_times, METHODS[method]) for d, t in checked]
+        out = _array.from_numpy(np.concatenate(parts, axis=-1), tgt_times, dtype)
+        if _array.library(checked[0][0]) != _array.library(tgt_times):  # pragma: no cover
+            raise AssertionError("same-device check let mixed libraries through")
+    return out[0] if squeeze else out
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks, remembered per signature
+
+# Signatures (method, then _array.signature of each array) that passed a check -> what the check
+# derived. Bounded: cleared when full.
+_CHECKED: dict = {}
+_MAX_CHECKED = 256
+
+
+def _remember(key, meta) -> None:
+    if key is not None:
+        if len(_CHECKED) >= _MAX_CHECKED:
+            _CHECKED.clear()
+        _CHECKED[key] = meta
+
+
+def _check_resample(data, src_times, tgt_times, method) -> tuple[bool, str, str]:
+    """resample's argument checks: (squeeze, data dtype, time dtype), or the error."""
     V.check_choice("method", method, tuple(METHODS))
     V.check_rank("data", data, (2, 3))
     squeeze = data.ndim == 2
@@ -52,24 +130,29 @@ def resample(data, src_times, tgt_times, method: str = "linear", *, check_times:
     V.check_dim("tgt_times", tgt_times, 0, B, "batch size of data")
     if S == 0:
         V.fail("data", "at least one source sample (S >= 1)", f"shape {tuple(data.shape)}")
-    if check_times:
-        V.check_times("src_times", src_times)
-        V.check_times_finite("tgt_times", tgt_times)
-    if _array.is_device(data):
-        out = _resample_cuda(data, src_times, tgt_times, METHODS[method], dtype, tdtype)
-    else:
-        out = _array.from_numpy(
-            _resample_numpy(data, src_times, tgt_times, METHODS[method]), data, dtype)
-    return out[0] if squeeze else out
+    return squeeze, dtype, tdtype
 
 
-def fuse(streams, tgt_times, method: str = "linear", *, check_times: bool = True):
-    """Align several (data [B,S_k,D_k], times [B,S_k]) streams onto `tgt_times` [B,T] and
-    concatenate their features: [B,T,sum D_k]. One kernel launch on the GPU.
+def _fuse_key(streams, tgt_times, method):
+    """fuse's cache key when every stream is a (data, times) pair of arrays, else None."""
+    if not isinstance(streams, (list, tuple)) or not 0 < len(streams) <= MAX_STREAMS:
+        return None
+    try:
+        key = [method, _array.signature(tgt_times)]
+        for pair in streams:
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                return None
+            key.append((_array.signature(pair[0]), _array.signature(pair[1])))
+        key = tuple(key)
+        hash(key)
+    except TypeError:  # lists or scalars as arrays, an unhashable method: the full checks
+        return None
+    return key
 
-    All streams share one dtype and one time dtype; 2-D streams ([S_k,D_k] with [S_k] times and
-    [T] targets) give [T, sum D_k].
-    """
+
+def _check_fuse(streams, tgt_times, method, check_times: bool):
+    """fuse's argument checks: (streams as squeezed (data, times) arrays, target times,
+    (squeeze, data dtype, time dtype)), or the error."""
     if not isinstance(streams, (list, tuple)) or len(streams) == 0:
         V.fail("streams", "a non-empty list of (data, times) pairs", repr(type(streams).__name__))
     if len(streams) > MAX_STREAMS:
@@ -116,14 +199,7 @@ def fuse(streams, tgt_times, method: str = "linear", *, check_times: bool = True
         checked.append((d, t))
     if check_times:
         V.check_times_finite("tgt_times", tgt_times)
-    if _array.is_device(tgt_times):
-        out = _fuse_cuda(checked, tgt_times, METHODS[method], dtype, tdtype)
-    else:
-        parts = [_resample_numpy(d, t, tgt_times, METHODS[method]) for d, t in checked]
-        out = _array.from_numpy(np.concatenate(parts, axis=-1), tgt_times, dtype)
-        if _array.library(checked[0][0]) != _array.library(tgt_times):  # pragma: no cover
-            raise AssertionError("same-device check let mixed libraries through")
-    return out[0] if squeeze else out
+    return checked, tgt_times, (squeeze, dtype, tdtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,14 +262,24 @@ def _resample_cuda(data, src, tgt, method: int, dtype: str, tdtype: str):
     if B * T * D == 0:
         return out
     ptrs = [_array.data_ptr(x) for x in (data, src, tgt, out)]
-    vec = (D * _array.ITEMSIZE[dtype]) % 16 == 0 and all(int(p) % 16 == 0 for p in
-                                                          (ptrs[0], ptrs[3]))
-    name = (f"resample_kernel<{_array.C_TYPES[dtype]}, {_array.C_TYPES[tdtype]}, "
-            f"{'true' if vec else 'false'}>")
-    _runtime.launch(_kernels.RESAMPLE, name, (_blocks_for_rows(B * T),), (THREADS,),
-                    (*ptrs, np.int32(B), np.int32(S), np.int32(T), np.int32(D),
-                     np.int32(method)), like=data)
+    vec = (D * _array.ITEMSIZE[dtype]) % 16 == 0 and int(ptrs[0]) % 16 == 0 \
+        and int(ptrs[3]) % 16 == 0
+    _runtime.launch(_kernels.RESAMPLE, _resample_name(dtype, tdtype, vec),
+                    (_blocks_for_rows(B * T),), (THREADS,),
+                    (*ptrs, *_int32s(B, S, T, D, method)), like=data)
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _resample_name(dtype: str, tdtype: str, vec: bool) -> str:
+    return (f"resample_kernel<{_array.C_TYPES[dtype]}, {_array.C_TYPES[tdtype]}, "
+            f"{'true' if vec else 'false'}>")
+
+
+@functools.lru_cache(maxsize=256)
+def _int32s(*values: int) -> tuple:
+    """Kernel int arguments as np.int32, remembered per shape (a hot loop repeats them)."""
+    return tuple(np.int32(v) for v in values)
 
 
 FUSE_STREAMS_DTYPE = np.dtype({
@@ -201,29 +287,48 @@ FUSE_STREAMS_DTYPE = np.dtype({
     "formats": [(np.uint64, MAX_STREAMS), (np.uint64, MAX_STREAMS), (np.int32, MAX_STREAMS),
                 (np.int32, MAX_STREAMS), (np.int32, MAX_STREAMS), np.int32],
 }, align=True)  # the layout of struct FuseStreams in resample.cu
+_FUSE_DATA = FUSE_STREAMS_DTYPE.fields["data"][1]
+_FUSE_TIMES = FUSE_STREAMS_DTYPE.fields["times"][1]
+
+
+@functools.lru_cache(maxsize=256)
+def _fuse_template(shapes: tuple[tuple[int, int], ...]) -> tuple[bytes, int]:
+    """FuseStreams with the per-shape fields (S, D, col, n) set and null pointers, and the
+    output width."""
+    desc = np.zeros((), dtype=FUSE_STREAMS_DTYPE)
+    col = 0
+    for k, (S, D) in enumerate(shapes):
+        desc["S"][k] = S
+        desc["D"][k] = D
+        desc["col"][k] = col
+        col += D
+    desc["n"] = len(shapes)
+    return desc.tobytes(), col
+
+
+_PACK_POINTERS = [struct.Struct(f"<{n}Q").pack_into for n in range(MAX_STREAMS + 1)]
 
 
 def _fuse_cuda(streams, tgt, method: int, dtype: str, tdtype: str):
     tgt = _array.contiguous(tgt)
     B, T = tgt.shape
-    streams = [(_array.contiguous(d), _array.contiguous(t)) for d, t in streams]
-    widths = [int(d.shape[2]) for d, _ in streams]
-    W = sum(widths)
+    data = [_array.contiguous(d) for d, _ in streams]
+    times = [_array.contiguous(t) for _, t in streams]
+    template, W = _fuse_template(tuple((int(d.shape[1]), int(d.shape[2])) for d in data))
     out = _array.empty(tgt, (B, T, W), dtype)
     if B * T * W == 0:
         return out
-    desc = np.zeros((), dtype=FUSE_STREAMS_DTYPE)
-    col = 0
-    for k, (d, t) in enumerate(streams):
-        desc["data"][k] = _array.data_ptr(d)
-        desc["times"][k] = _array.data_ptr(t)
-        desc["S"][k] = d.shape[1]
-        desc["D"][k] = d.shape[2]
-        desc["col"][k] = col
-        col += widths[k]
-    desc["n"] = len(streams)
-    name = f"fuse_kernel<{_array.C_TYPES[dtype]}, {_array.C_TYPES[tdtype]}>"
-    _runtime.launch(_kernels.RESAMPLE, name, (_blocks_for_rows(B * T),), (THREADS,),
-                    (desc[()], _array.data_ptr(tgt), _array.data_ptr(out), np.int32(B),
-                     np.int32(T), np.int32(W), np.int32(method)), like=tgt)
+    buf = bytearray(template)
+    pack = _PACK_POINTERS[len(data)]
+    pack(buf, _FUSE_DATA, *map(_array.address, data))
+    pack(buf, _FUSE_TIMES, *map(_array.address, times))
+    desc = np.frombuffer(buf, dtype=FUSE_STREAMS_DTYPE)[0]
+    _runtime.launch(_kernels.RESAMPLE, _fuse_name(dtype, tdtype), (_blocks_for_rows(B * T),),
+                    (THREADS,), (desc, _array.data_ptr(tgt), _array.data_ptr(out),
+                                 *_int32s(B, T, W, method)), like=tgt)
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _fuse_name(dtype: str, tdtype: str) -> str:
+    return f"fuse_kernel<{_array.C_TYPES[dtype]}, {_array.C_TYPES[tdtype]}>"

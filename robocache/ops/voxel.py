@@ -451,7 +451,7 @@ def _voxelize_cuda(points, bidx, feats, grid: _Grid, mode: str, out, want_droppe
     dropped = _array.zeros(pts, (), "int64") if want_dropped else None
     if mode in ("occupancy", "count"):
         _array.zero_(out)
-        name = f"voxel_scatter_kernel<{P}, {'true' if mode == 'occupancy' else 'false'}>"
+        name = _scatter_name(P, mode == "occupancy")
         _runtime.launch(_kernels.VOXEL, name, (_blocks(n),), (THREADS,),
                         (*head, _array.data_ptr(out), _ptr_or_null(dropped)), like=pts)
         return out, dropped
@@ -499,6 +499,11 @@ def _voxelize_cuda(points, bidx, feats, grid: _Grid, mode: str, out, want_droppe
                     (counts, sptr, _array.data_ptr(sums), _array.data_ptr(exps), np.int32(F),
                      np.int64(cells * F), _array.data_ptr(out)), like=pts)
     return out, dropped
+
+
+@functools.lru_cache(maxsize=16)
+def _scatter_name(point_c_type: str, occupancy: bool) -> str:
+    return f"voxel_scatter_kernel<{point_c_type}, {'true' if occupancy else 'false'}>"
 
 
 def _coords_cuda(points, bidx, grid: _Grid, want_dropped: bool):

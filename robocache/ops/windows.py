@@ -22,6 +22,7 @@ with b = hi - lo (eps where hi == lo). Zero-padded values are 0 after normalizat
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -93,8 +94,9 @@ class WindowOp:
     """Index tables and key descriptors of one dataset; builds batches on the host or device.
 
     `like` = None keeps everything on the host (NumPy path); a device array (torch CUDA tensor,
-    CuPy array) puts the tables next to it and enables `run_cuda`. For the CPU kernel emulator a
-    NumPy `like` with `device_tables=True` runs the CUDA path on host memory.
+    CuPy array) puts the tables next to it and enables `run_cuda` and `batch_builder`. A NumPy
+    array or torch CPU tensor as `like` runs the CUDA path on host memory (the CPU kernel
+    emulator of the tests; the host-overhead benchmark with a no-op launcher).
     """
 
     def __init__(self, keys: list[WindowKey], anchors: np.ndarray, *, zero_pad: bool,
@@ -131,6 +133,16 @@ class WindowOp:
             if k.deltas is not None and self.mask_owner[k.name] == k.name:
                 spec[f"{k.name}_is_pad"] = ((B, k.K), "bool")
         return spec
+
+    def resolve_name(self, name: str) -> str:
+        """The output array behind a batch entry (a key sharing its mask names the owner's)."""
+        if name.endswith("_is_pad"):
+            key = name[: -len("_is_pad")]
+            if key in self.mask_owner:
+                return f"{self.mask_owner[key]}_is_pad"
+        if name in META_KEYS or any(k.name == name for k in self.keys):
+            return name
+        raise KeyError(f"{name!r} is not an output of this WindowOp")
 
     def _share_masks(self, out: dict) -> dict:
         for name, owner in self.mask_owner.items():
@@ -227,6 +239,7 @@ class WindowOp:
         desc["nseg"] = n
         desc["zero_pad"] = int(self.zero_pad)
         self._desc = desc
+        self._desc_bytes = np.frombuffer(desc.tobytes(), dtype=np.uint8)
         self._work = int(begin[-1])
         # output order of the descriptor's pointer slots
         self._out_slots = [(i, k.name) for i, k in enumerate(self.keys)
@@ -240,6 +253,22 @@ class WindowOp:
         self._chunks = min(MAX_GRID_Y, max(1, -(-self._work // THREADS)))
         self._static_ptrs = (_array.data_ptr(self.d_anchors), _array.data_ptr(self.d_deltas))
         self._specs: dict[int, list] = {}
+
+    @property
+    def on_device(self) -> bool:
+        """Whether the tables were built for the CUDA path (`like` given)."""
+        return self._desc is not None
+
+    def upload_indices(self, idx: np.ndarray):
+        """Host int64 dataset indices -> an array next to the tables (what run_cuda reads)."""
+        return _uploader(self._like)(np.asarray(idx, dtype=np.int64).reshape(-1), "int64")
+
+    def batch_builder(self, names, reuse: int = 0, batch_size: int | None = None
+                      ) -> BatchBuilder:
+        """The loader's per-batch path: see BatchBuilder."""
+        if self._desc is None:
+            raise RuntimeError("WindowOp.batch_builder: built without device tables (like=None)")
+        return BatchBuilder(self, names, reuse, batch_size)
 
     def alloc(self, B: int) -> dict:
         """Uninitialised outputs for a batch of B samples, on the tables' device."""
@@ -256,8 +285,8 @@ class WindowOp:
 
         Host work per call, all without synchronising: one caching-allocator call per output
         (~2 us each on torch; none when `out` is given), one data_ptr per output (<1 us), the
-        launch (~7-10 us through CuPy on torch's stream). PERF.md workload (7 outputs): about
-        25-30 us fresh, 12-15 us with `out`; the GPU work itself is ~1-2 us."""
+        launch (~7 us through CuPy on torch's stream). A loop over batches should use
+        batch_builder instead (no per-call allocation or descriptor packing)."""
         if self._desc is None:
             raise RuntimeError("WindowOp.run_cuda: built without device tables (like=None)")
         B = (int(idx.shape[0]) - offset) if count is None else int(count)
@@ -280,7 +309,128 @@ class WindowOp:
 
 
 # ---------------------------------------------------------------------------------------------
+# The loader's hot path: output sets allocated in bulk, launch arguments built once per set
+
+SLAB_BYTES = 8 << 20  # fresh outputs: one allocation per output serves this many bytes of sets
+SLAB_SETS = 32        # ... and at most this many batches
+
+
+class OutputPool:
+    """`count` output sets for batches of B samples: each output allocated ONCE for all sets
+    ([count, *shape]) and split into per-set views in one call (torch's unbind), and every set's
+    launch arguments (the kernel descriptor with its output pointers, the pointers of index /
+    episode_index / frame_index) built at once with NumPy. A set is one batch's arrays, in the
+    order of `names`; views of different sets never overlap.
+
+    `stream` is the stream (runtime.stream_key) the pool was allocated for: torch's caching
+    allocator gives freed memory back to the stream it was allocated on, so a pool is only
+    written by launches on that stream (BatchBuilder starts a new pool when it changes).
+    """
+
+    def __init__(self, op: WindowOp, B: int, count: int, sources: tuple[str, ...], stream: int,
+                 ring: bool):
+        """`sources`: the output array behind each entry of a set (op.resolve_name)."""
+        self.B, self.count, self.stream, self.ring = B, count, stream, ring
+        views, ptrs = {}, {}
+        for name, (shape, dt) in op.output_spec(B).items():
+            arr = op._alloc((count, *shape), dt)
+            step = math.prod(shape) * _array.ITEMSIZE[dt]
+            views[name] = _split(arr, count)
+            ptrs[name] = (int(op._ptr(arr)) if step else 0, step)
+        sets = np.arange(count, dtype=np.uint64)
+
+        def column(name):  # the address of output `name` in every set
+            base, step = ptrs[name]
+            return sets * np.uint64(step) + np.uint64(base)
+
+        descs = np.empty(count, dtype=WIN_KEYS_DTYPE)
+        descs.view(np.uint8).reshape(count, -1)[:] = op._desc_bytes
+        out, mask = descs["out"], descs["mask"]
+        for i, name in op._out_slots:
+            out[:, i] = column(name)
+        for i, name in op._mask_slots:
+            mask[:, i] = column(name)
+        self.sets = list(zip(zip(*(views[n] for n in sources), strict=True), list(descs),
+                             *(list(column(m)) for m in META_KEYS), strict=True))
+        self.next = 0
+        self.grid = (B, op._chunks)
+        self.B64 = np.int64(B)
+
+
+class BatchBuilder:
+    """Builds batch after batch of one WindowOp on the device, as the loader needs them: per call
+    one launch and no allocation, validation or descriptor packing (all done per pool).
+
+    reuse = 0 (fresh outputs): every batch gets its own memory, never written again. Outputs come
+    from pools of up to SLAB_SETS sets (SLAB_BYTES in all) allocated together, so a batch costs
+    no allocator call of its own; a pool's memory returns to the allocator once every batch
+    carved from it has been dropped.
+    reuse = R >= 2: batches of `batch_size` samples cycle through ONE pool of R sets: the arrays
+    of a batch are overwritten R batches later (the last R batches handed out stay valid; stream
+    order keeps launches behind earlier work on the same stream). Other sizes (a last partial
+    batch) get fresh outputs.
+    """
+
+    def __init__(self, op: WindowOp, names, reuse: int, batch_size: int | None):
+        self.op = op
+        self.names = tuple(names)
+        self._sources = tuple(op.resolve_name(n) for n in self.names)  # unknown names fail here
+        self.reuse = int(reuse)
+        self.batch_size = batch_size
+        self._pools: dict[int, OutputPool] = {}
+        self._like = op.d_anchors
+        self._stream = _runtime.stream_query(op.d_anchors)
+        self._static = op._static_ptrs
+        self._idx_ptr = 0
+        self._idx = None
+
+    def bind(self, idx) -> None:
+        """Read batch indices from the int64 array `idx` (next to the tables) from now on."""
+        self._idx = idx  # kept alive while batches are built from it
+        self._idx_ptr = int(self.op._ptr(idx))
+
+    def _new_pool(self, B: int, stream: int) -> OutputPool:
+        ring = bool(self.reuse) and B == self.batch_size
+        if ring:
+            count = self.reuse
+        elif B == self.batch_size or self.batch_size is None:  # None: a batch_sampler's sizes
+            per_set = sum(math.prod(shape) * _array.ITEMSIZE[dt]
+                          for shape, dt in self.op.output_spec(B).values())
+            count = max(1, min(SLAB_SETS, SLAB_BYTES // max(per_set, 1)))
+        else:  # a last partial batch: once per epoch
+            count = 1
+        pool = self._pools[B] = OutputPool(self.op, B, count, self._sources, stream, ring)
+        return pool
+
+    def __call__(self, offset: int, count: int) -> tuple:
+        """The arrays (in `names` order) of the batch of indices idx[offset : offset + count]."""
+        stream = self._stream()
+        pool = self._pools.get(count)
+        if pool is None or pool.next == pool.count or pool.stream != stream:
+            pool = self._new_pool(count, stream)
+        j = pool.next
+        arrays, desc, p_index, p_episode, p_frame = pool.sets[j]
+        j += 1
+        pool.next = 0 if (pool.ring and j == pool.count) else j  # a ring is never used up
+        if count:  # (a batch sampler may yield an empty batch: nothing to launch)
+            anchors, deltas = self._static
+            _runtime.launch_prepared(
+                _kernels.WINDOWS, "window_batch_kernel", pool.grid, (THREADS,),
+                (desc, np.uint64(self._idx_ptr + 8 * offset), anchors, deltas, p_index,
+                 p_episode, p_frame, pool.B64), self._like)
+        return arrays
+
+
+# ---------------------------------------------------------------------------------------------
 # helpers
+
+
+def _split(arr, count: int) -> list:
+    """[count, ...] -> count views arr[0], arr[1], ... (one C++ call for torch)."""
+    if _array.library(arr) == "torch":
+        return list(arr.unbind(0))
+    return [arr[j] for j in range(count)]
+
 
 
 def _rows(tab: np.ndarray, deltas):

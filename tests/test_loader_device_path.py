@@ -1,0 +1,216 @@
+"""The loader's device path on the CPU: rc.DataLoader over a dataset whose window tables live next
+to a torch CPU tensor (TrajectoryDataset._device_standin), so batches are built exactly as on a
+GPU (ops.windows.BatchBuilder / OutputPool: outputs from pools, one window_batch_kernel launch per
+batch) with the kernel run by the CPU emulator, and compared with the NumPy backend's batches.
+
+What is checked besides values: fresh outputs (reuse_outputs=0) never share memory between
+batches, so every batch a user holds stays valid; reuse_outputs=R recycles R output sets, so the
+last R batches stay valid and batch n's memory is written again by batch n + R; a stream change
+starts a new pool; the loader rebuilds its batch builder when dataset, batch_size or
+reuse_outputs change.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import robocache as rc
+from robocache.ops import windows as OW
+
+pytestmark = pytest.mark.usefixtures("emulated_cuda")
+
+
+def _store(seed=0, lens=(1, 9, 2, 14, 5, 1, 11)):
+    rng = np.random.default_rng(seed)
+    ends = np.cumsum(lens)
+    n = int(ends[-1])
+    return rc.TrajectoryStore.from_arrays(
+        {"state": rng.standard_normal((n, 3)).astype(np.float32),
+         "action": rng.standard_normal((n, 2)).astype(np.float32),
+         "grip": rng.integers(0, 5, n).astype(np.int16),
+         "done": rng.random(n) < 0.2},
+        episode_ends=ends, device="cpu")
+
+
+def _datasets(pad="edge", **kw):
+    """(device-path dataset, NumPy-backend dataset) over the same store and arguments."""
+    kw = dict(delta_indices={"state": [-1, 0], "action": range(-1, 4), "grip": range(-1, 4)},
+              pad=pad, normalize={"state": "mean_std", "action": "min_max"}, **kw)
+    st = _store()
+    dev, host = rc.TrajectoryDataset(st, **kw), rc.TrajectoryDataset(st, **kw)
+    dev._device_standin(torch.zeros(1))
+    assert dev._on_device and not host._on_device
+    return dev, host
+
+
+def _assert_batch_equal(got, want, what=""):
+    assert list(got) == list(want), what  # same entries, same order
+    for k, v in want.items():
+        g = got[k]
+        assert isinstance(g, torch.Tensor) and g.dtype == v.dtype and g.shape == v.shape, (what, k)
+        assert torch.equal(g, v), (what, k)
+
+
+def _snapshot(batch):
+    return {k: v.clone() for k, v in batch.items()}
+
+
+@pytest.mark.parametrize("reuse", [0, 2, 3])
+@pytest.mark.parametrize("pad", ["edge", "zero"])
+def test_device_path_batches_equal_numpy_batches(monkeypatch, reuse, pad):
+    # small pools: fresh outputs roll over to new pools several times per epoch
+    monkeypatch.setattr(OW, "SLAB_BYTES", 2000)
+    dev, host = _datasets(pad)
+    for kw in (dict(batch_size=5, shuffle=True, seed=3),           # partial last batch
+               dict(batch_size=4, shuffle=True, seed=4, drop_last=True),
+               dict(batch_size=6, sampling="episode", seed=5)):
+        a = rc.DataLoader(dev, reuse_outputs=reuse, **kw)
+        b = rc.DataLoader(host, **kw)
+        for epoch in range(2):
+            n = 0
+            for got, want in zip(a, b, strict=True):
+                _assert_batch_equal(_snapshot(got), want, f"{kw} epoch {epoch} batch {n}")
+                n += 1
+            assert n == len(a) and a.epoch == epoch + 1
+
+
+def test_fresh_outputs_stay_valid_while_held(monkeypatch):
+    monkeypatch.setattr(OW, "SLAB_BYTES", 1500)
+    dev, host = _datasets()
+    a = rc.DataLoader(dev, batch_size=4, shuffle=True, seed=9)
+    b = rc.DataLoader(host, batch_size=4, shuffle=True, seed=9)
+    held = list(a)  # every batch of the epoch kept, then checked after all were built
+    for n, (got, want) in enumerate(zip(held, list(b), strict=True)):
+        _assert_batch_equal(got, want, f"batch {n}")
+    # and no two batches share memory (masks shared between keys of ONE batch are fine)
+    spans = []
+    for got in held:
+        seen = set()
+        for t in got.values():
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            spans.append((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()))
+    spans.sort()
+    assert all(end <= nxt for (_, end), (nxt, _) in zip(spans, spans[1:], strict=False))
+
+
+@pytest.mark.parametrize("R", [2, 3])
+def test_reused_outputs_keep_the_last_R_batches(R):
+    dev, host = _datasets()
+    a = rc.DataLoader(dev, batch_size=4, shuffle=True, seed=1, drop_last=True, reuse_outputs=R)
+    b = rc.DataLoader(host, batch_size=4, shuffle=True, seed=1, drop_last=True)
+    held, wants = [], []
+    for n, (got, want) in enumerate(zip(a, b, strict=True)):
+        held.append(got)
+        wants.append(want)
+        for back in range(min(R, n + 1)):  # the last R batches handed out are intact
+            _assert_batch_equal(held[n - back], wants[n - back], f"batch {n - back} at {n}")
+        if n >= R:  # batch n wrote into the arrays of batch n - R
+            assert held[n]["action"].data_ptr() == held[n - R]["action"].data_ptr()
+            assert held[n]["action"] is held[n - R]["action"]
+        if n >= 1:
+            assert held[n]["action"].data_ptr() != held[n - 1]["action"].data_ptr()
+    assert len(held) > 2 * R
+
+
+def test_a_stream_change_starts_a_new_pool():
+    dev, host = _datasets()
+    builder, build = dev._device_batches(reuse=2, batch_size=4)
+    order = np.arange(len(dev))
+    builder.bind(dev._op.upload_indices(order))
+    first = [_snapshot(b) | {"ptr": b["state"].data_ptr()} for b in
+             (build(0, 4, (0, 0, 0)), build(4, 4, (0, 0, 1)))]
+    kept = build(8, 4, (0, 0, 2))  # reuses the first set of the ring
+    assert kept["state"].data_ptr() == first[0]["ptr"]
+    kept_values = _snapshot(kept)
+    builder._stream = lambda: 12345  # the current stream is now another one
+    after = [build(12, 4, (0, 0, 3)), build(16, 4, (0, 0, 4))]
+    assert {b["state"].data_ptr() for b in after}.isdisjoint({f["ptr"] for f in first})
+    _assert_batch_equal(kept, kept_values, "a batch of the old ring")  # not written again
+    _assert_batch_equal(after[1], host.__getitems__(order[16:20]), "new ring")
+
+
+def test_loader_keeps_its_builder_until_the_configuration_changes():
+    dev, _ = _datasets()
+    dl = rc.DataLoader(dev, batch_size=4, reuse_outputs=2)
+    next(iter(dl))
+    first = dl._builder[2]
+    list(dl)
+    assert dl._builder[2] is first  # kept across epochs: the ring survives them
+    dl.batch_size = 5
+    next(iter(dl))
+    assert dl._builder[2] is not first and dl._builder[2].batch_size == 5
+    second = dl._builder[2]
+    dl.reuse_outputs = 0
+    next(iter(dl))
+    assert dl._builder[2] is not second and dl._builder[2].reuse == 0
+    third = dl._builder[2]
+    dev._device_standin(torch.zeros(1))  # new tables: the old builder's pointers are stale
+    next(iter(dl))
+    assert dl._builder[2] is not third and dl._builder[2].op is dev._op
+
+
+def test_builder_refuses_unknown_entries_and_host_ops():
+    dev, host = _datasets()
+    with pytest.raises(KeyError, match="nope"):
+        dev._op.batch_builder(["state", "nope"])
+    with pytest.raises(RuntimeError, match="device tables"):
+        host._op.batch_builder(["state"])
+    # a key sharing another key's mask reads the owner's mask array
+    assert dev._op.resolve_name("grip_is_pad") == "action_is_pad"
+    assert dev._op.resolve_name("state_is_pad") == "state_is_pad"
+
+
+@pytest.mark.parametrize("reuse", [0, 2])
+def test_camera_keys_on_the_device_path(reuse):
+    """Camera keys come out of the pool as frame rows; the dataset turns them into frames (the
+    image transform keyed by seed / epoch / batch, a callable, or the raw gather)."""
+    rng = np.random.default_rng(4)
+    ends = np.array([1, 6, 14, 15, 23])
+    n = int(ends[-1])
+    st = rc.TrajectoryStore.from_arrays(
+        {"cam": rng.integers(0, 256, (n, 12, 16, 3), dtype=np.uint8),
+         "wrist": rng.integers(0, 256, (n, 4, 4, 1), dtype=np.uint8),
+         "top": rng.integers(0, 256, (n, 3, 5, 3), dtype=np.uint8),
+         "state": rng.standard_normal((n, 4)).astype(np.float32)},
+        episode_ends=ends, image_keys=("cam", "wrist", "top"), device="cpu")
+
+    def summed(frames, rows, is_pad):  # a callable transform: frames[rows] summed
+        return torch.from_numpy(np.asarray(frames)[rows.numpy()].sum(axis=(-3, -2, -1)))
+
+    kw = dict(delta_indices={"cam": [-1, 0], "wrist": [0, 2], "top": [-1, 0], "state": [0]},
+              pad="zero", image_transforms={
+                  "cam": rc.ImageTransform(crop=8, crop_mode="random", resize=(6, 6)),
+                  "wrist": summed})
+    dev, host = rc.TrajectoryDataset(st, **kw), rc.TrajectoryDataset(st, **kw)
+    dev._device_standin(torch.zeros(1))
+    a = rc.DataLoader(dev, batch_size=5, shuffle=True, seed=2, reuse_outputs=reuse)
+    b = rc.DataLoader(host, batch_size=5, shuffle=True, seed=2)
+    for epoch in range(2):
+        for n_batch, (got, want) in enumerate(zip(a, b, strict=True)):
+            _assert_batch_equal(_snapshot(got), want, f"epoch {epoch} batch {n_batch}")
+
+
+def test_batch_sampler_sampler_and_collate_on_the_device_path(monkeypatch):
+    monkeypatch.setattr(OW, "SLAB_BYTES", 3000)
+    dev, host = _datasets()
+    batches = [[3, 1, 4], [1, 5, 9], [2, 6], [], [5, 3, 5], [8, 9, 7], [9, 3, 2]]
+
+    def collate(batch):
+        return {"n": len(batch["index"]), **batch}
+
+    a = rc.DataLoader(dev, batch_sampler=batches, collate_fn=collate)
+    b = rc.DataLoader(host, batch_sampler=batches, collate_fn=collate)
+    got = list(a)  # held: batch-sampler batches of varying sizes come from fresh pools too
+    for n, (g, w) in enumerate(zip(got, list(b), strict=True)):
+        assert g.pop("n") == w.pop("n") == len(batches[n])
+        _assert_batch_equal(g, w, f"batch {n}")
+    assert sorted(a._builder[2]._pools) == [0, 2, 3]  # one pool per batch size
+    sampler = [7, 0, 3, 3, 11, 2, 5]
+    a = rc.DataLoader(dev, batch_size=3, sampler=sampler, reuse_outputs=2)
+    b = rc.DataLoader(host, batch_size=3, sampler=sampler)
+    for n, (g, w) in enumerate(zip(a, b, strict=True)):
+        _assert_batch_equal(_snapshot(g), w, f"sampler batch {n}")
