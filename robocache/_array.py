@@ -259,7 +259,10 @@ def contiguous(x):
     if lib == "cupy":
         import cupy
 
-        return cupy.ascontiguousarray(x)
+        if x.flags.c_contiguous:
+            return x
+        with cupy.cuda.Device(x.device.id):  # the copy runs on x's device, not the current one
+            return cupy.ascontiguousarray(x)
     return x.contiguous()
 
 

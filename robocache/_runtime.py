@@ -276,7 +276,8 @@ def zero_device(x) -> None:
             fast["memset_async"](x.data_ptr(), 0, nbytes, _torch_raw_stream(dev))
         return
     if fast["get_device"]() != x.device.id or not x.flags.c_contiguous:
-        x.fill(0)
+        with fast["Device"](x.device.id):  # CuPy's own fill, on x's device
+            x.fill(0)
     elif x.nbytes:
         fast["memset_async"](x.data.ptr, 0, x.nbytes, fast["current_stream"]().ptr)
 

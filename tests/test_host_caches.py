@@ -197,9 +197,9 @@ def test_zero_device_is_one_memset_on_the_current_stream(monkeypatch):
     x = _FakeCupyArray(0, nbytes=96)
     assert _array.zero_(x) is x
     assert fake.memsets == [(0xABC000, 0, 96, 777)] and x.filled is None
-    other = _FakeCupyArray(1)  # another device than the current one: CuPy's own fill
+    other = _FakeCupyArray(1)  # another device than the current one: CuPy's own fill, there
     _array.zero_(other)
-    assert other.filled == 0 and len(fake.memsets) == 1
+    assert other.filled == 0 and len(fake.memsets) == 1 and fake.entered == [1]
     strided = _FakeCupyArray(0, contiguous=False)
     _array.zero_(strided)
     assert strided.filled == 0 and len(fake.memsets) == 1

@@ -317,3 +317,28 @@ def test_gpu_store_stats_memory_check_and_torch_dataloader(monkeypatch):
     with pytest.raises(rc.DeviceMemoryError, match=r"only .* \(100 bytes\)"):
         cpu.to("cuda")
     assert free > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _runtime.cuda_available(), reason="needs a CUDA GPU")
+def test_gpu_loader_on_a_side_stream_equals_cpu():
+    """Batches built while another torch stream is current run on that stream and stay right;
+    the epoch's index array and the tables are marked as used there (record_stream)."""
+    import torch
+
+    cpu, cuda = _stores(2)
+    kw = dict(delta_indices={"observation.state": [-1, 0], "action": range(8)})
+    lg = rc.DataLoader(rc.TrajectoryDataset(cuda, **kw), batch_size=16, shuffle=True, seed=4)
+    lc = rc.DataLoader(rc.TrajectoryDataset(cpu, **kw), batch_size=16, shuffle=True, seed=4)
+    side = torch.cuda.Stream()
+    got = []
+    it = iter(lg)
+    got.append({k: v.clone() for k, v in next(it).items()})  # default stream
+    with torch.cuda.stream(side):
+        for b in it:
+            got.append({k: v.clone() for k, v in b.items()})
+    side.synchronize()
+    del lg, it
+    torch.cuda.synchronize()
+    for bg, bc in zip(got, lc, strict=True):
+        _assert_batches_equal(bg, bc)

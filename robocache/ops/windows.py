@@ -383,11 +383,28 @@ class BatchBuilder:
         self._static = op._static_ptrs
         self._idx_ptr = 0
         self._idx = None
+        self._streams_used: set = set()
 
     def bind(self, idx) -> None:
         """Read batch indices from the int64 array `idx` (next to the tables) from now on."""
         self._idx = idx  # kept alive while batches are built from it
         self._idx_ptr = int(self.op._ptr(idx))
+        self._streams_used = set()
+
+    def _mark_stream_use(self, stream) -> None:
+        """The first batch on a stream other than the one the index array and the tables were
+        made on: tell torch's allocator they are read there too, so their memory is not handed
+        out again (when the epoch's indices or the dataset are dropped) before those kernels end.
+        """
+        self._streams_used.add(stream)
+        if _array.library(self._like) != "torch" or not self._like.is_cuda:
+            return  # CuPy arrays: the pool frees per stream; host stand-ins: no streams
+        import torch
+
+        current = torch.cuda.current_stream(self._like.device)
+        for t in (self._idx, self.op.d_anchors, self.op.d_deltas):
+            if t is not None and t.is_cuda:
+                t.record_stream(current)
 
     def _new_pool(self, B: int, stream: int) -> OutputPool:
         ring = bool(self.reuse) and B == self.batch_size
@@ -407,6 +424,8 @@ class BatchBuilder:
         stream = self._stream()
         pool = self._pools.get(count)
         if pool is None or pool.next == pool.count or pool.stream != stream:
+            if stream not in self._streams_used:
+                self._mark_stream_use(stream)
             pool = self._new_pool(count, stream)
         j = pool.next
         arrays, desc, p_index, p_episode, p_frame = pool.sets[j]
