@@ -22,6 +22,8 @@ the store, or transformed when `image_transforms[key]` is given:
   own; direct `__getitems__` calls use seed 0, epoch 0 and a per-dataset call counter.
 - any callable `fn(frames, rows, is_pad)`: `frames` is the store's array, `rows` the clamped
   frame rows (int64 [B, K] or [B]) and `is_pad` the mask.
+A CUDA store made with frames_on_host=True keeps its camera keys in pinned host memory: the image
+kernel reads them over the bus (raw uint8 frames [B, K, H, W, C] without a transform).
 
 With torch's DataLoader, a CUDA store needs num_workers=0 (CUDA does not survive fork);
 robocache.DataLoader builds batches in the main process anyway.
@@ -147,6 +149,12 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         self._transforms = transforms
         self._image_plans = {k: t.plan(tuple(store[k].shape[1:]))
                              for k, t in transforms.items() if isinstance(t, ImageTransform)}
+        for k in self._image_keys:  # host-resident frames: the image kernel reads them raw
+            if k in store.host_keys and k not in transforms:
+                self._image_plans[k] = _images.make_plan(tuple(store[k].shape[1:]),
+                                                         out_dtype="uint8", layout="BKHWC",
+                                                         scale=None)
+        self._host_frame_ptrs: dict[str, np.uint64] = {}
         self._calls = 0  # random-draw batch counter of direct __getitems__ calls
         self._norm = self._resolve_norm(normalize, stats, normalize_eps, sources)
         wkeys = []
@@ -430,9 +438,20 @@ class TrajectoryDataset(torch.utils.data.Dataset):
             out = _to_torch(np.ascontiguousarray(out))
         else:
             B, K = rows2.shape
-            out = _array.empty(src, plan.out_shape(B, K), plan.out_dtype)
-            _images.apply_cuda(plan, src, rows2, mask2, out, rand)
+            out = _array.empty(rows2, plan.out_shape(B, K), plan.out_dtype)
+            _images.apply_cuda(plan, src, rows2, mask2, out, rand,
+                               frames_ptr=self._host_frames_ptr(key, rows2))
         return out if rows.ndim == 2 else out[:, 0]
+
+    def _host_frames_ptr(self, key: str, like):
+        """The device address of a host-resident (pinned) camera key, looked up once; None for
+        frames in device memory."""
+        if key not in self._store.host_keys:
+            return None
+        ptr = self._host_frame_ptrs.get(key)
+        if ptr is None:
+            ptr = self._host_frame_ptrs[key] = _images._mapped_pointer(self._sources[key], like)
+        return ptr
 
     def _frames(self, key: str):
         src = self._sources[key]

@@ -91,3 +91,24 @@ def test_cuda_store_images_equal_cpu_store(rng):
     b = rc.DataLoader(rc.TrajectoryDataset(gpu, **kw), batch_size=4, shuffle=True, seed=1)
     for x, y in zip(a, b, strict=True):
         np.testing.assert_allclose(x["cam"].numpy(), y["cam"].cpu().numpy(), atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("transform", [None, rc.ImageTransform(crop=8, resize=(6, 6))])
+def test_cuda_store_with_frames_on_host_equals_cpu_store(transform):
+    cpu, _, _ = _store(np.random.default_rng(6))
+    rng = np.random.default_rng(6)
+    ends = np.array([1, 6, 14, 15, 23])
+    frames = rng.integers(0, 256, size=(23, 12, 16, 3), dtype=np.uint8)
+    state = rng.standard_normal((23, 4)).astype(np.float32)
+    gpu = rc.TrajectoryStore.from_arrays({"cam": frames, "state": state}, episode_ends=ends,
+                                         fps=10.0, device="cuda", frames_on_host=True)
+    assert gpu.host_keys == ("cam",) and not gpu["cam"].is_cuda and gpu["cam"].is_pinned()
+    kw = dict(delta_indices={"cam": [-1, 0, 1]}, pad="zero")
+    if transform is not None:
+        kw["image_transforms"] = {"cam": transform}
+    a = rc.DataLoader(rc.TrajectoryDataset(cpu, **kw), batch_size=4, shuffle=True, seed=1)
+    b = rc.DataLoader(rc.TrajectoryDataset(gpu, **kw), batch_size=4, shuffle=True, seed=1)
+    for x, y in zip(a, b, strict=True):
+        assert y["cam"].is_cuda
+        np.testing.assert_allclose(x["cam"].numpy(), y["cam"].cpu().numpy(), atol=1e-5)

@@ -214,3 +214,38 @@ def test_batch_sampler_sampler_and_collate_on_the_device_path(monkeypatch):
     b = rc.DataLoader(host, batch_size=3, sampler=sampler)
     for n, (g, w) in enumerate(zip(a, b, strict=True)):
         _assert_batch_equal(_snapshot(g), w, f"sampler batch {n}")
+
+
+@pytest.mark.parametrize("pad", ["edge", "zero"])
+def test_host_resident_frames_read_by_the_image_kernel(monkeypatch, pad):
+    """frames_on_host: camera keys stay in (pinned) host memory and the image kernel reads them
+    through their mapped address - raw uint8 frames without a transform, or the transform's
+    output - equal to the NumPy backend's batches. Here the 'mapped address' is the host address
+    itself (the emulator reads host memory), standing in for cudaHostGetDevicePointer."""
+    from robocache.ops import images
+
+    rng = np.random.default_rng(8)
+    ends = np.array([1, 6, 14, 15, 23])
+    n = int(ends[-1])
+    arrays = {"cam": rng.integers(0, 256, (n, 12, 16, 3), dtype=np.uint8),
+              "top": rng.integers(0, 256, (n, 5, 7, 1), dtype=np.uint8),
+              "state": rng.standard_normal((n, 4)).astype(np.float32)}
+    st = rc.TrajectoryStore.from_arrays(arrays, episode_ends=ends, device="cpu")
+    st._host_keys = ("cam", "top")  # what a CUDA store with frames_on_host=True holds
+    mapped = []
+    monkeypatch.setattr(images, "_mapped_pointer",
+                        lambda frames, like: mapped.append(1) or np.uint64(frames.data_ptr()))
+    kw = dict(delta_indices={"cam": [-1, 0], "top": [0, 1], "state": [0]}, pad=pad,
+              image_transforms={"top": rc.ImageTransform(resize=(3, 3), out_dtype="float32")})
+    dev = rc.TrajectoryDataset(st, **kw)
+    st._host_keys = ()
+    host = rc.TrajectoryDataset(st, **kw)
+    st._host_keys = ("cam", "top")
+    dev._device_standin(torch.zeros(1))
+    for k in st._host_keys:  # a CUDA store holds them as pinned torch CPU tensors
+        dev._sources[k] = torch.from_numpy(arrays[k])
+    a = rc.DataLoader(dev, batch_size=4, shuffle=True, seed=6)
+    b = rc.DataLoader(host, batch_size=4, shuffle=True, seed=6)
+    for n_batch, (got, want) in enumerate(zip(a, b, strict=True)):
+        _assert_batch_equal(_snapshot(got), want, f"batch {n_batch}")
+    assert len(mapped) == 2  # looked up once per key, not per batch
