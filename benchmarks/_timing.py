@@ -88,6 +88,26 @@ def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
     return 2 * nbytes / (t["event_us"] * 1e-6) / 1e9
 
 
+def bench_main(run, name: str, doc: str | None, argv=None) -> int:
+    """The command line of every benchmark module: `python benchmarks/bench_X.py [--quick]
+    [--json out.json]` runs run(quick) and writes {"bench", "quick", "rows"} as JSON."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(description=(doc or name).strip().splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small iteration counts")
+    ap.add_argument("--json", type=Path, default=None, help="write the rows to this file")
+    args = ap.parse_args(argv)
+    rows = run(quick=args.quick)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"bench": name, "quick": args.quick, "rows": rows},
+                                        indent=2, default=str))
+        print(f"wrote {args.json}")
+    return 0
+
+
 def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
     print(f"\n## {title}")
     widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns]

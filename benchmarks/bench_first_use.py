@@ -18,6 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import _timing  # noqa: E402
 from benchmarks._timing import gpu_reason, print_table  # noqa: E402
 
 
@@ -92,4 +93,4 @@ def run(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
-    run(quick="--quick" in sys.argv)
+    sys.exit(_timing.bench_main(run, "first_use", __doc__))

@@ -28,9 +28,7 @@ the end of the last call's GPU work): the number the PERF.md targets are about.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import statistics
 import sys
 import time
@@ -41,6 +39,8 @@ import numpy as np
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import _timing  # noqa: E402
 
 # PERF.md targets (us per call, back-to-back on an H200, launch included)
 TARGETS = {"windows": 13.0, "resample": 10.0, "fuse": 12.0, "images": 20.0, "voxelize": 12.0}
@@ -300,20 +300,5 @@ def run(quick: bool = False) -> list[dict]:
     return rows
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--json", default=str(Path(__file__).resolve().parent / "out"
-                                          / "bench_host_overhead.json"))
-    args = ap.parse_args(argv)
-    rows = run(quick=args.quick)
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"bench": "host_overhead", "quick": args.quick, "rows": rows},
-                              indent=2, default=str))
-    print(f"wrote {out}")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_timing.bench_main(run, "host_overhead", __doc__))

@@ -23,8 +23,6 @@ GPU rows are skipped (with the reason printed) where no CUDA device is usable; C
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import time
@@ -326,16 +324,5 @@ def run(quick: bool = False) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--json", type=Path, default=None)
-    args = ap.parse_args()
-    rows = run(args.quick)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2))
-
-
 if __name__ == "__main__":
-    main()
+    sys.exit(_timing.bench_main(run, "images", __doc__))

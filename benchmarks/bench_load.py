@@ -19,7 +19,6 @@ GPU rows are skipped, with the reason printed, where there is no CUDA device.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -30,6 +29,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import _timing  # noqa: E402
 
 STATE, ACTION = 64, 32
 
@@ -238,11 +239,4 @@ def _print(rows: list[dict]) -> None:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
-    result = run(args.quick)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    sys.exit(_timing.bench_main(run, "load", __doc__))

@@ -6,7 +6,19 @@ without one the NumPy backend is compared with torch on the CPU at a small size.
 
 from __future__ import annotations
 
-from benchmarks._timing import gpu_available, print_table, time_cpu, time_gpu, torch_cuda_ready
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import _timing  # noqa: E402
+from benchmarks._timing import (  # noqa: E402
+    gpu_available,
+    print_table,
+    time_cpu,
+    time_gpu,
+    torch_cuda_ready,
+)
 
 COPY_GBS_H200 = 4160.0  # PERF.md: measured device-to-device copy, bytes read + written
 
@@ -110,4 +122,4 @@ def run(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
-    run(quick=False)
+    sys.exit(_timing.bench_main(run, "resample", __doc__))

@@ -15,8 +15,6 @@ Without a GPU only the CPU rows run. `run(quick)` is what benchmarks/run_all.py 
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import time
@@ -28,6 +26,8 @@ import numpy as np
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import _timing  # noqa: E402
 
 EPISODES, FRAMES, BATCH = 1000, 302_690, 256
 OBS_DELTAS, ACT_DELTAS = [-1, 0], list(range(16))
@@ -252,20 +252,5 @@ def run(quick: bool = False) -> list[dict]:
     return rows
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--json", default=str(Path(__file__).resolve().parent / "out"
-                                          / "bench_windows.json"))
-    args = ap.parse_args(argv)
-    rows = run(quick=args.quick)
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"bench": "windows", "quick": args.quick, "rows": rows}, indent=2,
-                              default=str))
-    print(f"wrote {out}")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_timing.bench_main(run, "windows", __doc__))
