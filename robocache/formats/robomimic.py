@@ -153,27 +153,27 @@ def _get(group, name: str, p: Path, where: str):
         raise DatasetFormatError(f"{p}: {where} is a dangling link") from None
 
 
-def _group(parent, name: str, p: Path, prefix: str = ""):
-    import h5py
-
+def _walk(parent, name: str, p: Path, prefix: str, kind, what: str):
+    """parent[name] through each path part (every link checked by _get), of type `kind`."""
     parts = name.split("/")
     obj = parent
     for i, part in enumerate(parts):
         obj = _get(obj, part, p, prefix + "/".join(parts[:i + 1]))
-    if not isinstance(obj, h5py.Group):
-        raise DatasetFormatError(f"{p}: {prefix}{name} is not a group")
+    if not isinstance(obj, kind):
+        raise DatasetFormatError(f"{p}: {prefix}{name} is not a {what}")
     return obj
+
+
+def _group(parent, name: str, p: Path, prefix: str = ""):
+    import h5py
+
+    return _walk(parent, name, p, prefix, h5py.Group, "group")
 
 
 def _dataset(parent, name: str, p: Path, prefix: str = ""):
     import h5py
 
-    parts = name.split("/")
-    obj = parent
-    for i, part in enumerate(parts):
-        obj = _get(obj, part, p, prefix + "/".join(parts[:i + 1]))
-    if not isinstance(obj, h5py.Dataset):
-        raise DatasetFormatError(f"{p}: {prefix}{name} is not a dataset")
+    obj = _walk(parent, name, p, prefix, h5py.Dataset, "dataset")
     if obj.ndim < 1:
         raise DatasetFormatError(f"{p}: {prefix}{name} is a scalar; expected one row per sample")
     return obj
