@@ -473,10 +473,14 @@ def _with_meta(names, store) -> tuple[str, ...]:
 
 def _stat_array(key: str, name: str, value, F: int) -> np.ndarray:
     try:
-        arr = np.asarray(_array.to_numpy(_array.as_array(f"stats[{key!r}][{name!r}]", value)),
-                         dtype=np.float64)
-    except TypeError:
-        arr = np.asarray(value, dtype=np.float64)
+        try:
+            arr = _array.to_numpy(_array.as_array(f"stats[{key!r}][{name!r}]", value))
+        except TypeError:
+            arr = value
+        arr = np.asarray(arr, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"stats[{key!r}][{name!r}]: expected numbers (one per feature), got "
+                        f"{value!r:.80}") from e
     if arr.size == 1:
         arr = np.full(F, float(arr.reshape(-1)[0]))
     if arr.size != F:

@@ -299,6 +299,9 @@ def test_normalization_stats_priority_eps_and_errors():
     with pytest.raises(ValueError, match=r"stats\['action'\]\['mean'\]: expected 2 values"):
         rc.TrajectoryDataset(st, normalize={"action": "mean_std"},
                              stats={"action": {"mean": [0, 0, 0], "std": [1, 1, 1]}})
+    with pytest.raises(TypeError, match=r"stats\['action'\]\['mean'\]: expected numbers"):
+        rc.TrajectoryDataset(st, normalize={"action": "mean_std"},
+                             stats={"action": {"mean": ["a", "b"], "std": [1, 1]}})
     ident = rc.TrajectoryDataset(st, normalize={"action": "identity"})
     np.testing.assert_array_equal(ident[2]["action"].numpy(), arrays["action"][2])
 
