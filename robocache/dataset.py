@@ -19,7 +19,8 @@ the store, or transformed when `image_transforms[key]` is given:
   resized, normalized [B, K, C, h, w] tensor (ops/images.py has the exact semantics). Padded
   frames follow the dataset's pad rule (edge: the clamped frame; zero: an all-zero image).
   Random crops / jitter are keyed by (seed, epoch, batch number): robocache.DataLoader passes its
-  own; direct `__getitems__` calls use seed 0, epoch 0 and a per-dataset call counter.
+  own; direct `__getitems__` calls use seed 0 (in a torch DataLoader worker: the worker's seed,
+  fresh every epoch), epoch 0 and a per-dataset call counter.
 - any callable `fn(frames, rows, is_pad)`: `frames` is the store's array, `rows` the clamped
   frame rows (int64 [B, K] or [B]) and `is_pad` the mask.
 A CUDA store made with frames_on_host=True keeps its camera keys in pinned host memory: the image
@@ -359,7 +360,10 @@ class TrajectoryDataset(torch.utils.data.Dataset):
     def __getitems__(self, indices) -> WindowBatch:
         """The batch of `indices` (list / array / tensor of ints) as one dict of tensors."""
         idx = self._check_indices(indices)
-        draw = (0, 0, self._calls)
+        # in a torch DataLoader worker, key the draws by the worker's seed (torch draws a fresh
+        # base seed per epoch, + worker id), or every worker and epoch repeats the same crops
+        info = torch.utils.data.get_worker_info()
+        draw = (0 if info is None else info.seed % 2**64, 0, self._calls)
         self._calls += 1
         if not self._op.on_device:
             return self._finish(self._op.run_numpy(idx), torch_from_numpy=True, draw=draw)
