@@ -182,6 +182,12 @@ class DataLoader:
         self._resume = None      # batch to start the next iteration at (load_state_dict)
         self._builder = None  # (op, key, builder, build) of the device path: _device_path
 
+    def __repr__(self) -> str:
+        return (f"DataLoader({len(self.dataset)} anchors, batch_size={self.batch_size}, "
+                f"shuffle={self.shuffle}, drop_last={self.drop_last}, "
+                f"sampling={self.sampling!r}, seed={self.seed}, epoch={self._epoch}, "
+                f"rank={self.rank}/{self.world_size}, device={self.dataset.device!r})")
+
     # -----------------------------------------------------------------------------------------
     # epoch order
 

@@ -267,3 +267,9 @@ def test_seed_out_of_range_and_incomplete_state_are_named_up_front():
             rc.DataLoader(ds, batch_size=2, shuffle=True, seed=bad)
     with pytest.raises(ValueError, match="without"):
         rc.DataLoader(ds, batch_size=2).load_state_dict({"version": 1})
+
+
+def test_repr_says_what_the_loader_does():
+    store = rc.TrajectoryStore.from_arrays({"x": np.arange(10.0)[:, None]}, [4, 10])
+    r = repr(rc.DataLoader(rc.TrajectoryDataset(store), batch_size=3, shuffle=True, seed=7))
+    assert r.startswith("DataLoader(10 anchors, batch_size=3, shuffle=True") and "seed=7" in r
