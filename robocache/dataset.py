@@ -426,8 +426,15 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                 continue
             fn = self._transforms.get(k)
             frames = self._frames(k)
-            batch[k] = fn(frames, rows, mask) if fn is not None else \
-                gather_frames(frames, rows, zero_mask)
+            if fn is None:
+                batch[k] = gather_frames(frames, rows, zero_mask)
+                continue
+            try:
+                batch[k] = fn(frames, rows, mask)
+            except TypeError as e:  # e.g. a torchvision transform, which takes one image
+                raise TypeError(f"image_transforms[{k!r}]: expected an rc.ImageTransform or a "
+                                f"callable fn(frames, rows, is_pad), got {fn!r:.80}, which "
+                                f"raised TypeError: {e}") from e
         return batch
 
     def _transform_frames(self, key: str, plan, rows, zero_mask, draw):

@@ -78,6 +78,10 @@ def test_anchor_only_camera_key_and_unknown_options(rng):
     with pytest.raises(ValueError, match="crop"):
         rc.TrajectoryDataset(store, delta_indices={"cam": [0]},
                              image_transforms={"cam": rc.ImageTransform(crop=(40, 40))})
+    # a one-argument transform (torchvision style) is named, with what was expected
+    ds = rc.TrajectoryDataset(store, image_transforms={"cam": torch.nn.Identity()})
+    with pytest.raises(TypeError, match=r"image_transforms\['cam'\]: expected .*fn\(frames"):
+        ds[0]
 
 
 @pytest.mark.gpu
