@@ -354,6 +354,9 @@ class TrajectoryDataset(torch.utils.data.Dataset):
             index = index.item()
         if isinstance(index, bool) or not isinstance(index, numbers.Integral):
             raise TypeError(f"index: expected an int, got {type(index).__name__}")
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index: expected an int in [{-n}, {n}), got {int(index)}")
         batch = self.__getitems__([int(index)])
         return {k: v[0] for k, v in batch.items()}
 

@@ -401,7 +401,7 @@ def test_getitem_equals_getitems_row_and_index_errors():
             assert torch.equal(item[k], batch[k][j]), k
     assert torch.equal(ds[-1]["action"], ds[len(ds) - 1]["action"])
     assert torch.equal(ds[torch.tensor(3)]["index"], torch.tensor(3))
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match=r"^index: expected an int in \["):
         ds[len(ds)]
     with pytest.raises(IndexError):
         ds.__getitems__([0, -len(ds) - 1])
