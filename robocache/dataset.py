@@ -19,7 +19,8 @@ the store, or transformed when `image_transforms[key]` is given:
   resized, normalized [B, K, C, h, w] tensor (ops/images.py has the exact semantics). Padded
   frames follow the dataset's pad rule (edge: the clamped frame; zero: an all-zero image).
   Random crops / jitter are keyed by (seed, epoch, batch number): robocache.DataLoader passes its
-  own; direct `__getitems__` calls use seed 0, epoch 0 and a per-dataset call counter.
+  own; direct `__getitems__` calls use seed 0 (in a torch DataLoader worker: the worker's seed,
+  fresh every epoch), epoch 0 and a per-dataset call counter.
 - any callable `fn(frames, rows, is_pad)`: `frames` is the store's array, `rows` the clamped
   frame rows (int64 [B, K] or [B]) and `is_pad` the mask.
 A CUDA store made with frames_on_host=True keeps its camera keys in pinned host memory: the image
@@ -353,13 +354,19 @@ class TrajectoryDataset(torch.utils.data.Dataset):
             index = index.item()
         if isinstance(index, bool) or not isinstance(index, numbers.Integral):
             raise TypeError(f"index: expected an int, got {type(index).__name__}")
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index: expected an int in [{-n}, {n}), got {int(index)}")
         batch = self.__getitems__([int(index)])
         return {k: v[0] for k, v in batch.items()}
 
     def __getitems__(self, indices) -> WindowBatch:
         """The batch of `indices` (list / array / tensor of ints) as one dict of tensors."""
         idx = self._check_indices(indices)
-        draw = (0, 0, self._calls)
+        # in a torch DataLoader worker, key the draws by the worker's seed (torch draws a fresh
+        # base seed per epoch, + worker id), or every worker and epoch repeats the same crops
+        info = torch.utils.data.get_worker_info()
+        draw = (0 if info is None else info.seed % 2**64, 0, self._calls)
         self._calls += 1
         if not self._op.on_device:
             return self._finish(self._op.run_numpy(idx), torch_from_numpy=True, draw=draw)
@@ -422,8 +429,15 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                 continue
             fn = self._transforms.get(k)
             frames = self._frames(k)
-            batch[k] = fn(frames, rows, mask) if fn is not None else \
-                gather_frames(frames, rows, zero_mask)
+            if fn is None:
+                batch[k] = gather_frames(frames, rows, zero_mask)
+                continue
+            try:
+                batch[k] = fn(frames, rows, mask)
+            except TypeError as e:  # e.g. a torchvision transform, which takes one image
+                raise TypeError(f"image_transforms[{k!r}]: expected an rc.ImageTransform or a "
+                                f"callable fn(frames, rows, is_pad), got {fn!r:.80}, which "
+                                f"raised TypeError: {e}") from e
         return batch
 
     def _transform_frames(self, key: str, plan, rows, zero_mask, draw):
@@ -473,10 +487,14 @@ def _with_meta(names, store) -> tuple[str, ...]:
 
 def _stat_array(key: str, name: str, value, F: int) -> np.ndarray:
     try:
-        arr = np.asarray(_array.to_numpy(_array.as_array(f"stats[{key!r}][{name!r}]", value)),
-                         dtype=np.float64)
-    except TypeError:
-        arr = np.asarray(value, dtype=np.float64)
+        try:
+            arr = _array.to_numpy(_array.as_array(f"stats[{key!r}][{name!r}]", value))
+        except TypeError:
+            arr = value
+        arr = np.asarray(arr, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"stats[{key!r}][{name!r}]: expected numbers (one per feature), got "
+                        f"{value!r:.80}") from e
     if arr.size == 1:
         arr = np.full(F, float(arr.reshape(-1)[0]))
     if arr.size != F:

@@ -145,6 +145,8 @@ class DataLoader:
                              f"{reuse_outputs!r}")
         if seed is not None and not _is_int(seed):
             raise TypeError(f"seed: expected an int or None, got {type(seed).__name__}")
+        if seed is not None and not 0 <= seed < 2**64:  # PCG64 and the image draws' key
+            raise ValueError(f"seed: expected an int in [0, 2**64), got {seed!r}")
         self.dataset = dataset
         self.batch_size = batch_size
         self.shuffle = bool(shuffle) or sampling == "episode"
@@ -179,6 +181,12 @@ class DataLoader:
         self._position = 0       # batches handed out in the current epoch
         self._resume = None      # batch to start the next iteration at (load_state_dict)
         self._builder = None  # (op, key, builder, build) of the device path: _device_path
+
+    def __repr__(self) -> str:
+        return (f"DataLoader({len(self.dataset)} anchors, batch_size={self.batch_size}, "
+                f"shuffle={self.shuffle}, drop_last={self.drop_last}, "
+                f"sampling={self.sampling!r}, seed={self.seed}, epoch={self._epoch}, "
+                f"rank={self.rank}/{self.world_size}, device={self.dataset.device!r})")
 
     # -----------------------------------------------------------------------------------------
     # epoch order
@@ -306,6 +314,10 @@ class DataLoader:
             raise ValueError(f"state: expected a DataLoader.state_dict() of version "
                              f"{STATE_VERSION}, got {state!r:.200}")
         mine = self.state_dict()
+        missing = [k for k in mine if k not in state]
+        if missing:
+            raise ValueError(f"state: expected a DataLoader.state_dict(), got a dict without "
+                             f"{missing}")
         for k in ("num_anchors", "batch_size", "drop_last", "shuffle", "sampling", "world_size",
                   "rank"):
             if state[k] != mine[k]:

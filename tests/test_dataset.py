@@ -299,6 +299,9 @@ def test_normalization_stats_priority_eps_and_errors():
     with pytest.raises(ValueError, match=r"stats\['action'\]\['mean'\]: expected 2 values"):
         rc.TrajectoryDataset(st, normalize={"action": "mean_std"},
                              stats={"action": {"mean": [0, 0, 0], "std": [1, 1, 1]}})
+    with pytest.raises(TypeError, match=r"stats\['action'\]\['mean'\]: expected numbers"):
+        rc.TrajectoryDataset(st, normalize={"action": "mean_std"},
+                             stats={"action": {"mean": ["a", "b"], "std": [1, 1]}})
     ident = rc.TrajectoryDataset(st, normalize={"action": "identity"})
     np.testing.assert_array_equal(ident[2]["action"].numpy(), arrays["action"][2])
 
@@ -398,7 +401,7 @@ def test_getitem_equals_getitems_row_and_index_errors():
             assert torch.equal(item[k], batch[k][j]), k
     assert torch.equal(ds[-1]["action"], ds[len(ds) - 1]["action"])
     assert torch.equal(ds[torch.tensor(3)]["index"], torch.tensor(3))
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match=r"^index: expected an int in \["):
         ds[len(ds)]
     with pytest.raises(IndexError):
         ds.__getitems__([0, -len(ds) - 1])

@@ -78,6 +78,10 @@ def test_anchor_only_camera_key_and_unknown_options(rng):
     with pytest.raises(ValueError, match="crop"):
         rc.TrajectoryDataset(store, delta_indices={"cam": [0]},
                              image_transforms={"cam": rc.ImageTransform(crop=(40, 40))})
+    # a one-argument transform (torchvision style) is named, with what was expected
+    ds = rc.TrajectoryDataset(store, image_transforms={"cam": torch.nn.Identity()})
+    with pytest.raises(TypeError, match=r"image_transforms\['cam'\]: expected .*fn\(frames"):
+        ds[0]
 
 
 @pytest.mark.gpu
@@ -112,3 +116,18 @@ def test_cuda_store_with_frames_on_host_equals_cpu_store(transform):
     for x, y in zip(a, b, strict=True):
         assert y["cam"].is_cuda
         np.testing.assert_allclose(x["cam"].numpy(), y["cam"].cpu().numpy(), atol=1e-5)
+
+
+def test_torch_dataloader_workers_draw_different_crops_per_worker_and_epoch():
+    # the top-left pixel of each crop encodes its offset
+    N = 32
+    frames = np.broadcast_to(np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1),
+                             (N, 16, 16, 1)).copy()
+    st = rc.TrajectoryStore.from_arrays({"cam": frames}, [N], image_keys=["cam"])
+    ds = rc.TrajectoryDataset(st, image_transforms={"cam": rc.ImageTransform(
+        crop=8, crop_mode="random", out_dtype="uint8")})
+    torch.manual_seed(0)
+    dl = torch.utils.data.DataLoader(ds, batch_size=16, num_workers=2)
+    e1, e2 = ([b["cam"][:, 0, 0, 0].tolist() for b in dl] for _ in range(2))
+    assert e1[0] != e1[1]  # batch 0 and batch 1 come from different workers
+    assert e1 != e2        # non-persistent workers are forked afresh each epoch

@@ -85,6 +85,9 @@ def test_filter_key_and_obs_keys(tmp_path):
         read_robomimic(tmp_path / "d.hdf5", filter_key="test")
     with pytest.raises(ValueError, match="'nope' is not an observation"):
         read_robomimic(tmp_path / "d.hdf5", obs_keys=["nope"])
+    # the store's own key names ("obs/<name>") select the same observations
+    src = read_robomimic(tmp_path / "d.hdf5", obs_keys=["obs/object"], filter_key="train")
+    assert list(src.arrays)[:2] == ["obs/object", "actions"]
 
 
 def test_mask_naming_a_missing_demo(tmp_path):

@@ -257,3 +257,19 @@ def test_worker_arguments_are_accepted_no_ops():
                        pin_memory_device="cuda", in_order=False)
     ref = rc.DataLoader(ds, batch_size=8, shuffle=True, seed=1)
     np.testing.assert_array_equal(_indices(dl), _indices(ref))
+
+
+def test_seed_out_of_range_and_incomplete_state_are_named_up_front():
+    store = rc.TrajectoryStore.from_arrays({"x": np.arange(10.0)[:, None]}, [4, 10])
+    ds = rc.TrajectoryDataset(store)
+    for bad in (-1, 2**64):  # PCG64 rejects negatives at iteration; the image key needs < 2**64
+        with pytest.raises(ValueError, match=r"seed: expected an int in \[0, 2\*\*64\)"):
+            rc.DataLoader(ds, batch_size=2, shuffle=True, seed=bad)
+    with pytest.raises(ValueError, match="without"):
+        rc.DataLoader(ds, batch_size=2).load_state_dict({"version": 1})
+
+
+def test_repr_says_what_the_loader_does():
+    store = rc.TrajectoryStore.from_arrays({"x": np.arange(10.0)[:, None]}, [4, 10])
+    r = repr(rc.DataLoader(rc.TrajectoryDataset(store), batch_size=3, shuffle=True, seed=7))
+    assert r.startswith("DataLoader(10 anchors, batch_size=3, shuffle=True") and "seed=7" in r

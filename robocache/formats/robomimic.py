@@ -51,6 +51,9 @@ def read_robomimic(path, obs_keys=None, filter_key: str | None = None,
             obs_names = sorted(obs_group.keys())
         else:
             obs_names = [obs_keys] if isinstance(obs_keys, str) else list(obs_keys)
+            # the store's key names ("obs/<name>") are accepted too
+            obs_names = [k[4:] if isinstance(k, str) and k.startswith("obs/")
+                         and k not in obs_group else k for k in obs_names]
             if len(set(obs_names)) != len(obs_names):
                 raise ValueError(f"obs_keys: expected distinct names, got {obs_names}")
             for k in obs_names:
