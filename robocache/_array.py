@@ -137,6 +137,20 @@ def dtype_name(x) -> str:
     return name
 
 
+def dtype_name_of(spec):
+    """A dtype given as a name ("float16"), a NumPy dtype or type (np.float16, ml_dtypes'
+    bfloat16) or a torch dtype (torch.float16) -> its name; anything else is returned as is
+    (for the caller's own check to report)."""
+    if isinstance(spec, str):
+        return spec
+    if type(spec).__module__.startswith("torch"):
+        return str(spec).removeprefix("torch.")
+    try:
+        return np.dtype(spec).name
+    except TypeError:
+        return spec
+
+
 def namespace(x):
     """The module whose functions operate on x (numpy, cupy or torch)."""
     lib = library(x)

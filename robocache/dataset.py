@@ -148,8 +148,13 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                 raise ValueError(f"image_transforms: expected camera-frame keys "
                                  f"{list(self._image_keys)}, got {k!r}")
         self._transforms = transforms
-        self._image_plans = {k: t.plan(tuple(store[k].shape[1:]))
-                             for k, t in transforms.items() if isinstance(t, ImageTransform)}
+        self._image_plans = {}
+        for k, t in transforms.items():
+            if isinstance(t, ImageTransform):
+                try:
+                    self._image_plans[k] = t.plan(tuple(store[k].shape[1:]))
+                except (ValueError, TypeError) as exc:  # say which camera's transform it is
+                    raise type(exc)(f"image_transforms[{k!r}]: {exc}") from None
         for k in self._image_keys:  # host-resident frames: the image kernel reads them raw
             if k in store.host_keys and k not in transforms:
                 self._image_plans[k] = _images.make_plan(tuple(store[k].shape[1:]),
@@ -253,6 +258,10 @@ class TrajectoryDataset(torch.utils.data.Dataset):
 
     def _out_dtype(self, key: str, src, dtype, norm) -> str | None:
         in_dt = _array.dtype_name(src)
+        if isinstance(dtype, Mapping):  # torch / NumPy dtypes are accepted as well as names
+            dtype = {k: _array.dtype_name_of(v) for k, v in dtype.items()}
+        elif dtype is not None:
+            dtype = _array.dtype_name_of(dtype)
         want = dtype.get(key) if isinstance(dtype, Mapping) else dtype
         if isinstance(dtype, Mapping):
             for k in dtype:
@@ -337,6 +346,9 @@ class TrajectoryDataset(torch.utils.data.Dataset):
             idx = indices.detach().cpu().numpy()
         else:
             idx = np.asarray(indices)
+        if idx.ndim > 1:
+            raise ValueError(f"indices: expected a 1-D list of dataset indices, got shape "
+                             f"{idx.shape}")
         if idx.size == 0:
             return np.zeros(0, np.int64)
         if idx.dtype == np.bool_ or not np.issubdtype(idx.dtype, np.integer):

@@ -131,3 +131,25 @@ def test_torch_dataloader_workers_draw_different_crops_per_worker_and_epoch():
     e1, e2 = ([b["cam"][:, 0, 0, 0].tolist() for b in dl] for _ in range(2))
     assert e1[0] != e1[1]  # batch 0 and batch 1 come from different workers
     assert e1 != e2        # non-persistent workers are forked afresh each epoch
+
+
+def test_dtypes_given_as_torch_or_numpy_types_and_early_transform_errors(rng):
+    store, frames, _ = _store(rng)
+    tf = rc.ImageTransform(crop=6, out_dtype=torch.bfloat16)
+    assert tf.options["out_dtype"] == "bfloat16"
+    ds = rc.TrajectoryDataset(store, delta_indices={"cam": [0], "state": [0]},
+                              dtype={"state": np.float16}, image_transforms={"cam": tf})
+    batch = ds.__getitems__([0, 3])
+    assert batch["cam"].dtype == torch.bfloat16 and batch["state"].dtype == torch.float16
+    ds2 = rc.TrajectoryDataset(store, delta_indices={"state": [0]}, keys=["state"],
+                               dtype=torch.float64)
+    assert ds2[0]["state"].dtype == torch.float64
+    out = rc.crop_resize_normalize(frames, np.array([[0]]), out_dtype=np.float16)
+    assert out.dtype == np.float16
+    with pytest.raises(ValueError, match="crop_mode"):
+        rc.ImageTransform(crop_mode="rand")  # caught when made, not at the first batch
+    with pytest.raises(ValueError, match=r"image_transforms\['cam'\]: crop"):
+        rc.TrajectoryDataset(store, delta_indices={"cam": [0]},
+                             image_transforms={"cam": rc.ImageTransform(crop=(99, 99))})
+    with pytest.raises(ValueError, match="1-D"):
+        ds.__getitems__([[0, 1], [2, 3]])

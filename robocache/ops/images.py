@@ -181,6 +181,7 @@ def make_plan(frame_shape, *, crop=None, crop_mode: str = "center", per_frame_cr
     if H * W * C > _I32_MAX:
         V.fail("frames", f"at most {_I32_MAX} bytes per frame", f"{H}x{W}x{C}")
     V.check_choice("crop_mode", crop_mode, CROP_MODES)
+    out_dtype = _array.dtype_name_of(out_dtype)
     V.check_choice("out_dtype", out_dtype, OUT_DTYPES)
     V.check_choice("layout", layout, LAYOUTS)
     for name, flag in (("per_frame_crop", per_frame_crop), ("per_frame_jitter", per_frame_jitter)):
@@ -239,6 +240,13 @@ class ImageTransform:
         if unknown:
             V.fail("ImageTransform", f"keyword arguments among {list(self._FIELDS)}",
                    repr(unknown), TypeError)
+        if "out_dtype" in options:  # torch / NumPy dtypes as well as names
+            options["out_dtype"] = _array.dtype_name_of(options["out_dtype"])
+        # what can be checked without the frames' shape is checked now
+        for name, choices in (("crop_mode", CROP_MODES), ("out_dtype", OUT_DTYPES),
+                              ("layout", LAYOUTS)):
+            if name in options:
+                V.check_choice(name, options[name], choices)
         self.options = options
 
     def plan(self, frame_shape) -> ImagePlan:
