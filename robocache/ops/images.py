@@ -645,13 +645,9 @@ def apply_numpy(plan: ImagePlan, frames: np.ndarray, indices: np.ndarray,
 # CUDA backend
 
 
-def launch_config(plan: ImagePlan, B: int, K: int) -> tuple[tuple[int, int], tuple[int]]:
-    """grid (images, tiles per image) and block: ~PIXELS_PER_THREAD pixels per thread."""
-    return _launch_config(plan.size, B, K)
-
-
 @functools.lru_cache(maxsize=256)
 def _launch_config(size: tuple[int, int], B: int, K: int):
+    """grid (images, tiles per image) and block: ~PIXELS_PER_THREAD pixels per thread."""
     npix = size[0] * size[1]
     threads = min(THREADS, max(32, -(-npix // 32) * 32))
     tiles = max(1, min(65535, -(-npix // (threads * PIXELS_PER_THREAD))))
