@@ -32,8 +32,7 @@ compile-check: $(STAMP)
 	$(PYTHON) -m robocache compile --check
 
 gpu-check:
-	PYTHONPATH=$(CURDIR) $(GPU_PY) -m pytest -q -m gpu -p no:cacheprovider tests
-	PYTHONPATH=$(CURDIR) $(GPU_PY) benchmarks/run_all.py --quick --json benchmarks/out/gpu-check.json
+	GPU_PY=$(GPU_PY) bash tools/gpu_check.sh benchmarks/out
 
 bench: $(STAMP)
 	$(PYTHON) benchmarks/run_all.py --json benchmarks/out/bench.json

@@ -41,6 +41,14 @@ def main(argv=None) -> int:
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "device": _device_name(), "python": platform.python_version(), "results": {}}
     failed = []
+    try:  # the byte floors of this card: device-to-device copy, bytes read + written
+        from benchmarks import _timing
+
+        if _timing.gpu_reason() is None:
+            report["copy_gbs"] = _timing.copy_bandwidth_gbs()
+            print(f"device-to-device copy: {report['copy_gbs']:.0f} GB/s (read + written)")
+    except Exception:
+        traceback.print_exc()
     for name in names:
         print(f"\n# bench_{name}", flush=True)
         try:
