@@ -7,6 +7,7 @@ CPU: median wall time per call.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 
@@ -78,6 +79,37 @@ def time_cpu(fn, *, warmup: int = 2, iters: int = 10) -> dict:
     return {"median_us": statistics.median(samples)}
 
 
+def device_us(fn, *, calls: int = 50) -> dict | None:
+    """GPU time per call of what fn queues (kernels, memsets, copies), read by the CUDA profiler
+    (CUPTI through torch.profiler): {"us": total per call, "top": "name us, ..."}. Beside the
+    back-to-back time it tells launch-bound calls (b2b >> device time) from GPU-bound ones.
+    None when the profiler is unusable here."""
+    try:
+        import torch
+        from torch.autograd import DeviceType
+        from torch.profiler import ProfilerActivity, profile
+
+        fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize()
+        per_name: dict[str, float] = {}
+        for e in prof.events():
+            if e.device_type == DeviceType.CUDA:
+                per_name[e.name] = per_name.get(e.name, 0.0) + e.time_range.elapsed_us()
+    except Exception as exc:  # a profiler that cannot start must not cost the other figures
+        print(f"device_us: profiler unusable ({type(exc).__name__}: {exc})")
+        return None
+    if not per_name:
+        return None
+    top = sorted(per_name.items(), key=lambda kv: -kv[1])[:3]
+    return {"us": sum(per_name.values()) / calls,
+            "top": ", ".join(f"{n.split('(')[0][:40]} {t / calls:.1f}" for n, t in top)}
+
+
+@functools.cache
 def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
     """Device-to-device copy bandwidth, counting bytes read + written (the PERF.md ceiling)."""
     import torch

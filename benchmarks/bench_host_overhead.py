@@ -43,7 +43,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from benchmarks import _timing  # noqa: E402
 
 # PERF.md targets (us per call, back-to-back on an H200, launch included)
-TARGETS = {"windows": 13.0, "resample": 10.0, "fuse": 12.0, "images": 20.0, "voxelize": 12.0}
+TARGETS = {"baseline": 0.0, "windows": 13.0, "resample": 10.0, "fuse": 12.0, "images": 20.0, "voxelize": 12.0}
 LAUNCH_US = 7.0  # PERF.md: an empty CuPy RawKernel launch, back-to-back
 
 
@@ -114,7 +114,13 @@ def per_call_us(fn, *, calls: int, repeats: int, gpu: bool = False, warmup: int 
             fn()
         _sync(gpu)
         samples.append((time.perf_counter() - t0) / calls * 1e6)
-    return {"us": statistics.median(samples), "us_min": min(samples)}
+    return {"us": statistics.median(samples), "us_min": min(samples), **_device_time(fn, gpu)}
+
+
+def _device_time(fn, gpu: bool) -> dict:
+    """GPU time per call (CUDA profiler) on a GPU: b2b well above it means launch-bound."""
+    dev = _timing.device_us(fn) if gpu else None
+    return {} if dev is None else {"gpu_us": dev["us"], "gpu_top": dev["top"]}
 
 
 def per_batch_us(make_iter, *, batches: int, repeats: int, gpu: bool = False) -> dict:
@@ -130,7 +136,10 @@ def per_batch_us(make_iter, *, batches: int, repeats: int, gpu: bool = False) ->
         samples.append((time.perf_counter() - t0) / max(n, 1) * 1e6)
         del it
     samples = samples[1:]  # the first repeat warms caches
-    return {"us": statistics.median(samples), "us_min": min(samples)}
+    it = make_iter()
+    next(it)
+    return {"us": statistics.median(samples), "us_min": min(samples),
+            **_device_time(lambda: next(it), gpu)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,7 +219,7 @@ def _image_rows(quick: bool, device: str) -> list[dict]:
     from robocache import _array
     from robocache.ops import _random, images
 
-    frames = torch.zeros((2000, 96, 96, 3), dtype=torch.uint8, device=device)
+    frames = torch.randint(0, 256, (2000, 96, 96, 3), dtype=torch.uint8).to(device)
     idx = torch.randint(0, 2000, (256, 2)).to(device)
     kw = dict(crop=84, crop_mode="random", mean=(0.485, 0.456, 0.406),
               std=(0.229, 0.224, 0.225))
@@ -258,7 +267,27 @@ def _voxel_rows(quick: bool, device: str) -> list[dict]:
     return rows
 
 
-PARTS = (_window_rows, _resample_rows, _image_rows, _voxel_rows)
+def _launch_rows(quick: bool, device: str) -> list[dict]:
+    """The machine's own launch costs (GPU only): what every hot path above pays at least."""
+    if device != "cuda":
+        return []
+    import cupy
+    import torch
+
+    empty = cupy.RawKernel('extern "C" __global__ void empty_kernel(int x) {}', "empty_kernel")
+    arg = np.int32(1)
+    x = torch.ones(1, device="cuda")
+    calls, repeats = (300, 3) if quick else (2000, 9)
+    return [
+        {"path": "baseline", "call": "empty CuPy RawKernel launch (1 block, 1 int arg)",
+         **per_call_us(lambda: empty((1,), (32,), (arg,)), calls=calls, repeats=repeats,
+                       gpu=True)},
+        {"path": "baseline", "call": "torch x.add_(1) on 1 element",
+         **per_call_us(lambda: x.add_(1), calls=calls, repeats=repeats, gpu=True)},
+    ]
+
+
+PARTS = (_launch_rows, _window_rows, _resample_rows, _image_rows, _voxel_rows)
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -291,12 +320,15 @@ def run(quick: bool = False) -> list[dict]:
     for mode in dict.fromkeys(r["mode"] for r in rows):
         extra = " (+launch: plus one ~7 us launch)" if mode.startswith("host") else ""
         print(f"\n## {mode}: us per call{extra}")
-        print(f"{'path':9} | {'call':{w}} | {'us':>7} | {'min':>7} | {'+launch':>7} | target")
+        print(f"{'path':9} | {'call':{w}} | {'us':>7} | {'min':>7} | {'+launch':>7} | target | "
+              f"GPU us (profiler: kernels per call)")
         for r in rows:
             if r["mode"] == mode:
                 plus = r.get("plus_launch_us")
+                dev = f"{r['gpu_us']:.1f} ({r['gpu_top']})" if "gpu_us" in r else "-"
                 print(f"{r['path']:9} | {r['call']:{w}} | {r['us']:7.2f} | {r['us_min']:7.2f} | "
-                      f"{'-' if plus is None else f'{plus:.1f}':>7} | {r['target_us']:.0f}")
+                      f"{'-' if plus is None else f'{plus:.1f}':>7} | {r['target_us']:6.0f} | "
+                      f"{dev}")
     return rows
 
 

@@ -125,7 +125,9 @@ def _run_gpu(quick: bool) -> list[dict]:
         }
         for impl, fn in impls.items():
             lat, b2b = _gpu_time(fn, iters)
+            gpu = _timing.device_us(fn, calls=20)  # kernels + memsets per call (profiler)
             rows.append(_row(mode, impl, dev, b2b, N_POINTS, event_us=lat,
+                             gpu_us=gpu and gpu["us"], gpu_top=gpu and gpu["top"],
                              **({"bitwise_equal_numpy": same} if impl.startswith("robocache")
                                 else {})))
     rows.append(_row("count", "original RoboCache (published)", "H100 PCIe", ORIGINAL_US,
@@ -184,9 +186,10 @@ def _print(rows: list[dict]) -> None:
             else f"{'-':>9}"
         ev = f"{r['event_us']:9.1f}" if "event_us" in r else f"{'-':>9}"
         flag = "" if r.get("bitwise_equal_numpy", True) else "  NOT EQUAL TO NUMPY"
+        dev = f"  GPU {r['gpu_us']:.1f} us: {r['gpu_top']}" if r.get("gpu_us") else ""
         print(f"{r['workload']:12} {r['mode']:10} {r['impl']:32} {r['device'][:24]:24} "
               f"{r['us_per_call']:10.1f} {ev} {vs_torch} {vs_orig} "
-              f"{r['floor_us_h200']:10.1f}{flag}")
+              f"{r['floor_us_h200']:10.1f}{flag}{dev}")
     print(f"target (PERF.md, H200): count / occupancy <= {TARGET_US:.0f} us per call, "
           "grid zeroed each call")
 

@@ -176,7 +176,7 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                                    norm_a=None if norm is None else norm["a"],
                                    norm_b=None if norm is None else norm["b"]))
         self._sources = sources
-        like = store[store.keys[0]] if store.is_cuda else None  # where the tables go
+        like = _table_placement(store) if store.is_cuda else None  # where the tables go
         self._op = WindowOp(wkeys, self._anchors, zero_pad=pad == "zero", like=like)
         # the order of a sample's entries: each key with its mask, then the anchor's indices
         self._order = [n for k in self._keys for n in (k, f"{k}_is_pad")
@@ -519,3 +519,17 @@ def _to_torch(x: np.ndarray) -> torch.Tensor:
     if x.dtype.kind == "V":  # ml_dtypes bfloat16 (NumPy's own numeric dtypes are never "V")
         return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(x)
+
+
+def _table_placement(store):
+    """A GPU array of a CUDA store: the window op's index tables are made next to it. Camera
+    keys kept in pinned host memory (frames_on_host=True) are CPU tensors and do not count."""
+    for k in store.keys:
+        if k not in store.host_keys:
+            return store[k]
+    if store.timestamps is not None:
+        return store.timestamps
+    import torch  # a CUDA store holds torch tensors
+
+    return torch.empty(0, dtype=torch.int64, device=store.device)
+

@@ -45,7 +45,7 @@ cupy.cuda.set_allocator(None)
 cupy.cuda.set_pinned_memory_allocator(None)
 from robocache import selftest
 rc1 = selftest.main()
-rc2 = pytest.main(['-q', '-m', 'gpu', '-p', 'no:cacheprovider', '-x',
+rc2 = pytest.main(['-q', '-m', 'gpu', '-p', 'no:cacheprovider',
                    'tests/test_windows_cuda.py', 'tests/test_dataset_images.py'])
 sys.exit(rc1 or int(rc2))" > "$LOG/memcheck.log" 2>&1
   rc=$?
