@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PYTHON) -m pytest -q
+	ROBOCACHE_REQUIRE_RELEASE=1 $(PYTHON) -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check robocache tests benchmarks examples tools

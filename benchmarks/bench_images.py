@@ -178,10 +178,24 @@ def _run_gpu(w: dict, quick: bool, bw: float) -> list[dict]:
             for f, o in zip(frames, outs, strict=True):
                 images.apply_cuda(plan, f, idx[i % 16], None, o, key)
 
+        # the same plan with one pixel per work item and scalar stores (the kernel before the
+        # 4-pixel stores), for the side-by-side
+        scalar = images.make_plan(tuple(on_dev[0].shape[1:]), **kw)
+        object.__setattr__(scalar, "run_width", 1)
+        object.__setattr__(scalar, "kernel", scalar.kernel_scalar)
+
         lat, b2b = _gpu_time(ours, iters)
         rows.append(_row(w, "robocache-cuda", out_dtype, b2b, dev, floor, event_us=lat))
         lat, b2b = _gpu_time(ours_plan, iters)
-        rows.append(_row(w, "robocache-cuda-plan", out_dtype, b2b, dev, floor, event_us=lat))
+        rows.append(_row(w, "robocache-cuda-plan", out_dtype, b2b, dev, floor, event_us=lat,
+                         pixels_per_store=plan.run_width,
+                         gpu_us=(_timing.device_us(lambda: ours_plan(0)) or {}).get("us")))
+        if plan.run_width > 1:
+            lat, b2b = _gpu_time(lambda i, s=scalar: ours_plan(i, plan=s), iters)
+            rows.append(_row(w, "robocache-cuda-plan-1px", out_dtype, b2b, dev, floor,
+                             event_us=lat, pixels_per_store=1,
+                             gpu_us=(_timing.device_us(lambda s=scalar: ours_plan(0, plan=s))
+                                     or {}).get("us")))
         lat, b2b = _gpu_time(theirs, iters)
         rows.append(_row(w, "torch-gpu", out_dtype, b2b, dev, floor, event_us=lat))
     # host-resident frames: read over the bus by the kernel (bus_read_GBps counts the bytes of
@@ -294,7 +308,7 @@ def _run_cpu(w: dict, quick: bool) -> list[dict]:
 
 
 def _print(rows: list[dict]) -> None:
-    print(f"{'workload':9} {'impl':22} {'dtype':9} {'device':26} {'us/batch':>11} "
+    print(f"{'workload':9} {'impl':23} {'dtype':9} {'device':26} {'us/batch':>11} "
           f"{'samples/s':>11} {'vs best DL':>10} {'floor H200':>10} {'floor here':>10}")
     for r in rows:
         dl = [x["us_per_batch"] for x in rows if x["workload"] == r["workload"]
@@ -303,7 +317,9 @@ def _print(rows: list[dict]) -> None:
         here = r.get("floor_us_measured")
         here = f"{here:10.1f}" if here else f"{'-':>10}"
         extra = f"  bus {r['bus_read_GBps']:.1f} GB/s" if "bus_read_GBps" in r else ""
-        print(f"{r['workload']:9} {r['impl']:22} {r['out_dtype']:9} {r['device'][:26]:26} "
+        if r.get("gpu_us"):
+            extra += f"  GPU {r['gpu_us']:.1f} us ({r['pixels_per_store']} px/store)"
+        print(f"{r['workload']:9} {r['impl']:23} {r['out_dtype']:9} {r['device'][:26]:26} "
               f"{r['us_per_batch']:11.1f} {r['samples_per_s']:11.0f} {ratio} "
               f"{r['floor_us_h200']:10.1f} {here}{extra}")
 

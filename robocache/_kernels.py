@@ -25,8 +25,8 @@ IMAGE_CHANNELS = (1, 3, 4)
 
 IMAGES = KernelModule(
     "images.cu",
-    tuple(f"crop_resize_kernel<{t}, {c}, {r}>"
-          for t, c, r in product(IMAGE_OUT_C, IMAGE_CHANNELS, ("false", "true"))),
+    tuple(f"crop_resize_kernel<{t}, {c}, {r}, {v}>"
+          for t, c, r, v in product(IMAGE_OUT_C, IMAGE_CHANNELS, ("false", "true"), (1, 4))),
 )
 
 POINT_C = ("float", "double")

@@ -357,9 +357,12 @@ def compile_for_arch(module: KernelModule, arch: str, *, verbose_ptxas: bool = F
             opts.append("--ptxas-options=-v")
         status = nvrtc.nvrtcCompileProgram(prog, len(opts), [o.encode() for o in opts])
         (log_size,) = check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
-        log = b" " * log_size
+        # a buffer NVRTC may write: never a bytes object (b" " * 1, the size of an empty log, is
+        # CPython's shared one-byte b" ", which the NUL written into it would corrupt for the
+        # whole process)
+        log = bytearray(log_size)
         check(nvrtc.nvrtcGetProgramLog(prog, log), "nvrtcGetProgramLog")
-        log_text = log.decode(errors="replace").rstrip("\x00 \n")
+        log_text = bytes(log).decode(errors="replace").rstrip("\x00 \n")
         err = status[0] if isinstance(status, tuple) else status
         if int(err) != 0:
             return CompileResult(module.source, arch, False, log_text)

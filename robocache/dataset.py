@@ -382,6 +382,11 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         self._calls += 1
         if not self._op.on_device:
             return self._finish(self._op.run_numpy(idx), torch_from_numpy=True, draw=draw)
+        if info is not None and self._store.is_cuda:
+            raise RuntimeError(
+                "TrajectoryDataset: a dataset on a CUDA store builds its batches on the GPU, "
+                "in the main process; torch DataLoader workers cannot use CUDA. Use "
+                "num_workers=0 (nothing is left for workers to do) or robocache.DataLoader")
         return self._finish(self._op.run_cuda(self._op.upload_indices(idx)), draw=draw)
 
     @property

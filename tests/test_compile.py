@@ -16,3 +16,18 @@ def test_module_compiles(module, arch):
     assert result.ok, f"{module.source} for {arch}:\n{result.log}"
     assert result.cubin_bytes > 0
     assert set(result.lowered_names) == set(module.name_expressions)
+
+
+def test_an_empty_compile_log_corrupts_no_python_object():
+    """NVRTC writes its log (one NUL when empty) into the buffer it is given: a bytes object
+    there (b" " * 1 is CPython's shared b" ") once turned every later b" " into b"\\0" for the
+    whole process - the .npy headers the cache wrote afterwards were padded with NULs."""
+    class Tiny:  # a module whose compile logs nothing (log size 1: the NUL)
+        source, name_expressions, options = "tiny.cu", ("tiny",), _runtime.BASE_OPTIONS
+
+        def code(self):
+            return 'extern "C" __global__ void tiny(int* x) { *x = 1; }\n'
+
+    result = _runtime.compile_for_arch(Tiny(), "sm_75")
+    assert result.ok and result.log == ""
+    assert (b" " * 1)[0] == 32 and b" ".decode() == " "

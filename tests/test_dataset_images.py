@@ -123,7 +123,8 @@ def test_torch_dataloader_workers_draw_different_crops_per_worker_and_epoch():
     N = 32
     frames = np.broadcast_to(np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1),
                              (N, 16, 16, 1)).copy()
-    st = rc.TrajectoryStore.from_arrays({"cam": frames}, [N], image_keys=["cam"])
+    st = rc.TrajectoryStore.from_arrays({"cam": frames}, [N], image_keys=["cam"],
+                                        device="cpu")  # forked workers cannot use CUDA
     ds = rc.TrajectoryDataset(st, image_transforms={"cam": rc.ImageTransform(
         crop=8, crop_mode="random", out_dtype="uint8")})
     torch.manual_seed(0)

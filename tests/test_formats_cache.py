@@ -175,6 +175,18 @@ def test_truncated_npy_even_without_verify(cache):
         read_cache(cache, verify=False)
 
 
+def test_header_with_nul_padding_is_a_format_error(cache):
+    """A header whose padding was written as NULs (what a corrupted interpreter once wrote) is
+    reported as a bad file, not as a tokenizer error from inside NumPy."""
+    f, _ = entry_file(cache, "observation.state")
+    raw = bytearray(f.read_bytes())
+    end = raw.index(b"\n")
+    raw[raw.index(b"}") + 1:end] = b"\0" * (end - raw.index(b"}") - 1)
+    f.write_bytes(bytes(raw))
+    with pytest.raises(DatasetFormatError, match="000-observation.state.npy: unreadable"):
+        read_cache(cache, verify=False)
+
+
 def test_newer_format_version_refused(cache):
     m = json.loads((cache / "manifest.json").read_text())
     m["format_version"] = cache_mod.FORMAT_VERSION + 1
@@ -231,3 +243,40 @@ def test_pickled_npy_refused(cache):
         np.lib.format.write_array(fh, obj, allow_pickle=True)
     with pytest.raises(DatasetFormatError, match="no pickle"):
         read_cache(cache, verify=False)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "int8", "uint16", "int64",
+                                   "bool", "bfloat16"])
+@pytest.mark.parametrize("shape", [(0,), (1,), (7, 3), (2, 0, 5), (4, 1, 2, 3)])
+def test_files_are_what_np_save_writes(tmp_path, dtype, shape):
+    """Each file is byte for byte what np.save writes, its manifest entry hashes those bytes."""
+    rng = np.random.default_rng(len(shape))
+    x = (rng.standard_normal(shape) * 50).astype(ml_dtypes.bfloat16 if dtype == "bfloat16"
+                                                 else dtype)
+    entry = cache_mod._write_npy(tmp_path / "a.npy", x, _NoBar())
+    stored = x.view(np.uint16) if dtype == "bfloat16" else x
+    np.save(tmp_path / "b.npy", stored, allow_pickle=False)
+    raw = (tmp_path / "a.npy").read_bytes()
+    assert raw == (tmp_path / "b.npy").read_bytes()
+    assert entry["nbytes"] == x.nbytes and entry["shape"] == list(shape)
+    import hashlib
+
+    assert entry["sha256"] == hashlib.sha256(raw).hexdigest()
+    got = cache_mod._load(tmp_path / "a.npy", entry, "k")
+    assert got.dtype == x.dtype and got.shape == x.shape
+    np.testing.assert_array_equal(got.view(np.uint8), x.view(np.uint8))
+
+
+def test_many_files_written_in_parallel_read_back(tmp_path):
+    """write_cache writes its files from worker threads: every one must read back intact."""
+    rng = np.random.default_rng(3)
+    arrays = {f"k{i}": rng.standard_normal((40, i + 1)).astype("float32") for i in range(12)}
+    write_cache(tmp_path / "c", arrays, episode_ends=[10, 40], progress=False)
+    got = read_cache(tmp_path / "c", verify=True)
+    for k, x in arrays.items():
+        np.testing.assert_array_equal(got.arrays[k], x)
+
+
+class _NoBar:
+    def update(self, n):
+        pass

@@ -385,6 +385,10 @@ CUDA_CASES = [
     ((6, 25, 19, 1), dict(resize=(9, 40), out_dtype="uint8", shift=2, per_frame_jitter=True,
                           contrast=0.2)),
     ((6, 16, 16, 3), dict(out_dtype="uint8")),
+    # widths of a multiple of 4 in "BKCHW": the kernels writing 4 pixels per store
+    ((6, 48, 64, 3), dict(resize=(24, 32), out_dtype="bfloat16", brightness=0.2)),
+    ((6, 30, 40, 4), dict(crop=(20, 28), crop_mode="random", shift=2, out_dtype="float16",
+                          per_frame_crop=True, contrast=0.3)),
 ]
 
 
@@ -419,6 +423,27 @@ def test_cuda_path_under_emulator(shape, kw, emulated_cuda):
         images.apply_cuda(plan, frames, ix, mask, out, key)
         _compare(out, want, plan.out_dtype)
     assert emulated_cuda and all(launch.source == "images.cu" for launch in emulated_cuda)
+
+
+@pytest.mark.parametrize("out_dtype", ["float32", "bfloat16", "uint8"])
+def test_wide_store_kernel_only_for_aligned_outputs(out_dtype, emulated_cuda):
+    """4-pixel stores need an `out` aligned to 4 elements: a view that is not gets the one-pixel
+    kernel, and both write exactly what the NumPy path computes."""
+    frames, idx, mask = _case_inputs((8, 20, 24, 3), 5)
+    plan = images.make_plan((20, 24, 3), crop=(12, 16), crop_mode="random", out_dtype=out_dtype)
+    assert plan.run_width == 4 and plan.kernel.endswith(", 4>")
+    key = _random.rand_key(1, 2, 3)
+    want = images.apply_numpy(plan, frames, idx, mask, key)
+    n = int(np.prod(plan.out_shape(9, 2)))
+    for offset in (0, 1):  # element offset 1: 1 to 4 bytes past an aligned address
+        buf = np.full(n + 4, 77, dtype=want.dtype)
+        start = (-buf.ctypes.data // buf.itemsize) % 4 + offset  # aligned (0) or not (1)
+        out = buf[start:start + n].reshape(want.shape)
+        images.apply_cuda(plan, frames, idx, mask, out, key)
+        _compare(out, want, out_dtype)
+        assert emulated_cuda[-1].name.endswith(", 4>" if offset == 0 else ", 1>")
+    assert images.make_plan((20, 24, 3), crop=(12, 14)).run_width == 1       # width 14
+    assert images.make_plan((20, 24, 3), crop=12, layout="BKHWC").run_width == 1
 
 
 def test_cuda_path_with_no_frames_reads_nothing(emulated_cuda):

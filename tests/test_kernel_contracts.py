@@ -151,8 +151,10 @@ def _run_every_dtype_path(rng) -> None:
         frames = rng.integers(0, 256, (3, 6, 5, C), dtype=np.uint8)
         idx = np.array([[0, 2], [1, -1]], dtype=np.int64)
         for out_dtype in images.OUT_DTYPES:
-            for size in ((6, 5), (4, 3)):  # no resize, resize
-                plan = images.make_plan(frames.shape[1:], resize=size, out_dtype=out_dtype)
+            # no resize / resize, with one pixel per work item (widths 5, 3) and four (4, 8)
+            for crop, size in ((None, (6, 5)), (None, (4, 3)), (4, None), (None, (4, 8))):
+                plan = images.make_plan(frames.shape[1:], crop=crop, resize=size,
+                                        out_dtype=out_dtype)
                 out = np.empty(plan.out_shape(2, 2), dtype=_array.numpy_dtype(out_dtype))
                 images.apply_cuda(plan, frames, idx, None, out, np.uint64(1))
     kw = dict(grid_min=0.0, voxel_size=0.25, grid_size=4)
@@ -206,9 +208,9 @@ def _ptx(module, arch: str = "compute_90") -> str:
         (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), [o.encode() for o in opts])
         assert int(err) == 0, module.source
         err, size = nvrtc.nvrtcGetPTXSize(prog)
-        buf = b" " * size
+        buf = bytearray(size)  # NVRTC writes it: never an (immutable, maybe shared) bytes
         nvrtc.nvrtcGetPTX(prog, buf)
-        return buf.decode(errors="replace")
+        return bytes(buf).decode(errors="replace")
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
 

@@ -312,6 +312,9 @@ def test_gpu_store_stats_memory_check_and_torch_dataloader(monkeypatch):
     dl = torch.utils.data.DataLoader(ds, batch_size=16)
     b = next(iter(dl))
     assert b["action"].is_cuda and b["action"].shape == (16, 4, 14)
+    workers = torch.utils.data.DataLoader(ds, batch_size=16, num_workers=1)
+    with pytest.raises(RuntimeError, match="num_workers=0"):  # said plainly, not torch's fork
+        next(iter(workers))                                    # error from inside CUDA
     free = torch.cuda.mem_get_info()[0]
     monkeypatch.setattr(store_mod, "_free_bytes", lambda device: 100)
     with pytest.raises(rc.DeviceMemoryError, match=r"only .* \(100 bytes\)"):

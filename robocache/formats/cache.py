@@ -26,6 +26,7 @@ import math
 import os
 import re
 import shutil
+import tokenize
 import uuid
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -387,7 +388,7 @@ def _load(path: Path, entry: dict, key) -> np.ndarray:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except DatasetFormatError:
         raise
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError) as exc:
         raise DatasetFormatError(f"{path}: unreadable .npy file ({exc})") from None
     if dtype == "bfloat16":
         arr = arr.view(_array.numpy_dtype("bfloat16"))

@@ -70,6 +70,7 @@ CROP_MODES = ("center", "random")
 CHANNELS = (1, 3, 4)
 THREADS = 256
 PIXELS_PER_THREAD = 8  # a thread's pixels share its image's hashes (see images.cu); unmeasured
+RUN_WIDTH = 4  # pixels per work item of the wide-store kernels (images.cu, V = 4)
 _I32_MAX = 2**31 - 1
 
 # Purposes of the random draws (RC_IMG_* in images.cu).
@@ -106,11 +107,18 @@ class ImagePlan:
     out_dtype: str
     layout: str
     # derived once (the launch path reads them per batch)
-    kernel: str = field(init=False, repr=False, compare=False)
+    kernel: str = field(init=False, repr=False, compare=False)         # V = run_width
+    kernel_scalar: str = field(init=False, repr=False, compare=False)  # V = 1 (misaligned out)
+    run_width: int = field(init=False, repr=False, compare=False)
     template: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        object.__setattr__(self, "kernel", self.kernel_name())
+        # 4 adjacent pixels per work item, one wide store per channel: planar output only, rows
+        # of a multiple of 4 pixels (so every run starts 4-element aligned)
+        v = RUN_WIDTH if self.layout == "BKCHW" and self.size[1] % RUN_WIDTH == 0 else 1
+        object.__setattr__(self, "run_width", v)
+        object.__setattr__(self, "kernel", self.kernel_name(v))
+        object.__setattr__(self, "kernel_scalar", self.kernel_name(1))
         object.__setattr__(self, "template", _static_params(self))
 
     @property
@@ -122,9 +130,9 @@ class ImagePlan:
         C = self.frame_shape[2]
         return (B, K, C, h, w) if self.layout == "BKCHW" else (B, K, h, w, C)
 
-    def kernel_name(self) -> str:
+    def kernel_name(self, run_width: int) -> str:
         return (f"crop_resize_kernel<{_array.C_TYPES[self.out_dtype]}, {self.frame_shape[2]}, "
-                f"{'true' if self.resize else 'false'}>")
+                f"{'true' if self.resize else 'false'}, {run_width}>")
 
 
 def _pair(name: str, value, *, minimum: int) -> tuple[int, int]:
@@ -646,11 +654,13 @@ def apply_numpy(plan: ImagePlan, frames: np.ndarray, indices: np.ndarray,
 
 
 @functools.lru_cache(maxsize=256)
-def _launch_config(size: tuple[int, int], B: int, K: int):
-    """grid (images, tiles per image) and block: ~PIXELS_PER_THREAD pixels per thread."""
-    npix = size[0] * size[1]
-    threads = min(THREADS, max(32, -(-npix // 32) * 32))
-    tiles = max(1, min(65535, -(-npix // (threads * PIXELS_PER_THREAD))))
+def _launch_config(size: tuple[int, int], B: int, K: int, run_width: int = 1):
+    """grid (images, tiles per image) and block: ~PIXELS_PER_THREAD pixels per thread, in work
+    items of run_width pixels."""
+    items = size[0] * size[1] // run_width
+    per_thread = max(1, PIXELS_PER_THREAD // run_width)
+    threads = min(THREADS, max(32, -(-items // 32) * 32))
+    tiles = max(1, min(65535, -(-items // (threads * per_thread))))
     return (B * K, tiles), (threads,)
 
 
@@ -684,8 +694,11 @@ def apply_cuda(plan: ImagePlan, frames, indices, zero_mask, out, key, *,
     _INT2.pack_into(buf, _OFFSET_B, B, K)
     _INT1.pack_into(buf, _OFFSET_IDX64, int(_array.dtype_name(indices) == "int64"))
     p = np.frombuffer(buf, dtype=IMAGE_PARAMS_DTYPE)[0]
-    grid, block = _launch_config(plan.size, B, K)
-    _runtime.launch(_kernels.IMAGES, plan.kernel, grid, block, (p,), like=out)
+    v, kernel = plan.run_width, plan.kernel
+    if v > 1 and _array.address(out) % (v * _array.ITEMSIZE[plan.out_dtype]):
+        v, kernel = 1, plan.kernel_scalar  # an `out` view not aligned for the wide stores
+    grid, block = _launch_config(plan.size, B, K, v)
+    _runtime.launch(_kernels.IMAGES, kernel, grid, block, (p,), like=out)
 
 
 # The per-call fields of ImageParams: frames, indices, zero_mask, out, key, N lead the struct;
