@@ -142,6 +142,24 @@ def _torch_gpu_batch(frames, idx, w, out_dtype, mean_t, std_t, gen):
     return x.to(torch.bfloat16) if out_dtype == "bfloat16" else x
 
 
+def _pixels_per_thread_sweep(w, out_dtype, ours_plan, iters, dev, floor) -> list[dict]:
+    """The plan path with other launch shapes (pixels per thread; the kernels stride over any
+    grid, so this changes speed only): which PIXELS_PER_THREAD to ship."""
+    rows = []
+    default = images.PIXELS_PER_THREAD
+    try:
+        for ppt in (4, 16, 32):
+            images.PIXELS_PER_THREAD = ppt
+            images._launch_config.cache_clear()
+            lat, b2b = _gpu_time(ours_plan, iters)
+            rows.append(_row(w, f"robocache-cuda-plan-ppt{ppt}", out_dtype, b2b, dev, floor,
+                             event_us=lat, pixels_per_thread=ppt))
+    finally:
+        images.PIXELS_PER_THREAD = default
+        images._launch_config.cache_clear()
+    return rows
+
+
 def _run_gpu(w: dict, quick: bool, bw: float) -> list[dict]:
     import torch
 
@@ -198,6 +216,7 @@ def _run_gpu(w: dict, quick: bool, bw: float) -> list[dict]:
                                      or {}).get("us")))
         lat, b2b = _gpu_time(theirs, iters)
         rows.append(_row(w, "torch-gpu", out_dtype, b2b, dev, floor, event_us=lat))
+        rows += _pixels_per_thread_sweep(w, out_dtype, ours_plan, iters, dev, floor)
     # host-resident frames: read over the bus by the kernel (bus_read_GBps counts the bytes of
     # the crop window, or of the whole frame when resizing, per image)
     pinned = [f.pin_memory() for f in cams]

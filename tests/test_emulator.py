@@ -508,6 +508,28 @@ def test_resample_all_duplicates_nan_data_and_out_of_span_targets():
         assert_matches_numpy(got, data, src, tgt, method, "float32")
 
 
+@pytest.mark.parametrize("S", [32, 33, 34, 65, 1089, 1090, 3000])
+@pytest.mark.parametrize("tdtype", TIMES)
+def test_resample_warp_search_on_long_sources_with_duplicates(S, tdtype):
+    """Sources longer than 32 take the warp search's probing rounds: runs of equal times across
+    probe boundaries, targets on them, between them, outside the span and NaN give the rows
+    NumPy's searchsorted gives (previous / nearest: bit for bit)."""
+    rng = np.random.default_rng(S)
+    B, T, D = 2, 48, 16
+    data = (rng.standard_normal((B, S, D)) * 3).astype(np.float32)
+    src = np.sort(rng.integers(0, max(2, S // 3), (B, S)), axis=1).astype(tdtype)  # dense dups
+    tgt = np.concatenate([src[:, rng.integers(0, S, 20)],                           # on times
+                          src[:, :8] + 0.5, rng.uniform(-3, S // 3 + 3, (B, 16)),
+                          np.full((B, 4), np.nan)], axis=1).astype(tdtype)
+    assert tgt.shape[1] == T
+    for method in R.METHODS.values():
+        got = R._resample_cuda(data, src, tgt, method, "float32", tdtype)
+        assert_matches_numpy(got, data, src, tgt, method, "float32")
+        fused = R._fuse_cuda([(data, src), (data[:, :7], src[:, :7])], tgt, method, "float32",
+                             tdtype)
+        np.testing.assert_array_equal(fused[..., :D], got)
+
+
 @pytest.mark.parametrize("B, T", [(0, 5), (3, 0)])
 def test_resample_empty_output_launches_nothing(emulated_cuda, B, T):
     data = np.zeros((B, 4, 3), np.float32)

@@ -128,39 +128,3 @@ template <> struct Num<unsigned char> {
     }
 };
 
-// Index of the last source time <= t among times[0..n), or -1 when t is before them all
-// (numpy.searchsorted(times, t, side="right") - 1). Times must be non-decreasing.
-template <typename TT>
-RC_DEVICE int rc_search_right(const TT* times, int n, TT t) {
-    int lo = 0, hi = n;                  // invariant: times[i] <= t for i < lo, > t for i >= hi
-    while (lo < hi) {
-        int mid = (lo + hi) >> 1;
-        if (times[mid] <= t) lo = mid + 1; else hi = mid;
-    }
-    return lo - 1;
-}
-
-// How one target time maps onto two source rows and a weight (method codes as in Python).
-#define RC_METHOD_LINEAR 0
-#define RC_METHOD_NEAREST 1
-#define RC_METHOD_PREVIOUS 2
-
-struct RcInterp { int row0; int row1; double w; };
-
-template <typename TT>
-RC_DEVICE RcInterp rc_interp_rows(const TT* times, int n, TT t, int method) {
-    RcInterp r;
-    int i = rc_search_right(times, n, t);
-    r.w = 0.0;
-    if (i < 0) { r.row0 = r.row1 = 0; return r; }                 // before the span: first row
-    if (i >= n - 1) { r.row0 = r.row1 = n - 1; return r; }       // at or after the end: last row
-    if (method == RC_METHOD_PREVIOUS) { r.row0 = r.row1 = i; return r; }
-    TT t0 = times[i], t1 = times[i + 1];
-    if (method == RC_METHOD_NEAREST) {                              // ties go to the earlier row
-        r.row0 = r.row1 = ((t1 - t) < (t - t0)) ? i + 1 : i;
-        return r;
-    }
-    r.row0 = i; r.row1 = i + 1;
-    r.w = (double)(t - t0) / (double)(t1 - t0);                     // t0 <= t < t1, so t1 > t0
-    return r;
-}

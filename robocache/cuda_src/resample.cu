@@ -5,17 +5,18 @@
 //   resample: data [B,S,D], src_t [B,S], tgt_t [B,T]  ->  out [B,T,D]
 //   fuse:     stream k: data_k [B,S_k,D_k], times_k [B,S_k]; tgt_t [B,T] -> out [B,T,sum D_k]
 //
-// Work split: one warp per output row (b, j). The 32 lanes run the same binary search over
-// src_t[b] (same address each step: one broadcast load, log2(S) steps, L1/L2-resident because
-// neighbouring warps search the same row), then stride over the D features: lanes read the two
-// bracketing source rows and write one output row, coalesced. With VEC, each lane moves 16 bytes
-// per access (8 bf16/fp16, 4 float, 2 double).
+// Work split: one warp per output row (b, j). The 32 lanes search src_t[b] together
+// (rc_warp_search_right: 32 probes per round, ~log33(S) + 1 dependent loads, L1/L2-resident
+// because neighbouring warps search the same row), then stride over the D features: lanes read
+// the two bracketing source rows and write one output row, coalesced. With VEC, each lane moves
+// 16 bytes per access (8 bf16/fp16, 4 float, 2 double).
 //
 // Bytes per call: reads <= 2*B*T*D*sizeof(T) of data (each source row is read ~T/S times, mostly
-// from L2 when T ~ S) + B*T*log2(S)*sizeof(TT) of times (cached); writes B*T*D*sizeof(T).
+// from L2 when T ~ S) + B*T*32*(log33(S)+1)*sizeof(TT) of times (cached); writes B*T*D*sizeof(T).
 // Floor when T ~ S: (B*S*D + B*T*D) * sizeof(T) / copy bandwidth.
 
 #include "common.cuh"
+#include "interp.cuh"
 
 template <typename T>
 struct alignas(16) Pack16 { T v[16 / sizeof(T)]; };
@@ -29,7 +30,7 @@ __global__ void resample_kernel(const T* __restrict__ data, const TT* __restrict
     const int lane = threadIdx.x & 31;
     if (row >= (rc_i64)B * T_) return;
     const rc_i64 b = row / T_;
-    const RcInterp r = rc_interp_rows(src_t + b * S, S, tgt_t[row], method);
+    const RcInterp r = rc_interp_rows(src_t + b * S, S, tgt_t[row], method, lane);
     const T* a = data + (b * S + r.row0) * D;
     const T* c = data + (b * S + r.row1) * D;
     T* o = out + row * D;
@@ -88,7 +89,7 @@ __global__ void fuse_kernel(const FuseStreams streams, const TT* __restrict__ tg
         const int S = streams.S[k], D = streams.D[k];
         const T* data = reinterpret_cast<const T*>(streams.data[k]);
         const TT* times = reinterpret_cast<const TT*>(streams.times[k]);
-        const RcInterp r = rc_interp_rows(times + b * S, S, t, method);
+        const RcInterp r = rc_interp_rows(times + b * S, S, t, method, lane);
         const T* a = data + (b * S + r.row0) * D;
         const T* c = data + (b * S + r.row1) * D;
         const Acc w = (Acc)r.w;
