@@ -130,6 +130,32 @@ def _touch(arrays) -> None:
         flat[:: 4096].sum()  # one byte per page: maps every page of the file
 
 
+def _fill_only(cache_dir: Path) -> None:
+    """The host half of cache -> GPU: freshly mapped cache files copied chunk by chunk into two
+    staging buffers by the upload's own loop (robocache._upload._pipeline, same chunk size and
+    threads), with no transfer. Beside the full upload it tells whether the host side or the bus
+    sets its pace. Pinned buffers where CUDA is usable, plain ones elsewhere."""
+    from robocache import _progress, _upload
+    from robocache.formats import read_cache
+
+    c = read_cache(cache_dir, verify=False, progress=False)
+    arrays = [*c.arrays.values(), *([] if c.timestamps is None else [c.timestamps])]
+    chunk = min(_upload.DEFAULT_CHUNK_BYTES, max(a.nbytes for a in arrays))
+    try:
+        import torch
+
+        pinned = torch.cuda.is_available()
+    except ImportError:
+        pinned = False
+    staging = ([torch.empty(chunk, dtype=torch.uint8, pin_memory=True).numpy() for _ in range(2)]
+               if pinned else [np.empty(chunk, np.uint8) for _ in range(2)])
+    with _progress.bar(1, "fill", progress=False) as bar:
+        for a in arrays:
+            src = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+            _upload._pipeline(src, min(chunk, len(src)), staging, lambda k: None,
+                              lambda k, off, n: None, bar, None)
+
+
 def run(quick: bool = False) -> list[dict]:
     from robocache.formats import read_cache, read_lerobot, write_cache
 
@@ -169,6 +195,9 @@ def run(quick: bool = False) -> list[dict]:
             t, _ = best_of(load, repeat)
             rows.append({"name": f"read_cache(verify={verify}) + touch pages", "bytes": got,
                          "seconds": t, "GB/s": got / t / 1e9})
+        t, _ = best_of(lambda: _fill_only(tmp / "cache"), repeat)
+        rows.append({"name": "cache -> staging buffers only (the upload's fill)", "bytes": got,
+                     "seconds": t, "GB/s": got / t / 1e9})
         rows += _gpu_rows(tmp, src, got, repeat)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
