@@ -534,7 +534,4 @@ def _table_placement(store):
             return store[k]
     if store.timestamps is not None:
         return store.timestamps
-    import torch  # a CUDA store holds torch tensors
-
-    return torch.empty(0, dtype=torch.int64, device=store.device)
-
+    return torch.empty(0, dtype=torch.int64, device=store.device)  # a CUDA store holds torch

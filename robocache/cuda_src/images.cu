@@ -137,11 +137,8 @@ RC_DEVICE void rc_img_store4(float* dst, const float* v) {
 RC_DEVICE unsigned int rc_img_pack2(unsigned short lo, unsigned short hi) {
     return (unsigned int)lo | ((unsigned int)hi << 16);        // little-endian: lo first
 }
-RC_DEVICE void rc_img_store4(rc_half* dst, const rc_half* v) {
-    __stwb(reinterpret_cast<uint2*>(dst), make_uint2(rc_img_pack2(v[0].bits, v[1].bits),
-                                                     rc_img_pack2(v[2].bits, v[3].bits)));
-}
-RC_DEVICE void rc_img_store4(rc_bf16* dst, const rc_bf16* v) {
+template <typename T16>  // rc_half, rc_bf16: 16-bit values held in .bits
+RC_DEVICE void rc_img_store4(T16* dst, const T16* v) {
     __stwb(reinterpret_cast<uint2*>(dst), make_uint2(rc_img_pack2(v[0].bits, v[1].bits),
                                                      rc_img_pack2(v[2].bits, v[3].bits)));
 }

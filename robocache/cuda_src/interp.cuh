@@ -8,24 +8,13 @@ template <typename TT>
 RC_DEVICE bool rc_sorts_before_or_at(TT a, TT t) { return a <= t || t != t; }
 
 // Index of the last source time <= t among times[0..n), or -1 when t is before them all
-// (numpy.searchsorted(times, t, side="right") - 1). Times must be non-decreasing.
-template <typename TT>
-RC_DEVICE int rc_search_right(const TT* times, int n, TT t) {
-    int lo = 0, hi = n;                  // invariant: times[i] <= t for i < lo, > t for i >= hi
-    while (lo < hi) {
-        int mid = (lo + hi) >> 1;
-        if (rc_sorts_before_or_at(times[mid], t)) lo = mid + 1; else hi = mid;
-    }
-    return lo - 1;
-}
-
-// rc_search_right by the 32 lanes of a warp together (every lane calls it with the same times,
-// n and t; the warp must be converged). Each round the lanes probe 32 positions splitting the
-// remaining range into 33 parts and a ballot keeps the part holding the answer, so a search of
-// n times costs ~log33(n) + 1 dependent loads (2 for n <= 1089) instead of log2(n) (10 for
-// n = 1000): the loads of a search are latency, not bytes, and they gate every row's copy.
-// Same result as rc_search_right for non-decreasing times; for times that are not sorted the
-// result is still in [-1, n - 1].
+// (numpy.searchsorted(times, t, side="right") - 1; times non-decreasing), found by the 32 lanes
+// of a warp together (every lane calls it with the same times, n and t; the warp must be
+// converged). Each round the lanes probe 32 positions splitting the remaining range into 33 parts
+// and a ballot keeps the part holding the answer, so a search of n times costs ~log33(n) + 1
+// dependent loads (2 for n <= 1089) instead of a binary search's log2(n) (10 for n = 1000): the
+// loads of a search are latency, not bytes, and they gate every row's copy. For times that are
+// not sorted the result is still in [-1, n - 1].
 template <typename TT>
 RC_DEVICE int rc_warp_search_right(const TT* times, int n, TT t, int lane) {
     int lo = 0, hi = n;                  // invariant: times[i] <= t for i < lo, > t for i >= hi
@@ -51,12 +40,11 @@ RC_DEVICE int rc_warp_search_right(const TT* times, int n, TT t, int lane) {
 
 struct RcInterp { int row0; int row1; double w; };
 
-// lane >= 0: all 32 lanes of a converged warp call it with the same arguments (warp search);
-// lane < 0: one thread alone (binary search).
+// All 32 lanes of a converged warp call it with the same arguments (rc_warp_search_right).
 template <typename TT>
-RC_DEVICE RcInterp rc_interp_rows(const TT* times, int n, TT t, int method, int lane = -1) {
+RC_DEVICE RcInterp rc_interp_rows(const TT* times, int n, TT t, int method, int lane) {
     RcInterp r;
-    const int i = lane < 0 ? rc_search_right(times, n, t) : rc_warp_search_right(times, n, t, lane);
+    const int i = rc_warp_search_right(times, n, t, lane);
     r.w = 0.0;
     if (i < 0) { r.row0 = r.row1 = 0; return r; }                 // before the span: first row
     if (i >= n - 1) { r.row0 = r.row1 = n - 1; return r; }       // at or after the end: last row
