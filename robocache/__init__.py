@@ -6,8 +6,7 @@ on first use of something that needs them.
 
 from __future__ import annotations
 
-import importlib
-
+from ._lazy import lazy_getattr as _lazy_getattr
 from ._version import __api_version__ as __api_version__
 from ._version import __build_date__ as __build_date__
 from ._version import __git_commit__ as __git_commit__
@@ -36,13 +35,7 @@ _LAZY = {
 __all__ = sorted(["__version__", "__api_version__", "__build_date__", "__git_commit__", *_LAZY])
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'robocache' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = _lazy_getattr(__name__, _LAZY, globals())
 
 
 def __dir__():

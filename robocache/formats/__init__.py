@@ -11,8 +11,7 @@ The readers are imported on first use (they pull in pyarrow, PyAV, zarr or h5py)
 
 from __future__ import annotations
 
-import importlib
-
+from .._lazy import lazy_getattr as _lazy_getattr
 from .source import TrajectorySource
 
 _LAZY = {
@@ -26,13 +25,7 @@ _LAZY = {
 __all__ = ["TrajectorySource", *_LAZY]
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'robocache.formats' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = _lazy_getattr(__name__, _LAZY, globals())
 
 
 def __dir__():
