@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -70,6 +71,20 @@ def to_host64(x) -> np.ndarray:
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+@pytest.fixture
+def link_from_outside(tmp_path_factory):
+    """link(f): move file f's bytes to a new directory outside any dataset and put a symlink to
+    them where f was (readers must refuse to follow it out of the dataset root)."""
+    def link(f: Path) -> Path:
+        outside = tmp_path_factory.mktemp("outside") / f.name
+        outside.write_bytes(f.read_bytes())
+        f.unlink()
+        os.symlink(outside, f)
+        return outside
+
+    return link
 
 
 @pytest.fixture

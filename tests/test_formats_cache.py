@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import ml_dtypes
 import numpy as np
@@ -226,12 +225,8 @@ def test_bad_json_and_missing_manifest(cache, tmp_path):
         read_cache(tmp_path / "nothing")
 
 
-def test_symlinked_file_out_of_the_cache(cache, tmp_path_factory):
-    f, _ = entry_file(cache, "action")
-    outside = tmp_path_factory.mktemp("o") / "a.npy"
-    outside.write_bytes(f.read_bytes())
-    f.unlink()
-    os.symlink(outside, f)
+def test_symlinked_file_out_of_the_cache(cache, link_from_outside):
+    link_from_outside(entry_file(cache, "action")[0])
     with pytest.raises(DatasetFormatError, match="outside the dataset root"):
         read_cache(cache)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -329,12 +328,8 @@ def test_video_path_may_not_leave_the_root(small):
     read_lerobot(small, keys=["action"])  # no camera asked for: the template is never used
 
 
-def test_symlink_out_of_the_root(small, tmp_path_factory):
-    outside = tmp_path_factory.mktemp("outside") / "x.parquet"
-    f = small / "data/chunk-000/file-001.parquet"
-    outside.write_bytes(f.read_bytes())
-    f.unlink()
-    os.symlink(outside, f)
+def test_symlink_out_of_the_root(small, link_from_outside):
+    link_from_outside(small / "data/chunk-000/file-001.parquet")
     with pytest.raises(DatasetFormatError, match="outside the dataset root"):
         read_lerobot(small)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -171,14 +170,9 @@ def test_unknown_codec_says_which(tmp_path):
     read_zarr(tmp_path / "rb.zarr", keys=["state"])  # not asked for: never opened
 
 
-def test_symlink_out_of_the_store(tmp_path):
+def test_symlink_out_of_the_store(tmp_path, link_from_outside):
     write_replay_buffer(tmp_path / "rb.zarr", make_data(LENGTHS), LENGTHS)
-    outside = tmp_path / "elsewhere"
-    outside.mkdir()
-    chunk = tmp_path / "rb.zarr/data/state/0.0"
-    (outside / "0.0").write_bytes(chunk.read_bytes())
-    chunk.unlink()
-    os.symlink(outside / "0.0", chunk)
+    link_from_outside(tmp_path / "rb.zarr/data/state/0.0")
     with pytest.raises(DatasetFormatError, match="outside the dataset root"):
         read_zarr(tmp_path / "rb.zarr")
 
