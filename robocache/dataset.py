@@ -400,15 +400,16 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         draw) returns the batch of idx[offset : offset + count], made by one launch with no
         per-batch validation or allocation (ops.windows.BatchBuilder: `reuse` and `batch_size`
         choose fresh or recycled outputs). `draw` = (seed, epoch, batch) keys the random image
-        transforms."""
+        transforms; `ahead` = how many following batches are the next `count`-index slices of
+        idx (their windows may be built by this batch's launch)."""
         builder = self._op.batch_builder(self._order, reuse, batch_size)
         names = self._order
         if not self._image_keys:
-            def build(offset: int, count: int, draw) -> WindowBatch:
-                return WindowBatch(zip(names, builder(offset, count), strict=False))
+            def build(offset: int, count: int, draw, ahead: int = 0) -> WindowBatch:
+                return WindowBatch(zip(names, builder(offset, count, ahead), strict=False))
         else:
-            def build(offset: int, count: int, draw) -> WindowBatch:
-                batch = WindowBatch(zip(names, builder(offset, count), strict=False))
+            def build(offset: int, count: int, draw, ahead: int = 0) -> WindowBatch:
+                batch = WindowBatch(zip(names, builder(offset, count, ahead), strict=False))
                 return self._finish_images(batch, draw)
         return builder, build
 

@@ -16,24 +16,28 @@ is cut; rank r takes order[r::world_size]. The same (seed, epoch) gives the same
 CUDA stores, on every rank.
 
 On a CUDA store the order is uploaded once per epoch; batch b reads its indices from that device
-array at offset b * batch_size, and ONE kernel launch builds the whole batch (ops/windows.py):
-no per-batch host-to-device copy, random-number kernel or synchronisation. Everything else is
-prepared once (ops.windows.BatchBuilder, kept across epochs): nothing is validated per batch, and
-outputs come from pools whose kernel descriptors are packed when the pool is made. Host work per
-batch: one launch (~7 us through CuPy), one dict, and with fresh outputs the batch's tensor
-objects (views into a pool allocated for up to 32 batches at once; ~0.6 us each to create).
+array at offset b * batch_size, and ONE kernel launch builds the whole batch, every low-dimensional
+key (ops/windows.py): no per-batch host-to-device copy, random-number kernel or synchronisation.
+Since full batches are consecutive slices of that array, the launch that builds batch b also
+builds the next batches whose outputs sit next to it (up to 64 with fresh outputs, R with
+reuse_outputs=R), and their turn launches nothing: one launch per several batches. Everything
+else is prepared once (ops.windows.BatchBuilder, kept across epochs): nothing is validated per
+batch, and outputs come from pools whose kernel descriptors are packed when the pool is made.
+Host work per batch: one dict and, with fresh outputs, the batch's tensor objects (views into a
+pool allocated for up to 64 batches at once; ~0.6 us each to create), plus a share of a launch.
 On a CPU store each batch is one vectorized NumPy gather per key.
 
 Output memory (CUDA store), `reuse_outputs`:
   0 (default): fresh outputs. Every batch has memory of its own, never written again, so batches
     stay valid as long as they are held (list(loader) works, as with torch's DataLoader). A pool's
-    memory (at most 8 MiB) returns to torch's caching allocator once every batch cut from it
+    memory (at most 16 MiB) returns to torch's caching allocator once every batch cut from it
     has been dropped.
-  R >= 2: R output sets recycled in turn. Batch n's tensors are overwritten by batch n + R: the
-    last R batches handed out stay valid (launches run in stream order, so work already queued on
-    the same stream that reads batch n finishes first). Saves the tensor objects per batch; for
-    loops that drop each batch before asking for the next (R = 2 leaves room for one prefetched
-    batch). A last partial batch gets fresh outputs.
+  R >= 2: 2R output sets recycled in turn, filled up to R at a time. Batch n's tensors are
+    overwritten no sooner than when batch n + R is handed out: the last R batches handed out stay
+    valid (launches run in stream order, so work already queued on the same stream that reads
+    batch n finishes first). Saves the tensor objects per batch; for loops that drop each batch
+    before asking for the next (R = 2 leaves room for one prefetched batch). A last partial batch
+    gets fresh outputs.
 Fresh outputs are the default because reuse silently changes batches a program still holds.
 
 Arguments of torch's DataLoader that mean nothing here are accepted and ignored: num_workers,
@@ -100,9 +104,8 @@ class DataLoader:
     global RNG like torch's RandomSampler; 0 under torch.distributed, like DistributedSampler).
     sampling: "frame" (uniform over anchors) or "episode" (uniform over episodes).
     rank / world_size: this process's shard (default: from the torch.distributed process group).
-    reuse_outputs: 0 gives fresh tensors every batch; R >= 2 cycles R preallocated output sets
-    on a CUDA store: the last R batches stay valid, batch n is overwritten by batch n + R (see
-    the module docstring).
+    reuse_outputs: 0 gives fresh tensors every batch; R >= 2 cycles 2R preallocated output
+    sets on a CUDA store: the last R batches handed out stay valid (see the module docstring).
     """
 
     def __init__(self, dataset, batch_size: int | None = 1, shuffle: bool | None = None,
@@ -273,9 +276,12 @@ class DataLoader:
         if ds._on_device:
             builder, build = self._device_path(ds)
             builder.bind(ds._op.upload_indices(order))  # once per epoch
+            # full batches other than a batch_sampler's are consecutive slices of the order:
+            # a launch may fill several (ops.windows.BatchBuilder)
+            full = 0 if self.batch_sampler is not None else order.size // self.batch_size
             for b in range(start, len(bounds) - 1):
                 lo = bounds[b]
-                batch = build(lo, bounds[b + 1] - lo, (seed, epoch, b))
+                batch = build(lo, bounds[b + 1] - lo, (seed, epoch, b), max(0, full - 1 - b))
                 self._position = b + 1
                 yield batch if collate is None else collate(batch)
         else:

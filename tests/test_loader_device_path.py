@@ -4,10 +4,11 @@ GPU (ops.windows.BatchBuilder / OutputPool: outputs from pools, one window_batch
 batch) with the kernel run by the CPU emulator, and compared with the NumPy backend's batches.
 
 What is checked besides values: fresh outputs (reuse_outputs=0) never share memory between
-batches, so every batch a user holds stays valid; reuse_outputs=R recycles R output sets, so the
-last R batches stay valid and batch n's memory is written again by batch n + R; a stream change
-starts a new pool; the loader rebuilds its batch builder when dataset, batch_size or
-reuse_outputs change.
+batches, so every batch a user holds stays valid; reuse_outputs=R recycles 2R output sets filled
+R at a time, so the last R batches stay valid and batch n's memory is written again by batch
+n + 2R; one launch fills several consecutive batches and a change of order (resume, new epoch)
+or an offset off the filled ones launches again; a stream change starts a new pool; the loader
+rebuilds its batch builder when dataset, batch_size or reuse_outputs change.
 """
 
 from __future__ import annotations
@@ -100,20 +101,23 @@ def test_fresh_outputs_stay_valid_while_held(monkeypatch):
 @pytest.mark.parametrize("R", [2, 3])
 def test_reused_outputs_keep_the_last_R_batches(R):
     dev, host = _datasets()
-    a = rc.DataLoader(dev, batch_size=4, shuffle=True, seed=1, drop_last=True, reuse_outputs=R)
-    b = rc.DataLoader(host, batch_size=4, shuffle=True, seed=1, drop_last=True)
+    a = rc.DataLoader(dev, batch_size=3, shuffle=True, seed=1, drop_last=True, reuse_outputs=R)
+    b = rc.DataLoader(host, batch_size=3, shuffle=True, seed=1, drop_last=True)
     held, wants = [], []
     for n, (got, want) in enumerate(zip(a, b, strict=True)):
         held.append(got)
         wants.append(want)
         for back in range(min(R, n + 1)):  # the last R batches handed out are intact
             _assert_batch_equal(held[n - back], wants[n - back], f"batch {n - back} at {n}")
-        if n >= R:  # batch n wrote into the arrays of batch n - R
-            assert held[n]["action"].data_ptr() == held[n - R]["action"].data_ptr()
-            assert held[n]["action"] is held[n - R]["action"]
-        if n >= 1:
-            assert held[n]["action"].data_ptr() != held[n - 1]["action"].data_ptr()
-    assert len(held) > 2 * R
+        if n >= 2 * R:  # a ring of 2R sets: batch n is written into the arrays of batch n - 2R
+            assert held[n]["action"].data_ptr() == held[n - 2 * R]["action"].data_ptr()
+            assert held[n]["action"] is held[n - 2 * R]["action"]
+        for back in range(1, min(2 * R, n + 1)):
+            assert held[n]["action"].data_ptr() != held[n - back]["action"].data_ptr()
+    assert len(held) > 4 * R
+    # R batches per launch: the ring is filled R sets at a time
+    full = len(a)
+    assert a._builder[2].launches == -(-full // R)
 
 
 def test_a_stream_change_starts_a_new_pool():
@@ -122,15 +126,78 @@ def test_a_stream_change_starts_a_new_pool():
     order = np.arange(len(dev))
     builder.bind(dev._op.upload_indices(order))
     first = [_snapshot(b) | {"ptr": b["state"].data_ptr()} for b in
-             (build(0, 4, (0, 0, 0)), build(4, 4, (0, 0, 1)))]
-    kept = build(8, 4, (0, 0, 2))  # reuses the first set of the ring
+             (build(4 * j, 4, (0, 0, j)) for j in range(4))]  # the ring's 2R = 4 sets
+    kept = build(16, 4, (0, 0, 4))  # reuses the first set of the ring
     assert kept["state"].data_ptr() == first[0]["ptr"]
     kept_values = _snapshot(kept)
     builder._stream = lambda: 12345  # the current stream is now another one
-    after = [build(12, 4, (0, 0, 3)), build(16, 4, (0, 0, 4))]
+    after = [build(20, 4, (0, 0, 5)), build(24, 4, (0, 0, 6), 1)]
     assert {b["state"].data_ptr() for b in after}.isdisjoint({f["ptr"] for f in first})
     _assert_batch_equal(kept, kept_values, "a batch of the old ring")  # not written again
-    _assert_batch_equal(after[1], host.__getitems__(order[16:20]), "new ring")
+    _assert_batch_equal(after[1], host.__getitems__(order[24:28]), "new ring")
+
+
+def test_fill_ahead_builds_several_batches_per_launch(monkeypatch):
+    # ~3 sets per fresh pool: a launch fills the rest of its pool, so an epoch of F full batches
+    # and one partial batch takes ceil(F / sets) + 1 launches, and every batch is still right
+    dev, host = _datasets()
+    per_set = sum(np.prod(shape) * np.dtype(dt).itemsize if dt != "bfloat16" else 0
+                  for shape, dt in dev._op.output_spec(4).values())
+    monkeypatch.setattr(OW, "SLAB_BYTES", int(per_set * 3))
+    a = rc.DataLoader(dev, batch_size=4, shuffle=True, seed=2)
+    b = rc.DataLoader(host, batch_size=4, shuffle=True, seed=2)
+    n_anchor = len(dev)
+    full, partial = n_anchor // 4, int(n_anchor % 4 != 0)
+    for epoch in range(2):
+        for n, (got, want) in enumerate(zip(a, b, strict=True)):
+            _assert_batch_equal(got, want, f"epoch {epoch} batch {n}")
+    builder = a._builder[2]
+    pools = -(-full // 3)
+    assert builder.launches == 2 * (pools + partial)
+
+
+def test_fill_ahead_is_dropped_when_the_order_changes(monkeypatch):
+    # an iteration broken off mid-pool, then a resumed one and a new epoch: sets filled ahead
+    # from the old order are filled again, never handed out stale
+    monkeypatch.setattr(OW, "SLAB_BYTES", 1 << 20)
+    dev, host = _datasets()
+    a = rc.DataLoader(dev, batch_size=3, shuffle=True, seed=7)
+    b = rc.DataLoader(host, batch_size=3, shuffle=True, seed=7)
+    it = iter(a)
+    got = [next(it) for _ in range(2)]  # one launch filled the whole epoch
+    assert a._builder[2].launches == 1
+    state = a.state_dict()
+    a.load_state_dict(state)  # resume at batch 2 of the same epoch: a new bind
+    want = list(b)
+    for n, g in enumerate(got):
+        _assert_batch_equal(g, want[n], f"batch {n}")
+    rest = list(a)
+    assert len(rest) == len(want) - 2
+    for n, g in enumerate(rest, start=2):
+        _assert_batch_equal(g, want[n], f"resumed batch {n}")
+    for n, (g, w) in enumerate(zip(a, b, strict=True)):  # next epoch: another order
+        _assert_batch_equal(g, w, f"epoch 1 batch {n}")
+
+
+def test_a_call_off_the_filled_offsets_launches_again():
+    dev, host = _datasets()
+    builder, build = dev._device_batches(reuse=0, batch_size=4)
+    order = np.random.default_rng(0).permutation(len(dev))
+    builder.bind(dev._op.upload_indices(order))
+    build(0, 4, (0, 0, 0), 5)  # fills sets for offsets 0, 4, ..., 20
+    assert builder.launches == 1
+    got = build(8, 4, (0, 0, 1))  # set 1 was filled for offset 4, not 8: launch again
+    assert builder.launches == 2
+    _assert_batch_equal(got, host.__getitems__(order[8:12]), "offset 8")
+    got = build(12, 4, (0, 0, 2), 99)  # the last call filled one set only; `ahead` is capped
+    assert builder.launches == 3        # by the pool and by the end of the index array
+    _assert_batch_equal(got, host.__getitems__(order[12:16]), "offset 12")
+    got = build(16, 4, (0, 0, 3))  # filled ahead by the last call
+    assert builder.launches == 3
+    _assert_batch_equal(got, host.__getitems__(order[16:20]), "offset 16")
+    last = (len(order) // 4 - 1) * 4
+    got = build(last, 4, (0, 0, 9), 99)  # the last full batch: nothing read past the order
+    _assert_batch_equal(got, host.__getitems__(order[last:last + 4]), "last full batch")
 
 
 def test_loader_keeps_its_builder_until_the_configuration_changes():

@@ -279,6 +279,11 @@ def test_gpu_loader_same_batches_as_cpu(sampling):
                 _assert_batches_equal({k: v.clone() for k, v in bg.items()}, bc)
                 n += 1
             assert n == len(lg) and lg.epoch == epoch + 1
+        if reuse == 0:  # a whole epoch held (filled ahead, several per launch): all intact
+            for bg, bc in zip(list(lg), list(lc), strict=True):
+                _assert_batches_equal(bg, bc)
+        epochs = 3 if reuse == 0 else 2  # several batches per launch, not one each
+        assert len(lg) > 4 and lg._builder[2].launches <= epochs * (len(lg) // 2 + 1)
         # shards of a 3-rank job and resume mid-epoch
         lg = rc.DataLoader(dg, batch_size=8, shuffle=True, seed=2, rank=1, world_size=3)
         lc = rc.DataLoader(dc, batch_size=8, shuffle=True, seed=2, rank=1, world_size=3)

@@ -253,6 +253,7 @@ class WindowOp:
         self._chunks = min(MAX_GRID_Y, max(1, -(-self._work // THREADS)))
         self._static_ptrs = (_array.data_ptr(self.d_anchors), _array.data_ptr(self.d_deltas))
         self._specs: dict[int, list] = {}
+        self._layouts: dict[int, PoolLayout] = {}
 
     @property
     def on_device(self) -> bool:
@@ -269,6 +270,25 @@ class WindowOp:
         if self._desc is None:
             raise RuntimeError("WindowOp.batch_builder: built without device tables (like=None)")
         return BatchBuilder(self, names, reuse, batch_size)
+
+    def pool_layout(self, B: int) -> PoolLayout:
+        """How an OutputPool for batches of B samples lays out its outputs (cached per B)."""
+        lay = self._layouts.get(B)
+        if lay is None:
+            spec = self.output_spec(B)
+            names = list(spec)
+            col = {n: c for c, n in enumerate(names)}
+            lay = self._layouts[B] = PoolLayout(
+                names=names, shapes=[shape for shape, _ in spec.values()],
+                dtypes=[dt for _, dt in spec.values()],
+                steps=np.array([math.prod(shape) * _array.ITEMSIZE[dt]
+                                for shape, dt in spec.values()], dtype=np.uint64),
+                out_slot=[i for i, _ in self._out_slots],
+                out_col=[col[n] for _, n in self._out_slots],
+                mask_slot=[i for i, _ in self._mask_slots],
+                mask_col=[col[n] for _, n in self._mask_slots],
+                meta_col=[col[n] for n in META_KEYS])
+        return lay
 
     def alloc(self, B: int) -> dict:
         """Uninitialised outputs for a batch of B samples, on the tables' device."""
@@ -311,8 +331,24 @@ class WindowOp:
 # ---------------------------------------------------------------------------------------------
 # The loader's hot path: output sets allocated in bulk, launch arguments built once per set
 
-SLAB_BYTES = 8 << 20  # fresh outputs: one allocation per output serves this many bytes of sets
-SLAB_SETS = 32        # ... and at most this many batches
+SLAB_BYTES = 16 << 20  # fresh outputs: one allocation per output serves this many bytes of sets
+SLAB_SETS = 64         # ... and at most this many batches
+
+
+@dataclass
+class PoolLayout:
+    """Output arrays of a batch of B samples in output_spec order, and where the kernel
+    descriptor's pointer slots and the meta pointers find their addresses among them."""
+
+    names: list[str]
+    shapes: list[tuple[int, ...]]
+    dtypes: list[str]
+    steps: np.ndarray     # uint64 bytes per set of each output
+    out_slot: list[int]   # descriptor out[] slots ...
+    out_col: list[int]    # ... and the output each takes its address from
+    mask_slot: list[int]
+    mask_col: list[int]
+    meta_col: list[int]   # index, episode_index, frame_index
 
 
 class OutputPool:
@@ -322,53 +358,65 @@ class OutputPool:
     episode_index / frame_index) built at once with NumPy. A set is one batch's arrays, in the
     order of `names`; views of different sets never overlap.
 
+    Sets j, j + 1, ... are consecutive in every output ([count, B, ...] is [count * B, ...]), so
+    one launch with set j's arguments and n * B samples fills n sets: the batches of n
+    consecutive B-index slices of the epoch's order (BatchBuilder fills ahead this way).
+
     `stream` is the stream (runtime.stream_key) the pool was allocated for: torch's caching
     allocator gives freed memory back to the stream it was allocated on, so a pool is only
     written by launches on that stream (BatchBuilder starts a new pool when it changes).
     """
 
     def __init__(self, op: WindowOp, B: int, count: int, sources: tuple[str, ...], stream: int,
-                 ring: bool):
-        """`sources`: the output array behind each entry of a set (op.resolve_name)."""
+                 ring: bool, max_fill: int):
+        """`sources`: the output array behind each entry of a set (op.resolve_name);
+        `max_fill`: the most sets one launch may fill."""
         self.B, self.count, self.stream, self.ring = B, count, stream, ring
-        views, ptrs = {}, {}
-        for name, (shape, dt) in op.output_spec(B).items():
+        self.max_fill = max(1, int(max_fill))
+        lay = op.pool_layout(B)
+        views, bases = {}, np.zeros(len(lay.names), dtype=np.uint64)
+        for c, (name, shape, dt) in enumerate(zip(lay.names, lay.shapes, lay.dtypes,
+                                                  strict=True)):
             arr = op._alloc((count, *shape), dt)
-            step = math.prod(shape) * _array.ITEMSIZE[dt]
             views[name] = _split(arr, count)
-            ptrs[name] = (int(op._ptr(arr)) if step else 0, step)
-        sets = np.arange(count, dtype=np.uint64)
-
-        def column(name):  # the address of output `name` in every set
-            base, step = ptrs[name]
-            return sets * np.uint64(step) + np.uint64(base)
-
+            if lay.steps[c]:
+                bases[c] = op._ptr(arr)
+        self.sets = list(zip(*(views[n] for n in sources), strict=True))
+        # every set's output addresses [count, outputs], then the launch arguments of each set
+        addr = bases[None, :] + np.arange(count, dtype=np.uint64)[:, None] * lay.steps[None, :]
         descs = np.empty(count, dtype=WIN_KEYS_DTYPE)
         descs.view(np.uint8).reshape(count, -1)[:] = op._desc_bytes
-        out, mask = descs["out"], descs["mask"]
-        for i, name in op._out_slots:
-            out[:, i] = column(name)
-        for i, name in op._mask_slots:
-            mask[:, i] = column(name)
-        self.sets = list(zip(zip(*(views[n] for n in sources), strict=True), list(descs),
-                             *(list(column(m)) for m in META_KEYS), strict=True))
+        descs["out"][:, lay.out_slot] = addr[:, lay.out_col]
+        descs["mask"][:, lay.mask_slot] = addr[:, lay.mask_col]
+        self.descs = descs              # set j's kernel descriptor: descs[j]
+        self.meta = addr[:, lay.meta_col]  # set j's index / episode_index / frame_index
         self.next = 0
-        self.grid = (B, op._chunks)
-        self.B64 = np.int64(B)
+        self.chunks = op._chunks
+        # sets [filled_first, filled_end) hold the batches of idx offsets filled_base + B * (j -
+        # filled_first), read from the index array of bind generation filled_gen
+        self.filled_first = self.filled_end = 0
+        self.filled_base = self.filled_gen = -1
 
 
 class BatchBuilder:
-    """Builds batch after batch of one WindowOp on the device, as the loader needs them: per call
-    one launch and no allocation, validation or descriptor packing (all done per pool).
+    """Builds batch after batch of one WindowOp on the device, as the loader needs them: no
+    allocation, validation or descriptor packing per batch (all done per pool), and one launch
+    for up to a pool's worth of consecutive batches.
+
+    Filling ahead: a call may say that the next `ahead` batches will be the next slices of the
+    index array with the same size (the loader's full batches are). The launch for this batch
+    then also fills the sets of those batches (up to the pool's max_fill), and their calls
+    launch nothing. Everything they read is fixed until the next `bind` (the epoch's indices,
+    the store), and they run on the same stream, in the same order, as their own launches would.
 
     reuse = 0 (fresh outputs): every batch gets its own memory, never written again. Outputs come
     from pools of up to SLAB_SETS sets (SLAB_BYTES in all) allocated together, so a batch costs
     no allocator call of its own; a pool's memory returns to the allocator once every batch
     carved from it has been dropped.
-    reuse = R >= 2: batches of `batch_size` samples cycle through ONE pool of R sets: the arrays
-    of a batch are overwritten R batches later (the last R batches handed out stay valid; stream
-    order keeps launches behind earlier work on the same stream). Other sizes (a last partial
-    batch) get fresh outputs.
+    reuse = R >= 2: batches of `batch_size` samples cycle through ONE pool of 2R sets, filled
+    up to R at a time, so a batch's arrays are overwritten no sooner than R batches later (the
+    last R batches handed out stay valid; stream order keeps launches behind earlier work on
+    the same stream). Other sizes (a last partial batch) get fresh outputs.
     """
 
     def __init__(self, op: WindowOp, names, reuse: int, batch_size: int | None):
@@ -381,14 +429,18 @@ class BatchBuilder:
         self._like = op.d_anchors
         self._stream = _runtime.stream_query(op.d_anchors)
         self._static = op._static_ptrs
-        self._idx_ptr = 0
+        self._idx_ptr = self._idx_len = 0
         self._idx = None
+        self._gen = 0
         self._streams_used: set = set()
+        self.launches = 0  # kernel launches made (tests and benchmarks read it)
 
     def bind(self, idx) -> None:
         """Read batch indices from the int64 array `idx` (next to the tables) from now on."""
         self._idx = idx  # kept alive while batches are built from it
         self._idx_ptr = int(self.op._ptr(idx))
+        self._idx_len = int(idx.shape[0])
+        self._gen += 1  # sets filled ahead from the previous array are not handed out
         self._streams_used = set()
 
     def _mark_stream_use(self, stream) -> None:
@@ -408,19 +460,21 @@ class BatchBuilder:
 
     def _new_pool(self, B: int, stream: int) -> OutputPool:
         ring = bool(self.reuse) and B == self.batch_size
-        if ring:
-            count = self.reuse
+        if ring:  # 2R sets filled R at a time: R batches handed out stay valid
+            count, max_fill = 2 * self.reuse, self.reuse
         elif B == self.batch_size or self.batch_size is None:  # None: a batch_sampler's sizes
-            per_set = sum(math.prod(shape) * _array.ITEMSIZE[dt]
-                          for shape, dt in self.op.output_spec(B).values())
-            count = max(1, min(SLAB_SETS, SLAB_BYTES // max(per_set, 1)))
+            per_set = int(self.op.pool_layout(B).steps.sum())
+            count = max_fill = max(1, min(SLAB_SETS, SLAB_BYTES // max(per_set, 1)))
         else:  # a last partial batch: once per epoch
-            count = 1
-        pool = self._pools[B] = OutputPool(self.op, B, count, self._sources, stream, ring)
+            count = max_fill = 1
+        pool = self._pools[B] = OutputPool(self.op, B, count, self._sources, stream, ring,
+                                           max_fill)
         return pool
 
-    def __call__(self, offset: int, count: int) -> tuple:
-        """The arrays (in `names` order) of the batch of indices idx[offset : offset + count]."""
+    def __call__(self, offset: int, count: int, ahead: int = 0) -> tuple:
+        """The arrays (in `names` order) of the batch of indices idx[offset : offset + count].
+        `ahead`: how many batches after this one read idx[offset + count * i : ... + count],
+        i = 1..ahead, and may be filled by this call's launch."""
         stream = self._stream()
         pool = self._pools.get(count)
         if pool is None or pool.next == pool.count or pool.stream != stream:
@@ -428,16 +482,21 @@ class BatchBuilder:
                 self._mark_stream_use(stream)
             pool = self._new_pool(count, stream)
         j = pool.next
-        arrays, desc, p_index, p_episode, p_frame = pool.sets[j]
-        j += 1
-        pool.next = 0 if (pool.ring and j == pool.count) else j  # a ring is never used up
-        if count:  # (a batch sampler may yield an empty batch: nothing to launch)
+        pool.next = 0 if (pool.ring and j + 1 == pool.count) else j + 1  # a ring never ends
+        if count and not (pool.filled_first <= j < pool.filled_end and pool.filled_gen == self._gen
+                          and offset == pool.filled_base + count * (j - pool.filled_first)):
+            n = 1 + max(0, min(int(ahead), pool.max_fill - 1, pool.count - j - 1,
+                               (self._idx_len - offset) // count - 1))  # never past idx
             anchors, deltas = self._static
+            p_index, p_episode, p_frame = pool.meta[j]
             _runtime.launch_prepared(
-                _kernels.WINDOWS, "window_batch_kernel", pool.grid, (THREADS,),
-                (desc, np.uint64(self._idx_ptr + 8 * offset), anchors, deltas, p_index,
-                 p_episode, p_frame, pool.B64), self._like)
-        return arrays
+                _kernels.WINDOWS, "window_batch_kernel", (n * count, pool.chunks), (THREADS,),
+                (pool.descs[j], np.uint64(self._idx_ptr + 8 * offset), anchors, deltas, p_index,
+                 p_episode, p_frame, np.int64(n * count)), self._like)
+            self.launches += 1
+            pool.filled_first, pool.filled_end = j, j + n
+            pool.filled_base, pool.filled_gen = offset, self._gen
+        return pool.sets[j]
 
 
 # ---------------------------------------------------------------------------------------------
