@@ -77,7 +77,7 @@ def host_standins():
         if len(launches) > 4096:
             launches.clear()
 
-    saved = (_runtime._LAUNCHER, _array.is_device, _array.zero_)
+    saved = (_runtime._LAUNCHER, _array.is_device, _array.zero_, _array.device_key)
     real_is_device = _array.is_device
 
     def is_device(x):
@@ -86,11 +86,12 @@ def host_standins():
     _runtime._LAUNCHER = noop_launch
     _array.is_device = is_device
     _array.zero_ = lambda x: x
+    _array.device_key = _array.device_key_with_host_standins
     _malloc_like_a_caching_allocator(True)
     try:
         yield launches
     finally:
-        _runtime._LAUNCHER, _array.is_device, _array.zero_ = saved
+        _runtime._LAUNCHER, _array.is_device, _array.zero_, _array.device_key = saved
         _malloc_like_a_caching_allocator(False)
 
 

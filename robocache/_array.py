@@ -68,6 +68,30 @@ def signature(x) -> tuple:
     return (type(x), x.shape, x.dtype, x.device.id)
 
 
+def device_key(x):
+    """(shape, dtype, device index) of a C-contiguous device array (torch CUDA tensor, CuPy
+    array), else None: the signature the ops' hot paths remember (torch and CuPy keys never
+    compare equal: their dtypes are different objects)."""
+    lib = _LIBRARY_OF_TYPE.get(type(x))
+    if lib == "torch":
+        if x.is_cuda and x.is_contiguous():
+            return (x.shape, x.dtype, x.get_device())
+    elif lib == "cupy" and x.flags.c_contiguous:
+        return (x.shape, x.dtype, x.device.id)
+    return None
+
+
+_device_key = device_key  # what the stand-in below falls back to while it replaces device_key
+
+
+def device_key_with_host_standins(x):
+    """device_key, with contiguous torch CPU tensors counted as device arrays (the tests' kernel
+    emulator and the host-overhead benchmark, which run the CUDA paths on host memory)."""
+    if _LIBRARY_OF_TYPE.get(type(x)) == "torch" and x.is_contiguous():
+        return (x.shape, x.dtype, x.get_device())
+    return _device_key(x)
+
+
 def as_array(name: str, x):
     """Accept arrays of the three libraries; turn lists/tuples/scalars into NumPy arrays."""
     if isinstance(x, (list, tuple, int, float)):

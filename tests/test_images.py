@@ -446,6 +446,31 @@ def test_wide_store_kernel_only_for_aligned_outputs(out_dtype, emulated_cuda):
     assert images.make_plan((20, 24, 3), crop=12, layout="BKHWC").run_width == 1
 
 
+@pytest.mark.parametrize("C", [1, 3, 4])
+@pytest.mark.parametrize("misalign", [0, 1, 2, 3])
+def test_word_loads_of_four_pixels_stay_inside_the_frame_store(C, misalign, emulated_cuda):
+    """Without resize the 4-pixel kernel reads each run's 4*C bytes as C + 1 aligned words: from
+    frames at any byte alignment, with the store ending exactly where its memory ends (the last
+    pixels of the last frame fall back to byte loads; run under ASan to see no read past it),
+    and with shifted windows whose columns are clamped (byte loads): same values as NumPy."""
+    N, H, W = 5, 10, 16
+    nbytes = N * H * W * C
+    buf = np.random.default_rng(C + misalign).integers(0, 256, nbytes + misalign, dtype=np.uint8)
+    frames = buf[misalign:].reshape(N, H, W, C)  # ends at the end of buf's memory
+    assert frames.ctypes.data % 4 == (buf.ctypes.data + misalign) % 4
+    idx = np.array([[N - 1, 0], [2, N - 1], [N - 1, N - 1]])
+    key = _random.rand_key(3, 0, 1)
+    for kw in (dict(crop=(H, W)),                                   # the whole frame
+               dict(crop=(6, 8), crop_mode="random", per_frame_crop=True),
+               dict(crop=(6, 12), shift=3, out_dtype="bfloat16")):  # clamped columns
+        plan = images.make_plan((H, W, C), **kw)
+        assert plan.run_width == 4
+        want = images.apply_numpy(plan, frames, idx, None, key)
+        out = np.full(plan.out_shape(3, 2), 77, dtype=want.dtype)
+        images.apply_cuda(plan, frames, idx, None, out, key)
+        _compare(out, want, plan.out_dtype)
+
+
 def test_cuda_path_with_no_frames_reads_nothing(emulated_cuda):
     """N == 0 with unchecked rows >= 0: the NumPy path gives zeros; the kernel clamped the row
     to N - 1 = -1 and read the 48 bytes before the frames (here: a sentinel in the same

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import robocache as rc
-from robocache import _runtime
+from robocache import _array, _runtime
 from robocache.ops import _voxel_reference as ref
 from robocache.ops import voxel as vx
 
@@ -471,6 +471,42 @@ def test_cuda_path_on_emulator_matches_numpy(emulated_cuda):
     assert {launch.source for launch in emulated_cuda} == {"voxel.cu", "voxel_features.cu"}
 
 
+def test_hot_path_on_emulator_matches_numpy_and_checks_out(emulated_cuda, monkeypatch):
+    """count / occupancy calls repeating a signature launch straight away (vx._HOT): same grids
+    as the NumPy backend for new point values, dropped counts, a reused `out`, and a bad `out`
+    refused before any launch. torch CPU tensors stand in for CUDA tensors."""
+    torch = pytest.importorskip("torch")
+    real = _array.is_device
+    monkeypatch.setattr(_array, "is_device", lambda x: isinstance(x, torch.Tensor) or real(x))
+    monkeypatch.setattr(_array, "device_key", _array.device_key_with_host_standins)
+    monkeypatch.setattr(_array, "zero_", lambda x: x.zero_())  # the memset, on the host
+    monkeypatch.setattr(vx, "_HOT", {})
+    rng = np.random.default_rng(21)
+    for mode in ("count", "occupancy"):
+        for call in range(3):
+            pts = _cloud(rng, 700)
+            want, wd = rc.voxelize(pts, mode=mode, return_dropped=True, **GRID)
+            out = torch.full(want.shape, 5, dtype=torch.from_numpy(want).dtype)
+            n = len(emulated_cuda)
+            got, gd = rc.voxelize(torch.from_numpy(pts), mode=mode, return_dropped=True,
+                                  out=out if call == 2 else None, **GRID)
+            assert len(emulated_cuda) == n + 1  # one kernel launch (and a memset)
+            np.testing.assert_array_equal(got.numpy(), want, err_msg=f"{mode} call {call}")
+            assert int(gd) == int(wd) and (call != 2 or got is out)
+    assert len(vx._HOT) == 2
+    pts = torch.from_numpy(_cloud(rng, 700))
+    n = len(emulated_cuda)
+    with pytest.raises(ValueError, match=r"out: expected shape"):
+        rc.voxelize(pts, mode="count", out=torch.zeros(3, 3, 3, dtype=torch.int32), **GRID)
+    with pytest.raises(TypeError, match="out: expected dtype int32"):
+        rc.voxelize(pts, mode="count", out=torch.zeros(want.shape, dtype=torch.uint8), **GRID)
+    assert len(emulated_cuda) == n
+    other = dict(GRID, voxel_size=0.5)  # other grid numbers: checked, then their own entry
+    np.testing.assert_array_equal(rc.voxelize(pts, mode="count", **other).numpy(),
+                                  rc.voxelize(pts.numpy(), mode="count", **other))
+    assert len(vx._HOT) == 3
+
+
 @pytest.fixture
 def cupy():
     if not _runtime.cuda_available():
@@ -494,10 +530,11 @@ def test_cuda_public_api_torch_and_out(cupy):
     for mode in MODES:
         f = feats if mode in ("mean", "max") else None
         want = rc.voxelize(pts, mode=mode, features=f, **GRID)
-        got = rc.voxelize(torch.from_numpy(pts).cuda(), mode=mode, **GRID,
-                          features=None if f is None else torch.from_numpy(f).cuda())
-        assert got.is_cuda
-        np.testing.assert_array_equal(_bits(got.cpu().numpy()), _bits(want))
+        for _ in range(2):  # count / occupancy: the second call takes the hot path
+            got = rc.voxelize(torch.from_numpy(pts).cuda(), mode=mode, **GRID,
+                              features=None if f is None else torch.from_numpy(f).cuda())
+            assert got.is_cuda
+            np.testing.assert_array_equal(_bits(got.cpu().numpy()), _bits(want))
         out = cupy.full(want.shape, 9, dtype=want.dtype)
         res = rc.voxelize(cupy.asarray(pts), mode=mode, out=out, **GRID,
                           features=None if f is None else cupy.asarray(f))

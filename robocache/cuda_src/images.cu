@@ -25,7 +25,8 @@
 // each of its pixels.
 //
 // Memory access: per pixel, a thread reads C contiguous bytes (RESIZE: 4 taps of C bytes) of one
-// frame row straight from the frame store (no float copy, no crop pass); neighbouring lanes read
+// frame row straight from the frame store (no float copy, no crop pass; V = 4 without resize:
+// the 4*C bytes of its four pixels as C + 1 aligned 32-bit words); neighbouring lanes read
 // neighbouring pixels, so a warp reads 32*C contiguous bytes per tap row, and bilinear taps that
 // neighbouring output pixels share hit L1. Writes: "BKCHW" - per channel, lanes write consecutive
 // runs of V elements of one plane (a coalesced 32*V*sizeof(TO)-byte segment per channel, V-wide
@@ -115,6 +116,31 @@ RC_DEVICE void rc_img_sample(const ImageParams& p, const unsigned char* frame, i
 #pragma unroll
         for (int c = 0; c < C; ++c) v[c] = (float)s[c];
     }
+}
+
+// No resize, four adjacent window pixels (columns cx..cx+3 of frame row ry, all inside the
+// frame): their 4*C contiguous bytes read as C + 1 aligned 32-bit words and funnel-shifted into
+// place, instead of 4*C byte loads. False (nothing read) where those words would reach outside
+// the frame store [frames, frames + N*H*W*C); the caller then reads the bytes one by one.
+template <int C>
+RC_DEVICE bool rc_img_load4(const ImageParams& p, const unsigned char* frame, int ry, int cx,
+                            float v[4][C]) {
+    const rc_u64 at = reinterpret_cast<rc_u64>(frame + ((rc_i64)ry * p.W + cx) * C);
+    const rc_u64 a = at & ~(rc_u64)3;                    // the first word, aligned down
+    const rc_u64 end = p.frames + (rc_u64)p.N * (rc_u64)p.H * (rc_u64)p.W * C;
+    if (a < p.frames || a + 4 * (C + 1) > end) return false;
+    const unsigned int* w = reinterpret_cast<const unsigned int*>(a);
+    unsigned int raw[C + 1];
+#pragma unroll
+    for (int j = 0; j <= C; ++j) raw[j] = w[j];
+    const unsigned int sh = (unsigned int)(at - a) * 8u;
+#pragma unroll
+    for (int j = 0; j < C; ++j) {
+        const unsigned int word = __funnelshift_r(raw[j], raw[j + 1], sh);  // bytes 4j..4j+3
+#pragma unroll
+        for (int i = 0; i < 4; ++i) v[(4 * j + i) / C][(4 * j + i) % C] = (float)((word >> (8 * i)) & 0xffu);
+    }
+    return true;
 }
 
 // Scale, jitter, normalise channel c of one pixel and convert to the output type.
@@ -223,8 +249,12 @@ __global__ void crop_resize_kernel(const ImageParams p) {
         const int y = r / runs_per_row;
         const int x0 = (r - y * runs_per_row) * V;
         float v[V][C];
+        const int cx = ox + x0;
+        if (RESIZE || cx < 0 || cx + V > p.W
+            || !rc_img_load4<C>(p, frame, rc_clampi(oy + y, 0, p.H - 1), cx, v)) {
 #pragma unroll
-        for (int u = 0; u < V; ++u) rc_img_sample<C, RESIZE>(p, frame, oy, ox, y, x0 + u, v[u]);
+            for (int u = 0; u < V; ++u) rc_img_sample<C, RESIZE>(p, frame, oy, ox, y, x0 + u, v[u]);
+        }
 #pragma unroll
         for (int c = 0; c < C; ++c) {
             TO run[4];

@@ -12,6 +12,7 @@ nearest / previous copy values exactly; linear rounds once to the data's dtype.
 from __future__ import annotations
 
 import functools
+import math
 import struct
 
 import numpy as np
@@ -25,14 +26,23 @@ THREADS = 256  # 8 warps, one output row each
 MAX_STREAMS = 8  # RC_MAX_STREAMS in resample.cu
 
 
-def resample(data, src_times, tgt_times, method: str = "linear", *, check_times: bool = True):
+def resample(data, src_times, tgt_times, method: str = "linear", *, check_times: bool = True,
+             out=None):
     """Resample `data` [B,S,D] (or [S,D]) sampled at `src_times` [B,S] ([S]) onto `tgt_times`
     [B,T] ([T]). Returns [B,T,D] ([T,D]) in the input's library, device and dtype.
 
     `check_times` verifies that source times are finite and non-decreasing and target times
     finite; on a GPU that costs a reduction and one synchronisation, so a hot loop over data
-    already checked may pass False.
+    already checked may pass False. `out`: an array to write the result into and return
+    (the result's library, device, shape and dtype, C-contiguous, not overlapping the inputs).
     """
+    hot = _HOT.get((method, _array.device_key(data), _array.device_key(src_times),
+                    _array.device_key(tgt_times))) if type(method) is str else None
+    if hot is not None:  # contiguous device arrays of a signature seen before: launch
+        if check_times:
+            V.check_times("src_times", src_times)
+            V.check_times_finite("tgt_times", tgt_times)
+        return hot(data, src_times, tgt_times, out)
     data = _array.as_array("data", data)
     src_times = _array.as_array("src_times", src_times)
     tgt_times = _array.as_array("tgt_times", tgt_times)
@@ -46,26 +56,39 @@ def resample(data, src_times, tgt_times, method: str = "linear", *, check_times:
         meta = _check_resample(data, src_times, tgt_times, method)
         _remember(key, meta)
     squeeze, dtype, tdtype = meta
-    if squeeze:
-        data, src_times, tgt_times = data[None], src_times[None], tgt_times[None]
     if check_times:
         V.check_times("src_times", src_times)
         V.check_times_finite("tgt_times", tgt_times)
     if _array.is_device(data):
-        out = _resample_cuda(data, src_times, tgt_times, METHODS[method], dtype, tdtype)
-    else:
-        out = _array.from_numpy(
-            _resample_numpy(data, src_times, tgt_times, METHODS[method]), data, dtype)
-    return out[0] if squeeze else out
+        hot_key = (method, _array.device_key(data), _array.device_key(src_times),
+                   _array.device_key(tgt_times))
+        data, src_times, tgt_times = (_array.contiguous(x) for x in (data, src_times, tgt_times))
+        hot = _HotResample(data, src_times, tgt_times, METHODS[method], dtype, tdtype)
+        if None not in hot_key:  # contiguous already: the next call launches straight away
+            _remember_hot(hot_key, hot)
+        return hot(data, src_times, tgt_times, out)
+    if squeeze:
+        data, src_times, tgt_times = data[None], src_times[None], tgt_times[None]
+    res = _array.from_numpy(_resample_numpy(data, src_times, tgt_times, METHODS[method]), data,
+                            dtype)
+    return _into(out, res[0] if squeeze else res, (data, src_times, tgt_times))
 
 
-def fuse(streams, tgt_times, method: str = "linear", *, check_times: bool = True):
+def fuse(streams, tgt_times, method: str = "linear", *, check_times: bool = True, out=None):
     """Align several (data [B,S_k,D_k], times [B,S_k]) streams onto `tgt_times` [B,T] and
     concatenate their features: [B,T,sum D_k]. One kernel launch on the GPU.
 
     All streams share one dtype and one time dtype; 2-D streams ([S_k,D_k] with [S_k] times and
-    [T] targets) give [T, sum D_k].
+    [T] targets) give [T, sum D_k]. `check_times` and `out` as in resample.
     """
+    hk = _fuse_hot_key(streams, tgt_times, method)
+    hot = None if hk is None else _HOT.get(hk)
+    if hot is not None:  # contiguous device arrays of a signature seen before: launch
+        if check_times:
+            for k, (_, t) in enumerate(streams):
+                V.check_times(f"streams[{k}] times", t)
+            V.check_times_finite("tgt_times", tgt_times)
+        return hot(streams, tgt_times, out)
     key = _fuse_key(streams, tgt_times, method)
     meta = None if key is None else _CHECKED.get(key)
     if meta is None:  # the full checks (time checks included), then remember the signature
@@ -84,13 +107,20 @@ def fuse(streams, tgt_times, method: str = "linear", *, check_times: bool = True
                 V.check_times(f"streams[{k}] times", t)
             V.check_times_finite("tgt_times", tgt_times)
     if _array.is_device(tgt_times):
-        out = _fuse_cuda(checked, tgt_times, METHODS[method], dtype, tdtype)
-    else:
-        parts = [_resample_numpy(d, t, tgt_times, METHODS[method]) for d, t in checked]
-        out = _array.from_numpy(np.concatenate(parts, axis=-1), tgt_times, dtype)
-        if _array.library(checked[0][0]) != _array.library(tgt_times):  # pragma: no cover
-            raise AssertionError("same-device check let mixed libraries through")
-    return out[0] if squeeze else out
+        hot = _HotFuse(checked, tgt_times, METHODS[method], dtype, tdtype, squeeze)
+        hk = _fuse_hot_key(streams, tgt_times, method)
+        if hk is not None:  # contiguous already: the next call launches straight away
+            _remember_hot(hk, hot)
+        if hk is None:  # some array is not contiguous: launch on contiguous copies
+            checked = [(_array.contiguous(d), _array.contiguous(t)) for d, t in checked]
+            tgt_times = _array.contiguous(tgt_times)
+        return hot(checked, tgt_times, out)
+    parts = [_resample_numpy(d, t, tgt_times, METHODS[method]) for d, t in checked]
+    res = _array.from_numpy(np.concatenate(parts, axis=-1), tgt_times, dtype)
+    if _array.library(checked[0][0]) != _array.library(tgt_times):  # pragma: no cover
+        raise AssertionError("same-device check let mixed libraries through")
+    inputs = [a for pair in checked for a in pair] + [tgt_times]
+    return _into(out, res[0] if squeeze else res, inputs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,20 +284,130 @@ def _blocks_for_rows(rows: int) -> int:
     return (rows + per_block - 1) // per_block
 
 
-def _resample_cuda(data, src, tgt, method: int, dtype: str, tdtype: str):
-    data, src, tgt = _array.contiguous(data), _array.contiguous(src), _array.contiguous(tgt)
-    B, S, D = data.shape
-    T = tgt.shape[1]
-    out = _array.empty(data, (B, T, D), dtype)
-    if B * T * D == 0:
-        return out
-    ptrs = [_array.data_ptr(x) for x in (data, src, tgt, out)]
-    vec = (D * _array.ITEMSIZE[dtype]) % 16 == 0 and int(ptrs[0]) % 16 == 0 \
-        and int(ptrs[3]) % 16 == 0
-    _runtime.launch(_kernels.RESAMPLE, _resample_name(dtype, tdtype, vec),
-                    (_blocks_for_rows(B * T),), (THREADS,),
-                    (*ptrs, *_int32s(B, S, T, D, method)), like=data)
+# Hot paths: for contiguous device arrays, (method, _array.device_key of each array) -> what a
+# call of that signature needs besides the arrays' addresses: kernel name, grid, int arguments,
+# output allocator and the output's key. Made after a call passed every check; bounded.
+_HOT: dict = {}
+
+
+def _remember_hot(key, hot) -> None:
+    if len(_HOT) >= _MAX_CHECKED:
+        _HOT.clear()
+    _HOT[key] = hot
+
+
+def _addresser(like):
+    """array -> its address as an int, for arrays of like's library."""
+    lib = _array.library(like)
+    if lib == "torch":
+        return lambda x: x.data_ptr()
+    if lib == "cupy":
+        return lambda x: x.data.ptr
+    return lambda x: x.ctypes.data  # host arrays: the CPU kernel emulator of the tests
+
+
+def _allocator(like, shape: tuple, dtype: str):
+    """() -> an uninitialised output [shape] next to `like` (keeps no reference to `like`)."""
+    if _array.library(like) == "torch":
+        import torch
+
+        return functools.partial(torch.empty, shape, dtype=_array.torch_dtype(dtype),
+                                 device=like.device)
+    lib_like = _array.empty(like, (0,), dtype)  # a 0-element array stands for the device
+    return functools.partial(_array.empty, lib_like, shape, dtype)
+
+
+class _Output:
+    """Checks of an `out=` argument against the result it must hold."""
+
+    def __init__(self, like, shape: tuple, dtype: str):
+        self.shape, self.dtype = tuple(shape), dtype
+        self.alloc = _allocator(like, self.shape, dtype)
+        self.key = _array.device_key(like) and _array.device_key(self.alloc())
+        self.nbytes = math.prod(self.shape) * _array.ITEMSIZE[dtype]
+
+    def check(self, out, like, inputs) -> None:
+        """`out` fits (library, device, shape, dtype, contiguous) and overlaps no input;
+        `inputs`: the inputs' (address, nbytes)."""
+        if self.key is None or _array.device_key(out) != self.key:
+            _check_out_fully(out, like, self.shape, self.dtype)
+        if self.nbytes:
+            lo = _array.address(out)
+            hi = lo + self.nbytes
+            for a, n in inputs:
+                if a < hi and lo < a + n:
+                    V.fail("out", "an array that overlaps none of the inputs",
+                           "one that shares memory with an input")
+
+
+def _check_out_fully(out, like, shape: tuple, dtype: str) -> None:
+    try:
+        out_lib = _array.library(out)
+    except TypeError:
+        V.fail("out", "an array of the inputs' library", type(out).__name__, TypeError)
+    if _array.placement(out) != _array.placement(like):
+        V.fail("out", f"an array on the inputs' device ({_array.placement(like)})",
+               _array.placement(out))
+    if tuple(out.shape) != shape:
+        V.fail("out", f"shape {shape}", f"shape {tuple(out.shape)}")
+    if _array.dtype_name(out) != dtype:
+        V.fail("out", f"dtype {dtype}", _array.dtype_name(out), TypeError)
+    contiguous = (out.is_contiguous() if out_lib == "torch" else out.flags.c_contiguous)
+    if not contiguous:
+        V.fail("out", "a C-contiguous array", "a non-contiguous one")
+
+
+def _into(out, result, inputs):
+    """The NumPy backend's `out=`: checked like the device paths, then filled."""
+    if out is None:
+        return result
+    spec = _Output(result, tuple(result.shape), _array.dtype_name(result))
+    spec.check(out, result, [(_array.address(x), _array.nbytes(x)) for x in inputs])
+    if _array.library(out) == "torch":
+        out.copy_(result)
+    else:
+        np.copyto(out, result)
     return out
+
+
+class _HotResample:
+    """One resample signature on the device: per call only addresses, an output and a launch."""
+
+    def __init__(self, data, src, tgt, method: int, dtype: str, tdtype: str):
+        squeeze = data.ndim == 2
+        B, S, D = (1, *data.shape) if squeeze else data.shape
+        T = tgt.shape[-1]
+        self.output = _Output(data, (T, D) if squeeze else (B, T, D), dtype)
+        self.nbytes = (_array.nbytes(data), _array.nbytes(src), _array.nbytes(tgt))
+        self.empty = B * T * D == 0
+        self.address = _addresser(data)
+        self.names = (_resample_name(dtype, tdtype, False), _resample_name(dtype, tdtype, True))
+        self.vec = (D * _array.ITEMSIZE[dtype]) % 16 == 0  # rows of whole 16-byte vectors
+        self.grid = (_blocks_for_rows(B * T),)
+        self.ints = _int32s(B, S, T, D, method)
+
+    def __call__(self, data, src, tgt, out):
+        a = self.address
+        pd, ps, pt = a(data), a(src), a(tgt)
+        if out is None:
+            out = self.output.alloc()
+        else:
+            nd, ns, nt = self.nbytes
+            self.output.check(out, data, ((pd, nd), (ps, ns), (pt, nt)))
+        if self.empty:
+            return out
+        po = a(out)
+        _runtime.launch_prepared(
+            _kernels.RESAMPLE, self.names[self.vec and not (pd | po) & 15], self.grid,
+            (THREADS,), (np.uint64(pd), np.uint64(ps), np.uint64(pt), np.uint64(po),
+                         *self.ints), data)
+        return out
+
+
+def _resample_cuda(data, src, tgt, method: int, dtype: str, tdtype: str):
+    """One launch of resample_kernel for [B,S,D] data (no hot-path cache)."""
+    data, src, tgt = _array.contiguous(data), _array.contiguous(src), _array.contiguous(tgt)
+    return _HotResample(data, src, tgt, method, dtype, tdtype)(data, src, tgt, None)
 
 
 @functools.lru_cache(maxsize=64)
@@ -309,24 +449,65 @@ def _fuse_template(shapes: tuple[tuple[int, int], ...]) -> tuple[bytes, int]:
 _PACK_POINTERS = [struct.Struct(f"<{n}Q").pack_into for n in range(MAX_STREAMS + 1)]
 
 
-def _fuse_cuda(streams, tgt, method: int, dtype: str, tdtype: str):
-    tgt = _array.contiguous(tgt)
-    B, T = tgt.shape
-    data = [_array.contiguous(d) for d, _ in streams]
-    times = [_array.contiguous(t) for _, t in streams]
-    template, W = _fuse_template(tuple((int(d.shape[1]), int(d.shape[2])) for d in data))
-    out = _array.empty(tgt, (B, T, W), dtype)
-    if B * T * W == 0:
+def _fuse_hot_key(streams, tgt_times, method):
+    """fuse's hot-path key (method, device keys of targets and every stream), or None."""
+    if not isinstance(streams, (list, tuple)) or not 0 < len(streams) <= MAX_STREAMS:
+        return None
+    if type(method) is not str:
+        return None
+    key = [method, _array.device_key(tgt_times)]
+    for pair in streams:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            return None
+        key += (_array.device_key(pair[0]), _array.device_key(pair[1]))
+    return None if None in key else tuple(key)
+
+
+class _HotFuse:
+    """One fuse signature on the device: per call the streams' addresses packed into the
+    descriptor template, an output and a launch."""
+
+    def __init__(self, streams, tgt, method: int, dtype: str, tdtype: str, squeeze: bool):
+        """`streams`, `tgt`: checked and with a leading batch axis ([B,S_k,D_k], [B,T])."""
+        B, T = tgt.shape
+        self.template, W = _fuse_template(tuple((int(d.shape[1]), int(d.shape[2]))
+                                                for d, _ in streams))
+        self.output = _Output(tgt, (T, W) if squeeze else (B, T, W), dtype)
+        self.data_nbytes = [_array.nbytes(d) for d, _ in streams]
+        self.times_nbytes = [_array.nbytes(t) for _, t in streams]
+        self.tgt_nbytes = _array.nbytes(tgt)
+        self.empty = B * T * W == 0
+        self.address = _addresser(tgt)
+        self.pack = _PACK_POINTERS[len(streams)]
+        self.name = _fuse_name(dtype, tdtype)
+        self.grid = (_blocks_for_rows(B * T),)
+        self.ints = _int32s(B, T, W, method)
+
+    def __call__(self, streams, tgt, out):
+        a = self.address
+        pdata, ptimes = [a(d) for d, _ in streams], [a(t) for _, t in streams]
+        if out is None:
+            out = self.output.alloc()
+        else:
+            self.output.check(out, tgt, [*zip(pdata, self.data_nbytes, strict=True),
+                                         *zip(ptimes, self.times_nbytes, strict=True),
+                                         (a(tgt), self.tgt_nbytes)])
+        if self.empty:
+            return out
+        buf = bytearray(self.template)
+        self.pack(buf, _FUSE_DATA, *pdata)
+        self.pack(buf, _FUSE_TIMES, *ptimes)
+        desc = np.frombuffer(buf, dtype=FUSE_STREAMS_DTYPE)[0]
+        _runtime.launch_prepared(_kernels.RESAMPLE, self.name, self.grid, (THREADS,),
+                                 (desc, np.uint64(a(tgt)), np.uint64(a(out)), *self.ints), tgt)
         return out
-    buf = bytearray(template)
-    pack = _PACK_POINTERS[len(data)]
-    pack(buf, _FUSE_DATA, *map(_array.address, data))
-    pack(buf, _FUSE_TIMES, *map(_array.address, times))
-    desc = np.frombuffer(buf, dtype=FUSE_STREAMS_DTYPE)[0]
-    _runtime.launch(_kernels.RESAMPLE, _fuse_name(dtype, tdtype), (_blocks_for_rows(B * T),),
-                    (THREADS,), (desc, _array.data_ptr(tgt), _array.data_ptr(out),
-                                 *_int32s(B, T, W, method)), like=tgt)
-    return out
+
+
+def _fuse_cuda(streams, tgt, method: int, dtype: str, tdtype: str):
+    """One launch of fuse_kernel for [B,S_k,D_k] streams onto [B,T] (no hot-path cache)."""
+    tgt = _array.contiguous(tgt)
+    streams = [(_array.contiguous(d), _array.contiguous(t)) for d, t in streams]
+    return _HotFuse(streams, tgt, method, dtype, tdtype, False)(streams, tgt, None)
 
 
 @functools.lru_cache(maxsize=64)

@@ -122,6 +122,14 @@ def voxelize(points, *, grid_min, voxel_size, grid_size, mode: str = "occupancy"
     Returns the grid, or (grid, dropped) with `return_dropped`. See the module docstring for the
     exact voxel rule, dropping, empty-voxel values and the error bound of "mean".
     """
+    hot_key = None
+    if features is None and batch_index is None and batch_size is None \
+            and type(mode) is str:  # the plain count / occupancy call of a training loop
+        hot_key = (mode, _array.device_key(points), _scalar_key(grid_min),
+                   _scalar_key(voxel_size), _scalar_key(grid_size))
+        hot = None if None in hot_key else _HOT.get(hot_key)
+        if hot is not None:
+            return hot(points, out, return_dropped)
     V.check_choice("mode", mode, MODES)
     points, bidx, grid = _check_inputs(points, grid_min, voxel_size, grid_size, batch_index,
                                        batch_size, check_batch_index)
@@ -137,6 +145,12 @@ def voxelize(points, *, grid_min, voxel_size, grid_size, mode: str = "occupancy"
     if out is not None:
         _check_out(out, points, shape, dtype)
     if _array.is_device(points):
+        if hot_key is not None and None not in hot_key and mode in ("occupancy", "count"):
+            hot = _HotCount(points, grid, mode)  # contiguous points: later calls launch at once
+            if len(_HOT) >= 256:
+                _HOT.clear()
+            _HOT[hot_key] = hot
+            return hot(points, out, return_dropped)
         result, dropped = _voxelize_cuda(points, bidx, feats, grid, mode, out, return_dropped)
     else:
         res, n_dropped = _voxelize_numpy(_array.to_numpy(points), _host(bidx), _host(feats),
@@ -440,6 +454,40 @@ def _point_args(points, bidx, grid: _Grid):
     desc = grid.desc(bidx is not None and _array.dtype_name(bidx) == "int64")
     head = (_array.data_ptr(pts), _ptr_or_null(bidx), np.int64(pts.shape[0]), desc)
     return pts, bidx, _array.C_TYPES[_array.dtype_name(pts)], head
+
+
+# Hot path: (mode, _array.device_key(points), grid arguments' _scalar_key) -> _HotCount, for
+# count / occupancy calls without batch_index or features on contiguous device points; made
+# after a call with that key passed every check. Bounded.
+_HOT: dict = {}
+
+
+class _HotCount:
+    """One count / occupancy signature on the device: per call an output (or the checked
+    `out`), one memset and one launch."""
+
+    def __init__(self, points, grid: _Grid, mode: str):
+        self.grid, self.mode = grid, mode
+        self.shape, self.dtype = grid.shape(), OUT_DTYPES[mode]
+        self.n = int(points.shape[0])
+        self.name = _scatter_name(_array.C_TYPES[_array.dtype_name(points)], mode == "occupancy")
+        self.desc = grid.desc(False)
+        self.blocks = (_blocks(self.n),)
+        self.out_key = _array.device_key(_array.empty(points, self.shape, self.dtype))
+
+    def __call__(self, points, out, want_dropped: bool):
+        if out is None:
+            out = _array.empty(points, self.shape, self.dtype)
+        elif _array.device_key(out) != self.out_key:
+            _check_out(out, points, self.shape, self.dtype)  # raises: the key says it differs
+        dropped = _array.zeros(points, (), "int64") if want_dropped else None
+        _array.zero_(out)
+        if self.n:
+            _runtime.launch_prepared(
+                _kernels.VOXEL, self.name, self.blocks, (THREADS,),
+                (_array.data_ptr(points), np.uint64(0), np.int64(self.n), self.desc,
+                 _array.data_ptr(out), _ptr_or_null(dropped)), points)
+        return (out, dropped) if want_dropped else out
 
 
 def _voxelize_cuda(points, bidx, feats, grid: _Grid, mode: str, out, want_dropped: bool):
