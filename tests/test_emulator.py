@@ -484,6 +484,20 @@ def test_resample_cuda_path_matches_numpy(emulated_cuda, dtype, tdtype, method_n
         f"resample_kernel<{_array.C_TYPES[dtype]}, {_array.C_TYPES[tdtype]}, {vec}>"]
 
 
+@pytest.mark.parametrize("S, T", [(1500, 37), (33, 7), (1089, 3), (40, 1)])
+def test_resample_warps_of_four_rows_across_sequences(emulated_cuda, S, T):
+    """A warp builds 4 consecutive output rows: rows of two sequences in one warp (T % 4 != 0),
+    a last warp with fewer than 4 rows, and long source spans (several search rounds, run
+    together for the 4 rows)."""
+    rng = np.random.default_rng(S + T)
+    for dtype, D in (("bfloat16", 24), ("float32", 5), ("float64", 4)):
+        data, src = make_stream(rng, 3, S, D, dtype, "float32", dup=True)
+        tgt = make_targets(rng, src, T, "float32")
+        for method in R.METHODS.values():
+            got = R._resample_cuda(data, src, tgt, method, dtype, "float32")
+            assert_matches_numpy(got, data, src, tgt, method, dtype)
+
+
 @pytest.mark.parametrize("S", [1, 2])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_resample_short_sources(dtype, S):

@@ -58,3 +58,73 @@ RC_DEVICE RcInterp rc_interp_rows(const TT* times, int n, TT t, int method, int 
     r.w = (double)(t - t0) / (double)(t1 - t0);                     // t0 <= t < t1, so t1 > t0
     return r;
 }
+
+// R searches at once, for the R rows a warp builds (resample.cu): round by round the probes of
+// every search still running are loaded together, so a warp keeps R loads in flight where one
+// search would keep one. Same result per search as rc_warp_search_right (warp-uniform loop).
+template <typename TT, int R>
+RC_DEVICE void rc_warp_search_right_n(const TT* const times[R], int n, const TT t[R], int lane,
+                                      int found[R]) {
+    int lo[R], hi[R];
+#pragma unroll
+    for (int q = 0; q < R; ++q) { lo[q] = 0; hi[q] = n; }
+    bool more = n > 32;
+    while (more) {
+        TT probe[R];
+        int len[R];
+#pragma unroll
+        for (int q = 0; q < R; ++q) {            // issue every running search's probe first
+            len[q] = hi[q] - lo[q];
+            if (len[q] > 32) probe[q] = times[q][lo[q] + (int)((long long)(lane + 1) * len[q] / 33)];
+        }
+        more = false;
+#pragma unroll
+        for (int q = 0; q < R; ++q) {
+            if (len[q] > 32) {                   // warp-uniform: lo, hi are the same in all lanes
+                const unsigned int below = __ballot_sync(0xffffffffu, rc_sorts_before_or_at(probe[q], t[q]));
+                const int k = __popc(below);
+                const int new_lo = k == 0 ? lo[q] : lo[q] + (int)((long long)k * len[q] / 33) + 1;
+                hi[q] = k == 32 ? hi[q] : lo[q] + (int)((long long)(k + 1) * len[q] / 33);
+                lo[q] = new_lo;
+                more = more || hi[q] - lo[q] > 32;
+            }
+        }
+    }
+    bool in[R];
+#pragma unroll
+    for (int q = 0; q < R; ++q) {                // <= 32 candidates left in each: one probe per lane
+        const int pos = lo[q] + lane;
+        in[q] = pos < hi[q] && rc_sorts_before_or_at(times[q][pos < hi[q] ? pos : lo[q]], t[q]);
+    }
+#pragma unroll
+    for (int q = 0; q < R; ++q) found[q] = lo[q] + __popc(__ballot_sync(0xffffffffu, in[q])) - 1;
+}
+
+// rc_interp_rows for R targets (times[q] holds n source times, t[q] the target), the loads of the
+// R searches and of their bracketing times overlapped.
+template <typename TT, int R>
+RC_DEVICE void rc_interp_rows_n(const TT* const times[R], int n, const TT t[R], int method,
+                                int lane, RcInterp r[R]) {
+    int i[R];
+    rc_warp_search_right_n<TT, R>(times, n, t, lane, i);
+    TT t0[R], t1[R];
+#pragma unroll
+    for (int q = 0; q < R; ++q) {
+        const bool inner = i[q] >= 0 && i[q] < n - 1;
+        t0[q] = times[q][inner ? i[q] : 0];
+        t1[q] = times[q][inner ? i[q] + 1 : 0];
+    }
+#pragma unroll
+    for (int q = 0; q < R; ++q) {
+        r[q].w = 0.0;
+        if (i[q] < 0) { r[q].row0 = r[q].row1 = 0; continue; }
+        if (i[q] >= n - 1) { r[q].row0 = r[q].row1 = n - 1; continue; }
+        if (method == RC_METHOD_PREVIOUS) { r[q].row0 = r[q].row1 = i[q]; continue; }
+        if (method == RC_METHOD_NEAREST) {
+            r[q].row0 = r[q].row1 = ((t1[q] - t[q]) < (t[q] - t0[q])) ? i[q] + 1 : i[q];
+            continue;
+        }
+        r[q].row0 = i[q]; r[q].row1 = i[q] + 1;
+        r[q].w = (double)(t[q] - t0[q]) / (double)(t1[q] - t0[q]);
+    }
+}

@@ -5,11 +5,14 @@
 //   resample: data [B,S,D], src_t [B,S], tgt_t [B,T]  ->  out [B,T,D]
 //   fuse:     stream k: data_k [B,S_k,D_k], times_k [B,S_k]; tgt_t [B,T] -> out [B,T,sum D_k]
 //
-// Work split: one warp per output row (b, j). The 32 lanes search src_t[b] together
-// (rc_warp_search_right: 32 probes per round, ~log33(S) + 1 dependent loads, L1/L2-resident
-// because neighbouring warps search the same row), then stride over the D features: lanes read
-// the two bracketing source rows and write one output row, coalesced. With VEC, each lane moves
-// 16 bytes per access (8 bf16/fp16, 4 float, 2 double).
+// Work split: resample - one warp per RC_RESAMPLE_ROWS (4) consecutive output rows (b, j). The
+// 32 lanes search src_t[b] together (rc_warp_search_right_n: 32 probes per round, ~log33(S) + 1
+// dependent loads, L1/L2-resident because neighbouring warps search the same row), the 4
+// searches' loads issued together; then they stride over the D features: lanes read the two
+// bracketing source rows of all 4 rows (8 loads in flight per lane) and write the 4 output rows,
+// coalesced. A warp per row would wait out each row's chain of dependent loads (search, times,
+// data) alone: latency, not bandwidth, set the pace. With VEC, each lane moves 16 bytes per access
+// (8 bf16/fp16, 4 float, 2 double). fuse - one warp per output row, stream after stream.
 //
 // Bytes per call: reads <= 2*B*T*D*sizeof(T) of data (each source row is read ~T/S times, mostly
 // from L2 when T ~ S) + B*T*32*(log33(S)+1)*sizeof(TT) of times (cached); writes B*T*D*sizeof(T).
@@ -21,44 +24,82 @@
 template <typename T>
 struct alignas(16) Pack16 { T v[16 / sizeof(T)]; };
 
+#define RC_RESAMPLE_ROWS 4  // output rows per warp (ROWS_PER_WARP in ops/resample.py)
+
+// x + w * (y - x) in the accumulation type, rounded once to T.
+template <typename T, typename Acc>
+RC_DEVICE T rc_lerp(T x, T y, Acc w) {
+    const Acc xa = Num<T>::load(x);
+    return Num<T>::store(xa + w * (Num<T>::load(y) - xa));
+}
+
+// __launch_bounds__: 3 blocks of 256 per SM (<= 85 registers, no spills on sm_90): 24 warps x
+// 4 rows = 96 rows in flight per SM (a warp per row at 32 registers: 64).
 template <typename T, typename TT, bool VEC>
-__global__ void resample_kernel(const T* __restrict__ data, const TT* __restrict__ src_t,
-                                const TT* __restrict__ tgt_t, T* __restrict__ out,
-                                int B, int S, int T_, int D, int method) {
+__global__ void __launch_bounds__(256, 3)
+resample_kernel(const T* __restrict__ data, const TT* __restrict__ src_t,
+                const TT* __restrict__ tgt_t, T* __restrict__ out, int B, int S, int T_, int D,
+                int method) {
     typedef typename Num<T>::Acc Acc;
-    const rc_i64 row = ((rc_i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5;   // (b, j)
+    constexpr int R = RC_RESAMPLE_ROWS;
+    const rc_i64 rows = (rc_i64)B * T_;
+    const rc_i64 first = (((rc_i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5) * R;
     const int lane = threadIdx.x & 31;
-    if (row >= (rc_i64)B * T_) return;
-    const rc_i64 b = row / T_;
-    const RcInterp r = rc_interp_rows(src_t + b * S, S, tgt_t[row], method, lane);
-    const T* a = data + (b * S + r.row0) * D;
-    const T* c = data + (b * S + r.row1) * D;
-    T* o = out + row * D;
-    const Acc w = (Acc)r.w;
+    if (first >= rows) return;
+    const TT* times[R];
+    TT t[R];
+    rc_i64 b[R];
+#pragma unroll
+    for (int q = 0; q < R; ++q) {            // rows past the end repeat the last row, unstored
+        const rc_i64 row = first + q < rows ? first + q : rows - 1;
+        b[q] = row / T_;
+        times[q] = src_t + b[q] * S;
+        t[q] = tgt_t[row];
+    }
+    RcInterp r[R];
+    rc_interp_rows_n<TT, R>(times, S, t, method, lane, r);
+    const T* a[R];
+    const T* c[R];
+    Acc w[R];
+#pragma unroll
+    for (int q = 0; q < R; ++q) {
+        a[q] = data + (b[q] * S + r[q].row0) * D;
+        c[q] = data + (b[q] * S + r[q].row1) * D;
+        w[q] = (Acc)r[q].w;
+    }
+    const int nq = rows - first < R ? (int)(rows - first) : R;
     if (VEC) {
         constexpr int N = 16 / sizeof(T);
-        const Pack16<T>* ap = reinterpret_cast<const Pack16<T>*>(a);
-        const Pack16<T>* cp = reinterpret_cast<const Pack16<T>*>(c);
-        Pack16<T>* op = reinterpret_cast<Pack16<T>*>(o);
         for (int p = lane; p < D / N; p += 32) {
-            Pack16<T> x = ap[p];
-            if (r.row0 != r.row1) {
-                const Pack16<T> y = cp[p];
+            Pack16<T> x[R], y[R];
 #pragma unroll
-                for (int k = 0; k < N; ++k) {
-                    const Acc xa = Num<T>::load(x.v[k]);
-                    x.v[k] = Num<T>::store(xa + w * (Num<T>::load(y.v[k]) - xa));
-                }
+            for (int q = 0; q < R; ++q) {    // all 2R loads in flight before any store
+                x[q] = reinterpret_cast<const Pack16<T>*>(a[q])[p];
+                if (r[q].row0 != r[q].row1) y[q] = reinterpret_cast<const Pack16<T>*>(c[q])[p];
             }
-            op[p] = x;
+#pragma unroll
+            for (int q = 0; q < R; ++q) {
+                if (q >= nq) break;
+                if (r[q].row0 != r[q].row1) {
+#pragma unroll
+                    for (int k = 0; k < N; ++k) x[q].v[k] = rc_lerp(x[q].v[k], y[q].v[k], w[q]);
+                }
+                reinterpret_cast<Pack16<T>*>(out + (first + q) * D)[p] = x[q];
+            }
         }
     } else {
         for (int d = lane; d < D; d += 32) {
-            if (r.row0 == r.row1) {
-                o[d] = a[d];                                   // exact copy, no rounding
-            } else {
-                const Acc xa = Num<T>::load(a[d]);
-                o[d] = Num<T>::store(xa + w * (Num<T>::load(c[d]) - xa));
+            T x[R], y[R];
+#pragma unroll
+            for (int q = 0; q < R; ++q) {
+                x[q] = a[q][d];
+                if (r[q].row0 != r[q].row1) y[q] = c[q][d];
+            }
+#pragma unroll
+            for (int q = 0; q < R; ++q) {
+                if (q >= nq) break;
+                out[(first + q) * D + d] = r[q].row0 == r[q].row1 ? x[q]  // exact copy, no rounding
+                                                                 : rc_lerp(x[q], y[q], w[q]);
             }
         }
     }

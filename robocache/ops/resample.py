@@ -22,7 +22,8 @@ from .. import _validate as V
 
 METHODS = {"linear": 0, "nearest": 1, "previous": 2}
 TIME_DTYPES = ("float32", "float64")
-THREADS = 256  # 8 warps, one output row each
+THREADS = 256  # 8 warps
+ROWS_PER_WARP = 4  # resample_kernel: RC_RESAMPLE_ROWS in resample.cu (fuse_kernel: 1)
 MAX_STREAMS = 8  # RC_MAX_STREAMS in resample.cu
 
 
@@ -279,8 +280,8 @@ def _resample_numpy(data, src_times, tgt_times, method: int) -> np.ndarray:
 # CUDA backend
 
 
-def _blocks_for_rows(rows: int) -> int:
-    per_block = THREADS // 32
+def _blocks_for_rows(rows: int, rows_per_warp: int = 1) -> int:
+    per_block = THREADS // 32 * rows_per_warp
     return (rows + per_block - 1) // per_block
 
 
@@ -383,7 +384,7 @@ class _HotResample:
         self.address = _addresser(data)
         self.names = (_resample_name(dtype, tdtype, False), _resample_name(dtype, tdtype, True))
         self.vec = (D * _array.ITEMSIZE[dtype]) % 16 == 0  # rows of whole 16-byte vectors
-        self.grid = (_blocks_for_rows(B * T),)
+        self.grid = (_blocks_for_rows(B * T, ROWS_PER_WARP),)
         self.ints = _int32s(B, S, T, D, method)
 
     def __call__(self, data, src, tgt, out):
