@@ -8,8 +8,6 @@ call (median over repeats of many calls, ending with a synchronize):
   Function call RoboCache makes (cached handle, explicit stream);
 - the cost of the arguments: 8 pointer-sized scalars, and structs passed by value of the sizes
   RoboCache passes (images 200 B, fuse 232 B, windows 2840 B);
-- the same empty kernels through cuLaunchKernel called with ctypes (robocache/_driver.py, the
-  path RoboCache launches through), side by side with CuPy's call;
 - torch.empty of a small output on the GPU (what each fresh output costs).
 
     python benchmarks/bench_launch.py [--quick] [--json out.json]
@@ -90,23 +88,6 @@ def run(quick: bool = False) -> list[dict]:
         fs = mod.get_function(f"empty_struct{n}").kernel
         add(f"Function call, {n}-byte struct by value, torch's stream",
             lambda fs=fs, blob=blob: fs((1,), (32,), (blob,), 0, stream))
-    # the same kernels through cuLaunchKernel (robocache/_driver.py, RoboCache's launch path)
-    from robocache import _driver
-
-    drv = _driver.load()
-    raw_stream = _runtime._torch_raw_stream(like.get_device())
-    if drv is not None:
-        d_int = _driver.DriverKernel(drv, f_int.ptr, "empty_int")
-        add("cuLaunchKernel (ctypes), 1 int arg, torch's stream",
-            lambda: d_int((1,), (32,), (one,), 0, raw_stream))
-        d8 = _driver.DriverKernel(drv, f8.ptr, "empty_u64x8")
-        add("cuLaunchKernel (ctypes), 8 uint64 args, torch's stream",
-            lambda: d8((1,), (32,), u64, 0, raw_stream))
-        blob = np.zeros((), dtype=np.dtype([("w", np.uint64, (STRUCT_BYTES[-1] // 8,))]))[()]
-        ds = _driver.DriverKernel(drv, mod.get_function(f"empty_struct{STRUCT_BYTES[-1]}")
-                                  .kernel.ptr, "empty_struct")
-        add(f"cuLaunchKernel (ctypes), {STRUCT_BYTES[-1]}-byte struct, torch's stream",
-            lambda: ds((1,), (32,), (blob,), 0, raw_stream))
     add("torch.empty((256, 16, 14)) float32 on the GPU",
         lambda: torch.empty((256, 16, 14), device="cuda"))
     print(f"\n## launch costs on {torch.cuda.get_device_name(0)}: us per call, back-to-back")

@@ -11,8 +11,7 @@ RawModule per (module, device) in memory.
 and no driver: that is the CI's compile check for every target architecture.
 
 Launches run on the caller's stream: CuPy's current stream for CuPy arrays, torch's current
-stream for torch tensors, through cuLaunchKernel directly (_driver.py) or, where libcuda cannot
-be loaded or ROBOCACHE_LAUNCH=cupy, through CuPy's Function call.
+stream for torch tensors.
 """
 
 from __future__ import annotations
@@ -258,51 +257,8 @@ def _cupy_launch(module: KernelModule, name: str, grid, block, args, like, share
             fn(grid, block, args, shared_mem, stream)
 
 
-# (source, name, device) -> (module, DriverKernel): the driver launch path's kernels
-_driver_kernels: dict[tuple[str, str, int], tuple[KernelModule, object]] = {}
-
-
-def _driver_kernel(module: KernelModule, name: str, device_id: int):
-    """`name` on one device as a _driver.DriverKernel (None where the driver is not usable)."""
-    from . import _driver
-
-    drv = _driver.load()
-    if drv is None:
-        return None
-    raw = get_function(module, name, device_id)
-    with _bind()["Device"](device_id):
-        fn = getattr(raw, "kernel", None)
-    ptr = getattr(fn, "ptr", None)
-    if not ptr:  # pragma: no cover - a CuPy whose Function has no CUfunction handle
-        return None
-    k = _driver.DriverKernel(drv, ptr, name)
-    _driver_kernels[(module.source, name, device_id)] = (module, k)
-    return k
-
-
-def _driver_launch(module: KernelModule, name: str, grid, block, args, like, shared_mem: int):
-    """cuLaunchKernel on the stream a CuPy launch would use (_driver.py); CuPy's launch where
-    the driver cannot be loaded."""
-    fast = _cupy_fns if _cupy_fns else _bind()
-    if _array.library(like) == "torch":
-        dev = like.get_device()
-        stream = _torch_raw_stream(dev)
-    else:  # CuPy: its current stream
-        dev = like.device.id
-        stream = fast["current_stream"]().ptr
-    hit = _driver_kernels.get((module.source, name, dev))
-    k = hit[1] if hit is not None and hit[0] is module else _driver_kernel(module, name, dev)
-    if k is None:
-        _cupy_launch(module, name, grid, block, args, like, shared_mem)
-    elif fast["get_device"]() == dev:
-        k(grid, block, args, shared_mem, stream)
-    else:
-        with fast["Device"](dev):
-            k(grid, block, args, shared_mem, stream)
-
-
 # Tests replace this with a CPU emulator of the kernels (tests/emulator).
-_LAUNCHER = _driver_launch
+_LAUNCHER = _cupy_launch
 
 
 def zero_device(x) -> None:

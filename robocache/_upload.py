@@ -179,8 +179,8 @@ class _FileSource:
         m = arr  # down to the memmap made on the mapping itself: its offset is its data's
         while isinstance(m, np.ndarray) and not isinstance(m.base, mmap.mmap):
             m = m.base
-        if not isinstance(m, np.memmap) or m.mode != "r" or not isinstance(m.filename, str):
-            return None
+        if not isinstance(m, np.memmap) or m.mode != "r" or m.filename is None:
+            return None  # (filename: a str or a path object, as np.load was given)
         start = m.ctypes.data
         lo = arr.ctypes.data - start
         if lo < 0 or lo + arr.nbytes > m.nbytes:
@@ -189,7 +189,7 @@ class _FileSource:
             fd = os.open(m.filename, os.O_RDONLY)
         except OSError:
             return None
-        src = cls(fd, int(m.offset) + lo, int(arr.nbytes), m.filename)
+        src = cls(fd, int(m.offset) + lo, int(arr.nbytes), str(m.filename))
         weakref.finalize(src, os.close, fd)
         return src
 
