@@ -130,13 +130,11 @@ def _touch(arrays) -> None:
         flat[:: 4096].sum()  # one byte per page: maps every page of the file
 
 
-def _fill_only(cache_dir: Path, how: str = "pread") -> None:
+def _fill_only(cache_dir: Path) -> None:
     """The host half of cache -> GPU: freshly mapped cache files copied chunk by chunk into two
     staging buffers by the upload's own loop (robocache._upload._pipeline, same chunk size and
     threads), with no transfer. Beside the full upload it tells whether the host side or the bus
-    sets its pace. `how`: "pread" (what the upload does with a mapped file: os.preadv into the
-    buffers) or "mmap" (copying the mapped pages). Pinned buffers where CUDA is usable, plain
-    ones elsewhere."""
+    sets its pace. Pinned buffers where CUDA is usable, plain ones elsewhere."""
     from robocache import _progress, _upload
     from robocache.formats import read_cache
 
@@ -154,9 +152,6 @@ def _fill_only(cache_dir: Path, how: str = "pread") -> None:
     with _progress.bar(1, "fill", progress=False) as bar:
         for a in arrays:
             src = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
-            if how == "pread":
-                src = _upload._FileSource.of(src)
-                assert src is not None, "a cache array is not a read-only mapped file"
             _upload._pipeline(src, min(chunk, len(src)), staging, lambda k: None,
                               lambda k, off, n: None, bar, None)
 
@@ -200,10 +195,9 @@ def run(quick: bool = False) -> list[dict]:
             t, _ = best_of(load, repeat)
             rows.append({"name": f"read_cache(verify={verify}) + touch pages", "bytes": got,
                          "seconds": t, "GB/s": got / t / 1e9})
-        for how, what in (("pread", "pread, the upload's fill"), ("mmap", "copying mapped pages")):
-            t, _ = best_of(lambda how=how: _fill_only(tmp / "cache", how), repeat)
-            rows.append({"name": f"cache -> staging buffers only ({what})", "bytes": got,
-                         "seconds": t, "GB/s": got / t / 1e9})
+        t, _ = best_of(lambda: _fill_only(tmp / "cache"), repeat)
+        rows.append({"name": "cache -> staging buffers only (the upload's fill)", "bytes": got,
+                     "seconds": t, "GB/s": got / t / 1e9})
         rows += _gpu_rows(tmp, src, got, repeat)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -252,19 +246,8 @@ def _gpu_rows(tmp: Path, src, got: int, repeat: int) -> list[dict]:
         c = read_cache(tmp / "cache", verify=False, progress=False)
         return [to_device(a, "cuda") for a in [*c.arrays.values(), c.timestamps]]
 
-    from robocache import _upload
-
     t, _ = sync_time(cache_to_gpu)
-    rows.append({"name": "own cache -> GPU (pread fill, pinned double buffer)", "bytes": got,
-                 "seconds": t, "GB/s": got / t / 1e9, "of_pinned_copy": t_pin / t,
-                 "target_of_pinned_copy": 0.8})
-    of = _upload._FileSource.of
-    _upload._FileSource.of = staticmethod(lambda arr: None)  # copy the mapped pages instead
-    try:
-        t, _ = sync_time(cache_to_gpu)
-    finally:
-        _upload._FileSource.of = of
-    rows.append({"name": "own cache -> GPU (mapped-page fill, as before)", "bytes": got,
+    rows.append({"name": "own cache -> GPU (mmap, pinned double buffer)", "bytes": got,
                  "seconds": t, "GB/s": got / t / 1e9, "of_pinned_copy": t_pin / t,
                  "target_of_pinned_copy": 0.8})
     return rows

@@ -15,9 +15,7 @@ that upload many arrays and want to fail before the first.
 
 from __future__ import annotations
 
-import mmap
 import os
-import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -91,7 +89,6 @@ def to_device(array: np.ndarray, device, *, chunk_bytes: int = DEFAULT_CHUNK_BYT
     if nbytes == 0:
         return out
     src_bytes = src.reshape(-1).view(np.uint8)
-    source = _FileSource.of(src) or src_bytes  # a mapped file is read with pread (_fill)
     dst_bytes = out.view(-1).view(torch.uint8)
     chunk = min(chunk_bytes, nbytes)
     staging = [torch.empty(chunk, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
@@ -110,7 +107,7 @@ def to_device(array: np.ndarray, device, *, chunk_bytes: int = DEFAULT_CHUNK_BYT
 
     try:
         with _progress.bar(nbytes, "uploading", progress=progress) as bar:
-            _pipeline(source, chunk, staging_np, wait, submit, bar, workers)
+            _pipeline(src_bytes, chunk, staging_np, wait, submit, bar, workers)
     finally:
         # also on an error (a failing read of a memory-mapped file, Ctrl-C): `out` belongs to
         # the caller's stream in torch's allocator, which would hand its memory out again while
@@ -119,11 +116,11 @@ def to_device(array: np.ndarray, device, *, chunk_bytes: int = DEFAULT_CHUNK_BYT
     return out
 
 
-def _pipeline(src, chunk: int, staging: list[np.ndarray], wait, submit, bar,
+def _pipeline(src: np.ndarray, chunk: int, staging: list[np.ndarray], wait, submit, bar,
               workers: int | None) -> None:
     """The double-buffered loop (device-agnostic, so it is tested on the host): fill buffer
-    i % 2 with bytes [i*chunk, (i+1)*chunk) of `src` (uint8 array or _FileSource) once its
-    previous transfer is done, then submit it."""
+    i % 2 with bytes [i*chunk, (i+1)*chunk) of `src` once its previous transfer is done, then
+    submit it."""
     nbytes = len(src)
     workers = workers or min(MAX_FILL_THREADS, os.cpu_count() or 1)
     pool = ThreadPoolExecutor(workers) if workers > 1 and chunk >= MIN_PARALLEL_BYTES else None
@@ -143,71 +140,12 @@ def _pipeline(src, chunk: int, staging: list[np.ndarray], wait, submit, bar,
             pool.shutdown()
 
 
-def _fill(dst: np.ndarray, src, pool, workers: int) -> None:
-    """dst[:] = src (uint8 arrays, or a _FileSource read with pread), split over the pool's
-    threads in whole pages."""
-    copy = src.read_into if isinstance(src, _FileSource) else _copy
+def _fill(dst: np.ndarray, src: np.ndarray, pool, workers: int) -> None:
+    """dst[:] = src, split over the pool's threads in whole pages."""
     if pool is None:
-        copy(dst, src, 0, len(dst))
+        np.copyto(dst, src)
         return
-    step = -(-len(dst) // workers)
+    step = -(-len(src) // workers)
     step = -(-step // 4096) * 4096  # whole pages per thread
-    parts = [(a, min(len(dst), a + step)) for a in range(0, len(dst), step)]
-    list(pool.map(lambda ab: copy(dst, src, ab[0], ab[1]), parts))
-
-
-def _copy(dst: np.ndarray, src: np.ndarray, a: int, b: int) -> None:
-    np.copyto(dst[a:b], src[a:b])
-
-
-class _FileSource:
-    """Bytes [pos, pos + n) of an open file, read with os.preadv: what a memory-mapped array
-    (np.load(mmap_mode="r"), e.g. the own cache) holds, read without faulting its pages into
-    this process one by one (the kernel copies from the page cache straight into the pinned
-    staging buffer). Slicing gives the sub-range, like the uint8 array it stands for."""
-
-    def __init__(self, fd: int, pos: int, n: int, name: str, owner=None):
-        self.fd, self.pos, self.n, self.name = fd, pos, n, name
-        self._owner = owner  # the range that closes fd when collected
-
-    @classmethod
-    def of(cls, arr: np.ndarray) -> _FileSource | None:
-        """The file bytes behind a C-contiguous array that views a np.memmap of a regular file
-        opened read-only, else None (then the array's memory is copied)."""
-        if not hasattr(os, "preadv") or not arr.flags.c_contiguous:
-            return None
-        m = arr  # down to the memmap made on the mapping itself: its offset is its data's
-        while isinstance(m, np.ndarray) and not isinstance(m.base, mmap.mmap):
-            m = m.base
-        if not isinstance(m, np.memmap) or m.mode != "r" or m.filename is None:
-            return None  # (filename: a str or a path object, as np.load was given)
-        start = m.ctypes.data
-        lo = arr.ctypes.data - start
-        if lo < 0 or lo + arr.nbytes > m.nbytes:
-            return None
-        try:
-            fd = os.open(m.filename, os.O_RDONLY)
-        except OSError:
-            return None
-        src = cls(fd, int(m.offset) + lo, int(arr.nbytes), str(m.filename))
-        weakref.finalize(src, os.close, fd)
-        return src
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, s: slice) -> _FileSource:
-        a, b, _ = s.indices(self.n)
-        return _FileSource(self.fd, self.pos + a, max(0, b - a), self.name,
-                           self._owner or self)
-
-    def read_into(self, dst: np.ndarray, src: _FileSource, a: int, b: int) -> None:
-        """dst[a:b] = bytes [a, b) of this range."""
-        view = memoryview(dst)[a:b]
-        done = 0
-        while done < len(view):
-            got = os.preadv(self.fd, [view[done:]], self.pos + a + done)
-            if got <= 0:
-                raise OSError(f"{self.name}: ended {len(view) - done} bytes early (truncated "
-                              f"while being read?)")
-            done += got
+    parts = [(a, min(len(src), a + step)) for a in range(0, len(src), step)]
+    list(pool.map(lambda ab: np.copyto(dst[ab[0]:ab[1]], src[ab[0]:ab[1]]), parts))

@@ -484,11 +484,13 @@ def test_resample_cuda_path_matches_numpy(emulated_cuda, dtype, tdtype, method_n
         f"resample_kernel<{_array.C_TYPES[dtype]}, {_array.C_TYPES[tdtype]}, {vec}>"]
 
 
-@pytest.mark.parametrize("S, T", [(1500, 37), (33, 7), (1089, 3), (40, 1)])
+@pytest.mark.parametrize("S, T", [(1500, 37), (33, 7), (34, 9), (65, 2), (66, 5), (1089, 3),
+                                  (1090, 6), (40, 1)])
 def test_resample_warps_of_four_rows_across_sequences(emulated_cuda, S, T):
     """A warp builds 4 consecutive output rows: rows of two sequences in one warp (T % 4 != 0),
-    a last warp with fewer than 4 rows, and long source spans (several search rounds, run
-    together for the 4 rows)."""
+    a last warp with fewer than 4 rows, and source spans around the search's round boundaries
+    (33 probes' worth: 33, 66, 1089...; several rounds, run together for the 4 rows). fuse
+    searches one row at a time with the same rounds."""
     rng = np.random.default_rng(S + T)
     for dtype, D in (("bfloat16", 24), ("float32", 5), ("float64", 4)):
         data, src = make_stream(rng, 3, S, D, dtype, "float32", dup=True)
@@ -496,6 +498,8 @@ def test_resample_warps_of_four_rows_across_sequences(emulated_cuda, S, T):
         for method in R.METHODS.values():
             got = R._resample_cuda(data, src, tgt, method, dtype, "float32")
             assert_matches_numpy(got, data, src, tgt, method, dtype)
+        fused = R._fuse_cuda([(data, src), (data[:, :7], src[:, :7])], tgt, 0, dtype, "float32")
+        assert_matches_numpy(fused[..., :D], data, src, tgt, 0, dtype)
 
 
 @pytest.mark.parametrize("S", [1, 2])

@@ -68,57 +68,6 @@ def test_pipeline_moves_every_byte_in_order(monkeypatch, nbytes, chunk, workers)
             assert dev.log[i - 1] == ("wait", e[1])
 
 
-@pytest.mark.parametrize("as_path", [True, False])
-def test_mapped_files_are_read_with_pread_byte_for_byte(tmp_path, monkeypatch, as_path):
-    """A read-only memory-mapped .npy (what the own cache gives the upload) is read from its
-    file with preadv: every view the store may hand over (whole, sliced, reinterpreted, made
-    contiguous) maps to the right file bytes, through the double-buffered pipeline with threads."""
-    monkeypatch.setattr(_upload, "MIN_PARALLEL_BYTES", 1)
-    a = np.random.default_rng(3).integers(0, 2**31, (5000, 7), dtype=np.int32)
-    np.save(tmp_path / "a.npy", a)
-    m = np.load(tmp_path / "a.npy" if as_path else str(tmp_path / "a.npy"), mmap_mode="r")
-    views = [m, m[123:], m[17:4000], m.view(np.uint16), np.ascontiguousarray(m[10:20])]
-    for view in views:
-        flat = np.ascontiguousarray(view).reshape(-1).view(np.uint8)
-        src = _upload._FileSource.of(flat)
-        assert src is not None and len(src) == flat.nbytes
-        chunk = 4096 * 3 + 5
-        dev = FakeDevice(flat.nbytes)
-        dev.staging = [np.empty(min(chunk, flat.nbytes), np.uint8) for _ in range(2)]
-
-        class Bar:
-            def update(self, k):
-                pass
-
-        _upload._pipeline(src, min(chunk, flat.nbytes), dev.staging, dev.wait, dev.submit,
-                          Bar(), 3)
-        np.testing.assert_array_equal(dev.dst, flat)
-
-
-def test_only_read_only_contiguous_mappings_are_read_from_the_file(tmp_path):
-    a = np.arange(1000, dtype=np.float64)
-    np.save(tmp_path / "a.npy", a)
-    assert _upload._FileSource.of(a.view(np.uint8)) is None                  # not mapped
-    m = np.load(tmp_path / "a.npy", mmap_mode="r")
-    assert _upload._FileSource.of(m[::2]) is None                           # strided
-    for mode in ("r+", "c"):  # writable mappings may hold bytes the file does not
-        w = np.load(tmp_path / "a.npy", mmap_mode=mode)
-        assert _upload._FileSource.of(w) is None
-    assert _upload._FileSource.of(np.ascontiguousarray(m[5:])) is not None
-
-
-def test_a_file_truncated_under_the_reader_is_named(tmp_path):
-    a = np.arange(50_000, dtype=np.int64)
-    np.save(tmp_path / "a.npy", a)
-    m = np.load(tmp_path / "a.npy", mmap_mode="r")
-    src = _upload._FileSource.of(m.view(np.uint8))
-    with open(tmp_path / "a.npy", "r+b") as f:
-        f.truncate(1000)
-    buf = np.empty(len(src), np.uint8)
-    with pytest.raises(OSError, match=r"a\.npy: ended .* bytes early"):
-        _upload._fill(buf, src, None, 1)
-
-
 def test_memory_check_uses_free_plus_cached(monkeypatch):
     torch = pytest.importorskip("torch")
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev=None: (1000, 10_000))

@@ -10,27 +10,39 @@ RC_DEVICE bool rc_sorts_before_or_at(TT a, TT t) { return a <= t || t != t; }
 // Index of the last source time <= t among times[0..n), or -1 when t is before them all
 // (numpy.searchsorted(times, t, side="right") - 1; times non-decreasing), found by the 32 lanes
 // of a warp together (every lane calls it with the same times, n and t; the warp must be
-// converged). Each round the lanes probe 32 positions splitting the remaining range into 33 parts
-// and a ballot keeps the part holding the answer, so a search of n times costs ~log33(n) + 1
-// dependent loads (2 for n <= 1089) instead of a binary search's log2(n) (10 for n = 1000): the
-// loads of a search are latency, not bytes, and they gate every row's copy. For times that are
-// not sorted the result is still in [-1, n - 1].
+// converged). Each round, with step = ceil(len / 33), lane j probes lo + (j + 1) * step - 1 (a
+// probe at or past hi counts as after t) and a ballot keeps the part holding the answer, which
+// is shorter than step: a search of n times costs ~log33(n) + 1 dependent loads (2 for
+// n <= 1089) instead of a binary search's log2(n) (10 for n = 1000), with one division by a
+// constant per round (32-bit multiply-high), since the loads gate every row's copy and the
+// arithmetic of every lane counts. For times that are not sorted the result is still in
+// [-1, n - 1].
+//
+// Invariant: times[i] <= t for i < lo, times[i] > t for i >= hi.
+RC_DEVICE void rc_search_round(unsigned int& lo, unsigned int& hi, unsigned int below) {
+    const unsigned int step = (hi - lo + 32u) / 33u;
+    const unsigned int k = __popc(below);            // probes 0..k-1 are <= t (a prefix when sorted)
+    const unsigned int next = lo + (k + 1u) * step - 1u;  // probe k (k < 32): > t, or past hi
+    lo += k * step;
+    hi = k < 32u && next < hi ? next : hi;
+}
+
+RC_DEVICE unsigned int rc_search_probe(unsigned int lo, unsigned int hi, int lane) {
+    return lo + (unsigned int)(lane + 1) * ((hi - lo + 32u) / 33u) - 1u;
+}
+
 template <typename TT>
 RC_DEVICE int rc_warp_search_right(const TT* times, int n, TT t, int lane) {
-    int lo = 0, hi = n;                  // invariant: times[i] <= t for i < lo, > t for i >= hi
-    while (hi - lo > 32) {
-        const int len = hi - lo;         // > 32: the 32 probes are distinct, in [lo, hi)
-        const int pos = lo + (int)((long long)(lane + 1) * len / 33);
-        const unsigned int below = __ballot_sync(0xffffffffu, rc_sorts_before_or_at(times[pos], t));
-        const int k = __popc(below);     // probes 0..k-1 are <= t (a prefix when sorted)
-        const int new_lo = k == 0 ? lo : lo + (int)((long long)k * len / 33) + 1;
-        hi = k == 32 ? hi : lo + (int)((long long)(k + 1) * len / 33);
-        lo = new_lo;
+    unsigned int lo = 0, hi = (unsigned int)n;
+    while (hi - lo > 32u) {
+        const unsigned int pos = rc_search_probe(lo, hi, lane);
+        rc_search_round(lo, hi, __ballot_sync(0xffffffffu,
+                                              pos < hi && rc_sorts_before_or_at(times[pos], t)));
     }
-    const int pos = lo + lane;           // <= 32 candidates left: one probe each
+    const unsigned int pos = lo + lane;              // <= 32 candidates left: one probe each
     const unsigned int below = __ballot_sync(0xffffffffu,
                                              pos < hi && rc_sorts_before_or_at(times[pos], t));
-    return lo + __popc(below) - 1;
+    return (int)lo + __popc(below) - 1;
 }
 
 // How one target time maps onto two source rows and a weight (method codes as in Python).
@@ -65,39 +77,33 @@ RC_DEVICE RcInterp rc_interp_rows(const TT* times, int n, TT t, int method, int 
 template <typename TT, int R>
 RC_DEVICE void rc_warp_search_right_n(const TT* const times[R], int n, const TT t[R], int lane,
                                       int found[R]) {
-    int lo[R], hi[R];
+    unsigned int lo[R], hi[R];
 #pragma unroll
-    for (int q = 0; q < R; ++q) { lo[q] = 0; hi[q] = n; }
+    for (int q = 0; q < R; ++q) { lo[q] = 0; hi[q] = (unsigned int)n; }
     bool more = n > 32;
     while (more) {
-        TT probe[R];
-        int len[R];
+        bool below[R];
 #pragma unroll
         for (int q = 0; q < R; ++q) {            // issue every running search's probe first
-            len[q] = hi[q] - lo[q];
-            if (len[q] > 32) probe[q] = times[q][lo[q] + (int)((long long)(lane + 1) * len[q] / 33)];
+            const unsigned int pos = rc_search_probe(lo[q], hi[q], lane);
+            below[q] = hi[q] - lo[q] > 32u && pos < hi[q] && rc_sorts_before_or_at(times[q][pos], t[q]);
         }
         more = false;
 #pragma unroll
         for (int q = 0; q < R; ++q) {
-            if (len[q] > 32) {                   // warp-uniform: lo, hi are the same in all lanes
-                const unsigned int below = __ballot_sync(0xffffffffu, rc_sorts_before_or_at(probe[q], t[q]));
-                const int k = __popc(below);
-                const int new_lo = k == 0 ? lo[q] : lo[q] + (int)((long long)k * len[q] / 33) + 1;
-                hi[q] = k == 32 ? hi[q] : lo[q] + (int)((long long)(k + 1) * len[q] / 33);
-                lo[q] = new_lo;
-                more = more || hi[q] - lo[q] > 32;
-            }
+            const unsigned int ballot = __ballot_sync(0xffffffffu, below[q]);
+            if (hi[q] - lo[q] > 32u) rc_search_round(lo[q], hi[q], ballot);  // warp-uniform
+            more = more || hi[q] - lo[q] > 32u;
         }
     }
     bool in[R];
 #pragma unroll
     for (int q = 0; q < R; ++q) {                // <= 32 candidates left in each: one probe per lane
-        const int pos = lo[q] + lane;
-        in[q] = pos < hi[q] && rc_sorts_before_or_at(times[q][pos < hi[q] ? pos : lo[q]], t[q]);
+        const unsigned int pos = lo[q] + lane;
+        in[q] = pos < hi[q] && rc_sorts_before_or_at(times[q][pos], t[q]);
     }
 #pragma unroll
-    for (int q = 0; q < R; ++q) found[q] = lo[q] + __popc(__ballot_sync(0xffffffffu, in[q])) - 1;
+    for (int q = 0; q < R; ++q) found[q] = (int)lo[q] + __popc(__ballot_sync(0xffffffffu, in[q])) - 1;
 }
 
 // rc_interp_rows for R targets (times[q] holds n source times, t[q] the target), the loads of the
