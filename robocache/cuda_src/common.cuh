@@ -69,6 +69,31 @@ RC_DEVICE rc_half rc_float_to_half(float f) {
     return r;
 }
 
+// Two floats -> two 16-bit floats in one 32-bit word (lo in bits 0-15), round to nearest even.
+// On sm_80 and later one cvt.rn.{bf16x2,f16x2}.f32 instruction (a NaN becomes the canonical
+// quiet NaN 0x7fff), elsewhere the bit operations above (a NaN keeps its sign); finite values and
+// infinities come out bit for bit the same either way. For kernels whose 16-bit stores are most
+// of their integer work (ncu: ALU-bound) and whose NaN outputs need no particular payload.
+template <typename T16> RC_DEVICE unsigned int rc_pack2(float lo, float hi);
+template <> RC_DEVICE unsigned int rc_pack2<rc_bf16>(float lo, float hi) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    unsigned int r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+#else
+    return (unsigned int)rc_float_to_bf16(lo).bits | ((unsigned int)rc_float_to_bf16(hi).bits << 16);
+#endif
+}
+template <> RC_DEVICE unsigned int rc_pack2<rc_half>(float lo, float hi) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    unsigned int r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+#else
+    return (unsigned int)rc_float_to_half(lo).bits | ((unsigned int)rc_float_to_half(hi).bits << 16);
+#endif
+}
+
 // Exact float32 <-> float64 conversions, subnormals included. CuPy compiles with -ftz=true, which
 // makes a plain (double)f a `cvt.ftz.f64.f32` (1e-40f -> 0.0) and a plain (float)d flush results
 // below FLT_MIN to 0; NumPy does neither. Widening is done on the bits (no cvt at all): the

@@ -143,35 +143,38 @@ RC_DEVICE bool rc_img_load4(const ImageParams& p, const unsigned char* frame, in
     return true;
 }
 
-// Scale, jitter, normalise channel c of one pixel and convert to the output type.
-template <typename TO>
-RC_DEVICE TO rc_img_finish(const ImageParams& p, float v, int c, float bf, float cf, float pivot) {
+// Scale, jitter and normalise channel c of one pixel (always finite: std > 0 is checked).
+RC_DEVICE float rc_img_value(const ImageParams& p, float v, int c, float bf, float cf, float pivot) {
     float t = v * p.scale;
     if (p.jitter & 1) t = rc_clampf(t * bf, 0.f, p.vmax);
     if (p.jitter & 2) t = rc_clampf((t - pivot) * cf + pivot, 0.f, p.vmax);
-    t = (t - p.mean[c]) * p.inv_std[c];
-    return Num<TO>::store(t);
+    return (t - p.mean[c]) * p.inv_std[c];
 }
 
-// Four output values of one channel plane, written with one 4 * sizeof(TO)-byte store to a
-// 4 * sizeof(TO)-aligned address. __stwb (st.global.wb: the default cache policy) is a single
-// vector instruction by definition; a plain vector or struct assignment was split into scalar
-// stores here by the compiler (seen in the PTX of nvcc 12.9).
+// ... converted to the output type.
+template <typename TO>
+RC_DEVICE TO rc_img_finish(const ImageParams& p, float v, int c, float bf, float cf, float pivot) {
+    return Num<TO>::store(rc_img_value(p, v, c, bf, cf, pivot));
+}
+
+// Four output values of one channel plane, converted to TO (16-bit types two per instruction:
+// rc_pack2) and written with one 4 * sizeof(TO)-byte store to a 4 * sizeof(TO)-aligned address.
+// __stwb (st.global.wb: the default cache policy) is a single vector instruction by definition;
+// a plain vector or struct assignment was split into scalar stores here by the compiler (seen in
+// the PTX of nvcc 12.9).
 RC_DEVICE void rc_img_store4(float* dst, const float* v) {
     __stwb(reinterpret_cast<float4*>(dst), make_float4(v[0], v[1], v[2], v[3]));
 }
-RC_DEVICE unsigned int rc_img_pack2(unsigned short lo, unsigned short hi) {
-    return (unsigned int)lo | ((unsigned int)hi << 16);        // little-endian: lo first
-}
 template <typename T16>  // rc_half, rc_bf16: 16-bit values held in .bits
-RC_DEVICE void rc_img_store4(T16* dst, const T16* v) {
-    __stwb(reinterpret_cast<uint2*>(dst), make_uint2(rc_img_pack2(v[0].bits, v[1].bits),
-                                                     rc_img_pack2(v[2].bits, v[3].bits)));
+RC_DEVICE void rc_img_store4(T16* dst, const float* v) {
+    __stwb(reinterpret_cast<uint2*>(dst), make_uint2(rc_pack2<T16>(v[0], v[1]),
+                                                     rc_pack2<T16>(v[2], v[3])));
 }
-RC_DEVICE void rc_img_store4(unsigned char* dst, const unsigned char* v) {
+RC_DEVICE void rc_img_store4(unsigned char* dst, const float* v) {
+    typedef Num<unsigned char> U8;
     __stwb(reinterpret_cast<unsigned int*>(dst),
-           (unsigned int)v[0] | ((unsigned int)v[1] << 8) | ((unsigned int)v[2] << 16)
-           | ((unsigned int)v[3] << 24));
+           (unsigned int)U8::store(v[0]) | ((unsigned int)U8::store(v[1]) << 8)
+           | ((unsigned int)U8::store(v[2]) << 16) | ((unsigned int)U8::store(v[3]) << 24));
 }
 
 // V = 1: one pixel per work item, any layout. V = 4 ("BKCHW" only, ow % 4 == 0, out aligned to
@@ -257,9 +260,9 @@ __global__ void crop_resize_kernel(const ImageParams p) {
         }
 #pragma unroll
         for (int c = 0; c < C; ++c) {
-            TO run[4];
+            float run[4];
 #pragma unroll
-            for (int u = 0; u < 4; ++u) run[u] = rc_img_finish<TO>(p, v[u][c], c, bf, cf, pivot);
+            for (int u = 0; u < 4; ++u) run[u] = rc_img_value(p, v[u][c], c, bf, cf, pivot);
             rc_img_store4(out + c * p.c_stride + y * p.ow + x0, run);
         }
     }
