@@ -389,6 +389,10 @@ CUDA_CASES = [
     ((6, 48, 64, 3), dict(resize=(24, 32), out_dtype="bfloat16", brightness=0.2)),
     ((6, 30, 40, 4), dict(crop=(20, 28), crop_mode="random", shift=2, out_dtype="float16",
                           per_frame_crop=True, contrast=0.3)),
+    # images of several blocks, threads with several work items (rows stepped with a carry)
+    ((3, 60, 80, 3), dict(crop=(56, 76), crop_mode="random", out_dtype="bfloat16",
+                          brightness=0.2)),
+    ((3, 60, 80, 3), dict(crop=(57, 75), crop_mode="random", shift=1)),
 ]
 
 

@@ -19,10 +19,8 @@
 // Work split: blockIdx.x = image (b, k); blockIdx.y tiles the image's h*w output pixels in work
 // items of V pixels (V = 4: four adjacent pixels of one row, "BKCHW" with w % 4 == 0; else 1),
 // each thread looping over work items with stride gridDim.y * blockDim.x (~8 pixels per thread,
-// set by images.py). Each thread first computes its image's crop origin and jitter factors itself (2 to
-// 8 splitmix rounds: the (key, b, frame) prefix is shared by the draws and computed once), which
-// the ~8 pixels amortise; no shared memory and no barrier. Then it computes all C channels of
-// each of its pixels.
+// set by images.py). Thread 0 of each block draws the image's crop origin and jitter factors
+// (shared memory, one barrier); then each thread computes all C channels of each of its pixels.
 //
 // Memory access: per pixel, a thread reads C contiguous bytes (RESIZE: 4 taps of C bytes) of one
 // frame row straight from the frame store (no float copy, no crop pass; V = 4 without resize:
@@ -209,36 +207,54 @@ __global__ void crop_resize_kernel(const ImageParams p) {
     }
     row = row < p.N ? row : p.N - 1;                     // Python validated; never read past the end
 
-    // Window origin and jitter factors of this image: the same draws as images.py's _draws().
-    const rc_u64 fcrop = p.per_frame_crop ? (rc_u64)k : RC_FRAME_ALL;
-    int oy = p.cy0, ox = p.cx0;
-    if (p.crop_random) {
-        oy = (int)rc_rand_below(rc_rand_bits(p.key, b, fcrop, RC_IMG_CROP_Y), p.H - p.ch + 1);
-        ox = (int)rc_rand_below(rc_rand_bits(p.key, b, fcrop, RC_IMG_CROP_X), p.W - p.cw + 1);
+    // Window origin and jitter factors of this image: the same draws as images.py's _draws(),
+    // made once per block by thread 0 (each is a few splitmix rounds of 64-bit integer work,
+    // which every thread repeating them made a quarter of the kernel's integer instructions).
+    __shared__ int s_origin[2];
+    __shared__ float s_factor[2];
+    if (threadIdx.x == 0) {
+        const rc_u64 fcrop = p.per_frame_crop ? (rc_u64)k : RC_FRAME_ALL;
+        int org_y = p.cy0, org_x = p.cx0;
+        if (p.crop_random) {
+            org_y = (int)rc_rand_below(rc_rand_bits(p.key, b, fcrop, RC_IMG_CROP_Y), p.H - p.ch + 1);
+            org_x = (int)rc_rand_below(rc_rand_bits(p.key, b, fcrop, RC_IMG_CROP_X), p.W - p.cw + 1);
+        }
+        if (p.shift > 0) {
+            const unsigned int n = 2u * (unsigned int)p.shift + 1u;
+            org_y += (int)rc_rand_below(rc_rand_bits(p.key, b, fcrop, RC_IMG_SHIFT_Y), n) - p.shift;
+            org_x += (int)rc_rand_below(rc_rand_bits(p.key, b, fcrop, RC_IMG_SHIFT_X), n) - p.shift;
+        }
+        float fb = 1.f, fc = 1.f;
+        const rc_u64 fjit = p.per_frame_jitter ? (rc_u64)k : RC_FRAME_ALL;
+        if (p.jitter & 1) {
+            const double u = rc_rand_unit(rc_rand_bits(p.key, b, fjit, RC_IMG_BRIGHTNESS));
+            fb = (float)(p.bright_lo + (p.bright_hi - p.bright_lo) * u);
+        }
+        if (p.jitter & 2) {
+            const double u = rc_rand_unit(rc_rand_bits(p.key, b, fjit, RC_IMG_CONTRAST));
+            fc = (float)(p.contrast_lo + (p.contrast_hi - p.contrast_lo) * u);
+        }
+        s_origin[0] = org_y;
+        s_origin[1] = org_x;
+        s_factor[0] = fb;
+        s_factor[1] = fc;
     }
-    if (p.shift > 0) {
-        const unsigned int n = 2u * (unsigned int)p.shift + 1u;
-        oy += (int)rc_rand_below(rc_rand_bits(p.key, b, fcrop, RC_IMG_SHIFT_Y), n) - p.shift;
-        ox += (int)rc_rand_below(rc_rand_bits(p.key, b, fcrop, RC_IMG_SHIFT_X), n) - p.shift;
-    }
-    float bf = 1.f, cf = 1.f;
-    const rc_u64 fjit = p.per_frame_jitter ? (rc_u64)k : RC_FRAME_ALL;
-    if (p.jitter & 1) {
-        const double u = rc_rand_unit(rc_rand_bits(p.key, b, fjit, RC_IMG_BRIGHTNESS));
-        bf = (float)(p.bright_lo + (p.bright_hi - p.bright_lo) * u);
-    }
-    if (p.jitter & 2) {
-        const double u = rc_rand_unit(rc_rand_bits(p.key, b, fjit, RC_IMG_CONTRAST));
-        cf = (float)(p.contrast_lo + (p.contrast_hi - p.contrast_lo) * u);
-    }
+    __syncthreads();  // `zero` is the same for the whole block: every thread gets here or none
+    const int oy = s_origin[0], ox = s_origin[1];
+    const float bf = s_factor[0], cf = s_factor[1];
     const float pivot = 0.5f * p.vmax;
 
     const unsigned char* frame = reinterpret_cast<const unsigned char*>(p.frames)
                                  + row * ((rc_i64)p.H * p.W * C);
+    // Work item r sits at row y = r / per_row, column run xr = r % per_row: one division per
+    // thread, then stepped by (step / per_row, step % per_row) with a carry.
+    const int per_row = p.ow >= V ? p.ow / V : 1;  // (ow >= 1, and ow % 4 == 0 for V = 4)
+    const int dy = step / per_row, dxr = step - dy * per_row;
+    int y = first / per_row, xr = first - y * per_row;
     if (V == 1) {
-        for (int pix = first; pix < npix; pix += step) {
-            const int y = pix / p.ow;
-            const int x = pix - y * p.ow;
+        for (int pix = first; pix < npix; pix += step, y += dy, xr += dxr) {
+            if (xr >= per_row) { xr -= per_row; ++y; }
+            const int x = xr;
             float v[C];
             rc_img_sample<C, RESIZE>(p, frame, oy, ox, y, x, v);
 #pragma unroll
@@ -247,10 +263,9 @@ __global__ void crop_resize_kernel(const ImageParams p) {
         }
         return;
     }
-    const int runs_per_row = p.ow / V;
-    for (int r = first; r < npix / V; r += step) {
-        const int y = r / runs_per_row;
-        const int x0 = (r - y * runs_per_row) * V;
+    for (int r = first; r < npix / V; r += step, y += dy, xr += dxr) {
+        if (xr >= per_row) { xr -= per_row; ++y; }
+        const int x0 = xr * V;
         float v[V][C];
         const int cx = ox + x0;
         if (RESIZE || cx < 0 || cx + V > p.W
