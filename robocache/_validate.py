@@ -72,3 +72,22 @@ def check_times_finite(name: str, t) -> None:
     xp = _array.namespace(t)
     if not bool(xp.isfinite(t).all()):
         fail(name, "finite timestamps", "NaN or inf")
+
+
+def check_out(out, like, shape: tuple, dtype: str) -> None:
+    """An `out=` argument: an array of like's library on like's device, of `shape` and `dtype`,
+    C-contiguous (overlap with the inputs is the op's to check)."""
+    try:
+        lib = _array.library(out)
+    except TypeError:
+        fail("out", "an array of the inputs' library", type(out).__name__, TypeError)
+    if _array.placement(out) != _array.placement(like):
+        fail("out", f"an array on the inputs' device ({_array.placement(like)})",
+             _array.placement(out))
+    if tuple(out.shape) != tuple(shape):
+        fail("out", f"shape {tuple(shape)}", f"shape {tuple(out.shape)}")
+    if _array.dtype_name(out) != dtype:
+        fail("out", f"dtype {dtype}", _array.dtype_name(out), TypeError)
+    contiguous = out.is_contiguous() if lib == "torch" else out.flags.c_contiguous
+    if not contiguous:
+        fail("out", "a C-contiguous array", "a non-contiguous one")

@@ -331,7 +331,7 @@ class _Output:
         """`out` fits (library, device, shape, dtype, contiguous) and overlaps no input;
         `inputs`: the inputs' (address, nbytes)."""
         if self.key is None or _array.device_key(out) != self.key:
-            _check_out_fully(out, like, self.shape, self.dtype)
+            V.check_out(out, like, self.shape, self.dtype)
         if self.nbytes:
             lo = _array.address(out)
             hi = lo + self.nbytes
@@ -339,23 +339,6 @@ class _Output:
                 if a < hi and lo < a + n:
                     V.fail("out", "an array that overlaps none of the inputs",
                            "one that shares memory with an input")
-
-
-def _check_out_fully(out, like, shape: tuple, dtype: str) -> None:
-    try:
-        out_lib = _array.library(out)
-    except TypeError:
-        V.fail("out", "an array of the inputs' library", type(out).__name__, TypeError)
-    if _array.placement(out) != _array.placement(like):
-        V.fail("out", f"an array on the inputs' device ({_array.placement(like)})",
-               _array.placement(out))
-    if tuple(out.shape) != shape:
-        V.fail("out", f"shape {shape}", f"shape {tuple(out.shape)}")
-    if _array.dtype_name(out) != dtype:
-        V.fail("out", f"dtype {dtype}", _array.dtype_name(out), TypeError)
-    contiguous = (out.is_contiguous() if out_lib == "torch" else out.flags.c_contiguous)
-    if not contiguous:
-        V.fail("out", "a C-contiguous array", "a non-contiguous one")
 
 
 def _into(out, result, inputs):

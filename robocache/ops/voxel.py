@@ -143,7 +143,7 @@ def voxelize(points, *, grid_min, voxel_size, grid_size, mode: str = "occupancy"
     dtype = OUT_DTYPES[mode]
     shape = grid.shape(F)
     if out is not None:
-        _check_out(out, points, shape, dtype)
+        V.check_out(out, points, shape, dtype)
     if _array.is_device(points):
         if hot_key is not None and None not in hot_key and mode in ("occupancy", "count"):
             hot = _HotCount(points, grid, mode)  # contiguous points: later calls launch at once
@@ -317,17 +317,6 @@ def _check_features(features, points):
     return feats
 
 
-def _check_out(out, points, shape, dtype: str) -> None:
-    out = _array.as_array("out", out)
-    V.check_same_device([("points", points), ("out", out)])
-    if _array.dtype_name(out) != dtype:
-        V.fail("out", f"dtype {dtype}", _array.dtype_name(out), TypeError)
-    if tuple(out.shape) != shape:
-        V.fail("out", f"shape {shape}", f"shape {tuple(out.shape)}")
-    if _array.contiguous(out) is not out:
-        V.fail("out", "a C-contiguous array", "a strided view")
-
-
 def _host(x):
     return None if x is None else _array.to_numpy(x)
 
@@ -479,7 +468,7 @@ class _HotCount:
         if out is None:
             out = _array.empty(points, self.shape, self.dtype)
         elif _array.device_key(out) != self.out_key:
-            _check_out(out, points, self.shape, self.dtype)  # raises: the key says it differs
+            V.check_out(out, points, self.shape, self.dtype)  # raises: the key says it differs
         dropped = _array.zeros(points, (), "int64") if want_dropped else None
         _array.zero_(out)
         if self.n:
