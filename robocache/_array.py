@@ -81,6 +81,18 @@ def device_key(x):
     return None
 
 
+def device_key_of(like, shape: tuple, dtype: str):
+    """The device_key a contiguous array of `shape` and `dtype` next to `like` would have (None
+    where `like` has none): what an `out=` argument is compared with, without allocating one."""
+    if device_key(like) is None:
+        return None
+    if _LIBRARY_OF_TYPE.get(type(like)) == "torch":
+        import torch
+
+        return (torch.Size(shape), torch_dtype(dtype), like.get_device())
+    return (tuple(shape), numpy_dtype(dtype), like.device.id)
+
+
 _device_key = device_key  # what the stand-in below falls back to while it replaces device_key
 
 

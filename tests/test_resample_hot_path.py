@@ -90,13 +90,17 @@ def test_2d_inputs_on_the_hot_path(device_standin):
     assert len(R._HOT) == 1
 
 
-def test_out_is_written_and_returned(device_standin):
+def test_out_is_written_and_returned(device_standin, monkeypatch):
     data, src, tgt = _series()
-    for _ in range(2):  # the general path, then the hot path
+    full_checks = []
+    real = R.V.check_out
+    monkeypatch.setattr(R.V, "check_out", lambda *a: full_checks.append(1) or real(*a))
+    for _ in range(3):  # the general path, then the hot path
         out = torch.full((3, 5, 4), 7.0)
         got = rc.resample(data, src, tgt, out=out)
         assert got is out
         torch.testing.assert_close(out, _reference(data, src, tgt), rtol=1e-6, atol=1e-6)
+    assert full_checks == []  # a fitting `out` matched the remembered key: no full check
 
 
 @pytest.mark.parametrize("make_out, exc, match", [

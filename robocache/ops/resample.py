@@ -324,7 +324,7 @@ class _Output:
     def __init__(self, like, shape: tuple, dtype: str):
         self.shape, self.dtype = tuple(shape), dtype
         self.alloc = _allocator(like, self.shape, dtype)
-        self.key = _array.device_key(like) and _array.device_key(self.alloc())
+        self.key = _array.device_key_of(like, self.shape, dtype)
         self.nbytes = math.prod(self.shape) * _array.ITEMSIZE[dtype]
 
     def check(self, out, like, inputs) -> None:

@@ -462,7 +462,7 @@ class _HotCount:
         self.name = _scatter_name(_array.C_TYPES[_array.dtype_name(points)], mode == "occupancy")
         self.desc = grid.desc(False)
         self.blocks = (_blocks(self.n),)
-        self.out_key = _array.device_key(_array.empty(points, self.shape, self.dtype))
+        self.out_key = _array.device_key_of(points, self.shape, self.dtype)
 
     def __call__(self, points, out, want_dropped: bool):
         if out is None:
