@@ -11,6 +11,8 @@ libraries and the kernels' template arguments.
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 # dtype name -> C type used in kernel template arguments (see cuda_src/common.cuh)
@@ -271,17 +273,32 @@ def from_numpy(result: np.ndarray, like, dtype: str):
 
 def empty(like, shape: tuple[int, ...], dtype: str):
     """Uninitialised output in like's library, on like's device."""
+    return allocator(like)(shape, dtype)
+
+
+def allocator(like):
+    """(shape, dtype name) -> an uninitialised array in like's library on like's device, bound
+    once (hot paths); keeps no reference to `like`."""
     lib = library(like)
     if lib == "numpy":
-        return np.empty(shape, dtype=numpy_dtype(dtype))
-    if lib == "cupy":
+        def alloc(shape, dtype):
+            return np.empty(shape, dtype=numpy_dtype(dtype))
+    elif lib == "cupy":
         import cupy
 
-        with cupy.cuda.Device(like.device.id):
-            return cupy.empty(shape, dtype=numpy_dtype(dtype))
-    import torch
+        dev = like.device.id
 
-    return torch.empty(shape, dtype=torch_dtype(dtype), device=like.device)
+        def alloc(shape, dtype):
+            with cupy.cuda.Device(dev):
+                return cupy.empty(shape, dtype=numpy_dtype(dtype))
+    else:
+        import torch
+
+        dev = like.device
+
+        def alloc(shape, dtype):
+            return torch.empty(shape, dtype=torch_dtype(dtype), device=dev)
+    return alloc
 
 
 def zeros(like, shape: tuple[int, ...], dtype: str):
@@ -326,14 +343,21 @@ def data_ptr(x) -> np.uint64:
     return np.uint64(x.ctypes.data)  # host memory: used by the CPU kernel emulator in tests
 
 
+_ADDRESS = {  # library -> array -> its address as a Python int
+    "torch": operator.methodcaller("data_ptr"),
+    "cupy": operator.attrgetter("data.ptr"),
+    "numpy": operator.attrgetter("ctypes.data"),  # host memory: the CPU kernel emulator of tests
+}
+
+
 def address(x) -> int:
     """data_ptr(x) as a Python int (for struct packing)."""
-    lib = library(x)
-    if lib == "torch":
-        return x.data_ptr()
-    if lib == "cupy":
-        return x.data.ptr
-    return x.ctypes.data
+    return _ADDRESS[library(x)](x)
+
+
+def address_getter(like):
+    """`address` bound once for arrays of like's library (hot paths)."""
+    return _ADDRESS[library(like)]
 
 
 def numel(x) -> int:

@@ -66,7 +66,7 @@ def resample(data, src_times, tgt_times, method: str = "linear", *, check_times:
         data, src_times, tgt_times = (_array.contiguous(x) for x in (data, src_times, tgt_times))
         hot = _HotResample(data, src_times, tgt_times, METHODS[method], dtype, tdtype)
         if None not in hot_key:  # contiguous already: the next call launches straight away
-            _remember_hot(hot_key, hot)
+            _remember(hot_key, hot, _HOT)
         return hot(data, src_times, tgt_times, out)
     if squeeze:
         data, src_times, tgt_times = data[None], src_times[None], tgt_times[None]
@@ -82,7 +82,7 @@ def fuse(streams, tgt_times, method: str = "linear", *, check_times: bool = True
     All streams share one dtype and one time dtype; 2-D streams ([S_k,D_k] with [S_k] times and
     [T] targets) give [T, sum D_k]. `check_times` and `out` as in resample.
     """
-    hk = _fuse_hot_key(streams, tgt_times, method)
+    hk = _fuse_key(streams, tgt_times, method, _array.device_key)
     hot = None if hk is None else _HOT.get(hk)
     if hot is not None:  # contiguous device arrays of a signature seen before: launch
         if check_times:
@@ -90,7 +90,7 @@ def fuse(streams, tgt_times, method: str = "linear", *, check_times: bool = True
                 V.check_times(f"streams[{k}] times", t)
             V.check_times_finite("tgt_times", tgt_times)
         return hot(streams, tgt_times, out)
-    key = _fuse_key(streams, tgt_times, method)
+    key = _fuse_key(streams, tgt_times, method, _array.signature)
     meta = None if key is None else _CHECKED.get(key)
     if meta is None:  # the full checks (time checks included), then remember the signature
         checked, tgt_times, meta = _check_fuse(streams, tgt_times, method, check_times)
@@ -109,9 +109,9 @@ def fuse(streams, tgt_times, method: str = "linear", *, check_times: bool = True
             V.check_times_finite("tgt_times", tgt_times)
     if _array.is_device(tgt_times):
         hot = _HotFuse(checked, tgt_times, METHODS[method], dtype, tdtype, squeeze)
-        hk = _fuse_hot_key(streams, tgt_times, method)
+        hk = _fuse_key(streams, tgt_times, method, _array.device_key)
         if hk is not None:  # contiguous already: the next call launches straight away
-            _remember_hot(hk, hot)
+            _remember(hk, hot, _HOT)
         if hk is None:  # some array is not contiguous: launch on contiguous copies
             checked = [(_array.contiguous(d), _array.contiguous(t)) for d, t in checked]
             tgt_times = _array.contiguous(tgt_times)
@@ -133,11 +133,12 @@ _CHECKED: dict = {}
 _MAX_CHECKED = 256
 
 
-def _remember(key, meta) -> None:
+def _remember(key, meta, cache: dict = _CHECKED) -> None:
+    """cache[key] = meta (nothing for key None); a full cache is cleared first."""
     if key is not None:
-        if len(_CHECKED) >= _MAX_CHECKED:
-            _CHECKED.clear()
-        _CHECKED[key] = meta
+        if len(cache) >= _MAX_CHECKED:
+            cache.clear()
+        cache[key] = meta
 
 
 def _check_resample(data, src_times, tgt_times, method) -> tuple[bool, str, str]:
@@ -164,21 +165,23 @@ def _check_resample(data, src_times, tgt_times, method) -> tuple[bool, str, str]
     return squeeze, dtype, tdtype
 
 
-def _fuse_key(streams, tgt_times, method):
-    """fuse's cache key when every stream is a (data, times) pair of arrays, else None."""
-    if not isinstance(streams, (list, tuple)) or not 0 < len(streams) <= MAX_STREAMS:
+def _fuse_key(streams, tgt_times, method, key_of):
+    """(method, key_of(tgt_times), key_of of every stream's data and times) as a cache key, or
+    None: streams not a list of 1..MAX_STREAMS (data, times) pairs, a method that is not a str,
+    or an argument key_of cannot key (None, or TypeError for lists and scalars). key_of:
+    _array.signature (the argument checks) or _array.device_key (the hot path)."""
+    if type(method) is not str or not isinstance(streams, (list, tuple)) \
+            or not 0 < len(streams) <= MAX_STREAMS:
         return None
     try:
-        key = [method, _array.signature(tgt_times)]
+        key = [method, key_of(tgt_times)]
         for pair in streams:
             if not isinstance(pair, (list, tuple)) or len(pair) != 2:
                 return None
-            key.append((_array.signature(pair[0]), _array.signature(pair[1])))
-        key = tuple(key)
-        hash(key)
-    except TypeError:  # lists or scalars as arrays, an unhashable method: the full checks
+            key += (key_of(pair[0]), key_of(pair[1]))
+    except TypeError:  # lists or scalars as arrays: the full checks
         return None
-    return key
+    return None if None in key else tuple(key)
 
 
 def _check_fuse(streams, tgt_times, method, check_times: bool):
@@ -291,39 +294,12 @@ def _blocks_for_rows(rows: int, rows_per_warp: int = 1) -> int:
 _HOT: dict = {}
 
 
-def _remember_hot(key, hot) -> None:
-    if len(_HOT) >= _MAX_CHECKED:
-        _HOT.clear()
-    _HOT[key] = hot
-
-
-def _addresser(like):
-    """array -> its address as an int, for arrays of like's library."""
-    lib = _array.library(like)
-    if lib == "torch":
-        return lambda x: x.data_ptr()
-    if lib == "cupy":
-        return lambda x: x.data.ptr
-    return lambda x: x.ctypes.data  # host arrays: the CPU kernel emulator of the tests
-
-
-def _allocator(like, shape: tuple, dtype: str):
-    """() -> an uninitialised output [shape] next to `like` (keeps no reference to `like`)."""
-    if _array.library(like) == "torch":
-        import torch
-
-        return functools.partial(torch.empty, shape, dtype=_array.torch_dtype(dtype),
-                                 device=like.device)
-    lib_like = _array.empty(like, (0,), dtype)  # a 0-element array stands for the device
-    return functools.partial(_array.empty, lib_like, shape, dtype)
-
-
 class _Output:
     """Checks of an `out=` argument against the result it must hold."""
 
     def __init__(self, like, shape: tuple, dtype: str):
         self.shape, self.dtype = tuple(shape), dtype
-        self.alloc = _allocator(like, self.shape, dtype)
+        self.alloc = functools.partial(_array.allocator(like), self.shape, dtype)
         self.key = _array.device_key_of(like, self.shape, dtype)
         self.nbytes = math.prod(self.shape) * _array.ITEMSIZE[dtype]
 
@@ -332,21 +308,27 @@ class _Output:
         `inputs`: the inputs' (address, nbytes)."""
         if self.key is None or _array.device_key(out) != self.key:
             V.check_out(out, like, self.shape, self.dtype)
-        if self.nbytes:
-            lo = _array.address(out)
-            hi = lo + self.nbytes
-            for a, n in inputs:
-                if a < hi and lo < a + n:
-                    V.fail("out", "an array that overlaps none of the inputs",
-                           "one that shares memory with an input")
+        _check_no_overlap(out, self.nbytes, inputs)
+
+
+def _check_no_overlap(out, nbytes: int, inputs) -> None:
+    """`out` ([address, address + nbytes)) shares no byte with the inputs' (address, nbytes)."""
+    if nbytes:
+        lo = _array.address(out)
+        hi = lo + nbytes
+        for a, n in inputs:
+            if a < hi and lo < a + n:
+                V.fail("out", "an array that overlaps none of the inputs",
+                       "one that shares memory with an input")
 
 
 def _into(out, result, inputs):
     """The NumPy backend's `out=`: checked like the device paths, then filled."""
     if out is None:
         return result
-    spec = _Output(result, tuple(result.shape), _array.dtype_name(result))
-    spec.check(out, result, [(_array.address(x), _array.nbytes(x)) for x in inputs])
+    V.check_out(out, result, tuple(result.shape), _array.dtype_name(result))
+    _check_no_overlap(out, _array.nbytes(result),
+                      [(_array.address(x), _array.nbytes(x)) for x in inputs])
     if _array.library(out) == "torch":
         out.copy_(result)
     else:
@@ -364,7 +346,7 @@ class _HotResample:
         self.output = _Output(data, (T, D) if squeeze else (B, T, D), dtype)
         self.nbytes = (_array.nbytes(data), _array.nbytes(src), _array.nbytes(tgt))
         self.empty = B * T * D == 0
-        self.address = _addresser(data)
+        self.address = _array.address_getter(data)
         self.names = (_resample_name(dtype, tdtype, False), _resample_name(dtype, tdtype, True))
         self.vec = (D * _array.ITEMSIZE[dtype]) % 16 == 0  # rows of whole 16-byte vectors
         self.grid = (_blocks_for_rows(B * T, ROWS_PER_WARP),)
@@ -433,20 +415,6 @@ def _fuse_template(shapes: tuple[tuple[int, int], ...]) -> tuple[bytes, int]:
 _PACK_POINTERS = [struct.Struct(f"<{n}Q").pack_into for n in range(MAX_STREAMS + 1)]
 
 
-def _fuse_hot_key(streams, tgt_times, method):
-    """fuse's hot-path key (method, device keys of targets and every stream), or None."""
-    if not isinstance(streams, (list, tuple)) or not 0 < len(streams) <= MAX_STREAMS:
-        return None
-    if type(method) is not str:
-        return None
-    key = [method, _array.device_key(tgt_times)]
-    for pair in streams:
-        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-            return None
-        key += (_array.device_key(pair[0]), _array.device_key(pair[1]))
-    return None if None in key else tuple(key)
-
-
 class _HotFuse:
     """One fuse signature on the device: per call the streams' addresses packed into the
     descriptor template, an output and a launch."""
@@ -461,7 +429,7 @@ class _HotFuse:
         self.times_nbytes = [_array.nbytes(t) for _, t in streams]
         self.tgt_nbytes = _array.nbytes(tgt)
         self.empty = B * T * W == 0
-        self.address = _addresser(tgt)
+        self.address = _array.address_getter(tgt)
         self.pack = _PACK_POINTERS[len(streams)]
         self.name = _fuse_name(dtype, tdtype)
         self.grid = (_blocks_for_rows(B * T),)

@@ -456,8 +456,8 @@ class _HotCount:
     `out`), one memset and one launch."""
 
     def __init__(self, points, grid: _Grid, mode: str):
-        self.grid, self.mode = grid, mode
         self.shape, self.dtype = grid.shape(), OUT_DTYPES[mode]
+        self.alloc = _array.allocator(points)
         self.n = int(points.shape[0])
         self.name = _scatter_name(_array.C_TYPES[_array.dtype_name(points)], mode == "occupancy")
         self.desc = grid.desc(False)
@@ -466,7 +466,7 @@ class _HotCount:
 
     def __call__(self, points, out, want_dropped: bool):
         if out is None:
-            out = _array.empty(points, self.shape, self.dtype)
+            out = self.alloc(self.shape, self.dtype)
         elif _array.device_key(out) != self.out_key:
             V.check_out(out, points, self.shape, self.dtype)  # raises: the key says it differs
         dropped = _array.zeros(points, (), "int64") if want_dropped else None

@@ -246,8 +246,8 @@ class WindowOp:
                            if not (k.kind == "values" and k.F == 0)]
         self._mask_slots = [(i, f"{k.name}_is_pad") for i, k in enumerate(self.keys)
                             if k.deltas is not None and self.mask_owner[k.name] == k.name]
-        self._alloc = _allocator(like)
-        self._ptr = _pointer_of(like)
+        self._alloc = _array.allocator(like)
+        self._ptr = _array.address_getter(like)
         # everything per-batch launches need that does not change between batches
         self._desc_out, self._desc_mask = desc["out"], desc["mask"]  # views into desc
         self._chunks = min(MAX_GRID_Y, max(1, -(-self._work // THREADS)))
@@ -371,7 +371,7 @@ class OutputPool:
                  ring: bool, max_fill: int):
         """`sources`: the output array behind each entry of a set (op.resolve_name);
         `max_fill`: the most sets one launch may fill."""
-        self.B, self.count, self.stream, self.ring = B, count, stream, ring
+        self.count, self.stream, self.ring = count, stream, ring
         self.max_fill = max(1, int(max_fill))
         lay = op.pool_layout(B)
         views, bases = {}, np.zeros(len(lay.names), dtype=np.uint64)
@@ -573,25 +573,6 @@ def _uploader(like):
     return up
 
 
-def _pointer_of(like):
-    """array -> its device address as a Python int (torch: the tensor's own data_ptr())."""
-    if _array.library(like) == "torch":
-        return lambda t: t.data_ptr()
-    return lambda a: int(_array.data_ptr(a))
-
-
-def _allocator(like):
-    """(shape, dtype) -> uninitialised array next to `like`. For torch the caching allocator is
-    called directly with cached dtype objects (~2 us); otherwise _array.empty."""
-    if _array.library(like) == "torch":
-        import torch
-
-        dev = like.device
-        dts = {name: getattr(torch, name) for name in DTYPE_CODES}
-
-        def alloc(shape, dtype):
-            return torch.empty(shape, dtype=dts[dtype], device=dev)
-        return alloc
 
     def alloc(shape, dtype):
         return _array.empty(like, tuple(shape), dtype)
