@@ -90,6 +90,21 @@ def test_2d_inputs_on_the_hot_path(device_standin):
     assert len(R._HOT) == 1
 
 
+def test_2d_fuse_on_the_hot_path(device_standin):
+    # the entry is keyed by the caller's (unbatched) arrays, so the next call finds it
+    launches = device_standin
+    d1, s1, tgt = _series(B=1, S=9, D=4)
+    d2, s2, _ = _series(seed=2, B=1, S=13, D=3)
+    streams = [(d1[0], s1[0]), (d2[0], s2[0])]
+    want = torch.cat([_reference(d1, s1, tgt), _reference(d2, s2, tgt)], dim=-1)[0]
+    for _ in range(2):
+        got = rc.fuse(streams, tgt[0])
+        assert got.shape == (5, 7)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert list(R._HOT) == [R._fuse_key(streams, tgt[0], "linear", _array.device_key)]
+    assert len(launches) == 2
+
+
 def test_out_is_written_and_returned(device_standin, monkeypatch):
     data, src, tgt = _series()
     full_checks = []

@@ -109,10 +109,9 @@ def fuse(streams, tgt_times, method: str = "linear", *, check_times: bool = True
             V.check_times_finite("tgt_times", tgt_times)
     if _array.is_device(tgt_times):
         hot = _HotFuse(checked, tgt_times, METHODS[method], dtype, tdtype, squeeze)
-        hk = _fuse_key(streams, tgt_times, method, _array.device_key)
         if hk is not None:  # contiguous already: the next call launches straight away
-            _remember(hk, hot, _HOT)
-        if hk is None:  # some array is not contiguous: launch on contiguous copies
+            _remember(hk, hot, _HOT)  # (hk: the key of the caller's arrays, as looked up)
+        else:  # some array is not contiguous: launch on contiguous copies
             checked = [(_array.contiguous(d), _array.contiguous(t)) for d, t in checked]
             tgt_times = _array.contiguous(tgt_times)
         return hot(checked, tgt_times, out)
