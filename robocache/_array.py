@@ -273,32 +273,32 @@ def from_numpy(result: np.ndarray, like, dtype: str):
 
 def empty(like, shape: tuple[int, ...], dtype: str):
     """Uninitialised output in like's library, on like's device."""
-    return allocator(like)(shape, dtype)
+    lib = library(like)
+    if lib == "numpy":
+        return np.empty(shape, dtype=numpy_dtype(dtype))
+    if lib == "cupy":
+        import cupy
+
+        with cupy.cuda.Device(like.device.id):
+            return cupy.empty(shape, dtype=numpy_dtype(dtype))
+    import torch
+
+    return torch.empty(shape, dtype=torch_dtype(dtype), device=like.device)
 
 
 def allocator(like):
-    """(shape, dtype name) -> an uninitialised array in like's library on like's device, bound
-    once (hot paths); keeps no reference to `like`."""
-    lib = library(like)
-    if lib == "numpy":
-        def alloc(shape, dtype):
-            return np.empty(shape, dtype=numpy_dtype(dtype))
-    elif lib == "cupy":
-        import cupy
-
-        dev = like.device.id
-
-        def alloc(shape, dtype):
-            with cupy.cuda.Device(dev):
-                return cupy.empty(shape, dtype=numpy_dtype(dtype))
-    else:
+    """(shape, dtype name) -> `empty(like, shape, dtype)`, bound once (hot paths: torch's
+    caching allocator called directly); keeps no reference to `like`."""
+    if library(like) == "torch":
         import torch
 
         dev = like.device
 
         def alloc(shape, dtype):
             return torch.empty(shape, dtype=torch_dtype(dtype), device=dev)
-    return alloc
+        return alloc
+    stand_in = empty(like, (0,), "uint8")  # like's library and device, without like itself
+    return lambda shape, dtype: empty(stand_in, shape, dtype)
 
 
 def zeros(like, shape: tuple[int, ...], dtype: str):
