@@ -316,6 +316,7 @@ class CompileResult:
     log: str
     cubin_bytes: int = 0
     lowered_names: dict[str, str] = field(default_factory=dict)
+    cubin: bytes = b""  # with keep_cubin=True
 
 
 def nvrtc_version() -> str:
@@ -327,11 +328,12 @@ def nvrtc_version() -> str:
     return f"{major}.{minor}" if int(err) == 0 else f"error {err}"
 
 
-def compile_for_arch(module: KernelModule, arch: str, *, verbose_ptxas: bool = False
-                     ) -> CompileResult:
+def compile_for_arch(module: KernelModule, arch: str, *, verbose_ptxas: bool = False,
+                     keep_cubin: bool = False) -> CompileResult:
     """Compile `module` to a cubin for `arch` with NVRTC, with no GPU or driver needed.
 
     The options mirror CuPy's (ours plus -ftz=true), so what passes here passes at run time.
+    `keep_cubin` returns the cubin's bytes too (tools/sass_loops.py disassembles them).
     """
     try:
         from cuda.bindings import nvrtc
@@ -371,6 +373,11 @@ def compile_for_arch(module: KernelModule, arch: str, *, verbose_ptxas: bool = F
             (low,) = check(nvrtc.nvrtcGetLoweredName(prog, name.encode()), "nvrtcGetLoweredName")
             lowered[name] = low.decode() if isinstance(low, bytes) else str(low)
         (size,) = check(nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
-        return CompileResult(module.source, arch, True, log_text, int(size), lowered)
+        cubin = b""
+        if keep_cubin:
+            buf = bytearray(int(size))
+            check(nvrtc.nvrtcGetCUBIN(prog, buf), "nvrtcGetCUBIN")
+            cubin = bytes(buf)
+        return CompileResult(module.source, arch, True, log_text, int(size), lowered, cubin)
     finally:
         nvrtc.nvrtcDestroyProgram(prog)

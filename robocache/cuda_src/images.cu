@@ -15,12 +15,17 @@
 //   else the window is the output, pixel for pixel;
 //   v *= scale; jitter: v = clamp(v * bf, 0, vmax); v = clamp((v - vmax/2) * cf + vmax/2, 0, vmax);
 //   v = (v - mean[c]) * inv_std[c]; out = Num<TO>::store(v) (round to nearest even; uint8 clamps).
+//   Each step is rounded on its own, in this order (no FMA contraction): the NumPy twin gives
+//   the same bits.
 //
 // Work split: blockIdx.x = image (b, k); blockIdx.y tiles the image's h*w output pixels in work
 // items of V pixels (V = 4: four adjacent pixels of one row, "BKCHW" with w % 4 == 0; else 1),
 // each thread looping over work items with stride gridDim.y * blockDim.x (~8 pixels per thread,
 // set by images.py). Thread 0 of each block draws the image's crop origin and jitter factors
-// (shared memory, one barrier); then each thread computes all C channels of each of its pixels.
+// (shared memory, one barrier); then each thread computes all C channels of each of its pixels,
+// in a loop compiled with or without the jitter steps (p.jitter picks one per block), and for
+// V = 4 without resize a loop with no clamps or bounds checks when the window lies inside the
+// frame (checked once per block).
 //
 // Memory access: per pixel, a thread reads C contiguous bytes (RESIZE: 4 taps of C bytes) of one
 // frame row straight from the frame store (no float copy, no crop pass; V = 4 without resize:
@@ -90,6 +95,8 @@ RC_DEVICE void rc_linear_tap(float scale, int dst, int in_size, int& i0, int& i1
 
 // The C channel values of output pixel (y, x) from the window at (oy, ox), before the per-channel
 // arithmetic: bilinear taps (RESIZE) or the window pixel itself, rows/columns clamped to the frame.
+// Each product and sum is rounded on its own (_rn: no FMA contraction), in the order of
+// images.py's apply_numpy, so that both backends give the same bits.
 template <int C, bool RESIZE>
 RC_DEVICE void rc_img_sample(const ImageParams& p, const unsigned char* frame, int oy, int ox,
                              int y, int x, float v[C]) {
@@ -105,8 +112,11 @@ RC_DEVICE void rc_img_sample(const ImageParams& p, const unsigned char* frame, i
         const float hy = 1.f - ly, hx = 1.f - lx;
 #pragma unroll
         for (int c = 0; c < C; ++c) {
-            v[c] = hy * (hx * (float)r0[c0 + c] + lx * (float)r0[c1 + c])
-                   + ly * (hx * (float)r1[c0 + c] + lx * (float)r1[c1 + c]);
+            const float top = __fadd_rn(__fmul_rn(hx, (float)r0[c0 + c]),
+                                        __fmul_rn(lx, (float)r0[c1 + c]));
+            const float bottom = __fadd_rn(__fmul_rn(hx, (float)r1[c0 + c]),
+                                           __fmul_rn(lx, (float)r1[c1 + c]));
+            v[c] = __fadd_rn(__fmul_rn(top, hy), __fmul_rn(bottom, ly));
         }
     } else {
         const unsigned char* s = frame + (rc_clampi(oy + y, 0, p.H - 1) * p.W
@@ -116,50 +126,59 @@ RC_DEVICE void rc_img_sample(const ImageParams& p, const unsigned char* frame, i
     }
 }
 
-// No resize, four adjacent window pixels (columns cx..cx+3 of frame row ry, all inside the
-// frame): their 4*C contiguous bytes read as C + 1 aligned 32-bit words and funnel-shifted into
-// place, instead of 4*C byte loads. False (nothing read) where those words would reach outside
-// the frame store [frames, frames + N*H*W*C); the caller then reads the bytes one by one.
+// Byte i (0..3) of `word` as a float: the bits 0x4B0000bb are the float 2^23 + bb, so one byte
+// permute and one exact subtraction, instead of a shift, a mask and an integer-to-float convert.
+RC_DEVICE float rc_byte_to_float(unsigned int word, int i) {
+    return __uint_as_float(__byte_perm(word, 0x4B000000u, 0x7440u | (unsigned int)i)) - 8388608.f;
+}
+
+// The 4*C contiguous bytes at `at` (four adjacent pixels) as floats v[pixel][channel], read as
+// C + 1 aligned 32-bit words (from `at` rounded down to a multiple of 4) funnel-shifted into place
+// instead of 4*C byte loads. The caller makes sure those words lie inside the frame store.
 template <int C>
-RC_DEVICE bool rc_img_load4(const ImageParams& p, const unsigned char* frame, int ry, int cx,
-                            float v[4][C]) {
-    const rc_u64 at = reinterpret_cast<rc_u64>(frame + ((rc_i64)ry * p.W + cx) * C);
-    const rc_u64 a = at & ~(rc_u64)3;                    // the first word, aligned down
-    const rc_u64 end = p.frames + (rc_u64)p.N * (rc_u64)p.H * (rc_u64)p.W * C;
-    if (a < p.frames || a + 4 * (C + 1) > end) return false;
-    const unsigned int* w = reinterpret_cast<const unsigned int*>(a);
+RC_DEVICE void rc_img_words4(const unsigned char* at, float v[4][C]) {
+    const rc_u64 addr = reinterpret_cast<rc_u64>(at);
+    const unsigned int* w = reinterpret_cast<const unsigned int*>(addr & ~(rc_u64)3);
     unsigned int raw[C + 1];
 #pragma unroll
-    for (int j = 0; j <= C; ++j) raw[j] = w[j];
-    const unsigned int sh = (unsigned int)(at - a) * 8u;
+    for (int j = 0; j <= C; ++j) raw[j] = __ldca(w + j);  // ld.global (a generic ld otherwise)
+    const unsigned int sh = ((unsigned int)addr & 3u) * 8u;
 #pragma unroll
     for (int j = 0; j < C; ++j) {
         const unsigned int word = __funnelshift_r(raw[j], raw[j + 1], sh);  // bytes 4j..4j+3
 #pragma unroll
-        for (int i = 0; i < 4; ++i) v[(4 * j + i) / C][(4 * j + i) % C] = (float)((word >> (8 * i)) & 0xffu);
+        for (int i = 0; i < 4; ++i) v[(4 * j + i) / C][(4 * j + i) % C] = rc_byte_to_float(word, i);
     }
-    return true;
 }
 
-// Scale, jitter and normalise channel c of one pixel (always finite: std > 0 is checked).
+// Do the words rc_img_words4 reads for the 4*C bytes at `at` lie inside [p.frames, end)?
+template <int C>
+RC_DEVICE bool rc_img_words_inside(const ImageParams& p, rc_u64 end, const unsigned char* at) {
+    const rc_u64 a = reinterpret_cast<rc_u64>(at) & ~(rc_u64)3;
+    return a >= p.frames && a + 4 * (C + 1) <= end;
+}
+
+// Scale, jitter and normalise channel c of one pixel (always finite: std > 0 is checked). Every
+// step is rounded on its own (_rn: no FMA contraction), as apply_numpy computes it. JITTER false
+// compiles the jitter out (predicated-off jitter code still takes issue slots: it was 8 of the ~22
+// instructions per value on sm_90); the kernel picks the instance once, from p.jitter.
+template <bool JITTER>
 RC_DEVICE float rc_img_value(const ImageParams& p, float v, int c, float bf, float cf, float pivot) {
-    float t = v * p.scale;
-    if (p.jitter & 1) t = rc_clampf(t * bf, 0.f, p.vmax);
-    if (p.jitter & 2) t = rc_clampf((t - pivot) * cf + pivot, 0.f, p.vmax);
-    return (t - p.mean[c]) * p.inv_std[c];
-}
-
-// ... converted to the output type.
-template <typename TO>
-RC_DEVICE TO rc_img_finish(const ImageParams& p, float v, int c, float bf, float cf, float pivot) {
-    return Num<TO>::store(rc_img_value(p, v, c, bf, cf, pivot));
+    float t = __fmul_rn(v, p.scale);
+    if (JITTER) {
+        // (fminf/fmaxf: one min/max instruction each; t is never NaN here)
+        if (p.jitter & 1) t = fminf(fmaxf(__fmul_rn(t, bf), 0.f), p.vmax);
+        if (p.jitter & 2)
+            t = fminf(fmaxf(__fadd_rn(__fmul_rn(__fsub_rn(t, pivot), cf), pivot), 0.f), p.vmax);
+    }
+    return __fmul_rn(__fsub_rn(t, p.mean[c]), p.inv_std[c]);
 }
 
 // Four output values of one channel plane, converted to TO (16-bit types two per instruction:
 // rc_pack2) and written with one 4 * sizeof(TO)-byte store to a 4 * sizeof(TO)-aligned address.
 // __stwb (st.global.wb: the default cache policy) is a single vector instruction by definition;
-// a plain vector or struct assignment was split into scalar stores here by the compiler (seen in
-// the PTX of nvcc 12.9).
+// a plain vector assignment is split into 32-bit stores here by nvcc 12.9 and 13.0 (seen in the
+// PTX: the alignment of the vector type is not kept through this kernel's address arithmetic).
 RC_DEVICE void rc_img_store4(float* dst, const float* v) {
     __stwb(reinterpret_cast<float4*>(dst), make_float4(v[0], v[1], v[2], v[3]));
 }
@@ -173,6 +192,79 @@ RC_DEVICE void rc_img_store4(unsigned char* dst, const float* v) {
     __stwb(reinterpret_cast<unsigned int*>(dst),
            (unsigned int)U8::store(v[0]) | ((unsigned int)U8::store(v[1]) << 8)
            | ((unsigned int)U8::store(v[2]) << 16) | ((unsigned int)U8::store(v[3]) << 24));
+}
+
+// The C channel values of four adjacent output pixels, finished and stored: one vector store per
+// channel plane, at `at` (the first pixel's element of channel 0) + c * p.c_stride.
+template <typename TO, int C, bool JITTER>
+RC_DEVICE void rc_img_store_run(const ImageParams& p, TO* at, const float v[4][C], float bf,
+                                float cf, float pivot) {
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+        float run[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) run[u] = rc_img_value<JITTER>(p, v[u][c], c, bf, cf, pivot);
+        rc_img_store4(at + c * p.c_stride, run);
+    }
+}
+
+// The pixels of one image from work item `first` on, stepping by `step` work items: work item r
+// sits at row y = r / per_row, column run xr = r % per_row (one division per thread, then stepped
+// by (step / per_row, step % per_row) with a carry). V = 1: one pixel, any layout; V = 4: four
+// horizontally adjacent pixels, each channel's four values in one vector store.
+template <typename TO, int C, bool RESIZE, int V, bool JITTER>
+RC_DEVICE void rc_img_pixels(const ImageParams& p, const unsigned char* frame, TO* out, int oy,
+                             int ox, float bf, float cf, int first, int step) {
+    const float pivot = 0.5f * p.vmax;
+    const int npix = p.oh * p.ow;
+    const int per_row = p.ow >= V ? p.ow / V : 1;  // (ow >= 1, and ow % 4 == 0 for V = 4)
+    const int dy = step / per_row, dxr = step - dy * per_row;
+    int y = first / per_row, xr = first - y * per_row;
+    if (V == 1) {
+        for (int pix = first; pix < npix; pix += step, y += dy, xr += dxr) {
+            if (xr >= per_row) { xr -= per_row; ++y; }
+            float v[C];
+            rc_img_sample<C, RESIZE>(p, frame, oy, ox, y, xr, v);
+#pragma unroll
+            for (int c = 0; c < C; ++c)
+                out[c * p.c_stride + pix * p.p_stride] =
+                    Num<TO>::store(rc_img_value<JITTER>(p, v[c], c, bf, cf, pivot));
+        }
+        return;
+    }
+    const rc_u64 end = p.frames + (rc_u64)p.N * (rc_u64)p.H * (rc_u64)p.W * C;
+    const int items = npix / V;
+    if (!RESIZE && oy >= 0 && ox >= 0 && oy + p.oh <= p.H && ox + p.ow <= p.W) {
+        // The window lies inside the frame (a random crop without shift: nothing to clamp), so
+        // the words of every work item lie between those of the first and the last: two checks
+        // per block, then per work item one offset into the window and no clamps.
+        const unsigned char* win = frame + ((rc_i64)oy * p.W + ox) * C;
+        if (rc_img_words_inside<C>(p, end, win)
+            && rc_img_words_inside<C>(p, end, win + ((p.oh - 1) * p.W + p.ow - V) * C)) {
+            for (int r = first; r < items; r += step, y += dy, xr += dxr) {
+                if (xr >= per_row) { xr -= per_row; ++y; }
+                const int x0 = xr * V;
+                float v[V][C];
+                rc_img_words4<C>(win + (y * p.W + x0) * C, v);
+                rc_img_store_run<TO, C, JITTER>(p, out + y * p.ow + x0, v, bf, cf, pivot);
+            }
+            return;
+        }
+    }
+    for (int r = first; r < items; r += step, y += dy, xr += dxr) {
+        if (xr >= per_row) { xr -= per_row; ++y; }
+        const int x0 = xr * V;
+        float v[V][C];
+        const int cx = ox + x0;
+        const unsigned char* at = frame + ((rc_i64)rc_clampi(oy + y, 0, p.H - 1) * p.W + cx) * C;
+        if (!RESIZE && cx >= 0 && cx + V <= p.W && rc_img_words_inside<C>(p, end, at)) {
+            rc_img_words4<C>(at, v);
+        } else {
+#pragma unroll
+            for (int u = 0; u < V; ++u) rc_img_sample<C, RESIZE>(p, frame, oy, ox, y, x0 + u, v[u]);
+        }
+        rc_img_store_run<TO, C, JITTER>(p, out + y * p.ow + x0, v, bf, cf, pivot);
+    }
 }
 
 // V = 1: one pixel per work item, any layout. V = 4 ("BKCHW" only, ow % 4 == 0, out aligned to
@@ -240,45 +332,12 @@ __global__ void crop_resize_kernel(const ImageParams p) {
         s_factor[1] = fc;
     }
     __syncthreads();  // `zero` is the same for the whole block: every thread gets here or none
-    const int oy = s_origin[0], ox = s_origin[1];
-    const float bf = s_factor[0], cf = s_factor[1];
-    const float pivot = 0.5f * p.vmax;
-
     const unsigned char* frame = reinterpret_cast<const unsigned char*>(p.frames)
                                  + row * ((rc_i64)p.H * p.W * C);
-    // Work item r sits at row y = r / per_row, column run xr = r % per_row: one division per
-    // thread, then stepped by (step / per_row, step % per_row) with a carry.
-    const int per_row = p.ow >= V ? p.ow / V : 1;  // (ow >= 1, and ow % 4 == 0 for V = 4)
-    const int dy = step / per_row, dxr = step - dy * per_row;
-    int y = first / per_row, xr = first - y * per_row;
-    if (V == 1) {
-        for (int pix = first; pix < npix; pix += step, y += dy, xr += dxr) {
-            if (xr >= per_row) { xr -= per_row; ++y; }
-            const int x = xr;
-            float v[C];
-            rc_img_sample<C, RESIZE>(p, frame, oy, ox, y, x, v);
-#pragma unroll
-            for (int c = 0; c < C; ++c)
-                out[c * p.c_stride + pix * p.p_stride] = rc_img_finish<TO>(p, v[c], c, bf, cf, pivot);
-        }
-        return;
-    }
-    for (int r = first; r < npix / V; r += step, y += dy, xr += dxr) {
-        if (xr >= per_row) { xr -= per_row; ++y; }
-        const int x0 = xr * V;
-        float v[V][C];
-        const int cx = ox + x0;
-        if (RESIZE || cx < 0 || cx + V > p.W
-            || !rc_img_load4<C>(p, frame, rc_clampi(oy + y, 0, p.H - 1), cx, v)) {
-#pragma unroll
-            for (int u = 0; u < V; ++u) rc_img_sample<C, RESIZE>(p, frame, oy, ox, y, x0 + u, v[u]);
-        }
-#pragma unroll
-        for (int c = 0; c < C; ++c) {
-            float run[4];
-#pragma unroll
-            for (int u = 0; u < 4; ++u) run[u] = rc_img_value(p, v[u][c], c, bf, cf, pivot);
-            rc_img_store4(out + c * p.c_stride + y * p.ow + x0, run);
-        }
-    }
+    if (p.jitter)
+        rc_img_pixels<TO, C, RESIZE, V, true>(p, frame, out, s_origin[0], s_origin[1],
+                                              s_factor[0], s_factor[1], first, step);
+    else
+        rc_img_pixels<TO, C, RESIZE, V, false>(p, frame, out, s_origin[0], s_origin[1],
+                                               1.f, 1.f, first, step);
 }

@@ -52,8 +52,20 @@ RC_DEVICE int rc_warp_search_right(const TT* times, int n, TT t, int lane) {
 
 struct RcInterp { int row0; int row1; double w; };
 
-// All 32 lanes of a converged warp call it with the same arguments (rc_warp_search_right).
-template <typename TT>
+// The weight (t - t0) / (t1 - t0) of a target between two source times, whose differences a and b
+// are already rounded to TT, rounded to the kernel's arithmetic type Acc. For float times and
+// float arithmetic one float division: the quotient rounded to double and then to float (what
+// NumPy's float64 weight cast to float32 is) is the correctly rounded float quotient, since
+// 53 >= 2 * 24 + 2 bits; otherwise a double division.
+template <typename TT, typename Acc>
+RC_DEVICE double rc_weight(TT a, TT b) {
+    if (sizeof(TT) == 4 && sizeof(Acc) == 4) return (double)__fdiv_rn((float)a, (float)b);
+    return (double)a / (double)b;
+}
+
+// All 32 lanes of a converged warp call it with the same arguments (rc_warp_search_right). Acc:
+// the arithmetic type the weight is used in (rc_weight).
+template <typename TT, typename Acc>
 RC_DEVICE RcInterp rc_interp_rows(const TT* times, int n, TT t, int method, int lane) {
     RcInterp r;
     const int i = rc_warp_search_right(times, n, t, lane);
@@ -67,7 +79,7 @@ RC_DEVICE RcInterp rc_interp_rows(const TT* times, int n, TT t, int method, int 
         return r;
     }
     r.row0 = i; r.row1 = i + 1;
-    r.w = (double)(t - t0) / (double)(t1 - t0);                     // t0 <= t < t1, so t1 > t0
+    r.w = rc_weight<TT, Acc>(t - t0, t1 - t0);                       // t0 <= t < t1, so t1 > t0
     return r;
 }
 
@@ -108,7 +120,7 @@ RC_DEVICE void rc_warp_search_right_n(const TT* const times[R], int n, const TT 
 
 // rc_interp_rows for R targets (times[q] holds n source times, t[q] the target), the loads of the
 // R searches and of their bracketing times overlapped.
-template <typename TT, int R>
+template <typename TT, typename Acc, int R>
 RC_DEVICE void rc_interp_rows_n(const TT* const times[R], int n, const TT t[R], int method,
                                 int lane, RcInterp r[R]) {
     int i[R];
@@ -131,6 +143,6 @@ RC_DEVICE void rc_interp_rows_n(const TT* const times[R], int n, const TT t[R], 
             continue;
         }
         r[q].row0 = i[q]; r[q].row1 = i[q] + 1;
-        r[q].w = (double)(t[q] - t0[q]) / (double)(t1[q] - t0[q]);
+        r[q].w = rc_weight<TT, Acc>(t[q] - t0[q], t1[q] - t0[q]);
     }
 }

@@ -21,9 +21,6 @@
 #include "common.cuh"
 #include "interp.cuh"
 
-template <typename T>
-struct alignas(16) Pack16 { T v[16 / sizeof(T)]; };
-
 #define RC_RESAMPLE_ROWS 4  // output rows per warp (ROWS_PER_WARP in ops/resample.py)
 
 // x + w * (y - x) in the accumulation type, rounded once to T.
@@ -33,30 +30,75 @@ RC_DEVICE T rc_lerp(T x, T y, Acc w) {
     return Num<T>::store(xa + w * (Num<T>::load(y) - xa));
 }
 
-// A pack of 16 bytes: x + w * (y - x) per element, rounded once to T. 16-bit types round two
-// elements per instruction (rc_pack2; a NaN result is the canonical quiet NaN on sm_80+).
+// VEC: 16 bytes of T per lane and access, held as four 32-bit words (a 128-bit load and store;
+// the elements are taken out of the words with one instruction or none each, where a struct of
+// 16-bit fields was split field by field). rc_lerp16: x + w * (y - x) per element, rounded once
+// to T.
 template <typename T, typename Acc>
-RC_DEVICE void rc_lerp_pack(Pack16<T>& x, const Pack16<T>& y, Acc w) {
-#pragma unroll
-    for (int k = 0; k < (int)(16 / sizeof(T)); ++k) x.v[k] = rc_lerp(x.v[k], y.v[k], w);
+RC_DEVICE void rc_lerp16(uint4& x, const uint4& y, Acc w);
+
+template <>
+RC_DEVICE void rc_lerp16<float, float>(uint4& x, const uint4& y, float w) {
+    x.x = __float_as_uint(rc_lerp(__uint_as_float(x.x), __uint_as_float(y.x), w));
+    x.y = __float_as_uint(rc_lerp(__uint_as_float(x.y), __uint_as_float(y.y), w));
+    x.z = __float_as_uint(rc_lerp(__uint_as_float(x.z), __uint_as_float(y.z), w));
+    x.w = __float_as_uint(rc_lerp(__uint_as_float(x.w), __uint_as_float(y.w), w));
+}
+
+template <>
+RC_DEVICE void rc_lerp16<double, double>(uint4& x, const uint4& y, double w) {
+    const double a0 = __hiloint2double((int)x.y, (int)x.x), a1 = __hiloint2double((int)x.w, (int)x.z);
+    const double b0 = __hiloint2double((int)y.y, (int)y.x), b1 = __hiloint2double((int)y.w, (int)y.z);
+    const double r0 = rc_lerp(a0, b0, w), r1 = rc_lerp(a1, b1, w);
+    x.x = (unsigned int)__double2loint(r0);
+    x.y = (unsigned int)__double2hiint(r0);
+    x.z = (unsigned int)__double2loint(r1);
+    x.w = (unsigned int)__double2hiint(r1);
+}
+
+// The two 16-bit floats of a word (lo: bits 0-15) as floats, exactly. bfloat16: a shift and a
+// mask. binary16: one cvt each on sm_80+ (as rc_pack2), elsewhere common.cuh's bit operations.
+template <typename T16> RC_DEVICE void rc_unpack2(unsigned int word, float& lo, float& hi);
+template <> RC_DEVICE void rc_unpack2<rc_bf16>(unsigned int word, float& lo, float& hi) {
+    lo = __uint_as_float(word << 16);
+    hi = __uint_as_float(word & 0xffff0000u);
+}
+template <> RC_DEVICE void rc_unpack2<rc_half>(unsigned int word, float& lo, float& hi) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm("{\n\t.reg .b16 l, h;\n\tmov.b32 {l, h}, %2;\n\tcvt.f32.f16 %0, l;\n\tcvt.f32.f16 %1, h;\n\t}"
+        : "=f"(lo), "=f"(hi) : "r"(word));
+#else
+    rc_half a, b;
+    a.bits = (unsigned short)(word & 0xffffu);
+    b.bits = (unsigned short)(word >> 16);
+    lo = rc_half_to_float(a);
+    hi = rc_half_to_float(b);
+#endif
+}
+
+// Two 16-bit elements of x and y (one word each) interpolated and rounded back into one word.
+template <typename T16>
+RC_DEVICE unsigned int rc_lerp2(unsigned int x, unsigned int y, float w) {
+    float x0, x1, y0, y1;
+    rc_unpack2<T16>(x, x0, x1);
+    rc_unpack2<T16>(y, y0, y1);
+    return rc_pack2<T16>(x0 + w * (y0 - x0), x1 + w * (y1 - x1));
 }
 template <typename T16>
-RC_DEVICE void rc_lerp_pack16(Pack16<T16>& x, const Pack16<T16>& y, float w) {
-#pragma unroll
-    for (int k = 0; k < 8; k += 2) {
-        const float a0 = Num<T16>::load(x.v[k]), a1 = Num<T16>::load(x.v[k + 1]);
-        const unsigned int word = rc_pack2<T16>(a0 + w * (Num<T16>::load(y.v[k]) - a0),
-                                                a1 + w * (Num<T16>::load(y.v[k + 1]) - a1));
-        x.v[k].bits = (unsigned short)(word & 0xffffu);
-        x.v[k + 1].bits = (unsigned short)(word >> 16);
-    }
+RC_DEVICE void rc_lerp16_halves(uint4& x, const uint4& y, float w) {
+    x.x = rc_lerp2<T16>(x.x, y.x, w);
+    x.y = rc_lerp2<T16>(x.y, y.y, w);
+    x.z = rc_lerp2<T16>(x.z, y.z, w);
+    x.w = rc_lerp2<T16>(x.w, y.w, w);
 }
 template <>
-RC_DEVICE void rc_lerp_pack<rc_bf16, float>(Pack16<rc_bf16>& x, const Pack16<rc_bf16>& y,
-                                            float w) { rc_lerp_pack16(x, y, w); }
+RC_DEVICE void rc_lerp16<rc_bf16, float>(uint4& x, const uint4& y, float w) {
+    rc_lerp16_halves<rc_bf16>(x, y, w);
+}
 template <>
-RC_DEVICE void rc_lerp_pack<rc_half, float>(Pack16<rc_half>& x, const Pack16<rc_half>& y,
-                                            float w) { rc_lerp_pack16(x, y, w); }
+RC_DEVICE void rc_lerp16<rc_half, float>(uint4& x, const uint4& y, float w) {
+    rc_lerp16_halves<rc_half>(x, y, w);
+}
 
 // __launch_bounds__: 3 blocks of 256 per SM (<= 85 registers, no spills on sm_90): 24 warps x
 // 4 rows = 96 rows in flight per SM (a warp per row at 32 registers: 64).
@@ -71,18 +113,21 @@ resample_kernel(const T* __restrict__ data, const TT* __restrict__ src_t,
     const rc_i64 first = (((rc_i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5) * R;
     const int lane = threadIdx.x & 31;
     if (first >= rows) return;
+    const int nq = rows - first < R ? (int)(rows - first) : R;
     const TT* times[R];
     TT t[R];
     rc_i64 b[R];
+    rc_i64 bq = first / T_;                  // one division per warp, then row by row
+    int jq = (int)(first - bq * T_);
 #pragma unroll
     for (int q = 0; q < R; ++q) {            // rows past the end repeat the last row, unstored
-        const rc_i64 row = first + q < rows ? first + q : rows - 1;
-        b[q] = row / T_;
+        b[q] = q < nq ? bq : b[q > 0 ? q - 1 : 0];
+        t[q] = tgt_t[q < nq ? first + q : rows - 1];
         times[q] = src_t + b[q] * S;
-        t[q] = tgt_t[row];
+        if (++jq == T_) { jq = 0; ++bq; }
     }
     RcInterp r[R];
-    rc_interp_rows_n<TT, R>(times, S, t, method, lane, r);
+    rc_interp_rows_n<TT, Acc, R>(times, S, t, method, lane, r);
     const T* a[R];
     const T* c[R];
     Acc w[R];
@@ -92,21 +137,20 @@ resample_kernel(const T* __restrict__ data, const TT* __restrict__ src_t,
         c[q] = data + (b[q] * S + r[q].row1) * D;
         w[q] = (Acc)r[q].w;
     }
-    const int nq = rows - first < R ? (int)(rows - first) : R;
     if (VEC) {
         constexpr int N = 16 / sizeof(T);
         for (int p = lane; p < D / N; p += 32) {
-            Pack16<T> x[R], y[R];
+            uint4 x[R], y[R];
 #pragma unroll
             for (int q = 0; q < R; ++q) {    // all 2R loads in flight before any store
-                x[q] = reinterpret_cast<const Pack16<T>*>(a[q])[p];
-                if (r[q].row0 != r[q].row1) y[q] = reinterpret_cast<const Pack16<T>*>(c[q])[p];
+                x[q] = reinterpret_cast<const uint4*>(a[q])[p];
+                if (r[q].row0 != r[q].row1) y[q] = reinterpret_cast<const uint4*>(c[q])[p];
             }
 #pragma unroll
             for (int q = 0; q < R; ++q) {
                 if (q >= nq) break;
-                if (r[q].row0 != r[q].row1) rc_lerp_pack(x[q], y[q], w[q]);
-                reinterpret_cast<Pack16<T>*>(out + (first + q) * D)[p] = x[q];
+                if (r[q].row0 != r[q].row1) rc_lerp16<T, Acc>(x[q], y[q], w[q]);
+                reinterpret_cast<uint4*>(out + (first + q) * D)[p] = x[q];
             }
         }
     } else {
@@ -152,7 +196,7 @@ __global__ void fuse_kernel(const FuseStreams streams, const TT* __restrict__ tg
         const int S = streams.S[k], D = streams.D[k];
         const T* data = reinterpret_cast<const T*>(streams.data[k]);
         const TT* times = reinterpret_cast<const TT*>(streams.times[k]);
-        const RcInterp r = rc_interp_rows(times + b * S, S, t, method, lane);
+        const RcInterp r = rc_interp_rows<TT, Acc>(times + b * S, S, t, method, lane);
         const T* a = data + (b * S + r.row0) * D;
         const T* c = data + (b * S + r.row1) * D;
         const Acc w = (Acc)r.w;
