@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 # The GPU machine has no network and no venv: its own python3 runs the source tree.
 GPU_PY ?= python3
 
-.PHONY: install test lint compile-check gpu-check gpu-profile bench build demo api-listing release-check clean
+.PHONY: install test lint compile-check gpu-check gpu-profile sass bench build demo api-listing release-check clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -39,6 +39,13 @@ gpu-profile:
 	PATH="$$PATH:/usr/local/cuda/bin" PYTHONPATH=$(CURDIR) ncu --clock-control none \
 	  -k "regex:resample_kernel|crop_resize_kernel" --section SpeedOfLight \
 	  --section ComputeWorkloadAnalysis --section WarpStateStats $(GPU_PY) tools/profile_kernels.py
+
+# The hot kernels' loops in the compiled code (NVRTC, sm_90 by default; ARCH=sm_80 etc.): what a
+# kernel change did to the instructions per iteration, without a GPU. Needs cuobjdump on PATH or
+# in $CUOBJDUMP (see tools/sass_loops.py).
+ARCH ?= sm_90
+sass: $(STAMP)
+	$(PYTHON) tools/sass_loops.py --arch $(ARCH)
 
 bench: $(STAMP)
 	$(PYTHON) benchmarks/run_all.py --json benchmarks/out/bench.json

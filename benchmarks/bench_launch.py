@@ -7,7 +7,7 @@ call (median over repeats of many calls, ending with a synchronize):
 - CuPy's RawKernel call (PERF.md's "empty CuPy RawKernel launch") and the lower-level
   Function call RoboCache makes (cached handle, explicit stream);
 - the cost of the arguments: 8 pointer-sized scalars, and structs passed by value of the sizes
-  RoboCache passes (images 200 B, fuse 232 B, windows 2840 B);
+  RoboCache passes (resample 56 B, images 200 B, fuse 264 B, windows 2840 B);
 - torch.empty of a small output on the GPU (what each fresh output costs).
 
     python benchmarks/bench_launch.py [--quick] [--json out.json]
@@ -27,7 +27,7 @@ if __package__ in (None, ""):
 
 from benchmarks import _timing  # noqa: E402
 
-STRUCT_BYTES = (200, 232, 2840)  # IMAGE_PARAMS_DTYPE, FUSE_STREAMS_DTYPE, WIN_KEYS_DTYPE
+STRUCT_BYTES = (56, 200, 264, 2840)  # RESAMPLE_ARGS, IMAGE_PARAMS, FUSE_STREAMS, WIN_KEYS dtypes
 
 _SOURCE = """
 extern "C" __global__ void empty_int(int x) {}

@@ -261,7 +261,7 @@ class _CudaRegisterOps:
         self.dst = int(dst.data_ptr())
         self.torch_stream = torch.cuda.Stream(device=dev)
         self.torch_stream.wait_stream(torch.cuda.current_stream(dev))
-        self.stream = cupy.cuda.ExternalStream(self.torch_stream.cuda_stream, dev.index)
+        self.stream = cupy.cuda.Stream.from_external(self.torch_stream)
         self.device = cupy.cuda.Device(dev.index)
 
     def register(self, lo: int, n: int) -> None:

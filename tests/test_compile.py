@@ -31,3 +31,15 @@ def test_an_empty_compile_log_corrupts_no_python_object():
     result = _runtime.compile_for_arch(Tiny(), "sm_75")
     assert result.ok and result.log == ""
     assert (b" " * 1)[0] == 32 and b" ".decode() == " "
+
+
+def test_keep_cubin_returns_the_cubin():
+    class Tiny:
+        source, name_expressions, options = "tiny.cu", ("tiny",), _runtime.BASE_OPTIONS
+
+        def code(self):
+            return 'extern "C" __global__ void tiny(int* x) { *x = 1; }\n'
+
+    kept = _runtime.compile_for_arch(Tiny(), "sm_90", keep_cubin=True)
+    assert kept.ok and len(kept.cubin) == kept.cubin_bytes and kept.cubin[:4] == b"\x7fELF"
+    assert _runtime.compile_for_arch(Tiny(), "sm_90").cubin == b""

@@ -24,6 +24,7 @@ from robocache.ops import images, resample, voxel, windows
 # (module, C struct, NumPy dtype packed by the Python side)
 BY_VALUE = [
     (_kernels.RESAMPLE, "FuseStreams", resample.FUSE_STREAMS_DTYPE),
+    (_kernels.RESAMPLE, "ResampleArgs", resample.RESAMPLE_ARGS_DTYPE),
     (_kernels.IMAGES, "ImageParams", images.IMAGE_PARAMS_DTYPE),
     (_kernels.WINDOWS, "WinKeys", windows.WIN_KEYS_DTYPE),
     (_kernels.VOXEL, "VoxelGrid", voxel.VOXEL_GRID_DTYPE),

@@ -93,6 +93,16 @@ RC_DEVICE void rc_linear_tap(float scale, int dst, int in_size, int& i0, int& i1
     i1 = i + (i < in_size - 1 ? 1 : 0);
 }
 
+// A byte as a float without an integer-to-float convert (which issues at a quarter of the FMA
+// rate, on the unit of the transcendentals): the bits 0x4B0000bb are the float 2^23 + bb, so an
+// OR (or, for byte i of a word, one byte permute) and one exact subtraction.
+RC_DEVICE float rc_u8_to_float(unsigned char b) {
+    return __uint_as_float(0x4B000000u | (unsigned int)b) - 8388608.f;
+}
+RC_DEVICE float rc_byte_to_float(unsigned int word, int i) {
+    return __uint_as_float(__byte_perm(word, 0x4B000000u, 0x7440u | (unsigned int)i)) - 8388608.f;
+}
+
 // The C channel values of output pixel (y, x) from the window at (oy, ox), before the per-channel
 // arithmetic: bilinear taps (RESIZE) or the window pixel itself, rows/columns clamped to the frame.
 // Each product and sum is rounded on its own (_rn: no FMA contraction), in the order of
@@ -112,24 +122,18 @@ RC_DEVICE void rc_img_sample(const ImageParams& p, const unsigned char* frame, i
         const float hy = 1.f - ly, hx = 1.f - lx;
 #pragma unroll
         for (int c = 0; c < C; ++c) {
-            const float top = __fadd_rn(__fmul_rn(hx, (float)r0[c0 + c]),
-                                        __fmul_rn(lx, (float)r0[c1 + c]));
-            const float bottom = __fadd_rn(__fmul_rn(hx, (float)r1[c0 + c]),
-                                           __fmul_rn(lx, (float)r1[c1 + c]));
+            const float top = __fadd_rn(__fmul_rn(hx, rc_u8_to_float(r0[c0 + c])),
+                                        __fmul_rn(lx, rc_u8_to_float(r0[c1 + c])));
+            const float bottom = __fadd_rn(__fmul_rn(hx, rc_u8_to_float(r1[c0 + c])),
+                                           __fmul_rn(lx, rc_u8_to_float(r1[c1 + c])));
             v[c] = __fadd_rn(__fmul_rn(top, hy), __fmul_rn(bottom, ly));
         }
     } else {
         const unsigned char* s = frame + (rc_clampi(oy + y, 0, p.H - 1) * p.W
                                           + rc_clampi(ox + x, 0, p.W - 1)) * C;
 #pragma unroll
-        for (int c = 0; c < C; ++c) v[c] = (float)s[c];
+        for (int c = 0; c < C; ++c) v[c] = rc_u8_to_float(s[c]);
     }
-}
-
-// Byte i (0..3) of `word` as a float: the bits 0x4B0000bb are the float 2^23 + bb, so one byte
-// permute and one exact subtraction, instead of a shift, a mask and an integer-to-float convert.
-RC_DEVICE float rc_byte_to_float(unsigned int word, int i) {
-    return __uint_as_float(__byte_perm(word, 0x4B000000u, 0x7440u | (unsigned int)i)) - 8388608.f;
 }
 
 // The 4*C contiguous bytes at `at` (four adjacent pixels) as floats v[pixel][channel], read as

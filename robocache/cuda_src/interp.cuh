@@ -98,7 +98,7 @@ RC_DEVICE void rc_warp_search_right_n(const TT* const times[R], int n, const TT 
 #pragma unroll
         for (int q = 0; q < R; ++q) {            // issue every running search's probe first
             const unsigned int pos = rc_search_probe(lo[q], hi[q], lane);
-            below[q] = hi[q] - lo[q] > 32u && pos < hi[q] && rc_sorts_before_or_at(times[q][pos], t[q]);
+            below[q] = hi[q] - lo[q] > 32u && pos < hi[q] && rc_sorts_before_or_at(__ldg(times[q] + pos), t[q]);
         }
         more = false;
 #pragma unroll
@@ -112,7 +112,7 @@ RC_DEVICE void rc_warp_search_right_n(const TT* const times[R], int n, const TT 
 #pragma unroll
     for (int q = 0; q < R; ++q) {                // <= 32 candidates left in each: one probe per lane
         const unsigned int pos = lo[q] + lane;
-        in[q] = pos < hi[q] && rc_sorts_before_or_at(times[q][pos], t[q]);
+        in[q] = pos < hi[q] && rc_sorts_before_or_at(__ldg(times[q] + pos), t[q]);
     }
 #pragma unroll
     for (int q = 0; q < R; ++q) found[q] = (int)lo[q] + __popc(__ballot_sync(0xffffffffu, in[q])) - 1;
@@ -129,8 +129,8 @@ RC_DEVICE void rc_interp_rows_n(const TT* const times[R], int n, const TT t[R], 
 #pragma unroll
     for (int q = 0; q < R; ++q) {
         const bool inner = i[q] >= 0 && i[q] < n - 1;
-        t0[q] = times[q][inner ? i[q] : 0];
-        t1[q] = times[q][inner ? i[q] + 1 : 0];
+        t0[q] = __ldg(times[q] + (inner ? i[q] : 0));
+        t1[q] = __ldg(times[q] + (inner ? i[q] + 1 : 0));
     }
 #pragma unroll
     for (int q = 0; q < R; ++q) {

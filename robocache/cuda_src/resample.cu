@@ -100,13 +100,28 @@ RC_DEVICE void rc_lerp16<rc_half, float>(uint4& x, const uint4& y, float w) {
     rc_lerp16_halves<rc_half>(x, y, w);
 }
 
+// The arguments of resample_kernel, passed by value as one struct (CuPy's launch costs ~0.2 us
+// per argument: one struct instead of nine). ops/resample.py packs the same layout
+// (RESAMPLE_ARGS_DTYPE); keep the two in step.
+struct ResampleArgs {
+    rc_u64 data;    // T [B,S,D]
+    rc_u64 src_t;   // TT [B,S]
+    rc_u64 tgt_t;   // TT [B,T]
+    rc_u64 out;     // T [B,T,D]
+    int B, S, T, D;
+    int method;     // RC_METHOD_*
+};
+
 // __launch_bounds__: 3 blocks of 256 per SM (<= 85 registers, no spills on sm_90): 24 warps x
 // 4 rows = 96 rows in flight per SM (a warp per row at 32 registers: 64).
 template <typename T, typename TT, bool VEC>
-__global__ void __launch_bounds__(256, 3)
-resample_kernel(const T* __restrict__ data, const TT* __restrict__ src_t,
-                const TT* __restrict__ tgt_t, T* __restrict__ out, int B, int S, int T_, int D,
-                int method) {
+__global__ void __launch_bounds__(256, 3) resample_kernel(const ResampleArgs args) {
+    const T* __restrict__ data = reinterpret_cast<const T*>(args.data);
+    const TT* __restrict__ src_t = reinterpret_cast<const TT*>(args.src_t);
+    const TT* __restrict__ tgt_t = reinterpret_cast<const TT*>(args.tgt_t);
+    T* __restrict__ out = reinterpret_cast<T*>(args.out);
+    const int S = args.S, T_ = args.T, D = args.D, method = args.method;
+    const int B = args.B;
     typedef typename Num<T>::Acc Acc;
     constexpr int R = RC_RESAMPLE_ROWS;
     const rc_i64 rows = (rc_i64)B * T_;
@@ -122,7 +137,7 @@ resample_kernel(const T* __restrict__ data, const TT* __restrict__ src_t,
 #pragma unroll
     for (int q = 0; q < R; ++q) {            // rows past the end repeat the last row, unstored
         b[q] = q < nq ? bq : b[q > 0 ? q - 1 : 0];
-        t[q] = tgt_t[q < nq ? first + q : rows - 1];
+        t[q] = __ldg(tgt_t + (q < nq ? first + q : rows - 1));
         times[q] = src_t + b[q] * S;
         if (++jq == T_) { jq = 0; ++bq; }
     }
@@ -143,8 +158,8 @@ resample_kernel(const T* __restrict__ data, const TT* __restrict__ src_t,
             uint4 x[R], y[R];
 #pragma unroll
             for (int q = 0; q < R; ++q) {    // all 2R loads in flight before any store
-                x[q] = reinterpret_cast<const uint4*>(a[q])[p];
-                if (r[q].row0 != r[q].row1) y[q] = reinterpret_cast<const uint4*>(c[q])[p];
+                x[q] = __ldg(reinterpret_cast<const uint4*>(a[q]) + p);  // read-only path
+                if (r[q].row0 != r[q].row1) y[q] = __ldg(reinterpret_cast<const uint4*>(c[q]) + p);
             }
 #pragma unroll
             for (int q = 0; q < R; ++q) {
@@ -171,27 +186,33 @@ resample_kernel(const T* __restrict__ data, const TT* __restrict__ src_t,
     }
 }
 
-// Up to RC_MAX_STREAMS streams, passed by value (one kernel parameter block, no upload).
+// Up to RC_MAX_STREAMS streams and the call's other arguments, passed by value as one struct
+// (one kernel parameter block, no upload). ops/resample.py packs the same layout
+// (FUSE_STREAMS_DTYPE); keep the two in step.
 #define RC_MAX_STREAMS 8
 struct FuseStreams {
     rc_u64 data[RC_MAX_STREAMS];    // device pointers to [B,S_k,D_k]
     rc_u64 times[RC_MAX_STREAMS];   // device pointers to [B,S_k]
+    rc_u64 tgt_t;                   // TT [B,T]
+    rc_u64 out;                     // T [B,T,W]
     int S[RC_MAX_STREAMS];
     int D[RC_MAX_STREAMS];
     int col[RC_MAX_STREAMS];        // first output column of stream k
     int n;                          // number of streams
+    int B, T, W;                    // W = sum of D_k
+    int method;                     // RC_METHOD_*
 };
 
 template <typename T, typename TT>
-__global__ void fuse_kernel(const FuseStreams streams, const TT* __restrict__ tgt_t,
-                            T* __restrict__ out, int B, int T_, int W, int method) {
+__global__ void fuse_kernel(const FuseStreams streams) {
     typedef typename Num<T>::Acc Acc;
+    const int T_ = streams.T, W = streams.W, method = streams.method;
     const rc_i64 row = ((rc_i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const int lane = threadIdx.x & 31;
-    if (row >= (rc_i64)B * T_) return;
+    if (row >= (rc_i64)streams.B * T_) return;
     const rc_i64 b = row / T_;
-    const TT t = tgt_t[row];
-    T* o = out + row * W;
+    const TT t = reinterpret_cast<const TT*>(streams.tgt_t)[row];
+    T* o = reinterpret_cast<T*>(streams.out) + row * W;
     for (int k = 0; k < streams.n; ++k) {
         const int S = streams.S[k], D = streams.D[k];
         const T* data = reinterpret_cast<const T*>(streams.data[k]);

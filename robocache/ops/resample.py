@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import functools
 import math
-import struct
 
 import numpy as np
 
 from .. import _array, _kernels, _runtime
 from .. import _validate as V
+from .._argblock import ArgBlock
 
 METHODS = {"linear": 0, "nearest": 1, "previous": 2}
 TIME_DTYPES = ("float32", "float64")
@@ -335,6 +335,12 @@ def _into(out, result, inputs):
     return out
 
 
+RESAMPLE_ARGS_DTYPE = np.dtype({
+    "names": ["data", "src_t", "tgt_t", "out", "B", "S", "T", "D", "method"],
+    "formats": [np.uint64] * 4 + [np.int32] * 5,
+}, align=True)  # the layout of struct ResampleArgs in resample.cu
+
+
 class _HotResample:
     """One resample signature on the device: per call only addresses, an output and a launch."""
 
@@ -349,7 +355,8 @@ class _HotResample:
         self.names = (_resample_name(dtype, tdtype, False), _resample_name(dtype, tdtype, True))
         self.vec = (D * _array.ITEMSIZE[dtype]) % 16 == 0  # rows of whole 16-byte vectors
         self.grid = (_blocks_for_rows(B * T, ROWS_PER_WARP),)
-        self.ints = _int32s(B, S, T, D, method)
+        self.args = ArgBlock(RESAMPLE_ARGS_DTYPE, ("data", "src_t", "tgt_t", "out"),
+                             B=B, S=S, T=T, D=D, method=method)
 
     def __call__(self, data, src, tgt, out):
         a = self.address
@@ -364,8 +371,7 @@ class _HotResample:
         po = a(out)
         _runtime.launch_prepared(
             _kernels.RESAMPLE, self.names[self.vec and not (pd | po) & 15], self.grid,
-            (THREADS,), (np.uint64(pd), np.uint64(ps), np.uint64(pt), np.uint64(po),
-                         *self.ints), data)
+            (THREADS,), (self.args.with_addresses(pd, ps, pt, po),), data)
         return out
 
 
@@ -381,76 +387,54 @@ def _resample_name(dtype: str, tdtype: str, vec: bool) -> str:
             f"{'true' if vec else 'false'}>")
 
 
-@functools.lru_cache(maxsize=256)
-def _int32s(*values: int) -> tuple:
-    """Kernel int arguments as np.int32, remembered per shape (a hot loop repeats them)."""
-    return tuple(np.int32(v) for v in values)
-
-
 FUSE_STREAMS_DTYPE = np.dtype({
-    "names": ["data", "times", "S", "D", "col", "n"],
-    "formats": [(np.uint64, MAX_STREAMS), (np.uint64, MAX_STREAMS), (np.int32, MAX_STREAMS),
-                (np.int32, MAX_STREAMS), (np.int32, MAX_STREAMS), np.int32],
+    "names": ["data", "times", "tgt_t", "out", "S", "D", "col", "n", "B", "T", "W", "method"],
+    "formats": [(np.uint64, MAX_STREAMS), (np.uint64, MAX_STREAMS), np.uint64, np.uint64,
+                (np.int32, MAX_STREAMS), (np.int32, MAX_STREAMS), (np.int32, MAX_STREAMS),
+                np.int32, np.int32, np.int32, np.int32, np.int32],
 }, align=True)  # the layout of struct FuseStreams in resample.cu
-_FUSE_DATA = FUSE_STREAMS_DTYPE.fields["data"][1]
-_FUSE_TIMES = FUSE_STREAMS_DTYPE.fields["times"][1]
-
-
-@functools.lru_cache(maxsize=256)
-def _fuse_template(shapes: tuple[tuple[int, int], ...]) -> tuple[bytes, int]:
-    """FuseStreams with the per-shape fields (S, D, col, n) set and null pointers, and the
-    output width."""
-    desc = np.zeros((), dtype=FUSE_STREAMS_DTYPE)
-    col = 0
-    for k, (S, D) in enumerate(shapes):
-        desc["S"][k] = S
-        desc["D"][k] = D
-        desc["col"][k] = col
-        col += D
-    desc["n"] = len(shapes)
-    return desc.tobytes(), col
-
-
-_PACK_POINTERS = [struct.Struct(f"<{n}Q").pack_into for n in range(MAX_STREAMS + 1)]
 
 
 class _HotFuse:
     """One fuse signature on the device: per call the streams' addresses packed into the
-    descriptor template, an output and a launch."""
+    argument struct, an output and a launch."""
 
     def __init__(self, streams, tgt, method: int, dtype: str, tdtype: str, squeeze: bool):
         """`streams`, `tgt`: checked and with a leading batch axis ([B,S_k,D_k], [B,T])."""
         B, T = tgt.shape
-        self.template, W = _fuse_template(tuple((int(d.shape[1]), int(d.shape[2]))
-                                                for d, _ in streams))
+        n = len(streams)
+        shapes = [(int(d.shape[1]), int(d.shape[2])) for d, _ in streams]
+        cols = np.cumsum([0] + [D for _, D in shapes])
+        W = int(cols[-1])
+        pad = [0] * (MAX_STREAMS - n)
+        self.args = ArgBlock(
+            FUSE_STREAMS_DTYPE,
+            [("data", k) for k in range(n)] + [("times", k) for k in range(n)] + ["tgt_t", "out"],
+            S=[S for S, _ in shapes] + pad, D=[D for _, D in shapes] + pad,
+            col=[int(c) for c in cols[:-1]] + pad, n=n, B=B, T=T, W=W, method=method)
         self.output = _Output(tgt, (T, W) if squeeze else (B, T, W), dtype)
         self.data_nbytes = [_array.nbytes(d) for d, _ in streams]
         self.times_nbytes = [_array.nbytes(t) for _, t in streams]
         self.tgt_nbytes = _array.nbytes(tgt)
         self.empty = B * T * W == 0
         self.address = _array.address_getter(tgt)
-        self.pack = _PACK_POINTERS[len(streams)]
         self.name = _fuse_name(dtype, tdtype)
         self.grid = (_blocks_for_rows(B * T),)
-        self.ints = _int32s(B, T, W, method)
 
     def __call__(self, streams, tgt, out):
         a = self.address
         pdata, ptimes = [a(d) for d, _ in streams], [a(t) for _, t in streams]
+        ptgt = a(tgt)
         if out is None:
             out = self.output.alloc()
         else:
             self.output.check(out, tgt, [*zip(pdata, self.data_nbytes, strict=True),
                                          *zip(ptimes, self.times_nbytes, strict=True),
-                                         (a(tgt), self.tgt_nbytes)])
+                                         (ptgt, self.tgt_nbytes)])
         if self.empty:
             return out
-        buf = bytearray(self.template)
-        self.pack(buf, _FUSE_DATA, *pdata)
-        self.pack(buf, _FUSE_TIMES, *ptimes)
-        desc = np.frombuffer(buf, dtype=FUSE_STREAMS_DTYPE)[0]
         _runtime.launch_prepared(_kernels.RESAMPLE, self.name, self.grid, (THREADS,),
-                                 (desc, np.uint64(a(tgt)), np.uint64(a(out)), *self.ints), tgt)
+                                 (self.args.with_addresses(*pdata, *ptimes, ptgt, a(out)),), tgt)
         return out
 
 

@@ -1,0 +1,62 @@
+"""A kernel's arguments as one struct passed by value, refilled call after call.
+
+CuPy's launch costs about 0.2 us per kernel argument (benchmarks/RESULTS.md), so the hot paths
+pass one struct. An ArgBlock holds the struct's bytes with every field that is the same from call
+to call (sizes, method codes) set once; per call only the addresses are packed, by one
+`struct.pack_into`, into a buffer of the calling thread, and the same `np.void` view of that
+buffer is handed to the launch. The driver copies kernel arguments when the launch is made
+(cuLaunchKernel), so once a launch call has returned its buffer can be refilled; buffers are
+per thread, so two threads launching the same signature never share one.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+
+import numpy as np
+
+
+class ArgBlock:
+    """`dtype`: the struct's structured NumPy dtype (the layout of the C struct, align=True);
+    `addresses`: the address fields packed per call, in order, each a field name or (name, i)
+    for element i of an array field (all uint64); `fields`: the fixed fields' values."""
+
+    def __init__(self, dtype: np.dtype, addresses, **fields):
+        template = np.zeros((), dtype)
+        for name, value in fields.items():
+            template[name] = value
+        offsets = []
+        for a in addresses:
+            name, index = (a, 0) if isinstance(a, str) else a
+            base_dtype, base = dtype.fields[name][:2]
+            if base_dtype.base != np.dtype(np.uint64):
+                raise TypeError(f"address field {a!r}: expected uint64, got {base_dtype}")
+            offsets.append(base + 8 * index)
+        if offsets != sorted(set(offsets)):
+            raise ValueError("address fields must be distinct and in layout order")
+        # one format from the first address to the last: "Q" per address, zero pads between
+        fmt, at = "<", offsets[0] if offsets else 0
+        raw = template.tobytes()
+        for off in offsets:
+            if off > at:
+                if any(raw[at:off]):
+                    raise ValueError("a fixed field lies between two address fields")
+                fmt += f"{off - at}x"
+            fmt += "Q"
+            at = off + 8
+        self.dtype = dtype
+        self.template = raw
+        self._start = offsets[0] if offsets else 0
+        self._pack = struct.Struct(fmt).pack_into
+        self._local = threading.local()
+
+    def with_addresses(self, *addresses: int) -> np.void:
+        """The struct with these addresses (in the order given at construction) filled in: a
+        view of this thread's buffer, valid until its next call from the same thread."""
+        slot = getattr(self._local, "slot", None)
+        if slot is None:
+            buf = bytearray(self.template)
+            slot = self._local.slot = (buf, np.frombuffer(buf, self.dtype)[0])
+        self._pack(slot[0], self._start, *addresses)
+        return slot[1]
