@@ -20,10 +20,13 @@ import numpy as np
 class ArgBlock:
     """`dtype`: the struct's structured NumPy dtype (the layout of the C struct, align=True);
     `addresses`: the address fields packed per call, in order, each a field name or (name, i)
-    for element i of an array field (all uint64); `fields`: the fixed fields' values."""
+    for element i of an array field (all uint64); `fields`: the fixed fields' values, set on
+    `template` (the struct's bytes; zeros by default)."""
 
-    def __init__(self, dtype: np.dtype, addresses, **fields):
-        template = np.zeros((), dtype)
+    def __init__(self, dtype: np.dtype, addresses=(), *, template: bytes | None = None,
+                 **fields):
+        template = (np.zeros((), dtype) if template is None
+                    else np.frombuffer(bytearray(template), dtype)[0])
         for name, value in fields.items():
             template[name] = value
         offsets = []
@@ -48,15 +51,31 @@ class ArgBlock:
         self.dtype = dtype
         self.template = raw
         self._start = offsets[0] if offsets else 0
+        self._format = fmt
         self._pack = struct.Struct(fmt).pack_into
         self._local = threading.local()
 
-    def with_addresses(self, *addresses: int) -> np.void:
-        """The struct with these addresses (in the order given at construction) filled in: a
-        view of this thread's buffer, valid until its next call from the same thread."""
+    def __getstate__(self) -> dict:  # pickle / deepcopy (a dataset sent to worker processes)
+        return {"dtype": self.dtype, "template": self.template, "_start": self._start,
+                "_format": self._format}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._pack = struct.Struct(self._format).pack_into
+        self._local = threading.local()
+
+    def buffer(self) -> tuple[bytearray, np.void]:
+        """This thread's (bytes, struct view): for callers that pack more than addresses. The
+        bytes keep what the previous call from this thread wrote."""
         slot = getattr(self._local, "slot", None)
         if slot is None:
             buf = bytearray(self.template)
             slot = self._local.slot = (buf, np.frombuffer(buf, self.dtype)[0])
-        self._pack(slot[0], self._start, *addresses)
-        return slot[1]
+        return slot
+
+    def with_addresses(self, *addresses: int) -> np.void:
+        """The struct with these addresses (in the order given at construction) filled in: a
+        view of this thread's buffer, valid until its next call from the same thread."""
+        buf, view = self.buffer()
+        self._pack(buf, self._start, *addresses)
+        return view

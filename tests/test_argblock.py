@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 import threading
 
 import numpy as np
@@ -50,3 +52,13 @@ def test_bad_layouts_are_refused():
         ArgBlock(DT, ("p", "p"))
     with pytest.raises(TypeError, match="uint64"):
         ArgBlock(DT, ("n",))
+
+
+def test_pickles_and_copies_without_its_buffers():
+    """A plan holding an ArgBlock travels with a dataset to worker processes (pickle) or is
+    deep-copied: the copy packs the same bytes from buffers of its own."""
+    blk = ArgBlock(DT, ("p", "r"), n=4)
+    before = blk.with_addresses(1, 2).tobytes()
+    for twin in (pickle.loads(pickle.dumps(blk)), copy.deepcopy(blk)):
+        v = twin.with_addresses(1, 2)
+        assert v.tobytes() == before and v is not blk.with_addresses(1, 2)

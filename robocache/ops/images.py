@@ -61,6 +61,7 @@ import numpy as np
 
 from .. import _array, _kernels, _runtime
 from .. import _validate as V
+from .._argblock import ArgBlock
 from . import _random
 
 OUT_DTYPES = ("float32", "float16", "bfloat16", "uint8")
@@ -113,6 +114,7 @@ class ImagePlan:
     kernel_scalar: str = field(init=False, repr=False, compare=False)  # V = 1 (misaligned out)
     run_width: int = field(init=False, repr=False, compare=False)
     template: bytes = field(init=False, repr=False, compare=False)
+    args: ArgBlock = field(init=False, repr=False, compare=False)  # per-thread ImageParams
 
     def __post_init__(self):
         # 4 adjacent pixels per work item, one wide store per channel: planar output only, rows
@@ -122,6 +124,7 @@ class ImagePlan:
         object.__setattr__(self, "kernel", self.kernel_name(v))
         object.__setattr__(self, "kernel_scalar", self.kernel_name(1))
         object.__setattr__(self, "template", _static_params(self))
+        object.__setattr__(self, "args", ArgBlock(IMAGE_PARAMS_DTYPE, template=self.template))
 
     @property
     def resize(self) -> bool:
@@ -689,18 +692,18 @@ def apply_cuda(plan: ImagePlan, frames, indices, zero_mask, out, key, *,
     if frames_ptr is None:
         frames = _array.contiguous(frames)
         frames_ptr = _array.address(frames)
-    buf = bytearray(plan.template)
+    out_ptr = _array.address(out)
+    buf, p = plan.args.buffer()  # this thread's ImageParams: the plan's fields, then per call
     _DYNAMIC.pack_into(buf, 0, int(frames_ptr), _array.address(indices),
                        0 if zero_mask is None else _array.address(zero_mask),
-                       _array.address(out), int(key), int(frames.shape[0]))
+                       out_ptr, int(key), int(frames.shape[0]))
     _INT2.pack_into(buf, _OFFSET_B, B, K)
     _INT1.pack_into(buf, _OFFSET_IDX64, int(_array.dtype_name(indices) == "int64"))
-    p = np.frombuffer(buf, dtype=IMAGE_PARAMS_DTYPE)[0]
     v, kernel = plan.run_width, plan.kernel
-    if v > 1 and _array.address(out) % (v * _array.ITEMSIZE[plan.out_dtype]):
+    if v > 1 and out_ptr % (v * _array.ITEMSIZE[plan.out_dtype]):
         v, kernel = 1, plan.kernel_scalar  # an `out` view not aligned for the wide stores
-    grid, block = _launch_config(plan.size, B, K, v)
-    _runtime.launch(_kernels.IMAGES, kernel, grid, block, (p,), like=out)
+    grid, block = _launch_config(plan.size, B, K, v)  # (B * K >= 1: every dimension >= 1)
+    _runtime.launch_prepared(_kernels.IMAGES, kernel, grid, block, (p,), out)
 
 
 # The per-call fields of ImageParams: frames, indices, zero_mask, out, key, N lead the struct;
