@@ -28,6 +28,7 @@ BY_VALUE = [
     (_kernels.IMAGES, "ImageParams", images.IMAGE_PARAMS_DTYPE),
     (_kernels.WINDOWS, "WinKeys", windows.WIN_KEYS_DTYPE),
     (_kernels.VOXEL, "VoxelGrid", voxel.VOXEL_GRID_DTYPE),
+    (_kernels.VOXEL, "VoxelScatterArgs", voxel.VOXEL_SCATTER_DTYPE),
     (_kernels.VOXEL_FEATURES, "VoxelGrid", voxel.VOXEL_GRID_DTYPE),
 ]
 

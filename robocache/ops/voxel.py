@@ -45,6 +45,7 @@ import numpy as np
 
 from .. import _array, _kernels, _runtime
 from .. import _validate as V
+from .._argblock import ArgBlock
 
 MODES = ("occupancy", "count", "mean", "max")
 OUT_DTYPES = {"occupancy": "uint8", "count": "int32", "mean": "float32", "max": "float32"}
@@ -62,6 +63,10 @@ VOXEL_GRID_DTYPE = np.dtype({
     "names": ["origin", "size", "dims", "batch", "bidx64"],
     "formats": [(np.float64, 3), (np.float64, 3), (np.int32, 3), np.int32, np.int32],
 }, align=True)  # the layout of struct VoxelGrid in voxel.cuh
+VOXEL_SCATTER_DTYPE = np.dtype({
+    "names": ["pts", "bidx", "out", "dropped", "n", "g"],
+    "formats": [np.uint64, np.uint64, np.uint64, np.uint64, np.int64, VOXEL_GRID_DTYPE],
+}, align=True)  # the layout of struct VoxelScatterArgs in voxel.cu
 
 
 class _Grid:
@@ -431,6 +436,15 @@ def _ptr_or_null(x) -> np.uint64:
     return np.uint64(0) if x is None else _array.data_ptr(x)
 
 
+def _scatter_args(head: tuple, out, dropped) -> np.void:
+    """voxel_scatter_kernel's VoxelScatterArgs from a per-point kernel head (_point_args)."""
+    a = np.zeros((), dtype=VOXEL_SCATTER_DTYPE)
+    a["pts"], a["bidx"], a["n"], a["g"] = head
+    a["out"] = _array.data_ptr(out)
+    a["dropped"] = _ptr_or_null(dropped)
+    return a[()]
+
+
 def _offset(ptr: np.uint64, nbytes: int) -> np.uint64:
     return np.uint64(int(ptr) + nbytes)
 
@@ -460,7 +474,9 @@ class _HotCount:
         self.alloc = _array.allocator(points)
         self.n = int(points.shape[0])
         self.name = _scatter_name(_array.C_TYPES[_array.dtype_name(points)], mode == "occupancy")
-        self.desc = grid.desc(False)
+        self.args = ArgBlock(VOXEL_SCATTER_DTYPE, ("pts", "bidx", "out", "dropped"), n=self.n,
+                             g=grid.desc(False))
+        self.address = _array.address_getter(points)
         self.blocks = (_blocks(self.n),)
         self.out_key = _array.device_key_of(points, self.shape, self.dtype)
 
@@ -472,10 +488,11 @@ class _HotCount:
         dropped = _array.zeros(points, (), "int64") if want_dropped else None
         _array.zero_(out)
         if self.n:
-            _runtime.launch_prepared(
-                _kernels.VOXEL, self.name, self.blocks, (THREADS,),
-                (_array.data_ptr(points), np.uint64(0), np.int64(self.n), self.desc,
-                 _array.data_ptr(out), _ptr_or_null(dropped)), points)
+            a = self.address
+            args = self.args.with_addresses(a(points), 0, a(out),
+                                            0 if dropped is None else a(dropped))
+            _runtime.launch_prepared(_kernels.VOXEL, self.name, self.blocks, (THREADS,), (args,),
+                                     points)
         return (out, dropped) if want_dropped else out
 
 
@@ -490,7 +507,7 @@ def _voxelize_cuda(points, bidx, feats, grid: _Grid, mode: str, out, want_droppe
         _array.zero_(out)
         name = _scatter_name(P, mode == "occupancy")
         _runtime.launch(_kernels.VOXEL, name, (_blocks(n),), (THREADS,),
-                        (*head, _array.data_ptr(out), _ptr_or_null(dropped)), like=pts)
+                        (_scatter_args(head, out, dropped),), like=pts)
         return out, dropped
     feats = _array.contiguous(feats)
     T = _array.C_TYPES[_array.dtype_name(feats)]
@@ -550,7 +567,7 @@ def _coords_cuda(points, bidx, grid: _Grid, want_dropped: bool):
     dropped = _array.zeros(pts, (), "int64") if want_dropped else None
     _runtime.launch(_kernels.VOXEL, f"voxel_scatter_kernel<{P}, false>",
                     (_blocks(int(pts.shape[0])),), (THREADS,),
-                    (*head, _array.data_ptr(counts), _ptr_or_null(dropped)), like=pts)
+                    (_scatter_args(head, counts, dropped),), like=pts)
     chunks = _blocks(cells, THREADS * CELLS_PER_THREAD)
     offsets = _array.empty(pts, (chunks + 1,), "int32")  # exclusive prefix per chunk | total
     _runtime.launch(_kernels.VOXEL, "voxel_block_occupied_kernel", (chunks,), (THREADS,),
