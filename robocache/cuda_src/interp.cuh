@@ -86,10 +86,12 @@ RC_DEVICE RcInterp rc_interp_rows(const TT* times, int n, TT t, int method, int 
 // R searches at once, for the R rows a warp builds (resample.cu): round by round the probes of
 // every search still running are loaded together, so a warp keeps R loads in flight where one
 // search would keep one. Same result per search as rc_warp_search_right (warp-uniform loop).
+// Also returns the final round's window [lo, hi) (<= 32 times, lane j read times[lo + j]) and
+// this lane's value from it (probe; unspecified for lanes past hi).
 template <typename TT, int R>
 RC_DEVICE void rc_warp_search_right_n(const TT* const times[R], int n, const TT t[R], int lane,
-                                      int found[R]) {
-    unsigned int lo[R], hi[R];
+                                      int found[R], unsigned int lo[R], unsigned int hi[R],
+                                      TT probe[R]) {
 #pragma unroll
     for (int q = 0; q < R; ++q) { lo[q] = 0; hi[q] = (unsigned int)n; }
     bool more = n > 32;
@@ -112,25 +114,34 @@ RC_DEVICE void rc_warp_search_right_n(const TT* const times[R], int n, const TT 
 #pragma unroll
     for (int q = 0; q < R; ++q) {                // <= 32 candidates left in each: one probe per lane
         const unsigned int pos = lo[q] + lane;
-        in[q] = pos < hi[q] && rc_sorts_before_or_at(__ldg(times[q] + pos), t[q]);
+        probe[q] = pos < hi[q] ? __ldg(times[q] + pos) : t[q];
+        in[q] = pos < hi[q] && rc_sorts_before_or_at(probe[q], t[q]);
     }
 #pragma unroll
     for (int q = 0; q < R; ++q) found[q] = (int)lo[q] + __popc(__ballot_sync(0xffffffffu, in[q])) - 1;
 }
 
 // rc_interp_rows for R targets (times[q] holds n source times, t[q] the target), the loads of the
-// R searches and of their bracketing times overlapped.
+// R searches overlapped. The bracketing times t0 = times[i], t1 = times[i + 1] mostly come from
+// the lanes that read them in the search's final round (two shuffles), not from another
+// dependent load; only when the final window did not hold one of them (i = lo - 1, or
+// i + 1 = hi: ~2 rows in 32) is it loaded.
 template <typename TT, typename Acc, int R>
 RC_DEVICE void rc_interp_rows_n(const TT* const times[R], int n, const TT t[R], int method,
                                 int lane, RcInterp r[R]) {
     int i[R];
-    rc_warp_search_right_n<TT, R>(times, n, t, lane, i);
+    unsigned int lo[R], hi[R];
+    TT probe[R];
+    rc_warp_search_right_n<TT, R>(times, n, t, lane, i, lo, hi, probe);
     TT t0[R], t1[R];
 #pragma unroll
     for (int q = 0; q < R; ++q) {
+        const int l0 = i[q] - (int)lo[q];        // the lane that read times[i] (-1: none did)
+        t0[q] = __shfl_sync(0xffffffffu, probe[q], l0 & 31);
+        t1[q] = __shfl_sync(0xffffffffu, probe[q], (l0 + 1) & 31);
         const bool inner = i[q] >= 0 && i[q] < n - 1;
-        t0[q] = __ldg(times[q] + (inner ? i[q] : 0));
-        t1[q] = __ldg(times[q] + (inner ? i[q] + 1 : 0));
+        if (inner && l0 < 0) t0[q] = __ldg(times[q] + i[q]);                         // uniform
+        if (inner && (unsigned int)(i[q] + 1) >= hi[q]) t1[q] = __ldg(times[q] + i[q] + 1);
     }
 #pragma unroll
     for (int q = 0; q < R; ++q) {
