@@ -7,10 +7,10 @@
 template <typename TT>
 RC_DEVICE bool rc_sorts_before_or_at(TT a, TT t) { return a <= t || t != t; }
 
-// Index of the last source time <= t among times[0..n), or -1 when t is before them all
-// (numpy.searchsorted(times, t, side="right") - 1; times non-decreasing), found by the 32 lanes
-// of a warp together (every lane calls it with the same times, n and t; the warp must be
-// converged). Each round, with step = ceil(len / 33), lane j probes lo + (j + 1) * step - 1 (a
+// The search (rc_warp_search_right_n below): the index of the last source time <= t among
+// times[0..n), or -1 when t is before them all (numpy.searchsorted(times, t, side="right") - 1;
+// times non-decreasing), found by the 32 lanes of a warp together (every lane calls it with the
+// same times, n and t; the warp must be converged). Each round, with step = ceil(len / 33), lane j probes lo + (j + 1) * step - 1 (a
 // probe at or past hi counts as after t) and a ballot keeps the part holding the answer, which
 // is shorter than step: a search of n times costs ~log33(n) + 1 dependent loads (2 for
 // n <= 1089) instead of a binary search's log2(n) (10 for n = 1000), with one division by a
@@ -31,20 +31,6 @@ RC_DEVICE unsigned int rc_search_probe(unsigned int lo, unsigned int hi, int lan
     return lo + (unsigned int)(lane + 1) * ((hi - lo + 32u) / 33u) - 1u;
 }
 
-template <typename TT>
-RC_DEVICE int rc_warp_search_right(const TT* times, int n, TT t, int lane) {
-    unsigned int lo = 0, hi = (unsigned int)n;
-    while (hi - lo > 32u) {
-        const unsigned int pos = rc_search_probe(lo, hi, lane);
-        rc_search_round(lo, hi, __ballot_sync(0xffffffffu,
-                                              pos < hi && rc_sorts_before_or_at(times[pos], t)));
-    }
-    const unsigned int pos = lo + lane;              // <= 32 candidates left: one probe each
-    const unsigned int below = __ballot_sync(0xffffffffu,
-                                             pos < hi && rc_sorts_before_or_at(times[pos], t));
-    return (int)lo + __popc(below) - 1;
-}
-
 // How one target time maps onto two source rows and a weight (method codes as in Python).
 #define RC_METHOD_LINEAR 0
 #define RC_METHOD_NEAREST 1
@@ -63,29 +49,9 @@ RC_DEVICE double rc_weight(TT a, TT b) {
     return (double)a / (double)b;
 }
 
-// All 32 lanes of a converged warp call it with the same arguments (rc_warp_search_right). Acc:
-// the arithmetic type the weight is used in (rc_weight).
-template <typename TT, typename Acc>
-RC_DEVICE RcInterp rc_interp_rows(const TT* times, int n, TT t, int method, int lane) {
-    RcInterp r;
-    const int i = rc_warp_search_right(times, n, t, lane);
-    r.w = 0.0;
-    if (i < 0) { r.row0 = r.row1 = 0; return r; }                 // before the span: first row
-    if (i >= n - 1) { r.row0 = r.row1 = n - 1; return r; }       // at or after the end: last row
-    if (method == RC_METHOD_PREVIOUS) { r.row0 = r.row1 = i; return r; }
-    TT t0 = times[i], t1 = times[i + 1];
-    if (method == RC_METHOD_NEAREST) {                              // ties go to the earlier row
-        r.row0 = r.row1 = ((t1 - t) < (t - t0)) ? i + 1 : i;
-        return r;
-    }
-    r.row0 = i; r.row1 = i + 1;
-    r.w = rc_weight<TT, Acc>(t - t0, t1 - t0);                       // t0 <= t < t1, so t1 > t0
-    return r;
-}
-
 // R searches at once, for the R rows a warp builds (resample.cu): round by round the probes of
 // every search still running are loaded together, so a warp keeps R loads in flight where one
-// search would keep one. Same result per search as rc_warp_search_right (warp-uniform loop).
+// search would keep one (warp-uniform loop).
 // Also returns the final round's window [lo, hi) (<= 32 times, lane j read times[lo + j]) and
 // this lane's value from it (probe; unspecified for lanes past hi).
 template <typename TT, int R>
@@ -156,4 +122,15 @@ RC_DEVICE void rc_interp_rows_n(const TT* const times[R], int n, const TT t[R], 
         r[q].row0 = i[q]; r[q].row1 = i[q] + 1;
         r[q].w = rc_weight<TT, Acc>(t[q] - t0[q], t1[q] - t0[q]);
     }
+}
+
+// One target (fuse_kernel): rc_interp_rows_n for R = 1. All 32 lanes of a converged warp call it
+// with the same arguments.
+template <typename TT, typename Acc>
+RC_DEVICE RcInterp rc_interp_rows(const TT* times, int n, TT t, int method, int lane) {
+    const TT* const one_times[1] = {times};
+    const TT one_t[1] = {t};
+    RcInterp r[1];
+    rc_interp_rows_n<TT, Acc, 1>(one_times, n, one_t, method, lane, r);
+    return r[0];
 }
