@@ -35,9 +35,10 @@ Output memory (CUDA store), `reuse_outputs`:
   R >= 2: 2R output sets recycled in turn, filled up to R at a time. Batch n's tensors are
     overwritten no sooner than when batch n + R is handed out: the last R batches handed out stay
     valid (launches run in stream order, so work already queued on the same stream that reads
-    batch n finishes first). Saves the tensor objects per batch; for loops that drop each batch
-    before asking for the next (R = 2 leaves room for one prefetched batch). A last partial batch
-    gets fresh outputs.
+    batch n finishes first). Camera keys transformed by the image kernel recycle 2R outputs per
+    key the same way (no allocation per key and batch). Saves the tensor objects per batch; for
+    loops that drop each batch before asking for the next (R = 2 leaves room for one prefetched
+    batch). A last partial batch gets fresh outputs.
 Fresh outputs are the default because reuse silently changes batches a program still holds.
 
 Arguments of torch's DataLoader that mean nothing here are accepted and ignored: num_workers,

@@ -283,8 +283,8 @@ def test_batch_sampler_sampler_and_collate_on_the_device_path(monkeypatch):
         _assert_batch_equal(_snapshot(g), w, f"sampler batch {n}")
 
 
-@pytest.mark.parametrize("pad", ["edge", "zero"])
-def test_host_resident_frames_read_by_the_image_kernel(monkeypatch, pad):
+@pytest.mark.parametrize("pad, reuse", [("edge", 0), ("zero", 0), ("edge", 2)])
+def test_host_resident_frames_read_by_the_image_kernel(monkeypatch, pad, reuse):
     """frames_on_host: camera keys stay in (pinned) host memory and the image kernel reads them
     through their mapped address - raw uint8 frames without a transform, or the transform's
     output - equal to the NumPy backend's batches. Here the 'mapped address' is the host address
@@ -311,8 +311,48 @@ def test_host_resident_frames_read_by_the_image_kernel(monkeypatch, pad):
     dev._device_standin(torch.zeros(1))
     for k in st._host_keys:  # a CUDA store holds them as pinned torch CPU tensors
         dev._sources[k] = torch.from_numpy(arrays[k])
-    a = rc.DataLoader(dev, batch_size=4, shuffle=True, seed=6)
+    a = rc.DataLoader(dev, batch_size=4, shuffle=True, seed=6, reuse_outputs=reuse)
     b = rc.DataLoader(host, batch_size=4, shuffle=True, seed=6)
     for n_batch, (got, want) in enumerate(zip(a, b, strict=True)):
         _assert_batch_equal(_snapshot(got), want, f"batch {n_batch}")
     assert len(mapped) == 2  # looked up once per key, not per batch
+
+
+@pytest.mark.parametrize("R", [2, 3])
+def test_reused_outputs_recycle_transformed_frames_too(monkeypatch, R):
+    """reuse_outputs=R also recycles the image kernel's outputs (no allocation per camera key
+    and batch): 2R per key handed out in turn, so the last R batches' frames stay valid and
+    batch n's memory is written again by batch n + 2R; a last partial batch gets fresh frames."""
+    from robocache.ops import images
+
+    rng = np.random.default_rng(3)
+    ends = np.array([7, 19, 30, 41])
+    n = int(ends[-1])
+    arrays = {"cam": rng.integers(0, 256, (n, 9, 8, 3), dtype=np.uint8),
+              "state": rng.standard_normal((n, 2)).astype(np.float32)}
+    st = rc.TrajectoryStore.from_arrays(arrays, episode_ends=ends, device="cpu")
+    st._host_keys = ("cam",)
+    monkeypatch.setattr(images, "_mapped_pointer",
+                        lambda frames, like: np.uint64(frames.data_ptr()))
+    kw = dict(delta_indices={"cam": [-1, 0], "state": [0]},
+              image_transforms={"cam": rc.ImageTransform(crop=6, crop_mode="random",
+                                                         out_dtype="float32")})
+    dev = rc.TrajectoryDataset(st, **kw)
+    st._host_keys = ()
+    host = rc.TrajectoryDataset(st, **kw)
+    dev._device_standin(torch.zeros(1))
+    dev._sources["cam"] = torch.from_numpy(arrays["cam"])
+    a = rc.DataLoader(dev, batch_size=4, shuffle=True, seed=1, reuse_outputs=R)
+    b = rc.DataLoader(host, batch_size=4, shuffle=True, seed=1)
+    held, ptrs = [], []
+    for n_batch, (got, want) in enumerate(zip(a, b, strict=True)):
+        held.append((got, _snapshot(got)))
+        for old, snap in held[-R:]:  # the last R batches handed out are intact
+            _assert_batch_equal(old, snap, f"batch {n_batch}")
+        _assert_batch_equal(got, want, f"batch {n_batch}")
+        ptrs.append(got["cam"].data_ptr())
+    full = len(ptrs) - (1 if n % 4 else 0)
+    assert len(set(ptrs[:full])) == min(2 * R, full)  # 2R outputs in turn ...
+    assert all(ptrs[i] == ptrs[i + 2 * R] for i in range(full - 2 * R))
+    if n % 4:
+        assert ptrs[-1] not in ptrs[:full]  # ... and fresh frames for the partial batch
