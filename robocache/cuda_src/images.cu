@@ -82,25 +82,28 @@ struct ImageParams {
 RC_DEVICE int rc_clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
 RC_DEVICE float rc_clampf(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
-// torch's area_pixel_compute_source_index + guard_index_and_lambda (align_corners=False, linear).
+// Small non-negative integers as floats without an integer-to-float convert (which issues at a
+// quarter of the FMA rate, on the unit of the transcendentals): the bits 0x4B000000 + k are the
+// float 2^23 + k for k < 2^23, so an OR (for byte i of a word, one byte permute) and one exact
+// subtraction.
+RC_DEVICE float rc_small_to_float(unsigned int k) {
+    return __uint_as_float(0x4B000000u | k) - 8388608.f;
+}
+RC_DEVICE float rc_u8_to_float(unsigned char b) { return rc_small_to_float(b); }
+RC_DEVICE float rc_byte_to_float(unsigned int word, int i) {
+    return __uint_as_float(__byte_perm(word, 0x4B000000u, 0x7440u | (unsigned int)i)) - 8388608.f;
+}
+
+// torch's area_pixel_compute_source_index + guard_index_and_lambda (align_corners=False, linear),
+// each step rounded on its own as images.py's _taps computes it (dst, i: 0 <= . < 2^23).
 RC_DEVICE void rc_linear_tap(float scale, int dst, int in_size, int& i0, int& i1, float& l1) {
-    float src = scale * ((float)dst + 0.5f) - 0.5f;
+    float src = __fsub_rn(__fmul_rn(scale, __fadd_rn(rc_small_to_float(dst), 0.5f)), 0.5f);
     src = src < 0.f ? 0.f : src;
     int i = (int)src;                                    // src >= 0: truncation is floor
     i = i < in_size - 1 ? i : in_size - 1;
-    l1 = rc_clampf(src - (float)i, 0.f, 1.f);
+    l1 = rc_clampf(__fsub_rn(src, rc_small_to_float(i)), 0.f, 1.f);
     i0 = i;
     i1 = i + (i < in_size - 1 ? 1 : 0);
-}
-
-// A byte as a float without an integer-to-float convert (which issues at a quarter of the FMA
-// rate, on the unit of the transcendentals): the bits 0x4B0000bb are the float 2^23 + bb, so an
-// OR (or, for byte i of a word, one byte permute) and one exact subtraction.
-RC_DEVICE float rc_u8_to_float(unsigned char b) {
-    return __uint_as_float(0x4B000000u | (unsigned int)b) - 8388608.f;
-}
-RC_DEVICE float rc_byte_to_float(unsigned int word, int i) {
-    return __uint_as_float(__byte_perm(word, 0x4B000000u, 0x7440u | (unsigned int)i)) - 8388608.f;
 }
 
 // The C channel values of output pixel (y, x) from the window at (oy, ox), before the per-channel
