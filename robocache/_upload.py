@@ -313,7 +313,7 @@ def _to_device_registered(src_bytes: np.ndarray, dst_bytes, dev, chunk_bytes: in
     without read-only registration, or when the driver refuses the first registration)."""
     try:
         ops = _CudaRegisterOps(dst_bytes, dev)
-    except (ImportError, RegistrationRefused):
+    except (ImportError, RegistrationRefused, RuntimeError):  # no CuPy, no support, a CUDA error
         return 0
     nbytes = int(src_bytes.nbytes)
     try:
