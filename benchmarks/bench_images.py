@@ -146,16 +146,16 @@ def _pixels_per_thread_sweep(w, out_dtype, ours_plan, iters, dev, floor) -> list
     """The plan path with other launch shapes (pixels per thread; the kernels stride over any
     grid, so this changes speed only): which PIXELS_PER_THREAD to ship."""
     rows = []
-    default = images.PIXELS_PER_THREAD
+    default = images.PIXELS_PER_THREAD, images.CROP_PIXELS_PER_THREAD
     try:
-        for ppt in (4, 16, 32):
-            images.PIXELS_PER_THREAD = ppt
+        for ppt in (4, 8, 16, 32):
+            images.PIXELS_PER_THREAD = images.CROP_PIXELS_PER_THREAD = ppt
             images._launch_config.cache_clear()
             lat, b2b = _gpu_time(ours_plan, iters)
             rows.append(_row(w, f"robocache-cuda-plan-ppt{ppt}", out_dtype, b2b, dev, floor,
                              event_us=lat, pixels_per_thread=ppt))
     finally:
-        images.PIXELS_PER_THREAD = default
+        images.PIXELS_PER_THREAD, images.CROP_PIXELS_PER_THREAD = default
         images._launch_config.cache_clear()
     return rows
 

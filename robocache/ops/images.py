@@ -70,9 +70,12 @@ LAYOUTS = ("BKCHW", "BKHWC")
 CROP_MODES = ("center", "random")
 CHANNELS = (1, 3, 4)
 THREADS = 256
-# a thread's pixels share its image's hashes (see images.cu). Measured on an H100 (RESULTS.md):
-# 4 / 16 / 32 within 4% of 8 for crop 84 float32, 5% better for bf16, worse for the resize
+# Pixels per thread (a thread's pixels share its image's setup: index, draws, row division).
+# Measured (RESULTS.md, benchmarks' ppt sweep): resizes are best at 8; crops without resize at
+# 16 (H200 run 5, crop 84 bf16: 17.7 us b2b vs 19.3 at 8, float32 within 2%; H100: 5% better
+# for bf16), all the more since the crop loop became cheaper than the per-thread setup.
 PIXELS_PER_THREAD = 8
+CROP_PIXELS_PER_THREAD = 16
 RUN_WIDTH = 4  # pixels per work item of the wide-store kernels (images.cu, V = 4)
 _I32_MAX = 2**31 - 1
 
@@ -659,11 +662,13 @@ def apply_numpy(plan: ImagePlan, frames: np.ndarray, indices: np.ndarray,
 
 
 @functools.lru_cache(maxsize=256)
-def _launch_config(size: tuple[int, int], B: int, K: int, run_width: int = 1):
-    """grid (images, tiles per image) and block: ~PIXELS_PER_THREAD pixels per thread, in work
-    items of run_width pixels."""
+def _launch_config(size: tuple[int, int], B: int, K: int, run_width: int = 1,
+                   resize: bool = True):
+    """grid (images, tiles per image) and block: ~PIXELS_PER_THREAD pixels per thread
+    (CROP_PIXELS_PER_THREAD without resize), in work items of run_width pixels."""
     items = size[0] * size[1] // run_width
-    per_thread = max(1, PIXELS_PER_THREAD // run_width)
+    ppt = PIXELS_PER_THREAD if resize else CROP_PIXELS_PER_THREAD
+    per_thread = max(1, ppt // run_width)
     threads = min(THREADS, max(32, -(-items // 32) * 32))
     tiles = max(1, min(65535, -(-items // (threads * per_thread))))
     return (B * K, tiles), (threads,)
@@ -702,7 +707,7 @@ def apply_cuda(plan: ImagePlan, frames, indices, zero_mask, out, key, *,
     v, kernel = plan.run_width, plan.kernel
     if v > 1 and out_ptr % (v * _array.ITEMSIZE[plan.out_dtype]):
         v, kernel = 1, plan.kernel_scalar  # an `out` view not aligned for the wide stores
-    grid, block = _launch_config(plan.size, B, K, v)  # (B * K >= 1: every dimension >= 1)
+    grid, block = _launch_config(plan.size, B, K, v, plan.resize)  # B * K >= 1: all >= 1
     _runtime.launch_prepared(_kernels.IMAGES, kernel, grid, block, (p,), out)
 
 
