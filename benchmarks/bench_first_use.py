@@ -53,27 +53,30 @@ def _nvrtc_rows(quick: bool) -> list[dict]:
 
 
 def _gpu_rows() -> list[dict]:
-    import numpy as np
-
-    from robocache import _kernels, _runtime
-
+    """Each in a new process with its own CuPy cache directory: the CUDA context first (cuInit +
+    context creation, what any CUDA program pays once), then the kernel's load through the
+    runtime - cold (empty cache: NVRTC + module load), then warm (CuPy's disk cache)."""
+    name = "resample_kernel<float, float, false>"
+    code = ("import time, cupy, robocache._runtime as r, robocache._kernels as k; "
+            "t0 = time.perf_counter(); cupy.zeros(1); cupy.cuda.Device(0).synchronize(); "
+            "t1 = time.perf_counter(); "
+            f"r.get_function(k.RESAMPLE, {name!r}, 0); "
+            "print(t1 - t0, time.perf_counter() - t1)")
     rows = []
     with tempfile.TemporaryDirectory() as cache:
-        os.environ["CUPY_CACHE_DIR"] = cache  # a cold cache for this process
-        name = "resample_kernel<float, float, false>"
-        t0 = time.perf_counter()
-        _runtime.get_function(_kernels.RESAMPLE, name, 0)
-        cold = time.perf_counter() - t0
-        code = ("import time, robocache._runtime as r, robocache._kernels as k; "
-                "t = time.perf_counter(); "
-                f"r.get_function(k.RESAMPLE, {name!r}, 0); print(time.perf_counter() - t)")
-        warm = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                    check=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
-                                    ).stdout)
-    del np
-    rows.append({"what": f"runtime load of {name}, cold (NVRTC + module load)", "seconds": cold})
-    rows.append({"what": f"runtime load of {name}, warm (CuPy disk cache, new process)",
-                 "seconds": warm, "note": "excludes `import cupy`"})
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "CUPY_CACHE_DIR": cache}
+        for state in ("cold", "warm"):
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                 check=True, env=env).stdout.split()
+            context, load = float(out[0]), float(out[1])
+            if state == "cold":
+                rows.append({"what": "CUDA context (first CuPy allocation, new process)",
+                             "seconds": context, "note": "paid once by any CUDA program"})
+            rows.append({"what": f"runtime load of {name}, {state}"
+                                 + (" (NVRTC + module load)" if state == "cold"
+                                    else " (CuPy disk cache, new process)"),
+                         "seconds": load,
+                         "note": "target < 1 s" if state == "cold" else "target < 0.2 s"})
     return rows
 
 
