@@ -8,6 +8,8 @@ call (median over repeats of many calls, ending with a synchronize):
   Function call RoboCache makes (cached handle, explicit stream);
 - the cost of the arguments: 8 pointer-sized scalars, and structs passed by value of the sizes
   RoboCache passes (resample 56 B, images 200 B, fuse 264 B, windows 2840 B);
+- a candidate launch path: cuLaunchKernel through cuda-python's bindings with the parameter
+  array prepared once (robocache[compile] installs them; the GPU image has them);
 - torch.empty of a small output on the GPU (what each fresh output costs).
 
     python benchmarks/bench_launch.py [--quick] [--json out.json]
@@ -56,6 +58,48 @@ def _per_call_us(fn, calls: int, repeats: int) -> dict:
     return {"us": statistics.median(samples), "us_min": min(samples)}
 
 
+def _driver_rows(mod, like, add) -> None:
+    """A candidate launch path: cuLaunchKernel through cuda-python's Cython bindings (installed
+    with robocache[compile]), the kernel parameters prepared once as a void** array pointing at a
+    buffer the call only repacks - CuPy converts each argument on every call. Same empty
+    kernels, torch's stream. Skipped with the reason where the bindings are missing or refuse."""
+    import ctypes
+    import struct as pystruct
+
+    from robocache import _runtime
+
+    try:
+        from cuda.bindings import driver
+    except ImportError as exc:
+        print(f"cuLaunchKernel rows skipped: {exc}")
+        return
+    raw_stream = _runtime._torch_raw_stream(like.get_device())
+    for n in (56, 264):  # the resample and fuse argument structs
+        fn = mod.get_function(f"empty_struct{n}") if n in STRUCT_BYTES else None
+        if fn is None:
+            continue
+        handle = driver.CUfunction(int(fn.kernel.ptr))
+        buf = (ctypes.c_uint8 * n)()
+        params = (ctypes.c_void_p * 1)(ctypes.addressof(buf))
+        params_addr = ctypes.addressof(params)
+        pack = pystruct.Struct("<4Q").pack_into
+
+        def launch(handle=handle, buf=buf, params_addr=params_addr, pack=pack):
+            pack(buf, 0, 1, 2, 3, 4)  # the per-call addresses of an ArgBlock
+            err, = driver.cuLaunchKernel(handle, 1, 1, 1, 32, 1, 1, 0, raw_stream,
+                                         params_addr, 0)
+            if err != driver.CUresult.CUDA_SUCCESS:
+                raise RuntimeError(f"cuLaunchKernel: {err}")
+
+        try:
+            launch()
+        except Exception as exc:  # an API difference: report it, keep the other rows
+            print(f"cuLaunchKernel rows skipped: {type(exc).__name__}: {exc}")
+            return
+        add(f"cuda.bindings cuLaunchKernel, {n}-byte struct, prepared params, torch's stream",
+            launch)
+
+
 def run(quick: bool = False) -> list[dict]:
     why = _timing.gpu_reason()
     if why is not None:
@@ -88,6 +132,7 @@ def run(quick: bool = False) -> list[dict]:
         fs = mod.get_function(f"empty_struct{n}").kernel
         add(f"Function call, {n}-byte struct by value, torch's stream",
             lambda fs=fs, blob=blob: fs((1,), (32,), (blob,), 0, stream))
+    _driver_rows(mod, like, add)
     add("torch.empty((256, 16, 14)) float32 on the GPU",
         lambda: torch.empty((256, 16, 14), device="cuda"))
     print(f"\n## launch costs on {torch.cuda.get_device_name(0)}: us per call, back-to-back")
