@@ -1,0 +1,41 @@
+"""tools/compare_runs.py: two benchmark reports matched row by row."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+spec = importlib.util.spec_from_file_location(
+    "compare_runs", Path(__file__).resolve().parent.parent / "tools" / "compare_runs.py")
+compare_runs = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(compare_runs)
+
+
+def _report(rows_images, rows_resample):
+    return {"device": "X", "date": "d", "results": {"images": rows_images,
+                                                     "resample": rows_resample}}
+
+
+def test_rows_in_both_reports_are_compared_figure_by_figure(tmp_path, capsys):
+    old = _report([{"workload": "crop84", "impl": "plan", "out_dtype": "bf16",
+                    "us_per_batch": 20.0, "gpu_us": 16.0},
+                   {"workload": "crop84", "impl": "gone", "out_dtype": "bf16",
+                    "us_per_batch": 1.0}],
+                  [{"workload": "large", "rc_us": 100.0, "rc_gpu_us": 99.0}])
+    new = _report([{"workload": "crop84", "impl": "plan", "out_dtype": "bf16",
+                    "us_per_batch": 15.0, "gpu_us": 8.0},
+                   {"workload": "crop84", "impl": "new", "out_dtype": "bf16",
+                    "us_per_batch": 2.0}],
+                  [{"workload": "large", "rc_us": 80.0}])
+    lines = compare_runs.compare(old, new, ["images", "resample", "unknown"])
+    got = {(x["row"], x["figure"]): round(x["ratio"], 3) for x in lines}
+    assert got == {("crop84 / plan / bf16", "us_per_batch"): 0.75,
+                   ("crop84 / plan / bf16", "gpu_us"): 0.5,
+                   ("large", "rc_us"): 0.8}  # rows or figures missing on one side are left out
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(old))
+    b.write_text(json.dumps(new))
+    assert compare_runs.main([str(a), str(b)]) == 0
+    assert "x0.500" in capsys.readouterr().out
+    assert compare_runs.main([str(a), str(a), "--bench", "load"]) == 1  # nothing in common
