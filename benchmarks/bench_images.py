@@ -103,8 +103,9 @@ def _row(w, impl, out_dtype, us, device, floor_us=None, **extra) -> dict:
 
 def _gpu_time(fn, iters: int) -> tuple[float, float]:
     """(median CUDA-event latency per call, back-to-back wall time per call), microseconds.
-    Ten warm-up calls: with three, the first row of a workload (the standalone op) ran 2x slower
-    than the same kernel's next rows in run 5 - a cold start inside a ~1 ms timed window."""
+    Ten warm-up calls and a longer timed window: with three and 20 calls (~1 ms), the first row
+    of a workload (the standalone op) ran 2x slower than the same kernel's next rows in run 5,
+    which a cold start would explain; this rules that out or confirms a real cost."""
     t = _timing.time_gpu(fn, warmup=10, iters=iters, indexed=True)
     return t["event_us"], t["b2b_us"]
 
