@@ -203,13 +203,21 @@ def _resample_rows(quick: bool, device: str) -> list[dict]:
     ftgt = torch.sort(torch.rand(4, 50, generator=g), dim=1).values.to(device)
     calls, repeats = (300, 3) if quick else (2000, 9)
     gpu = device == "cuda"
+    out = torch.empty((B, T, D), dtype=torch.bfloat16, device=device)
+    fout = torch.empty((4, 50, 512 + 64 + 12), dtype=torch.bfloat16, device=device)
     return [
         {"path": "resample", "call": "rc.resample 32x500x256->256 bf16, check_times=False",
          **per_call_us(lambda: rc.resample(data, src, tgt, check_times=False), calls=calls,
                        repeats=repeats, gpu=gpu)},
+        {"path": "resample", "call": "rc.resample, same, out= reused",
+         **per_call_us(lambda: rc.resample(data, src, tgt, check_times=False, out=out),
+                       calls=calls, repeats=repeats, gpu=gpu)},
         {"path": "fuse", "call": "rc.fuse 3 streams -> 50 targets bf16, check_times=False",
          **per_call_us(lambda: rc.fuse(streams, ftgt, check_times=False), calls=calls,
                        repeats=repeats, gpu=gpu)},
+        {"path": "fuse", "call": "rc.fuse, same, out= reused",
+         **per_call_us(lambda: rc.fuse(streams, ftgt, check_times=False, out=fout),
+                       calls=calls, repeats=repeats, gpu=gpu)},
     ]
 
 
@@ -291,6 +299,32 @@ def _launch_rows(quick: bool, device: str) -> list[dict]:
 PARTS = (_launch_rows, _window_rows, _resample_rows, _image_rows, _voxel_rows)
 
 
+def _driver_launch_rows(quick: bool) -> list[dict]:
+    """The one-struct hot paths again with ROBOCACHE_LAUNCHER=driver's launcher (cuLaunchKernel
+    through cuda-python, the struct's parameter pointer prepared once), in the same run as the
+    CuPy rows above: whether that launcher should become the default."""
+    import torch
+
+    from robocache import _runtime
+
+    try:
+        import cuda.bindings.driver  # noqa: F401
+    except ImportError as exc:
+        print(f"bench_host_overhead: driver-launch rows skipped ({exc})")
+        return []
+    saved = _runtime._USE_DRIVER
+    _runtime._USE_DRIVER = True
+    try:
+        mode = f"GPU b2b, driver launch ({torch.cuda.get_device_name(0)})"
+        return [{**r, "mode": mode} for part in (_resample_rows, _image_rows, _voxel_rows)
+                for r in part(quick, "cuda")]
+    except Exception as exc:  # an API difference: report it, keep the CuPy rows
+        print(f"bench_host_overhead: driver-launch rows failed: {type(exc).__name__}: {exc}")
+        return []
+    finally:
+        _runtime._USE_DRIVER = saved
+
+
 def run(quick: bool = False) -> list[dict]:
     try:
         import torch
@@ -310,6 +344,7 @@ def run(quick: bool = False) -> list[dict]:
         for part in PARTS:
             rows += [{**r, "mode": f"GPU b2b ({torch.cuda.get_device_name(0)})"}
                      for r in part(quick, "cuda")]
+        rows += _driver_launch_rows(quick)
     else:
         print("bench_host_overhead: no CUDA GPU here; host rows only (add ~7 us per launch)")
     for r in rows:

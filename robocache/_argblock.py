@@ -11,10 +11,27 @@ per thread, so two threads launching the same signature never share one.
 
 from __future__ import annotations
 
+import ctypes
 import struct
 import threading
 
 import numpy as np
+
+
+class ArgSlot:
+    """One thread's copy of an ArgBlock: `buf` (the struct's bytes), `view` (an np.void over
+    them: what CuPy's launch and the CPU emulator take) and `params` (the address of a one-entry
+    void* array pointing at `buf`: what cuLaunchKernel takes as kernelParams)."""
+
+    __slots__ = ("buf", "view", "params", "_keep")
+
+    def __init__(self, template: bytes, dtype: np.dtype):
+        self.buf = bytearray(template)
+        self.view = np.frombuffer(self.buf, dtype)[0]
+        at = ctypes.addressof((ctypes.c_char * len(self.buf)).from_buffer(self.buf))
+        array = (ctypes.c_void_p * 1)(at)
+        self.params = ctypes.addressof(array)
+        self._keep = array  # the void* array lives as long as the slot
 
 
 class ArgBlock:
@@ -64,18 +81,21 @@ class ArgBlock:
         self._pack = struct.Struct(self._format).pack_into
         self._local = threading.local()
 
-    def buffer(self) -> tuple[bytearray, np.void]:
-        """This thread's (bytes, struct view): for callers that pack more than addresses. The
-        bytes keep what the previous call from this thread wrote."""
+    def slot(self) -> ArgSlot:
+        """This thread's copy (for callers that pack more than addresses); its bytes keep what
+        the previous call from this thread wrote."""
         slot = getattr(self._local, "slot", None)
         if slot is None:
-            buf = bytearray(self.template)
-            slot = self._local.slot = (buf, np.frombuffer(buf, self.dtype)[0])
+            slot = self._local.slot = ArgSlot(self.template, self.dtype)
+        return slot
+
+    def pack(self, *addresses: int) -> ArgSlot:
+        """This thread's copy with these addresses (in the order given at construction) filled
+        in, valid until its next use from the same thread."""
+        slot = self.slot()
+        self._pack(slot.buf, self._start, *addresses)
         return slot
 
     def with_addresses(self, *addresses: int) -> np.void:
-        """The struct with these addresses (in the order given at construction) filled in: a
-        view of this thread's buffer, valid until its next call from the same thread."""
-        buf, view = self.buffer()
-        self._pack(buf, self._start, *addresses)
-        return view
+        """pack(...).view: the struct as CuPy's launch takes it."""
+        return self.pack(*addresses).view

@@ -304,6 +304,66 @@ def launch_prepared(module: KernelModule, name: str, grid: tuple, block: tuple, 
     _LAUNCHER(module, name, grid, block, args, like, shared_mem)
 
 
+def launch_block(module: KernelModule, name: str, grid: tuple, block: tuple, slot,
+                 like) -> None:
+    """launch_prepared for a kernel whose one argument is an ArgBlock struct (`slot`: the
+    calling thread's _argblock.ArgSlot, already packed). Through CuPy by default; with
+    ROBOCACHE_LAUNCHER=driver (experimental: benchmarks/bench_launch.py compares the two)
+    cuLaunchKernel is called through cuda-python's bindings with the slot's prepared parameter
+    pointer, skipping CuPy's per-argument conversion. Tests' launchers (emulator, no-op) get
+    the struct as usual."""
+    if _USE_DRIVER and _LAUNCHER is _cupy_launch:
+        _driver_launch(module, name, grid, block, slot, like)
+    else:
+        _LAUNCHER(module, name, grid, block, (slot.view,), like, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Experimental: launches through cuda-python's driver bindings (ROBOCACHE_LAUNCHER=driver)
+
+_USE_DRIVER = os.environ.get("ROBOCACHE_LAUNCHER", "cupy") == "driver"
+_driver_api: list = []  # [cuLaunchKernel, CUfunction], bound on first use
+_driver_functions: dict = {}  # (source, name, device) -> CUfunction
+_DIM_PAD = ((1, 1, 1), (1, 1), (1,), ())
+
+
+_CUDA_ERROR_INVALID_CONTEXT = 201
+
+
+def _driver_launch(module: KernelModule, name: str, grid: tuple, block: tuple, slot,
+                   like) -> None:
+    """cuLaunchKernel(kernel, grid, block, 0 bytes of dynamic shared memory, the stream a CuPy
+    launch would use, kernelParams = slot.params): the kernel is compiled and loaded by CuPy as
+    usual, and its handle reused. A thread with no current CUDA context yet (the driver API does
+    not make one current, the runtime's calls do) is launched through CuPy instead."""
+    if not _driver_api:
+        from cuda.bindings import driver
+
+        _driver_api.extend((driver.cuLaunchKernel, driver.CUfunction))
+    fast = _cupy_fns if _cupy_fns else _bind()
+    if _array.library(like) == "torch":
+        dev = like.get_device()
+        stream = _torch_raw_stream(dev)
+    else:
+        dev = like.device.id
+        stream = fast["current_stream"]().ptr
+    key = (module.source, name, dev)
+    fn = _driver_functions.get(key)
+    if fn is None:
+        fn = _driver_functions[key] = _driver_api[1](int(_handle(module, name, dev).ptr))
+    g = grid + _DIM_PAD[len(grid)]
+    b = block + _DIM_PAD[len(block)]
+    if fast["get_device"]() == dev:
+        err = _driver_api[0](fn, *g, *b, 0, stream, slot.params, 0)[0]
+    else:
+        with fast["Device"](dev):
+            err = _driver_api[0](fn, *g, *b, 0, stream, slot.params, 0)[0]
+    if err == _CUDA_ERROR_INVALID_CONTEXT:
+        _cupy_launch(module, name, grid, block, (slot.view,), like, 0)
+    elif err:
+        raise RuntimeError(f"cuLaunchKernel of {name} failed: {err!r}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Compile without a GPU (NVRTC bindings)
 

@@ -62,3 +62,82 @@ def test_pickles_and_copies_without_its_buffers():
     for twin in (pickle.loads(pickle.dumps(blk)), copy.deepcopy(blk)):
         v = twin.with_addresses(1, 2)
         assert v.tobytes() == before and v is not blk.with_addresses(1, 2)
+
+
+def test_slot_params_point_at_the_packed_bytes():
+    """cuLaunchKernel's kernelParams: a void* array whose one entry is the struct's address."""
+    import ctypes
+
+    blk = ArgBlock(DT, ("p", "r"), n=9)
+    slot = blk.pack(0x1234, 0x5678)
+    assert slot is blk.slot() and slot.view is blk.with_addresses(0x1234, 0x5678)
+    at = ctypes.c_void_p.from_address(slot.params).value
+    assert ctypes.string_at(at, DT.itemsize) == slot.view.tobytes() == bytes(slot.buf)
+    assert int(slot.view["p"]) == 0x1234 and int(slot.view["n"]) == 9
+
+
+def test_launch_block_routes_to_the_driver_only_in_place_of_cupy(monkeypatch):
+    """ROBOCACHE_LAUNCHER=driver sends ArgBlock launches to cuLaunchKernel with the slot's
+    parameter pointer - but never when a test launcher (emulator, no-op) replaced CuPy's."""
+    from robocache import _kernels, _runtime
+
+    blk = ArgBlock(DT, ("p",))
+    slot = blk.pack(1)
+    driver, cupy_calls = [], []
+    monkeypatch.setattr(_runtime, "_driver_launch",
+                        lambda m, n, g, b, slot, like: driver.append(slot.params))
+    monkeypatch.setattr(_runtime, "_cupy_launch",
+                        lambda m, n, g, b, args, like, shm: cupy_calls.append(args))
+    monkeypatch.setattr(_runtime, "_LAUNCHER", _runtime._cupy_launch)
+    for use_driver in (False, True):
+        monkeypatch.setattr(_runtime, "_USE_DRIVER", use_driver)
+        _runtime.launch_block(_kernels.RESAMPLE, "k", (1,), (32,), slot, None)
+    assert driver == [slot.params] and len(cupy_calls) == 1 and cupy_calls[0][0] is slot.view
+    other = []
+    monkeypatch.setattr(_runtime, "_LAUNCHER", lambda *a: other.append(a))
+    _runtime.launch_block(_kernels.RESAMPLE, "k", (1,), (32,), slot, None)
+    assert len(other) == 1 and other[0][4] == (slot.view,) and driver == [slot.params]
+
+
+def test_driver_launch_arguments_and_context_fallback(monkeypatch):
+    """_driver_launch on fakes of cuda-python and CuPy: grid and block padded to 3-D, the
+    caller's stream, the slot's parameter pointer, one kernel handle per (kernel, device); a
+    thread without a current context (CUDA_ERROR_INVALID_CONTEXT) goes through CuPy instead,
+    any other error raises."""
+    from robocache import _array, _kernels, _runtime
+
+    calls, handles, fallback = [], [], []
+    result = {"err": 0}
+
+    class Fn:
+        ptr = 0xBEEF
+
+    def fake_launch(fn, gx, gy, gz, bx, by, bz, shm, stream, params, extra):
+        calls.append((fn, (gx, gy, gz), (bx, by, bz), shm, stream, params, extra))
+        return (result["err"],)
+
+    monkeypatch.setattr(_runtime, "_driver_api",
+                        [fake_launch, lambda ptr: handles.append(ptr) or ("fn", ptr)])
+    monkeypatch.setattr(_runtime, "_driver_functions", {})
+    monkeypatch.setattr(_runtime, "_cupy_fns", {"get_device": lambda: 0, "Device": None,
+                                                "current_stream": None})
+    monkeypatch.setattr(_runtime, "_torch_raw_stream", lambda dev: 77)
+    monkeypatch.setattr(_runtime, "_handle", lambda module, name, dev: Fn())
+    monkeypatch.setattr(_runtime, "_cupy_launch", lambda *a: fallback.append(a))
+
+    class Like:  # a torch tensor on device 0 as far as the launcher looks
+        def get_device(self):
+            return 0
+
+    monkeypatch.setitem(_array._LIBRARY_OF_TYPE, Like, "torch")
+    slot = ArgBlock(DT, ("p",)).pack(5)
+    for _ in range(2):
+        _runtime._driver_launch(_kernels.RESAMPLE, "k", (7,), (256,), slot, Like())
+    assert calls == [(("fn", 0xBEEF), (7, 1, 1), (256, 1, 1), 0, 77, slot.params, 0)] * 2
+    assert handles == [0xBEEF] and not fallback  # the handle made once
+    result["err"] = _runtime._CUDA_ERROR_INVALID_CONTEXT
+    _runtime._driver_launch(_kernels.RESAMPLE, "k", (7, 2), (256,), slot, Like())
+    assert calls[-1][1] == (7, 2, 1) and len(fallback) == 1 and fallback[0][4] == (slot.view,)
+    result["err"] = 1
+    with pytest.raises(RuntimeError, match="cuLaunchKernel of k"):
+        _runtime._driver_launch(_kernels.RESAMPLE, "k", (7,), (256,), slot, Like())

@@ -698,7 +698,8 @@ def apply_cuda(plan: ImagePlan, frames, indices, zero_mask, out, key, *,
         frames = _array.contiguous(frames)
         frames_ptr = _array.address(frames)
     out_ptr = _array.address(out)
-    buf, p = plan.args.buffer()  # this thread's ImageParams: the plan's fields, then per call
+    slot = plan.args.slot()  # this thread's ImageParams: the plan's fields, then per call
+    buf = slot.buf
     _DYNAMIC.pack_into(buf, 0, int(frames_ptr), _array.address(indices),
                        0 if zero_mask is None else _array.address(zero_mask),
                        out_ptr, int(key), int(frames.shape[0]))
@@ -708,7 +709,7 @@ def apply_cuda(plan: ImagePlan, frames, indices, zero_mask, out, key, *,
     if v > 1 and out_ptr % (v * _array.ITEMSIZE[plan.out_dtype]):
         v, kernel = 1, plan.kernel_scalar  # an `out` view not aligned for the wide stores
     grid, block = _launch_config(plan.size, B, K, v, plan.resize)  # B * K >= 1: all >= 1
-    _runtime.launch_prepared(_kernels.IMAGES, kernel, grid, block, (p,), out)
+    _runtime.launch_block(_kernels.IMAGES, kernel, grid, block, slot, out)
 
 
 # The per-call fields of ImageParams: frames, indices, zero_mask, out, key, N lead the struct;

@@ -369,9 +369,9 @@ class _HotResample:
         if self.empty:
             return out
         po = a(out)
-        _runtime.launch_prepared(
+        _runtime.launch_block(
             _kernels.RESAMPLE, self.names[self.vec and not (pd | po) & 15], self.grid,
-            (THREADS,), (self.args.with_addresses(pd, ps, pt, po),), data)
+            (THREADS,), self.args.pack(pd, ps, pt, po), data)
         return out
 
 
@@ -433,8 +433,8 @@ class _HotFuse:
                                          (ptgt, self.tgt_nbytes)])
         if self.empty:
             return out
-        _runtime.launch_prepared(_kernels.RESAMPLE, self.name, self.grid, (THREADS,),
-                                 (self.args.with_addresses(*pdata, *ptimes, ptgt, a(out)),), tgt)
+        _runtime.launch_block(_kernels.RESAMPLE, self.name, self.grid, (THREADS,),
+                              self.args.pack(*pdata, *ptimes, ptgt, a(out)), tgt)
         return out
 
 

@@ -489,10 +489,9 @@ class _HotCount:
         _array.zero_(out)
         if self.n:
             a = self.address
-            args = self.args.with_addresses(a(points), 0, a(out),
-                                            0 if dropped is None else a(dropped))
-            _runtime.launch_prepared(_kernels.VOXEL, self.name, self.blocks, (THREADS,), (args,),
-                                     points)
+            slot = self.args.pack(a(points), 0, a(out), 0 if dropped is None else a(dropped))
+            _runtime.launch_block(_kernels.VOXEL, self.name, self.blocks, (THREADS,), slot,
+                                  points)
         return (out, dropped) if want_dropped else out
 
 
