@@ -63,10 +63,8 @@ def _driver_rows(mod, like, add) -> None:
     with robocache[compile]), the kernel parameters prepared once as a void** array pointing at a
     buffer the call only repacks - CuPy converts each argument on every call. Same empty
     kernels, torch's stream. Skipped with the reason where the bindings are missing or refuse."""
-    import ctypes
-    import struct as pystruct
-
     from robocache import _runtime
+    from robocache._argblock import ArgBlock
 
     try:
         from cuda.bindings import driver
@@ -79,15 +77,12 @@ def _driver_rows(mod, like, add) -> None:
         if fn is None:
             continue
         handle = driver.CUfunction(int(fn.kernel.ptr))
-        buf = (ctypes.c_uint8 * n)()
-        params = (ctypes.c_void_p * 1)(ctypes.addressof(buf))
-        params_addr = ctypes.addressof(params)
-        pack = pystruct.Struct("<4Q").pack_into
+        block = ArgBlock(np.dtype([("w", np.uint64, (n // 8,))]), [("w", i) for i in range(4)])
 
-        def launch(handle=handle, buf=buf, params_addr=params_addr, pack=pack):
-            pack(buf, 0, 1, 2, 3, 4)  # the per-call addresses of an ArgBlock
+        def launch(handle=handle, block=block):
+            slot = block.pack(1, 2, 3, 4)  # the per-call addresses, as the hot paths pack them
             err, = driver.cuLaunchKernel(handle, 1, 1, 1, 32, 1, 1, 0, raw_stream,
-                                         params_addr, 0)
+                                         slot.params, 0)
             if err != driver.CUresult.CUDA_SUCCESS:
                 raise RuntimeError(f"cuLaunchKernel: {err}")
 

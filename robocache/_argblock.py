@@ -95,7 +95,3 @@ class ArgBlock:
         slot = self.slot()
         self._pack(slot.buf, self._start, *addresses)
         return slot
-
-    def with_addresses(self, *addresses: int) -> np.void:
-        """pack(...).view: the struct as CuPy's launch takes it."""
-        return self.pack(*addresses).view

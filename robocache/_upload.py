@@ -169,7 +169,7 @@ def _fill(dst: np.ndarray, src: np.ndarray, pool, workers: int) -> None:
         np.copyto(dst, src)
         return
     step = -(-len(src) // workers)
-    step = -(-step // 4096) * 4096  # whole pages per thread
+    step = -(-step // _PAGE) * _PAGE  # whole pages per thread
     parts = [(a, min(len(src), a + step)) for a in range(0, len(src), step)]
     list(pool.map(lambda ab: np.copyto(dst[ab[0]:ab[1]], src[ab[0]:ab[1]]), parts))
 

@@ -18,23 +18,23 @@ DT = np.dtype({"names": ["p", "q", "arr", "r", "n", "m"],
 
 def test_addresses_land_in_their_fields_and_fixed_fields_stay():
     blk = ArgBlock(DT, ("p", ("arr", 1), ("arr", 2), "r"), n=7, m=-3)
-    v = blk.with_addresses(11, 22, 33, 2**64 - 1)
+    v = blk.pack(11, 22, 33, 2**64 - 1).view
     assert isinstance(v, np.void) and v.dtype == DT
     assert (int(v["p"]), int(v["q"]), list(map(int, v["arr"])), int(v["r"])) == \
         (11, 0, [0, 22, 33, 0], 2**64 - 1)
     assert (int(v["n"]), int(v["m"])) == (7, -3)
-    w = blk.with_addresses(1, 2, 3, 4)  # refilled in place: the same view, new bytes
+    w = blk.pack(1, 2, 3, 4).view  # refilled in place: the same view, new bytes
     assert w is v and int(v["p"]) == 1 and list(map(int, v["arr"])) == [0, 2, 3, 0]
     assert int(v["n"]) == 7
 
 
 def test_each_thread_gets_its_own_buffer():
     blk = ArgBlock(DT, ("p",))
-    mine = blk.with_addresses(5)
+    mine = blk.pack(5).view
     seen = {}
 
     def other():
-        v = blk.with_addresses(9)
+        v = blk.pack(9).view
         seen["v"], seen["p"] = v, int(v["p"])
 
     t = threading.Thread(target=other)
@@ -58,10 +58,10 @@ def test_pickles_and_copies_without_its_buffers():
     """A plan holding an ArgBlock travels with a dataset to worker processes (pickle) or is
     deep-copied: the copy packs the same bytes from buffers of its own."""
     blk = ArgBlock(DT, ("p", "r"), n=4)
-    before = blk.with_addresses(1, 2).tobytes()
+    before = blk.pack(1, 2).view.tobytes()
     for twin in (pickle.loads(pickle.dumps(blk)), copy.deepcopy(blk)):
-        v = twin.with_addresses(1, 2)
-        assert v.tobytes() == before and v is not blk.with_addresses(1, 2)
+        v = twin.pack(1, 2).view
+        assert v.tobytes() == before and v is not blk.pack(1, 2).view
 
 
 def test_slot_params_point_at_the_packed_bytes():
@@ -70,7 +70,7 @@ def test_slot_params_point_at_the_packed_bytes():
 
     blk = ArgBlock(DT, ("p", "r"), n=9)
     slot = blk.pack(0x1234, 0x5678)
-    assert slot is blk.slot() and slot.view is blk.with_addresses(0x1234, 0x5678)
+    assert slot is blk.slot() and slot.view is blk.pack(0x1234, 0x5678).view
     at = ctypes.c_void_p.from_address(slot.params).value
     assert ctypes.string_at(at, DT.itemsize) == slot.view.tobytes() == bytes(slot.buf)
     assert int(slot.view["p"]) == 0x1234 and int(slot.view["n"]) == 9

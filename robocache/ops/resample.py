@@ -37,8 +37,9 @@ def resample(data, src_times, tgt_times, method: str = "linear", *, check_times:
     already checked may pass False. `out`: an array to write the result into and return
     (the result's library, device, shape and dtype, C-contiguous, not overlapping the inputs).
     """
-    hot = _HOT.get((method, _array.device_key(data), _array.device_key(src_times),
-                    _array.device_key(tgt_times))) if type(method) is str else None
+    hot_key = (method, _array.device_key(data), _array.device_key(src_times),
+               _array.device_key(tgt_times)) if type(method) is str else None
+    hot = None if hot_key is None else _HOT.get(hot_key)
     if hot is not None:  # contiguous device arrays of a signature seen before: launch
         if check_times:
             V.check_times("src_times", src_times)
@@ -60,12 +61,10 @@ def resample(data, src_times, tgt_times, method: str = "linear", *, check_times:
     if check_times:
         V.check_times("src_times", src_times)
         V.check_times_finite("tgt_times", tgt_times)
-    if _array.is_device(data):
-        hot_key = (method, _array.device_key(data), _array.device_key(src_times),
-                   _array.device_key(tgt_times))
+    if _array.is_device(data):  # (as_array left device arrays as they were: hot_key holds)
         data, src_times, tgt_times = (_array.contiguous(x) for x in (data, src_times, tgt_times))
         hot = _HotResample(data, src_times, tgt_times, METHODS[method], dtype, tdtype)
-        if None not in hot_key:  # contiguous already: the next call launches straight away
+        if hot_key is not None and None not in hot_key:  # contiguous already: next call launches
             _remember(hot_key, hot, _HOT)
         return hot(data, src_times, tgt_times, out)
     if squeeze:
