@@ -101,7 +101,11 @@ class TrajectoryDataset(torch.utils.data.Dataset):
     "quantile10" (LeRobot's formulas; eps = normalize_eps); stats: key -> {stat: array} to use
     instead of the store's shipped or computed statistics. keys: which store keys to return
     (default all). dtype: output dtype of floating / normalized keys (str), or per key (dict;
-    "keep" copies the store's dtype).
+    "keep" copies the store's dtype). episodes: sample only these episodes - episode indices
+    (LeRobot's `episodes=`) or a bool mask over the store's episodes (diffusion_policy's
+    `episode_mask`, e.g. a train / validation split of one store); windows still pad at their
+    own episode's edges, `index` / `episode_index` stay the store's, and normalization statistics
+    stay the whole store's (as LeRobot's meta/stats.json and diffusion_policy's normalizer).
     """
 
     def __init__(self, store: TrajectoryStore, delta_indices: Mapping | None = None,
@@ -110,7 +114,8 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                  normalize: Mapping | None = None, stats: Mapping | None = None,
                  tolerance_s: float = 1e-4, *, keys=None, dtype=None,
                  normalize_eps: float = 1e-8,
-                 image_transforms: Mapping[str, Callable] | None = None):
+                 image_transforms: Mapping[str, Callable] | None = None,
+                 episodes=None):
         if not isinstance(store, TrajectoryStore):
             raise TypeError(f"store: expected a robocache.TrajectoryStore, got "
                             f"{type(store).__name__}")
@@ -134,12 +139,16 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         self._deltas = {k: deltas[k] for k in self._keys if k in deltas}
         first = W.check_drop("drop_n_first_frames", drop_n_first_frames)
         last = W.check_drop("drop_n_last_frames", drop_n_last_frames)
-        self._anchors = W.anchor_table(store._ends, first, last)
+        chosen = W.check_episodes(episodes, store.num_episodes)
+        self._anchors = W.anchor_table(store._ends, first, last, chosen)
         if self._anchors.shape[0] == 0:
+            lengths = store.episode_lengths if chosen is None else store.episode_lengths[chosen]
+            which = "" if chosen is None else f" among the {lengths.size} selected by episodes="
+            longest = f"{int(lengths.max())} frames" if lengths.size else "no episode"
             raise ValueError(
-                f"drop_n_first_frames / drop_n_last_frames: expected episodes longer than "
-                f"drop_n_first_frames + drop_n_last_frames = {first + last} frames, got none "
-                f"(longest episode: {int(store.episode_lengths.max())} frames): no anchors")
+                f"drop_n_first_frames / drop_n_last_frames: expected episodes{which} longer "
+                f"than drop_n_first_frames + drop_n_last_frames = {first + last} frames, got "
+                f"none (longest: {longest}): no anchors")
         self._drop = (first, last)
         self._image_keys = tuple(k for k in self._keys if k in store.image_keys)
         transforms = dict(image_transforms or {})

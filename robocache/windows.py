@@ -1,8 +1,8 @@
 """Window index tables: which frames a dataset index reads. Pure NumPy, computed once per dataset.
 
 The rule (DESIGN.md "Window semantics"): episode e holds global frames [s, e_end). An anchor is a
-frame a with s + drop_n_first_frames <= a < e_end - drop_n_last_frames; dataset index i is the
-i-th anchor in global order. For a key with deltas d_0..d_{K-1}: q = a + d_j,
+frame a with s + drop_n_first_frames <= a < e_end - drop_n_last_frames (in the episodes a dataset
+selects, all by default); dataset index i is the i-th anchor in global order. For a key with deltas d_0..d_{K-1}: q = a + d_j,
 is_pad[j] = q < s or q >= e_end, and the row read is clamp(q, s, e_end - 1) (pad="edge") or the
 value is zero (pad="zero").
 
@@ -72,14 +72,58 @@ def check_drop(name: str, value) -> int:
     return int(value)
 
 
+def check_episodes(episodes, num_episodes: int) -> np.ndarray | None:
+    """bool [E] mask of the episodes a dataset samples from, or None for all of them.
+
+    episodes: episode indices (ints in [0, E), each at most once, any order - LeRobot's
+    `episodes=`) or a bool mask of length E (diffusion_policy's `episode_mask`)."""
+    if episodes is None:
+        return None
+    if isinstance(episodes, (str, bytes, Mapping)) or not isinstance(episodes, Iterable):
+        raise TypeError(f"episodes: expected a sequence of episode indices or a bool mask of "
+                        f"length {num_episodes}, got {type(episodes).__name__}")
+    values = np.asarray(list(episodes) if not hasattr(episodes, "__array__") else episodes)
+    if values.ndim != 1:
+        raise ValueError(f"episodes: expected a 1-D sequence, got shape {values.shape}")
+    if values.dtype == np.bool_:
+        if values.size != num_episodes:
+            raise ValueError(f"episodes: expected a bool mask of length {num_episodes} (the "
+                             f"store's episodes), got length {values.size}")
+        if not values.any():
+            raise ValueError("episodes: expected a mask selecting at least one episode, got "
+                             "all False")
+        return values.copy()
+    if values.size and not np.issubdtype(values.dtype, np.integer):
+        raise TypeError(f"episodes: expected integer episode indices or a bool mask, got dtype "
+                        f"{values.dtype}")
+    if values.size == 0:
+        raise ValueError("episodes: expected at least one episode index, got none")
+    values = values.astype(np.int64)
+    bad = (values < 0) | (values >= num_episodes)
+    if bad.any():
+        raise ValueError(f"episodes: expected episode indices in [0, {num_episodes}), got "
+                         f"{int(values[np.argmax(bad)])}")
+    mask = np.zeros(num_episodes, dtype=np.bool_)
+    mask[values] = True
+    if int(mask.sum()) != values.size:
+        uniq, counts = np.unique(values, return_counts=True)
+        raise ValueError(f"episodes: expected each episode at most once, got "
+                         f"{int(uniq[np.argmax(counts > 1)])} repeated")
+    return mask
+
+
 def anchor_table(ends: np.ndarray, drop_n_first_frames: int = 0,
-                 drop_n_last_frames: int = 0) -> np.ndarray:
+                 drop_n_last_frames: int = 0, episode_mask: np.ndarray | None = None
+                 ) -> np.ndarray:
     """int64 [A, 4]: (anchor frame a, episode start s, episode end e_end, episode index) of every
-    anchor, in global frame order. Episodes shorter than drop_first + drop_last + 1 give none."""
+    anchor, in global frame order. Episodes shorter than drop_first + drop_last + 1 give none, as
+    do episodes that episode_mask (bool [E], see check_episodes) leaves out."""
     starts = episode_starts(ends)
     lo = starts + drop_n_first_frames
     hi = ends - drop_n_last_frames
     counts = np.maximum(hi - lo, 0)
+    if episode_mask is not None:
+        counts = np.where(episode_mask, counts, 0)
     total = int(counts.sum())
     table = np.empty((total, 4), dtype=np.int64)
     ep = np.repeat(np.arange(ends.size, dtype=np.int64), counts)

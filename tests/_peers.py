@@ -72,11 +72,16 @@ def lerobot_normalize(x, stats: dict, mode: str, eps: float = 1e-8):
 # diffusion_policy: create_indices + SequenceSampler.sample_sequence
 
 
-def dp_create_indices(episode_ends, sequence_length, pad_before=0, pad_after=0):
+def dp_create_indices(episode_ends, sequence_length, pad_before=0, pad_after=0,
+                      episode_mask=None):
+    if episode_mask is None:
+        episode_mask = np.ones(len(episode_ends), dtype=bool)
     pad_before = min(max(pad_before, 0), sequence_length - 1)
     pad_after = min(max(pad_after, 0), sequence_length - 1)
     indices = []
     for i in range(len(episode_ends)):
+        if not episode_mask[i]:
+            continue
         start_idx = 0 if i == 0 else int(episode_ends[i - 1])
         end_idx = int(episode_ends[i])
         episode_length = end_idx - start_idx

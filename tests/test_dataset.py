@@ -196,6 +196,82 @@ def test_diffusion_policy_windows(S, pb, pa):
         _assert_sample(batch, i, ref, keys)
 
 
+@pytest.mark.parametrize("S,pb,pa", [(16, 1, 7), (4, 0, 0), (5, 2, 2)])
+def test_diffusion_policy_episode_mask_is_episodes(S, pb, pa):
+    """diffusion_policy's train / validation split: SequenceSampler(episode_mask=m) == episodes=m."""
+    rng = np.random.default_rng(S + pb + pa)
+    lens = [1, 3, S, S + 2, 20, 2, 9, 30]
+    st, arrays = _store(rng, lens)
+    mask = rng.random(len(lens)) < 0.5
+    mask[[0, 4]] = True, False  # a length-1 episode in, a long one out
+    keys = ["state", "action", "step"]
+    for m in (mask, ~mask):
+        indices = dp_create_indices(st.episode_ends, S, pad_before=pb, pad_after=pa,
+                                    episode_mask=m)
+        for episodes in (m, np.flatnonzero(m)[::-1].tolist()):  # a mask, or indices in any order
+            ds = rc.TrajectoryDataset(st, delta_indices={k: range(-pb, S - pb) for k in keys},
+                                      drop_n_last_frames=S - 1 - pa - pb, episodes=episodes)
+            assert len(ds) == len(indices)
+            assert set(ds.anchors[:, 3].tolist()) <= set(np.flatnonzero(m).tolist())
+            batch = ds.__getitems__(range(len(ds)))
+            for i in range(len(ds)):
+                ref = dp_sample_sequence({k: arrays[k] for k in keys}, indices, S, i)
+                _assert_sample(batch, i, ref, keys)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_episodes_subset_follows_the_design_rule(seed):
+    rng = np.random.default_rng(100 + seed)
+    lens = rng.integers(1, 12, size=9)
+    st, arrays = _store(rng, lens)
+    chosen = sorted(rng.choice(9, size=4, replace=False).tolist())
+    deltas = {"state": [-3, 0, 2], "action": list(range(-1, 6))}
+    first, last = int(rng.integers(0, 2)), int(rng.integers(0, 3))
+    ds = rc.TrajectoryDataset(st, delta_indices=deltas, drop_n_first_frames=first,
+                              drop_n_last_frames=last, episodes=chosen, pad="zero")
+    ref = [r for r in design_rule(arrays, st.episode_ends, deltas, first, last, "zero")
+           if r["episode_index"] in chosen]  # windows still pad at their own episode's edges
+    assert len(ds) == len(ref)
+    keys = ["state", "action", "step", "state_is_pad", "action_is_pad", "index",
+            "episode_index", "frame_index"]
+    batch = ds.__getitems__(list(range(len(ds))))
+    for i in range(len(ds)):
+        _assert_sample(batch, i, ref[i], keys)
+    first_idx, count = ds.episode_anchor_ranges()
+    assert count[[e for e in range(9) if e not in chosen]].sum() == 0
+    # episode-uniform sampling draws only the selected episodes
+    loader = rc.DataLoader(ds, batch_size=16, sampling="episode", seed=seed)
+    drawn = np.concatenate([b["episode_index"].numpy() for b in loader])
+    assert set(drawn.tolist()) == {e for e in chosen if count[e] > 0}
+    # normalization statistics stay the whole store's
+    full = rc.TrajectoryDataset(st, normalize={"state": "mean_std"})
+    part = rc.TrajectoryDataset(st, normalize={"state": "mean_std"}, episodes=chosen)
+    np.testing.assert_array_equal(part.normalization["state"]["a"],
+                                  full.normalization["state"]["a"])
+
+
+def test_bad_episodes_argument():
+    st, _ = _store(np.random.default_rng(0), [3, 2, 5])
+    cases = [([3], ValueError, r"episodes: expected episode indices in \[0, 3\), got 3"),
+             ([-1], ValueError, r"in \[0, 3\), got -1"),
+             ([0, 2, 0], ValueError, "at most once, got 0 repeated"),
+             ([], ValueError, "at least one episode index"),
+             ([False, False, False], ValueError, "all False"),
+             ([True, False], ValueError, "bool mask of length 3"),
+             ([0.0, 1.0], TypeError, "integer episode indices"),
+             ("01", TypeError, "got str"),
+             (5, TypeError, "got int"),
+             ([[0, 1]], ValueError, "1-D")]
+    for bad, exc, msg in cases:
+        with pytest.raises(exc, match=msg):
+            rc.TrajectoryDataset(st, episodes=bad)
+    with pytest.raises(ValueError, match="among the 1 selected by episodes=.*no anchors"):
+        rc.TrajectoryDataset(st, episodes=[1], drop_n_last_frames=2)
+    # numpy and torch integer arrays are accepted
+    assert len(rc.TrajectoryDataset(st, episodes=np.array([2]))) == 5
+    assert len(rc.TrajectoryDataset(st, episodes=torch.tensor([0, 2]))) == 8
+
+
 def test_diffusion_policy_lerobot_config_is_the_same_window_set():
     """SEMANTICS.md: obs [1-n_obs, 0], action [1-n_obs, 1-n_obs+S), drop_last = S - n_act - n_obs + 1."""
     rng = np.random.default_rng(5)
