@@ -22,8 +22,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The whole suite, then the zarr reader under zarr-python 2 (diffusion_policy's pin) in a small
+# environment of its own (.venv-zarr2; tools/zarr2_check.sh).
 test: $(STAMP)
 	ROBOCACHE_REQUIRE_RELEASE=1 $(PYTHON) -m pytest -q
+	PY=$(PY) bash tools/zarr2_check.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check robocache tests benchmarks examples tools
@@ -69,4 +72,4 @@ demo: $(STAMP)
 	$(PYTHON) -m robocache demo
 
 clean:
-	rm -rf $(VENV) dist build .pytest_cache .ruff_cache benchmarks/out
+	rm -rf $(VENV) .venv-zarr2 dist build .pytest_cache .ruff_cache benchmarks/out

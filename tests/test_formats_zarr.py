@@ -1,4 +1,8 @@
-"""read_zarr on ReplayBuffers written with zarr the way diffusion_policy writes them."""
+"""read_zarr on ReplayBuffers written with zarr the way diffusion_policy writes them.
+
+Runs under zarr-python 3 (the dev environment) and zarr-python 2 (diffusion_policy's own
+environment; `make test` runs this file there too, tools/zarr2_check.sh): the writer below uses
+whichever API is installed, and zarr format 3 cases skip under zarr-python 2."""
 
 from __future__ import annotations
 
@@ -13,8 +17,28 @@ from robocache.formats import read_zarr
 zarr = pytest.importorskip("zarr")
 numcodecs = pytest.importorskip("numcodecs")
 
+ZARR2 = int(zarr.__version__.split(".")[0]) < 3
 DP_DEFAULT = numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.NOSHUFFLE)
 DP_DISK = numcodecs.Blosc("zstd", clevel=5, shuffle=numcodecs.Blosc.BITSHUFFLE)
+needs_zarr3 = pytest.mark.skipif(ZARR2, reason="zarr format 3 needs zarr-python 3")
+
+
+def open_group(store, zarr_format=2):
+    if ZARR2:
+        assert zarr_format == 2
+        return zarr.open_group(store, mode="w")
+    return zarr.open_group(store, mode="w", zarr_format=zarr_format)
+
+
+def create_array(group, name, *, shape, chunks, dtype, compressor, shards=None,
+                 overwrite=False):
+    """group.create_dataset (zarr-python 2, what diffusion_policy calls) or create_array (3)."""
+    if ZARR2:
+        return group.create_dataset(name, shape=shape, chunks=chunks, dtype=dtype,
+                                    compressor=compressor, overwrite=overwrite)
+    kw = {} if shards is None else {"shards": shards}
+    return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype,
+                              compressors=compressor, overwrite=overwrite, **kw)
 
 
 def make_data(lengths, seed=0, extra_rows=0):
@@ -31,17 +55,15 @@ def make_data(lengths, seed=0, extra_rows=0):
 
 def write_replay_buffer(store, data, lengths, *, zarr_format=2, compressor=DP_DEFAULT,
                         chunk_rows=4, shards=None):
-    g = zarr.open_group(store, mode="w", zarr_format=zarr_format)
+    g = open_group(store, zarr_format)
     d, m = g.create_group("data"), g.create_group("meta")
     for k, v in data.items():
-        kw = {"compressors": compressor}
-        if shards is not None:
-            kw["shards"] = (shards, *v.shape[1:])
-        a = d.create_array(k, shape=v.shape, chunks=(chunk_rows, *v.shape[1:]), dtype=v.dtype,
-                           **kw)
+        a = create_array(d, k, shape=v.shape, chunks=(chunk_rows, *v.shape[1:]), dtype=v.dtype,
+                         compressor=compressor,
+                         shards=None if shards is None else (shards, *v.shape[1:]))
         a[:] = v
-    e = m.create_array("episode_ends", shape=(len(lengths),), chunks=(len(lengths),),
-                       dtype="int64", compressors=None)
+    e = create_array(m, "episode_ends", shape=(len(lengths),), chunks=(len(lengths),),
+                     dtype="int64", compressor=None)
     e[:] = np.cumsum(lengths)
     return g
 
@@ -53,8 +75,9 @@ LENGTHS = [5, 1, 9, 2, 1]
     (2, DP_DEFAULT, None),
     (2, DP_DISK, None),
     (2, numcodecs.Zstd(level=3), None),
-    (3, zarr.codecs.BloscCodec(cname="zstd", clevel=3), None),
-    (3, zarr.codecs.ZstdCodec(), 8),
+    pytest.param(3, None if ZARR2 else zarr.codecs.BloscCodec(cname="zstd", clevel=3), None,
+                 marks=needs_zarr3),
+    pytest.param(3, None if ZARR2 else zarr.codecs.ZstdCodec(), 8, marks=needs_zarr3),
 ])
 def test_round_trip(tmp_path, zarr_format, compressor, shards):
     data = make_data(LENGTHS, seed=zarr_format)
@@ -125,8 +148,8 @@ def test_bad_episode_ends(tmp_path, ends, match):
     g = write_replay_buffer(tmp_path / "rb.zarr", data, [18])
     arr = np.asarray(ends, dtype=np.float64 if isinstance(ends[0] if ends else 0, float)
                      else np.int64)
-    g["meta"].create_array("episode_ends", shape=arr.shape, dtype=arr.dtype,
-                           chunks=arr.shape or (1,), overwrite=True, compressors=None)
+    create_array(g["meta"], "episode_ends", shape=arr.shape, dtype=arr.dtype,
+                 chunks=tuple(max(1, n) for n in arr.shape), overwrite=True, compressor=None)
     if arr.size:
         g["meta"]["episode_ends"][...] = arr
     with pytest.raises(DatasetFormatError, match=match):
@@ -134,7 +157,7 @@ def test_bad_episode_ends(tmp_path, ends, match):
 
 
 def test_missing_groups(tmp_path):
-    g = zarr.open_group(tmp_path / "a.zarr", mode="w", zarr_format=2)
+    g = open_group(tmp_path / "a.zarr")
     g.create_group("data")
     with pytest.raises(DatasetFormatError, match="missing meta"):
         read_zarr(tmp_path / "a.zarr")
@@ -170,6 +193,24 @@ def test_unknown_codec_says_which(tmp_path):
     read_zarr(tmp_path / "rb.zarr", keys=["state"])  # not asked for: never opened
 
 
+def test_jpeg2k_images_as_diffusion_policy_writes_them(tmp_path):
+    """Real-robot ReplayBuffers keep camera frames Jpeg2k-compressed, one frame per chunk
+    (diffusion_policy/codecs/imagecodecs_numcodecs.py, real_pusht_image_dataset.py)."""
+    codecs = pytest.importorskip("imagecodecs.numcodecs")
+    codecs.register_codecs(verbose=False)
+    data = make_data(LENGTHS, seed=6)
+    g = write_replay_buffer(tmp_path / "rb.zarr", {k: v for k, v in data.items() if k != "img"},
+                            LENGTHS)
+    img = create_array(g["data"], "img", shape=data["img"].shape, chunks=(1, 12, 10, 3),
+                       dtype=np.uint8, compressor=codecs.Jpeg2k(level=50))
+    img[:] = data["img"]
+    decoded = np.asarray(img[:])  # what diffusion_policy's own reader gets back
+    src = read_zarr(tmp_path / "rb.zarr", progress=False)
+    np.testing.assert_array_equal(src.arrays["img"], decoded)
+    assert src.image_keys == ("img",)
+    np.testing.assert_array_equal(src.arrays["state"], data["state"])
+
+
 def test_symlink_out_of_the_store(tmp_path, link_from_outside):
     write_replay_buffer(tmp_path / "rb.zarr", make_data(LENGTHS), LENGTHS)
     link_from_outside(tmp_path / "rb.zarr/data/state/0.0")
@@ -179,7 +220,8 @@ def test_symlink_out_of_the_store(tmp_path, link_from_outside):
 
 def test_non_numeric_array_refused(tmp_path):
     g = write_replay_buffer(tmp_path / "rb.zarr", make_data([3]), [3])
-    s = g["data"].create_array("names", shape=(3,), dtype=str, chunks=(3,))
+    s = create_array(g["data"], "names", shape=(3,), dtype="<U1" if ZARR2 else str, chunks=(3,),
+                     compressor=None)
     s[:] = np.array(["a", "b", "c"])
     with pytest.raises(DatasetFormatError, match="data/names has dtype"):
         read_zarr(tmp_path / "rb.zarr")

@@ -35,7 +35,7 @@ def read_zarr(path, keys=None, progress: bool | None = None) -> TrajectorySource
     if p.is_dir():
         p = p.resolve()
         _paths.check_tree(p, "path")
-        store = zarr.storage.LocalStore(p, read_only=True)
+        store = _directory_store(zarr, p)
     elif p.is_file():
         if not zipfile.is_zipfile(p):
             raise DatasetFormatError(f"{p}: not a zarr directory or zip file")
@@ -63,7 +63,7 @@ def read_zarr(path, keys=None, progress: bool | None = None) -> TrajectorySource
         total = sum(a.nbytes for a in out.values())
         with _progress.bar(total, "reading zarr", progress=progress) as bar:
             for k, arr in arrays.items():
-                _read_rows(arr, out[k], k, p, bar)
+                _read_rows(zarr, arr, out[k], k, p, bar)
         attrs = dict(root.attrs)
     finally:
         store.close()
@@ -73,12 +73,35 @@ def read_zarr(path, keys=None, progress: bool | None = None) -> TrajectorySource
                             meta={"format": "zarr", "path": str(p), "attrs": attrs})
 
 
+def _zarr_major(zarr) -> int:
+    try:
+        return int(str(zarr.__version__).split(".")[0])
+    except ValueError:  # pragma: no cover - a version string without a leading number
+        return 3
+
+
+def _directory_store(zarr, p: Path):
+    """A read-only store of the directory p: zarr-python 3's LocalStore, or zarr-python 2's
+    DirectoryStore (what diffusion_policy's own environment has; open_group(mode="r") keeps it
+    read-only)."""
+    if _zarr_major(zarr) >= 3:
+        return zarr.storage.LocalStore(p, read_only=True)
+    return zarr.storage.DirectoryStore(str(p))
+
+
+_codecs_registered = False
+
+
 def _register_image_codecs() -> None:
+    global _codecs_registered
+    if _codecs_registered:
+        return
     try:  # diffusion_policy's image arrays use imagecodecs' Jpeg2k
         from imagecodecs.numcodecs import register_codecs
     except ImportError:
         return
-    register_codecs()
+    register_codecs(verbose=False)  # quiet about codecs numcodecs already knows
+    _codecs_registered = True
 
 
 def _unknown_codec(exc: Exception, p: Path, what: str):
@@ -97,6 +120,9 @@ def _open(zarr, store, p: Path):
     except FileNotFoundError:
         raise DatasetFormatError(f"{p}: no zarr group here (neither zarr.json nor .zgroup)") from None
     except (ValueError, KeyError, TypeError) as exc:
+        if type(exc).__name__ == "GroupNotFoundError":  # zarr-python 2's word for it
+            raise DatasetFormatError(f"{p}: no zarr group here (neither zarr.json nor "
+                                     f".zgroup)") from None
         raise DatasetFormatError(f"{p}: unreadable zarr metadata ({exc})") from None
 
 
@@ -167,7 +193,11 @@ def _episode_ends(arr, p: Path) -> np.ndarray:
     return ends
 
 
-def _out_buffer():
+def _out_buffer(zarr):
+    """How get_basic_selection's `out=` takes a slice of the result array: zarr-python 2 takes
+    the ndarray itself, zarr-python 3 an NDBuffer around it (None: assign instead)."""
+    if _zarr_major(zarr) < 3:
+        return lambda a: a
     try:
         from zarr.core.buffer.cpu import NDBuffer
     except ImportError:  # pragma: no cover - zarr moved it; fall back to assignment
@@ -175,7 +205,7 @@ def _out_buffer():
     return NDBuffer.from_ndarray_like
 
 
-def _read_rows(arr, out: np.ndarray, key: str, p: Path, bar) -> None:
+def _read_rows(zarr, arr, out: np.ndarray, key: str, p: Path, bar) -> None:
     n = len(out)
     if n == 0:
         return
@@ -183,7 +213,7 @@ def _read_rows(arr, out: np.ndarray, key: str, p: Path, bar) -> None:
     step = int((shards or arr.chunks)[0]) or 1
     row_bytes = max(1, out[0].nbytes)
     step *= max(1, BLOCK_BYTES // (step * row_bytes))
-    wrap = _out_buffer()
+    wrap = _out_buffer(zarr)
     for a in range(0, n, step):
         b = min(n, a + step)
         try:
