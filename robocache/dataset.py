@@ -33,6 +33,7 @@ robocache.DataLoader builds batches in the main process anyway.
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -134,7 +135,14 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                 raise ValueError(f"delta_indices: {k!r} is computed by the dataset (the anchor's "
                                  f"{k}); offsets on it are not supported")
         if delta_timestamps is not None and store.timestamps is not None:
-            W.check_timestamps_sync(store._timestamps_host, store._ends, store.fps, tolerance_s)
+            # LeRobot >= 0.4 maps seconds to frame offsets without checking the timestamps
+            # (0.3 refused such a dataset): serve it, and say which frames are off the grid
+            problem = W.timestamps_off_grid(store._timestamps_host, store._ends, store.fps,
+                                            tolerance_s)
+            if problem is not None:
+                warnings.warn(f"{problem}\ndelta_timestamps are applied as frame offsets "
+                              f"(d = round(dt * fps)), as LeRobot does", UserWarning,
+                              stacklevel=2)
         self._keys = self._select_keys(keys, names, deltas)
         self._deltas = {k: deltas[k] for k in self._keys if k in deltas}
         first = W.check_drop("drop_n_first_frames", drop_n_first_frames)

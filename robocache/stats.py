@@ -11,8 +11,11 @@ deviation (ddof=0, np.std). Quantiles are exact order statistics with linear int
 8-bit integer arrays (camera frames) are counted with a 256-bin histogram instead of sorted, which
 gives the same exact quantiles. A column holding NaN gets NaN for every statistic but count.
 
-LeRobot's own stats.json quantiles come from 5000-bin running histograms, so they differ from
-these exact ones in the last digits; when a store carries shipped stats, the dataset uses those.
+LeRobot's own stats.json quantiles are not these: LeRobot 0.4 averages per-episode quantiles
+(weighted by episode length) and estimates each from a histogram, so on small or skewed datasets
+they can differ from the exact ones by a visible amount (seen: 5.8 on a q01 of a 6-episode
+dataset). When a store carries shipped stats (LeRobot's meta/stats.json), the dataset uses those;
+these are computed only for keys without them.
 """
 
 from __future__ import annotations

@@ -228,26 +228,26 @@ def resolve_deltas(keys, delta_indices=None, delta_timestamps=None, fps=None,
     return out
 
 
-def check_timestamps_sync(timestamps: np.ndarray, ends: np.ndarray, fps: float,
-                          tolerance_s: float) -> None:
-    """LeRobot's check: inside every episode consecutive timestamps differ by 1/fps within
-    tolerance_s (so frame offsets and time offsets agree). ValueError listing the first offenders."""
+def timestamps_off_grid(timestamps: np.ndarray, ends: np.ndarray, fps: float,
+                        tolerance_s: float) -> str | None:
+    """LeRobot 0.3's check_timestamps_sync: inside every episode consecutive timestamps differ by
+    1/fps within tolerance_s (so frame offsets and time offsets agree). A message listing the
+    first offenders, or None when every step is on the grid."""
     if timestamps.size < 2:
-        return
+        return None
     diffs = np.diff(timestamps)
     ok = np.abs(diffs - 1.0 / fps) <= tolerance_s
     ok[ends[:-1] - 1] = True  # the step from an episode's last frame to the next episode's first
     if ok.all():
-        return
+        return None
     bad = np.flatnonzero(~ok)
     ep = np.searchsorted(ends, bad, side="right")
     rows = [{"timestamps": [float(timestamps[i]), float(timestamps[i + 1])],
              "diff": float(diffs[i]), "episode_index": int(e)}
             for i, e in zip(bad[:10], ep[:10], strict=True)]
-    raise ValueError(
-        f"timestamps: expected consecutive frames of an episode 1/fps = {1.0 / fps:.6g} s apart "
-        f"within tolerance_s={tolerance_s}, got {bad.size} step(s) outside it (first ones):\n"
-        f"{pformat(rows)}")
+    return (f"timestamps: expected consecutive frames of an episode 1/fps = {1.0 / fps:.6g} s "
+            f"apart within tolerance_s={tolerance_s}, got {bad.size} step(s) outside it (first "
+            f"ones):\n{pformat(rows)}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@ robomimic batches compared element by element with literal reference samplers (t
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -147,16 +149,27 @@ def test_delta_timestamps_tolerance_and_rounding():
         rc.TrajectoryDataset(st2, delta_timestamps={"action": [0.0]})
 
 
-def test_timestamps_off_the_fps_grid_are_rejected_with_delta_timestamps():
+def test_timestamps_off_the_fps_grid_warn_and_serve_frame_offsets_with_delta_timestamps():
+    """LeRobot 0.4 serves such a dataset (seconds -> frame offsets, timestamps unchecked); 0.3
+    refused it. RoboCache serves it like 0.4 and warns with the offending frames."""
     rng = np.random.default_rng(3)
     _, arrays = _store(rng, [5, 5])
     ts = np.concatenate([np.arange(5) / 10, np.arange(5) / 10])
     ts[7] += 0.01  # one frame 10 ms off the 10 fps grid
     st = rc.TrajectoryStore.from_arrays(arrays, episode_ends=[5, 10], fps=10, timestamps=ts,
                                         device="cpu")
-    with pytest.raises(ValueError, match=r"(?s)timestamps: .*'episode_index': 1"):
-        rc.TrajectoryDataset(st, delta_timestamps={"action": [0.0, 0.1]})
-    rc.TrajectoryDataset(st, delta_indices={"action": [0, 1]})  # frame offsets do not care
+    with pytest.warns(UserWarning, match=r"(?s)timestamps: .*'episode_index': 1.*frame offsets"):
+        ds = rc.TrajectoryDataset(st, delta_timestamps={"action": [0.0, 0.1]})
+    ref = rc.TrajectoryDataset(st, delta_indices={"action": [0, 1]})
+    got, want = ds.__getitems__(range(len(ds))), ref.__getitems__(range(len(ref)))
+    for k in ("action", "action_is_pad", "index"):
+        np.testing.assert_array_equal(got[k].numpy(), want[k].numpy())
+    with warnings.catch_warnings():  # on the grid: no warning
+        warnings.simplefilter("error")
+        st_ok = rc.TrajectoryStore.from_arrays(arrays, episode_ends=[5, 10], fps=10,
+                                               timestamps=np.concatenate([np.arange(5) / 10] * 2),
+                                               device="cpu")
+        rc.TrajectoryDataset(st_ok, delta_timestamps={"action": [0.0, 0.1]})
 
 
 def test_timestamp_key_and_anchor_only_keys():

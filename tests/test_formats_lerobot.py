@@ -52,6 +52,29 @@ def v3(tmp_path_factory):
     return root, eps
 
 
+@pytest.mark.parametrize("text_type", ["large_string", "dictionary", "string_view"])
+def test_v3_task_strings_of_any_arrow_string_type(tmp_path, text_type):
+    """pandas 3 (what a fresh LeRobot 0.4 install gets) writes the tasks' index as large_string."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if text_type == "string_view" and not hasattr(pa, "string_view"):
+        pytest.skip("pyarrow without string_view")
+    root = tmp_path / "ds"
+    write_lerobot(root, make_episodes([3, 2], seed=3), version="v3.0")
+    path = root / "meta/tasks.parquet"
+    t = pq.read_table(path)
+    tasks = pa.array(["reach", "push"])
+    col = {"large_string": lambda: tasks.cast(pa.large_string()),
+           "dictionary": lambda: tasks.dictionary_encode(),
+           "string_view": lambda: tasks.cast(pa.string_view())}[text_type]()
+    pq.write_table(pa.table({"task_index": pa.array([1, 0], pa.int64()),
+                             "__index_level_0__": col}), path)
+    assert t.num_rows >= 1
+    src = read_lerobot(root, progress=False)
+    assert src.meta["tasks"] == ["push", "reach"]
+
+
 @pytest.fixture(scope="module")
 def v21(tmp_path_factory):
     root = tmp_path_factory.mktemp("v21")

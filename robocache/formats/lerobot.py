@@ -666,6 +666,15 @@ def _aggregate(path: Path, selected: list[str]) -> dict:
     return stats
 
 
+def _is_text(pa, t) -> bool:
+    """A string column of any Arrow flavour: pandas 3 writes its string index as large_string;
+    string_view and dictionary-encoded (categorical) strings are read the same way."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    is_view = getattr(pa.types, "is_string_view", lambda _: False)
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or is_view(t)
+
+
 def _load_tasks(root: Path, version: str) -> list:
     """Task strings by task_index (None where an index is unused)."""
     import pyarrow as pa
@@ -681,7 +690,7 @@ def _load_tasks(root: Path, version: str) -> list:
         idx = _int_column(table, "task_index", path)
         # LeRobot writes the task strings as the pandas index ("__index_level_0__") or "task"
         names = [c for c in table.column_names if c != "task_index"
-                 and pa.types.is_string(table.schema.field(c).type)]
+                 and _is_text(pa, table.schema.field(c).type)]
         names.sort(key=lambda c: c != "task")
         if not names:
             raise DatasetFormatError(f"{path}: no column of task strings")
