@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from . import _array, _runtime
+from . import _array, _peer_norm, _runtime
 from . import windows as W
 from .ops import _random
 from .ops import images as _images
@@ -55,6 +55,14 @@ NORM_MODES = {  # mode -> (kernel formula, low stat, high stat or None for mean_
     "quantiles": ("range", "q01", "q99"),
     "quantile10": ("range", "q10", "q90"),
     "identity": (None, None, None),
+}
+FORMULAS = {"affine": "(x - a) / b", "range": "2 * (x - a) / b - 1", "scale_offset": "x * a + b"}
+# the peers' own normalizers, fitted on the store's frames (robocache/_peer_norm.py)
+PEER_NORM_MODES = {
+    "limits": ("diffusion_policy", "limits"),      # LinearNormalizer(mode="limits")
+    "gaussian": ("diffusion_policy", "gaussian"),  # LinearNormalizer(mode="gaussian")
+    "robomimic_min_max": ("robomimic", "min_max"),    # action_config normalization="min_max"
+    "robomimic_gaussian": ("robomimic", "gaussian"),  # action_config normalization="gaussian"
 }
 
 
@@ -87,8 +95,10 @@ _register_collate()
 
 def _norm_mode(key: str, mode) -> str:
     value = getattr(mode, "value", mode)
-    if not isinstance(value, str) or value.lower() not in NORM_MODES:
-        raise ValueError(f"normalize[{key!r}]: expected one of {list(NORM_MODES)}, got {mode!r}")
+    if not isinstance(value, str) or (value.lower() not in NORM_MODES
+                                      and value.lower() not in PEER_NORM_MODES):
+        raise ValueError(f"normalize[{key!r}]: expected one of "
+                         f"{list(NORM_MODES) + list(PEER_NORM_MODES)}, got {mode!r}")
     return value.lower()
 
 
@@ -99,7 +109,10 @@ class TrajectoryDataset(torch.utils.data.Dataset):
     without offsets give the anchor frame only. drop_n_first_frames / drop_n_last_frames: anchors
     skip that many frames at each episode's start / end. pad: "edge" repeats the episode's first /
     last frame, "zero" gives zeros. normalize: key -> "mean_std" | "min_max" | "quantiles" |
-    "quantile10" (LeRobot's formulas; eps = normalize_eps); stats: key -> {stat: array} to use
+    "quantile10" (LeRobot's formulas; eps = normalize_eps; robomimic's observation
+    normalization is "mean_std" with normalize_eps=1e-3), "limits" | "gaussian"
+    (diffusion_policy's LinearNormalizer fitted on the store's frames) or "robomimic_min_max" |
+    "robomimic_gaussian" (robomimic's action normalization); stats: key -> {stat: array} to use
     instead of the store's shipped or computed statistics. keys: which store keys to return
     (default all). dtype: output dtype of floating / normalized keys (str), or per key (dict;
     "keep" copies the store's dtype). episodes: sample only these episodes - episode indices
@@ -237,6 +250,9 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                 raise ValueError(f"normalize[{key!r}]: camera-frame keys are normalized by "
                                  f"their image transform, not here")
             mode = _norm_mode(key, mode)
+            if mode in PEER_NORM_MODES:
+                out[key] = self._peer_norm(key, mode, stats, sources[key])
+                continue
             kind, lo, hi = NORM_MODES[mode]
             if kind is None:
                 continue
@@ -256,6 +272,33 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                 b = np.where(b == 0, e32, b).astype(np.float32)
             out[key] = {"mode": mode, "kind": kind, "a": a, "b": b}
         return out
+
+    def _peer_norm(self, key: str, mode: str, stats, src) -> dict:
+        """A peer's normalizer fitted on the store's frames of `key` (as diffusion_policy's
+        LinearNormalizer.fit and robomimic's action statistics are), or on stats[key] when
+        given (min / max / mean / std per feature, count: frames); shipped stats are not used:
+        LeRobot's std and quantiles are not what these peers fit."""
+        library, peer_mode = PEER_NORM_MODES[mode]
+        F = int(np.prod(src.shape[1:], dtype=np.int64))
+        if stats is not None and key in stats:
+            given = self._stats_for(key, stats)
+            need = ("min", "max") if peer_mode in ("limits", "min_max") else ("mean", "std")
+            missing = [n for n in need if n not in given]
+            if missing:
+                raise ValueError(f"normalize[{key!r}]: mode {mode!r} needs the stats "
+                                 f"{list(need)}, got stats without {missing}")
+            # used as given, one per feature (no pooling, no ddof correction)
+            st = {n: _stat_array(key, n, given[n], F).astype(np.float64) for n in need}
+            st.update({n: np.zeros(F) for n in ("min", "max", "mean", "std") if n not in st})
+            st["reps"] = 1
+        else:
+            st = self._store.stats([key])[key]
+            if library == "diffusion_policy":
+                st = _peer_norm.pool_last_axis(st)
+        fit = _peer_norm.diffusion_policy if library == "diffusion_policy" else _peer_norm.robomimic
+        kind, a, b = fit(peer_mode, st)
+        return {"mode": mode, "kind": kind, "a": a.reshape(-1).astype(np.float32),
+                "b": b.reshape(-1).astype(np.float32)}
 
     def _stats_for(self, key: str, stats) -> dict:
         if stats is not None and key in stats:
@@ -338,9 +381,11 @@ class TrajectoryDataset(torch.utils.data.Dataset):
 
     @property
     def normalization(self) -> dict[str, dict]:
-        """key -> {"mode", "a", "b"}: the float32 parameters of y = (x-a)/b or 2(x-a)/b - 1."""
-        return {k: {"mode": v["mode"], "a": v["a"].copy(), "b": v["b"].copy()}
-                for k, v in self._norm.items()}
+        """key -> {"mode", "formula", "a", "b"}: the float32 parameters per feature of the
+        formula "(x - a) / b" (mean_std, robomimic_*), "2 * (x - a) / b - 1" (min_max,
+        quantiles) or "x * a + b" (diffusion_policy's limits / gaussian: a = scale, b = offset)."""
+        return {k: {"mode": v["mode"], "formula": FORMULAS[v["kind"]], "a": v["a"].copy(),
+                    "b": v["b"].copy()} for k, v in self._norm.items()}
 
     @property
     def anchors(self) -> np.ndarray:

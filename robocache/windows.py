@@ -68,7 +68,12 @@ def check_drop(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected a non-negative int, got {value!r}")
     if value < 0:
-        raise ValueError(f"{name}: expected a non-negative int, got {value}")
+        hint = ("; diffusion_policy's SequenceSampler maps to drop_n_last_frames = "
+                "sequence_length - 1 - pad_before - pad_after, which needs pad_before + "
+                "pad_after <= sequence_length - 1 (a longer pad anchors windows past an "
+                "episode's end; diffusion_policy's policies never ask for one)"
+                if name == "drop_n_last_frames" else "")
+        raise ValueError(f"{name}: expected a non-negative int, got {value}{hint}")
     return int(value)
 
 

@@ -216,3 +216,102 @@ def distributed_indices(order, rank, num_replicas, drop_last):
     else:
         indices = indices[:total_size]
     return indices[rank:total_size:num_replicas]
+
+
+# ---------------------------------------------------------------------------------------------
+# diffusion_policy: LinearNormalizer (diffusion_policy/model/common/normalizer.py: _fit with its
+# defaults, and _normalize forward), torch float32
+
+
+def dp_fit(data, mode="limits", last_n_dims=1, output_max=1.0, output_min=-1.0, range_eps=1e-4):
+    import torch
+
+    data = torch.from_numpy(np.ascontiguousarray(data)).type(torch.float32)
+    dim = 1
+    if last_n_dims > 0:
+        dim = int(np.prod(data.shape[-last_n_dims:]))
+    data = data.reshape(-1, dim)
+    input_min, _ = data.min(axis=0)
+    input_max, _ = data.max(axis=0)
+    input_mean = data.mean(axis=0)
+    input_std = data.std(axis=0)
+    if mode == "limits":
+        input_range = input_max - input_min
+        ignore_dim = input_range < range_eps
+        input_range[ignore_dim] = output_max - output_min
+        scale = (output_max - output_min) / input_range
+        offset = output_min - scale * input_min
+        offset[ignore_dim] = (output_max + output_min) / 2 - input_min[ignore_dim]
+    else:
+        ignore_dim = input_std < range_eps
+        scale = input_std.clone()
+        scale[ignore_dim] = 1
+        scale = 1 / scale
+        offset = - input_mean * scale
+    return {"scale": scale, "offset": offset}
+
+
+def dp_normalize(x, params):
+    import torch
+
+    scale, offset = params["scale"], params["offset"]
+    x = torch.as_tensor(np.ascontiguousarray(x)).to(dtype=scale.dtype)
+    src_shape = x.shape
+    x = x.reshape(-1, scale.shape[0])
+    x = x * scale + offset
+    return x.reshape(src_shape).numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# robomimic: action normalization (robomimic/utils/dataset.py _compute_traj_stats,
+# _aggregate_traj_stats, action_stats_to_normalization_stats; obs_utils.normalize_dict)
+
+
+def rm_action_stats(arr, episode_ends):
+    stats = None
+    start = 0
+    for end in episode_ends:
+        x = arr[start:int(end)]
+        start = int(end)
+        mean = x.mean(axis=0, keepdims=True)
+        s = {"n": x.shape[0], "mean": mean, "sqdiff": ((x - mean) ** 2).sum(axis=0, keepdims=True),
+             "min": x.min(axis=0, keepdims=True), "max": x.max(axis=0, keepdims=True)}
+        if stats is None:
+            stats = s
+            continue
+        n = stats["n"] + s["n"]
+        delta = s["mean"] - stats["mean"]
+        stats = {"n": n, "mean": (stats["n"] * stats["mean"] + s["n"] * s["mean"]) / n,
+                 "sqdiff": stats["sqdiff"] + s["sqdiff"] + delta ** 2 * stats["n"] * s["n"] / n,
+                 "min": np.minimum(stats["min"], s["min"]),
+                 "max": np.maximum(stats["max"], s["max"])}
+    return stats
+
+
+def rm_normalization_stats(stats, norm_method):
+    if norm_method == "min_max":
+        range_eps = 1e-4
+        input_min = stats["min"].astype(np.float32)
+        input_max = stats["max"].astype(np.float32)
+        output_min = -0.999999
+        output_max = 0.999999
+        input_range = input_max - input_min
+        ignore_dim = input_range < range_eps
+        input_range[ignore_dim] = output_max - output_min
+        scale = input_range / (output_max - output_min)
+        offset = input_min - scale * output_min
+        offset[ignore_dim] = input_min[ignore_dim] - (output_max + output_min) / 2
+        return {"scale": scale, "offset": offset}
+    input_mean = stats["mean"].astype(np.float32)
+    input_std = np.sqrt(stats["sqdiff"] / stats["n"]).astype(np.float32)
+    std_eps = 1e-6
+    ignore_dim = input_std < std_eps
+    input_std[ignore_dim] = 1.0
+    return {"scale": input_std, "offset": input_mean}
+
+
+def rm_normalize(x, norm_stats):
+    offset, scale = norm_stats["offset"], norm_stats["scale"]
+    if len(offset.shape) - len(x.shape) == 1:
+        offset, scale = offset[0], scale[0]
+    return (x - offset) / scale

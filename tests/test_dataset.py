@@ -11,12 +11,17 @@ import torch
 from _peers import (
     RobomimicSequence,
     dp_create_indices,
+    dp_fit,
+    dp_normalize,
     dp_sample_sequence,
     lerobot_check_delta_timestamps,
     lerobot_get_delta_indices,
     lerobot_item,
     lerobot_normalize,
     lerobot_sampler_indices,
+    rm_action_stats,
+    rm_normalization_stats,
+    rm_normalize,
 )
 
 import robocache as rc
@@ -303,6 +308,102 @@ def test_diffusion_policy_lerobot_config_is_the_same_window_set():
                                  indices, S, i)
         np.testing.assert_array_equal(batch["action"][i].numpy(), ref["action"])
         np.testing.assert_array_equal(batch["state"][i].numpy(), ref["state"][:n_obs])
+
+
+def _peer_norm_store(rng, lens):
+    """Keys with what trips normalizers: a constant column, one whose range is below 1e-4, a
+    multi-axis feature (diffusion_policy pools all but the last axis), float64 frames."""
+    N = int(sum(lens))
+    act = (rng.standard_normal((N, 5)) * [1, 0, 1, 1, 30] + [0, 7.5, 0, 3, 100]).astype(np.float32)
+    act[:, 2] = np.float32(1.0) + rng.random(N).astype(np.float32) * np.float32(5e-5)
+    act[:, 3] = np.float32(-2.0) + rng.standard_normal(N).astype(np.float32) * np.float32(1e-7)
+    arrays = {"action": act,
+              "keypoint": (rng.standard_normal((N, 3, 2)) * [[1, 5], [2, 1], [0.5, 3]]
+                           ).astype(np.float32),
+              "state64": rng.standard_normal((N, 2)) * 4 + 1}
+    return rc.TrajectoryStore.from_arrays(arrays, episode_ends=np.cumsum(lens),
+                                          device="cpu"), arrays
+
+
+@pytest.mark.parametrize("mode", ["limits", "gaussian"])
+def test_diffusion_policy_linear_normalizer(mode):
+    """normalize={key: "limits" | "gaussian"} == LinearNormalizer.fit(whole store) applied to the
+    window (diffusion_policy/model/common/normalizer.py, literally in tests/_peers.py)."""
+    rng = np.random.default_rng(11)
+    lens = [7, 1, 30, 12]
+    st, arrays = _peer_norm_store(rng, lens)
+    S, pb, pa = 16, 1, 7
+    keys = list(arrays)
+    ds = rc.TrajectoryDataset(st, delta_indices={k: range(-pb, S - pb) for k in keys},
+                              drop_n_last_frames=S - 1 - pa - pb,
+                              normalize={k: mode for k in keys})
+    params = {k: dp_fit(v, mode=mode) for k, v in arrays.items()}
+    indices = dp_create_indices(st.episode_ends, S, pad_before=pb, pad_after=pa)
+    batch = ds.__getitems__(range(len(ds)))
+    for i in range(len(ds)):
+        raw = dp_sample_sequence(arrays, indices, S, i)
+        for k in keys:
+            want = dp_normalize(raw[k], params[k])
+            got = batch[k][i].numpy()
+            assert got.dtype == np.float32
+            if mode == "limits":  # min / max are exact: the same bits
+                np.testing.assert_array_equal(got, want, err_msg=k)
+            else:  # torch's float32 mean / std vs float64 ones rounded: a few ulp
+                np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6, err_msg=k)
+    # the constant column is shifted to 0, the near-constant one not stretched
+    a = batch["action"].numpy()
+    assert np.all(a[..., 1] == 0)
+    assert np.abs(a[..., 2]).max() < 1e-3 and np.abs(a[..., 3]).max() < 1e-3
+    norm = ds.normalization["keypoint"]
+    assert norm["formula"] == "x * a + b" and norm["a"].shape == (6,)
+    np.testing.assert_array_equal(norm["a"][:2], norm["a"][2:4])  # one scale per last-axis index
+
+
+@pytest.mark.parametrize("mode", ["min_max", "gaussian"])
+def test_robomimic_action_normalization(mode):
+    """normalize={key: "robomimic_min_max" | "robomimic_gaussian"} == robomimic's action
+    normalization (per-demo statistics aggregated, float32 scale / offset, (x - offset) / scale)."""
+    rng = np.random.default_rng(12)
+    lens = [13, 1, 5, 30, 2]
+    st, arrays = _peer_norm_store(rng, lens)
+    fs, sl = 1, 10
+    keys = ["action", "state64"]
+    ds = rc.TrajectoryDataset(st, delta_indices={k: range(-(fs - 1), sl) for k in keys},
+                              normalize={k: f"robomimic_{mode}" for k in keys})
+    ref = RobomimicSequence(st.episode_ends, frame_stack=fs, seq_length=sl,
+                            pad_frame_stack=True, pad_seq_length=True)
+    # robomimic's HDF5 files hold float64 actions; its statistics accumulate in their dtype
+    # (float32 frames would give float32 sums: cancellation on the near-constant column)
+    norm = {k: rm_normalization_stats(rm_action_stats(arrays[k].astype(np.float64),
+                                                      st.episode_ends), mode) for k in keys}
+    batch = ds.__getitems__(range(len(ds)))
+    for i in range(len(ds)):
+        raw = ref.item({k: arrays[k] for k in keys}, i)
+        for k in keys:
+            x = raw[k].astype(np.float32)  # robomimic's cached actions are float32
+            want = rm_normalize(x, norm[k])
+            np.testing.assert_allclose(batch[k][i].numpy(), want, rtol=1e-6, atol=1e-7,
+                                       err_msg=k)
+            if mode == "min_max":
+                np.testing.assert_array_equal(batch[k][i].numpy(), want, err_msg=k)
+    a = batch["action"].numpy()
+    assert np.all(a[..., 1] == 0)  # constant column: x - min
+    if mode == "min_max":
+        assert np.abs(a).max() <= np.float32(0.999999) + 1e-6
+
+
+def test_peer_normalizers_take_given_stats_and_check_them():
+    rng = np.random.default_rng(13)
+    st, arrays = _peer_norm_store(rng, [10, 10])
+    stats = {"state64": {"min": [-1.0, 0.0], "max": [1.0, 0.0]}}
+    ds = rc.TrajectoryDataset(st, normalize={"state64": "limits"}, stats=stats)
+    n = ds.normalization["state64"]
+    np.testing.assert_array_equal(n["a"], [1.0, 1.0])  # range 2 -> scale 1; range 0 -> ignored
+    np.testing.assert_array_equal(n["b"], [0.0, 0.0])
+    with pytest.raises(ValueError, match=r"mode 'gaussian' needs the stats \['mean', 'std'\]"):
+        rc.TrajectoryDataset(st, normalize={"state64": "gaussian"}, stats=stats)
+    with pytest.raises(ValueError, match="robomimic_gaussian"):
+        rc.TrajectoryDataset(st, normalize={"state64": "robomimic"})
 
 
 @pytest.mark.parametrize("fs, sl, pfs, psl", [

@@ -53,8 +53,8 @@ def _random_keys(rng, N, n_keys):
             keys.append(WindowKey(f"k{i}", src, deltas, kind="rows"))
             continue
         out = None if rng.random() < 0.3 else OUT_FLOAT[int(rng.integers(4))]
-        norm = None if out is None or rng.random() < 0.4 else ("affine", "range")[
-            int(rng.integers(2))]
+        norm = None if out is None or rng.random() < 0.4 else (
+            "affine", "range", "scale_offset")[int(rng.integers(3))]
         F = int(np.prod(shape[1:], dtype=np.int64))
         keys.append(WindowKey(
             f"k{i}", src, deltas, out_dtype=out, norm=norm,

@@ -13,6 +13,8 @@
 //   value = pad && zero_pad ? 0 : convert(src_k[row, f]) then
 //           norm 1: (x - a_f) / b_f       (LeRobot MEAN_STD: b_f = std + eps)
 //           norm 2: 2 * (x - a_f) / b_f - 1   (MIN_MAX / QUANTILES: b_f = hi - lo, eps if 0)
+//           norm 3: x * a_f + b_f         (diffusion_policy's LinearNormalizer: scale, offset;
+//                                          multiply and add rounded apart, as torch does)
 //   in float32 arithmetic (float64 when the output is float64), written as the output dtype;
 //   out_code < 0 copies the element's bytes unchanged (integer/bool keys, exact). float32 <->
 //   float64 conversions are exact for subnormals too (common.cuh; -ftz would flush them), as in
@@ -69,7 +71,7 @@ struct WinKeys {
     int delta_off[RC_WIN_MAX_KEYS];    // first delta of the key in `deltas`
     int in_code[RC_WIN_MAX_KEYS];
     int out_code[RC_WIN_MAX_KEYS];     // -1: copy the bytes (same dtype in and out)
-    int norm[RC_WIN_MAX_KEYS];         // 0 none, 1 (x-a)/b, 2 2(x-a)/b-1
+    int norm[RC_WIN_MAX_KEYS];         // 0 none, 1 (x-a)/b, 2 2(x-a)/b-1, 3 x*a+b
     int seg_kind[RC_WIN_MAX_SEGS];
     int seg_key[RC_WIN_MAX_SEGS];
     int seg_begin[RC_WIN_MAX_SEGS + 1];  // per-sample work items of segment i: [begin[i], begin[i+1])
@@ -146,7 +148,8 @@ RC_DEVICE void rc_win_value(const WinKeys& p, int k, int f, rc_i64 si, rc_i64 oi
             if (nm != 0) {
                 const double a = rc_f32_to_f64(reinterpret_cast<const float*>(p.norm_a[k])[f]);
                 const double b = rc_f32_to_f64(reinterpret_cast<const float*>(p.norm_b[k])[f]);
-                x = nm == 1 ? (x - a) / b : 2.0 * (x - a) / b - 1.0;
+                x = nm == 1 ? (x - a) / b
+                  : nm == 2 ? 2.0 * (x - a) / b - 1.0 : __dadd_rn(__dmul_rn(x, a), b);
             }
         }
         reinterpret_cast<double*>(p.out[k])[oi] = x;
@@ -158,8 +161,10 @@ RC_DEVICE void rc_win_value(const WinKeys& p, int k, int f, rc_i64 si, rc_i64 oi
         if (nm != 0) {
             const float a = reinterpret_cast<const float*>(p.norm_a[k])[f];
             const float b = reinterpret_cast<const float*>(p.norm_b[k])[f];
-            // the evaluation order of LeRobot's formulas: ((x - a) / b) and ((2 (x - a)) / b) - 1
-            x = nm == 1 ? (x - a) / b : 2.0f * (x - a) / b - 1.0f;
+            // the evaluation order of LeRobot's formulas: ((x - a) / b) and ((2 (x - a)) / b) - 1;
+            // diffusion_policy's x * scale + offset is two torch ops: no FMA
+            x = nm == 1 ? (x - a) / b
+              : nm == 2 ? 2.0f * (x - a) / b - 1.0f : __fadd_rn(__fmul_rn(x, a), b);
         }
     }
     switch (oc) {

@@ -15,9 +15,11 @@ kernel launch for every key of the batch (windows.cu) reading the batch's indice
 array at an offset, so a loader that uploads its epoch order once does no per-batch copy.
 bfloat16 values on the NumPy path are ml_dtypes arrays (NumPy has no bfloat16 of its own).
 
-Normalization is LeRobot's, in float32 arithmetic (float64 when the output is float64):
-norm 1 (mean_std): (x - a) / b with b = std + eps; norm 2 (min_max, quantiles): 2 * (x - a) / b - 1
-with b = hi - lo (eps where hi == lo). Zero-padded values are 0 after normalization too.
+Normalization, in float32 arithmetic (float64 when the output is float64), per feature f:
+norm "affine" (LeRobot's mean_std, robomimic's): (x - a) / b; "range" (LeRobot's min_max,
+quantiles): 2 * (x - a) / b - 1 with b = hi - lo (eps where hi == lo); "scale_offset"
+(diffusion_policy's LinearNormalizer): x * a + b, multiply and add rounded apart. Zero-padded
+values are 0 after normalization too.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ DTYPE_CODES = {
     "int32": 7, "int64": 8, "uint16": 9, "uint32": 10, "bool": 11, "uint64": 12,
 }
 OUT_FLOAT = ("float32", "float64", "float16", "bfloat16")
-NORM_CODES = {None: 0, "affine": 1, "range": 2}
+NORM_CODES = {None: 0, "affine": 1, "range": 2, "scale_offset": 3}
 MAX_KEYS = 32  # RC_WIN_MAX_KEYS in windows.cu
 MAX_SEGS = 1 + 2 * MAX_KEYS
 SEG_META, SEG_VALUES, SEG_MASK, SEG_ROWS = 0, 1, 2, 3
@@ -61,7 +63,7 @@ class WindowKey:
     deltas: np.ndarray | None = None       # int64 [K]; None: the anchor frame only
     kind: str = "values"                   # "values" or "rows"
     out_dtype: str | None = None           # None: the source dtype, bytes copied unchanged
-    norm: str | None = None                # None, "affine" or "range"
+    norm: str | None = None                # None, "affine", "range" or "scale_offset"
     norm_a: np.ndarray | None = None       # float32 [F]
     norm_b: np.ndarray | None = None       # float32 [F]
     feature_shape: tuple[int, ...] = field(init=False)
@@ -553,8 +555,10 @@ def _convert(k: WindowKey, vals: np.ndarray, pad) -> np.ndarray:
         b = np.asarray(k.norm_b, np.float32).reshape(k.feature_shape).astype(math)
         if k.norm == "affine":
             x = (x - a) / b
-        else:
+        elif k.norm == "range":
             x = math(2) * (x - a) / b - math(1)
+        else:  # scale_offset: x * scale + offset, each op rounded (NumPy never fuses)
+            x = x * a + b
     if pad is not None:
         x[pad] = 0
     if k.out_dtype in ("float32", "float64"):
