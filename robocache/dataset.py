@@ -8,7 +8,8 @@ batches straight from the device (one kernel launch per batch on a CUDA store).
 A sample / batch holds, per key, the frames at its offsets ([B, K, *feature]; [B, *feature] for a
 key without offsets), `{key}_is_pad` (bool [B, K], True = padded, LeRobot's convention) for keys
 with offsets, and `index` (the anchor's global frame), `episode_index`, `frame_index` (int64 [B]).
-A store with timestamps also gives `timestamp` (float32, like LeRobot).
+A store with timestamps also gives `timestamp` (float32, like LeRobot), and a store with task
+strings (LeRobot's meta/tasks) `task`, a list of B strings (see return_task).
 
 Output dtypes: floating keys (float16/bfloat16/float32/float64) and normalized keys come out as
 float32 unless `dtype` says otherwise; integer and bool keys keep their dtype (copied exactly).
@@ -120,6 +121,9 @@ class TrajectoryDataset(torch.utils.data.Dataset):
     `episode_mask`, e.g. a train / validation split of one store); windows still pad at their
     own episode's edges, `index` / `episode_index` stay the store's, and normalization statistics
     stay the whole store's (as LeRobot's meta/stats.json and diffusion_policy's normalizer).
+    return_task: add "task", the samples' task strings (a list; LeRobot's item["task"], what
+    language-conditioned policies read) from the task_index key and store.meta["tasks"];
+    None (default) = when the store has them (LeRobot datasets with tasks).
     """
 
     def __init__(self, store: TrajectoryStore, delta_indices: Mapping | None = None,
@@ -129,7 +133,7 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                  tolerance_s: float = 1e-4, *, keys=None, dtype=None,
                  normalize_eps: float = 1e-8,
                  image_transforms: Mapping[str, Callable] | None = None,
-                 episodes=None):
+                 episodes=None, return_task: bool | None = None):
         if not isinstance(store, TrajectoryStore):
             raise TypeError(f"store: expected a robocache.TrajectoryStore, got "
                             f"{type(store).__name__}")
@@ -171,6 +175,7 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                 f"than drop_n_first_frames + drop_n_last_frames = {first + last} frames, got "
                 f"none (longest: {longest}): no anchors")
         self._drop = (first, last)
+        self._task_of_anchor = self._anchor_tasks(return_task)
         self._image_keys = tuple(k for k in self._keys if k in store.image_keys)
         transforms = dict(image_transforms or {})
         for k in transforms:
@@ -214,6 +219,45 @@ class TrajectoryDataset(torch.utils.data.Dataset):
 
     # -----------------------------------------------------------------------------------------
     # construction helpers
+
+    def _anchor_tasks(self, return_task) -> np.ndarray | None:
+        """object [A]: the task string of every anchor (LeRobot's item["task"]: the anchor
+        row's task_index looked up in the dataset's task list, store.meta["tasks"]), or None
+        when batches carry no task strings."""
+        if return_task is not None and not isinstance(return_task, bool):
+            raise TypeError(f"return_task: expected None (auto), True or False, got "
+                            f"{return_task!r}")
+        store = self._store
+        tasks = store.meta.get("tasks")
+        has = ("task_index" in store and isinstance(tasks, (list, tuple))
+               and any(t is not None for t in tasks))
+        if return_task is False or (return_task is None and not has):
+            return None
+        if not has:
+            raise ValueError(f"return_task: expected a store with a 'task_index' key and task "
+                             f"strings in store.meta['tasks'] (LeRobot's meta/tasks), got "
+                             f"{'no task_index key' if 'task_index' not in store else 'no task strings'}")
+        frame_task = _array.to_numpy(store["task_index"]).reshape(store.num_frames, -1)[:, 0]
+        if frame_task.dtype.kind not in "iu":
+            raise ValueError(f"return_task: expected an integer 'task_index' key, got dtype "
+                             f"{frame_task.dtype}")
+        anchor_task = frame_task[self._anchors[:, W.ANCHOR]].astype(np.int64)
+        names = np.empty(len(tasks), dtype=object)
+        names[:] = list(tasks)
+        ok = (anchor_task >= 0) & (anchor_task < len(tasks))
+        ok[ok] = np.array([names[t] is not None for t in anchor_task[ok]], dtype=bool)
+        if not ok.all():
+            i = int(np.argmax(~ok))
+            raise ValueError(f"return_task: frame {int(self._anchors[i, W.ANCHOR])} has "
+                             f"task_index {int(anchor_task[i])}, which names no task in "
+                             f"store.meta['tasks'] ({len(tasks)} entries)")
+        return names[anchor_task]
+
+    def _add_tasks(self, batch: WindowBatch, idx) -> WindowBatch:
+        """batch["task"] = the samples' task strings (a list, as torch's collate makes it)."""
+        if self._task_of_anchor is not None:
+            batch["task"] = self._task_of_anchor[idx].tolist()
+        return batch
 
     def _select_keys(self, keys, names, deltas) -> tuple[str, ...]:
         if keys is None:
@@ -443,13 +487,15 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         draw = (0 if info is None else info.seed % 2**64, 0, self._calls)
         self._calls += 1
         if not self._op.on_device:
-            return self._finish(self._op.run_numpy(idx), torch_from_numpy=True, draw=draw)
+            return self._add_tasks(self._finish(self._op.run_numpy(idx), torch_from_numpy=True,
+                                                draw=draw), idx)
         if info is not None and self._store.is_cuda:
             raise RuntimeError(
                 "TrajectoryDataset: a dataset on a CUDA store builds its batches on the GPU, "
                 "in the main process; torch DataLoader workers cannot use CUDA. Use "
                 "num_workers=0 (nothing is left for workers to do) or robocache.DataLoader")
-        return self._finish(self._op.run_cuda(self._op.upload_indices(idx)), draw=draw)
+        return self._add_tasks(self._finish(self._op.run_cuda(self._op.upload_indices(idx)),
+                                            draw=draw), idx)
 
     @property
     def _on_device(self) -> bool:
@@ -488,7 +534,8 @@ class TrajectoryDataset(torch.utils.data.Dataset):
     def _batch_from_host(self, idx: np.ndarray, draw: tuple[int, int, int] = (0, 0, 0)
                          ) -> WindowBatch:
         """The batch of validated host indices (the loader's CPU path)."""
-        return self._finish(self._op.run_numpy(idx), torch_from_numpy=True, draw=draw)
+        return self._add_tasks(self._finish(self._op.run_numpy(idx), torch_from_numpy=True,
+                                            draw=draw), idx)
 
     def _finish(self, raw: dict, torch_from_numpy: bool = False,
                 draw: tuple[int, int, int] = (0, 0, 0)) -> WindowBatch:

@@ -283,6 +283,7 @@ class DataLoader:
             for b in range(start, len(bounds) - 1):
                 lo = bounds[b]
                 batch = build(lo, bounds[b + 1] - lo, (seed, epoch, b), max(0, full - 1 - b))
+                ds._add_tasks(batch, order[lo:bounds[b + 1]])
                 self._position = b + 1
                 yield batch if collate is None else collate(batch)
         else:

@@ -661,3 +661,59 @@ def test_bad_dataset_arguments():
             drop_n_last_frames=1)
     assert len(ds) == 0 + 0 + 6
     assert ds.anchors[:, 0].tolist() == list(range(4, 10))
+
+
+def _task_store(rng, lens, tasks):
+    st, arrays = _store(rng, lens)
+    ends = np.cumsum(lens)
+    ep_task = rng.integers(0, len(tasks), size=len(lens))
+    arrays["task_index"] = np.repeat(ep_task, lens).astype(np.int64)
+    st = rc.TrajectoryStore.from_arrays(arrays, episode_ends=ends, device="cpu")
+    st.meta["tasks"] = list(tasks)
+    return st, arrays
+
+
+def test_task_strings_like_lerobot_items():
+    """LeRobot's item["task"] = tasks[item["task_index"]] of the anchor row; batches hold a list."""
+    rng = np.random.default_rng(21)
+    tasks = ["push the block", "open the drawer", "stack cups"]
+    st, arrays = _task_store(rng, [4, 1, 9, 3, 6], tasks)
+    ds = rc.TrajectoryDataset(st, delta_indices={"action": [-1, 0, 1]}, drop_n_first_frames=1)
+    idx = rng.permutation(len(ds))[:11]
+    batch = ds.__getitems__(idx)
+    want = [tasks[arrays["task_index"][a]] for a in ds.anchors[idx, 0]]
+    assert batch["task"] == want
+    assert ds[3]["task"] == tasks[arrays["task_index"][ds.anchors[3, 0]]]
+    loader = rc.DataLoader(ds, batch_size=4, shuffle=True, seed=3)
+    for b in loader:
+        assert b["task"] == [tasks[t] for t in b["task_index"].tolist()]
+    assert "task" not in rc.TrajectoryDataset(st, return_task=False)[0]
+    # no task strings: no "task" by default, an error when asked for
+    plain, _ = _store(rng, [3, 3])
+    assert "task" not in rc.TrajectoryDataset(plain)[0]
+    with pytest.raises(ValueError, match="return_task: expected a store with a 'task_index'"):
+        rc.TrajectoryDataset(plain, return_task=True)
+    with pytest.raises(TypeError, match="return_task"):
+        rc.TrajectoryDataset(st, return_task="yes")
+    st.meta["tasks"] = tasks[:1]  # task_index beyond the list
+    if (arrays["task_index"] > 0).any():
+        with pytest.raises(ValueError, match="names no task"):
+            rc.TrajectoryDataset(st)
+
+
+def test_task_strings_on_the_device_path(emulated_cuda):
+    rng = np.random.default_rng(22)
+    tasks = ["a", "b", "c", "d"]
+    st, arrays = _task_store(rng, [5, 2, 8, 1, 7], tasks)
+    ds = rc.TrajectoryDataset(st, delta_indices={"state": [-1, 0]})
+    ds._device_standin(torch.zeros(1))
+    assert ds._on_device
+    for reuse in (0, 2):
+        loader = rc.DataLoader(ds, batch_size=3, shuffle=True, seed=1, reuse_outputs=reuse)
+        n = 0
+        for b in loader:
+            assert b["task"] == [tasks[t] for t in b["task_index"].tolist()]
+            n += len(b["task"])
+        assert n == len(ds)
+    assert ds.__getitems__([0, 4])["task"] == [tasks[arrays["task_index"][a]]
+                                              for a in ds.anchors[[0, 4], 0]]
