@@ -121,6 +121,11 @@ class TrajectoryDataset(torch.utils.data.Dataset):
     `episode_mask`, e.g. a train / validation split of one store); windows still pad at their
     own episode's edges, `index` / `episode_index` stay the store's, and normalization statistics
     stay the whole store's (as LeRobot's meta/stats.json and diffusion_policy's normalizer).
+    keep_short_episodes: an episode the drops leave without anchors keeps one, its frame
+    min(s + drop_n_first_frames, e - 1) (so its window starts at the episode and pads past its
+    end). With delta_indices range(T), drop_n_last_frames=T-1 and DataLoader(sampling="episode")
+    this is torchrl's SliceSampler(slice_len=T, strict_length=False) with padded output; without
+    it, strict_length=True.
     return_task: add "task", the samples' task strings (a list; LeRobot's item["task"], what
     language-conditioned policies read) from the task_index key and store.meta["tasks"];
     None (default) = when the store has them (LeRobot datasets with tasks).
@@ -133,7 +138,8 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                  tolerance_s: float = 1e-4, *, keys=None, dtype=None,
                  normalize_eps: float = 1e-8,
                  image_transforms: Mapping[str, Callable] | None = None,
-                 episodes=None, return_task: bool | None = None):
+                 episodes=None, return_task: bool | None = None,
+                 keep_short_episodes: bool = False):
         if not isinstance(store, TrajectoryStore):
             raise TypeError(f"store: expected a robocache.TrajectoryStore, got "
                             f"{type(store).__name__}")
@@ -165,7 +171,10 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         first = W.check_drop("drop_n_first_frames", drop_n_first_frames)
         last = W.check_drop("drop_n_last_frames", drop_n_last_frames)
         chosen = W.check_episodes(episodes, store.num_episodes)
-        self._anchors = W.anchor_table(store._ends, first, last, chosen)
+        if not isinstance(keep_short_episodes, bool):
+            raise TypeError(f"keep_short_episodes: expected True or False, got "
+                            f"{keep_short_episodes!r}")
+        self._anchors = W.anchor_table(store._ends, first, last, chosen, keep_short_episodes)
         if self._anchors.shape[0] == 0:
             lengths = store.episode_lengths if chosen is None else store.episode_lengths[chosen]
             which = "" if chosen is None else f" among the {lengths.size} selected by episodes="

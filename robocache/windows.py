@@ -118,15 +118,20 @@ def check_episodes(episodes, num_episodes: int) -> np.ndarray | None:
 
 
 def anchor_table(ends: np.ndarray, drop_n_first_frames: int = 0,
-                 drop_n_last_frames: int = 0, episode_mask: np.ndarray | None = None
-                 ) -> np.ndarray:
+                 drop_n_last_frames: int = 0, episode_mask: np.ndarray | None = None,
+                 keep_short_episodes: bool = False) -> np.ndarray:
     """int64 [A, 4]: (anchor frame a, episode start s, episode end e_end, episode index) of every
-    anchor, in global frame order. Episodes shorter than drop_first + drop_last + 1 give none, as
-    do episodes that episode_mask (bool [E], see check_episodes) leaves out."""
+    anchor, in global frame order. Episodes shorter than drop_first + drop_last + 1 give none
+    (with keep_short_episodes: one, their frame min(s + drop_first, e_end - 1)), as do episodes
+    that episode_mask (bool [E], see check_episodes) leaves out."""
     starts = episode_starts(ends)
     lo = starts + drop_n_first_frames
     hi = ends - drop_n_last_frames
     counts = np.maximum(hi - lo, 0)
+    if keep_short_episodes:
+        short = counts == 0
+        lo = np.where(short, np.minimum(lo, ends - 1), lo)
+        counts = np.where(short, 1, counts)
     if episode_mask is not None:
         counts = np.where(episode_mask, counts, 0)
     total = int(counts.sum())

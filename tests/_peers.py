@@ -315,3 +315,25 @@ def rm_normalize(x, norm_stats):
     if len(offset.shape) - len(x.shape) == 1:
         offset, scale = offset[0], scale[0]
     return (x - offset) / scale
+
+
+# ---------------------------------------------------------------------------------------------
+# torchrl: SliceSampler(slice_len=T, strict_length=...) - which (trajectory, start) slices it can
+# draw (each trajectory equally likely, then a start uniformly among these), and the rows of a
+# slice padded as with pad_output (the last real step repeated, mask False there)
+
+
+def torchrl_slice_support(lengths, T, strict_length=True):
+    support = {}
+    for ep, L in enumerate(lengths):
+        if L >= T:
+            support[ep] = list(range(0, L - T + 1))
+        elif not strict_length:
+            support[ep] = [0]  # a short trajectory: one slice, truncated to L (then padded)
+    return support
+
+
+def torchrl_padded_slice(arr, ep_start, L, start, T):
+    rows = [ep_start + min(start + t, L - 1) for t in range(T)]
+    mask = np.array([start + t < L for t in range(T)])
+    return arr[rows], mask

@@ -22,6 +22,8 @@ from _peers import (
     rm_action_stats,
     rm_normalization_stats,
     rm_normalize,
+    torchrl_padded_slice,
+    torchrl_slice_support,
 )
 
 import robocache as rc
@@ -717,3 +719,47 @@ def test_task_strings_on_the_device_path(emulated_cuda):
         assert n == len(ds)
     assert ds.__getitems__([0, 4])["task"] == [tasks[arrays["task_index"][a]]
                                               for a in ds.anchors[[0, 4], 0]]
+
+
+@pytest.mark.parametrize("strict_length", [True, False])
+def test_torchrl_slice_sampler(strict_length):
+    """SliceSampler(slice_len=T, strict_length) == delta_indices range(T), drop_n_last_frames=T-1,
+    keep_short_episodes=not strict_length, sampling="episode": the same slices, each trajectory
+    equally likely, starts uniform; short trajectories padded as pad_output pads them."""
+    rng = np.random.default_rng(31)
+    lens = [1, 2, 5, 13, 30, 4]
+    T = 4
+    st, arrays = _store(rng, lens)
+    ds = rc.TrajectoryDataset(st, delta_indices={"state": range(T)}, drop_n_last_frames=T - 1,
+                              keep_short_episodes=not strict_length)
+    support = torchrl_slice_support(lens, T, strict_length)
+    starts = st.episode_starts
+    got = {}
+    for a, s, _e, ep in ds.anchors.tolist():
+        got.setdefault(ep, []).append(a - s)
+    assert got == support
+    batch = ds.__getitems__(range(len(ds)))
+    for i, (a, s, _e, ep) in enumerate(ds.anchors.tolist()):
+        want, mask = torchrl_padded_slice(arrays["state"], int(starts[ep]), lens[ep], a - s, T)
+        np.testing.assert_array_equal(batch["state"][i].numpy(), want)
+        np.testing.assert_array_equal(~batch["state_is_pad"][i].numpy(), mask)
+    # episode-uniform draws: every eligible trajectory about equally often
+    loader = rc.DataLoader(ds, batch_size=len(ds), sampling="episode", seed=0)
+    eps = np.concatenate([b["episode_index"].numpy() for _ in range(200) for b in loader])
+    freq = np.bincount(eps, minlength=len(lens)) / eps.size
+    for ep in range(len(lens)):
+        if ep in support:
+            assert abs(freq[ep] - 1 / len(support)) < 0.03, (ep, freq)
+        else:
+            assert freq[ep] == 0
+
+
+def test_keep_short_episodes_with_first_frames_dropped():
+    rng = np.random.default_rng(32)
+    st, _ = _store(rng, [1, 3, 8])
+    ds = rc.TrajectoryDataset(st, drop_n_first_frames=2, drop_n_last_frames=2,
+                              keep_short_episodes=True)
+    # [0,1): min(0+2, 0) = 0; [1,4): min(3, 3) = 3; [4,12): 6..9
+    assert ds.anchors[:, 0].tolist() == [0, 3, 6, 7, 8, 9]
+    with pytest.raises(TypeError, match="keep_short_episodes"):
+        rc.TrajectoryDataset(st, keep_short_episodes=1)
