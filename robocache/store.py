@@ -250,13 +250,15 @@ class TrajectoryStore:
 
     @classmethod
     def from_robomimic(cls, path, obs_keys=None, filter_key=None, device=None, *,
-                       progress=None, frames_on_host: bool = False) -> TrajectoryStore:
-        """A robomimic HDF5 file: keys "obs/<key>", "actions", "rewards", "dones"; demos in
-        numeric order; `filter_key` selects mask/<filter_key>."""
+                       progress=None, frames_on_host: bool = False,
+                       next_obs: bool = False) -> TrajectoryStore:
+        """A robomimic HDF5 file: keys "obs/<key>", "actions", "rewards", "dones" (and
+        "next_obs/<key>" with next_obs=True); demos in numeric order; `filter_key` selects
+        mask/<filter_key>."""
         from .formats.robomimic import read_robomimic
 
         source = read_robomimic(path, obs_keys=obs_keys, filter_key=filter_key,
-                                progress=progress)
+                                progress=progress, next_obs=next_obs)
         return cls.from_source(source, device=device, progress=progress,
                                frames_on_host=frames_on_host)
 

@@ -44,7 +44,12 @@ def write_robomimic(path, lengths=LENGTHS, seed=0, masks=None, drop=None):
                 g.create_dataset(k, data=v, compression="gzip" if "image" in k else None,
                                  chunks=True if "image" in k else None)
             g.create_dataset("states", data=rng.standard_normal((L, 4)))
-            g.create_group("next_obs").create_dataset("object", data=demos[i]["obs/object"])
+            nxt = g.create_group("next_obs")  # obs one step later, the last one repeated
+            for k in [k for k in demos[i] if k.startswith("obs/")]:
+                v = demos[i][k]
+                demos[i]["next_" + k] = np.concatenate([v[1:], v[-1:]])
+                if not (drop and (i, "next_" + k) in drop):
+                    nxt.create_dataset(k[4:], data=demos[i]["next_" + k])
         for name, names in (masks or {}).items():
             f.create_dataset(f"mask/{name}", data=np.array([n.encode() for n in names]))
     return demos
@@ -176,3 +181,20 @@ def test_non_numeric_dataset_refused(tmp_path):
         read_robomimic(tmp_path / "d.hdf5")
     src = read_robomimic(tmp_path / "d.hdf5", obs_keys=["object"])
     assert src.arrays["obs/object"].shape == (2, 10)
+
+
+def test_next_obs(tmp_path):
+    """robomimic's SequenceDataset returns next_obs (load_next_obs=True) with the obs windows."""
+    demos = write_robomimic(tmp_path / "d.hdf5")
+    order = sorted(LENGTHS)
+    src = read_robomimic(tmp_path / "d.hdf5", obs_keys=["object", "agentview_image"],
+                         next_obs=True, progress=False)
+    assert set(src.arrays) == {"obs/object", "obs/agentview_image", "next_obs/object",
+                               "next_obs/agentview_image", "actions", "rewards", "dones"}
+    for k in ("next_obs/object", "next_obs/agentview_image"):
+        np.testing.assert_array_equal(src.arrays[k], concat(demos, order, k))
+    assert set(src.image_keys) == {"obs/agentview_image", "next_obs/agentview_image"}
+    assert "next_obs/object" not in read_robomimic(tmp_path / "d.hdf5", progress=False).arrays
+    write_robomimic(tmp_path / "e.hdf5", drop={(2, "next_obs/object")})
+    with pytest.raises(DatasetFormatError, match="data/demo_2/next_obs/object"):
+        read_robomimic(tmp_path / "e.hdf5", obs_keys=["object"], next_obs=True)

@@ -3,12 +3,14 @@
 Layout (robomimic/utils/dataset.py, robomimic's dataset docs):
   data/                 attrs: total, env_args (JSON string)
   data/demo_<n>/        attrs: num_samples
-      obs/<key>         [L, ...] per observation key; also next_obs/, states (not read here)
+      obs/<key>         [L, ...] per observation key; next_obs/<key> (read when asked for);
+                        states (not read here)
       actions           [L, A]; rewards [L]; dones [L]
   mask/<filter_key>     byte strings of demo names ("train", "valid", ...)
 Demos are taken in numeric order (demo_2 before demo_10), as robomimic sorts them, and only those
 named by mask/<filter_key> when one is given. Keys come back as "obs/<key>", "actions",
-"rewards", "dones" (rewards and dones when every demo has them). Each dataset is read straight
+"rewards", "dones" (rewards and dones when every demo has them), and "next_obs/<key>" with
+next_obs=True. Each dataset is read straight
 into its rows of one preallocated array. External links, external storage and virtual datasets
 (which would read files outside this one) are refused.
 """
@@ -29,9 +31,10 @@ DEMO = re.compile(r"^demo_(\d+)$")
 
 
 def read_robomimic(path, obs_keys=None, filter_key: str | None = None,
-                   progress: bool | None = None) -> TrajectorySource:
+                   progress: bool | None = None, next_obs: bool = False) -> TrajectorySource:
     """Read the robomimic HDF5 file at `path`. obs_keys: observation names to load (default:
-    all of the first demo's); filter_key: a mask/ entry selecting demos."""
+    all of the first demo's); filter_key: a mask/ entry selecting demos; next_obs: also load
+    next_obs/<key> of the same names (robomimic's SequenceDataset returns them by default)."""
     import h5py
 
     p = Path(path).expanduser()
@@ -60,7 +63,10 @@ def read_robomimic(path, obs_keys=None, filter_key: str | None = None,
                 if k not in obs_group:
                     raise ValueError(f"obs_keys: {k!r} is not an observation of {p} "
                                      f"(data/{demos[0]}/obs has {sorted(obs_group.keys())})")
-        fields = [(f"obs/{k}", f"obs/{k}") for k in obs_names] + [("actions", "actions")]
+        fields = [(f"obs/{k}", f"obs/{k}") for k in obs_names]
+        if next_obs:
+            fields += [(f"next_obs/{k}", f"next_obs/{k}") for k in obs_names]
+        fields.append(("actions", "actions"))
         for opt in ("rewards", "dones"):
             have = [d for d in demos if opt in data[d]]
             if len(have) == len(demos):
