@@ -2,7 +2,10 @@
 
 The rule (DESIGN.md "Window semantics"): episode e holds global frames [s, e_end). An anchor is a
 frame a with s + drop_n_first_frames <= a < e_end - drop_n_last_frames (in the episodes a dataset
-selects, all by default); dataset index i is the i-th anchor in global order. For a key with deltas d_0..d_{K-1}: q = a + d_j,
+selects, all by default); dataset index i is the i-th anchor in global order. A negative drop
+puts anchors outside their episode (a window that starts or ends past it: every row clamped and
+masked, anchor-only keys read the clamped anchor, `index` / `frame_index` report the anchor
+itself). For a key with deltas d_0..d_{K-1}: q = a + d_j,
 is_pad[j] = q < s or q >= e_end, and the row read is clamp(q, s, e_end - 1) (pad="edge") or the
 value is zero (pad="zero").
 
@@ -65,15 +68,13 @@ def episode_starts(ends: np.ndarray) -> np.ndarray:
 
 
 def check_drop(name: str, value) -> int:
+    """drop_n_first_frames / drop_n_last_frames as an int. A negative value extends the anchors
+    past the episode's start / end: windows anchored outside their episode, every step clamped
+    into it and masked (diffusion_policy's SequenceSampler with pad_before + pad_after >
+    sequence_length - 1 maps to drop_n_last_frames = sequence_length - 1 - pad_before -
+    pad_after < 0)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected a non-negative int, got {value!r}")
-    if value < 0:
-        hint = ("; diffusion_policy's SequenceSampler maps to drop_n_last_frames = "
-                "sequence_length - 1 - pad_before - pad_after, which needs pad_before + "
-                "pad_after <= sequence_length - 1 (a longer pad anchors windows past an "
-                "episode's end; diffusion_policy's policies never ask for one)"
-                if name == "drop_n_last_frames" else "")
-        raise ValueError(f"{name}: expected a non-negative int, got {value}{hint}")
+        raise TypeError(f"{name}: expected an int, got {value!r}")
     return int(value)
 
 
@@ -269,7 +270,7 @@ def window_rows(anchors: np.ndarray, deltas: np.ndarray | None):
     deltas None means the anchor frame only: rows [B], is_pad None."""
     a = anchors[:, ANCHOR]
     if deltas is None:
-        return a.copy(), None
+        return np.clip(a, anchors[:, START], anchors[:, END] - 1), None
     s = anchors[:, START, None]
     e = anchors[:, END, None]
     q = a[:, None] + deltas[None, :]

@@ -196,13 +196,16 @@ def test_timestamp_key_and_anchor_only_keys():
     assert ds[4]["timestamp_is_pad"].tolist() == [True, False]
 
 
-@pytest.mark.parametrize("S, pb, pa", [(16, 1, 7), (4, 0, 0), (5, 2, 2), (8, 3, 4), (3, 2, 0)])
+@pytest.mark.parametrize("S, pb, pa", [(16, 1, 7), (4, 0, 0), (5, 2, 2), (8, 3, 4), (3, 2, 0),
+                                       # pb + pa > S - 1: windows anchored past episode ends
+                                       (2, 1, 1), (8, 1, 7), (3, 2, 2), (16, 20, 20), (2, 3, 5)])
 def test_diffusion_policy_windows(S, pb, pa):
     rng = np.random.default_rng(S * 100 + pb * 10 + pa)
     lens = [1, 2, S - 1, S, S + 3, 25, 4]
     st, arrays = _store(rng, lens)
     ends = st.episode_ends
     indices = dp_create_indices(ends, S, pad_before=pb, pad_after=pa)
+    pb, pa = min(max(pb, 0), S - 1), min(max(pa, 0), S - 1)  # SequenceSampler clips them
     # the window count per episode: L - S + pb + pa + 1 (none when that is <= 0)
     assert len(indices) == sum(max(L - S + pb + pa + 1, 0) for L in lens)
     keys = ["state", "action", "step"]
@@ -643,8 +646,10 @@ def test_bad_dataset_arguments():
         mk(st, delta_indices={"state": []})
     with pytest.raises(TypeError, match="integer frame offsets"):
         mk(st, delta_indices={"state": [0.5]})
-    with pytest.raises(ValueError, match="drop_n_first_frames: expected a non-negative"):
-        mk(st, drop_n_first_frames=-1)
+    with pytest.raises(TypeError, match="drop_n_first_frames: expected an int"):
+        mk(st, drop_n_first_frames=1.0)
+    with pytest.raises(TypeError, match="drop_n_last_frames: expected an int"):
+        mk(st, drop_n_last_frames=True)
     with pytest.raises(ValueError, match="no anchors"):
         mk(st, drop_n_first_frames=2, drop_n_last_frames=2)
     with pytest.raises(ValueError, match="pad: expected one of"):

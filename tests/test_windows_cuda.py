@@ -128,11 +128,15 @@ def test_emulated_dataset_batch_equals_cpu_batch():
               "cam": rng.integers(0, 255, (N, 3, 4, 3), dtype=np.uint8)}
     st = rc.TrajectoryStore.from_arrays(arrays, episode_ends=ends, fps=5,
                                         timestamps=np.arange(N) / 5.0, device="cpu")
-    for pad in ("edge", "zero"):
+    # negative drops: windows anchored before / past their episode (anchor-only keys "grip" and
+    # "timestamp" read the clamped anchor, zeros under pad="zero")
+    for pad, drops in (("edge", (0, 0)), ("zero", (0, 0)), ("edge", (-2, -3)),
+                       ("zero", (-1, -4))):
         ds = rc.TrajectoryDataset(
             st, delta_indices={"state": [-1, 0], "action": range(-1, 7), "cam": [-1, 0]},
-            pad=pad, normalize={"state": "mean_std", "action": "quantiles", "grip": "min_max"},
-            dtype={"state": "bfloat16"})
+            pad=pad, normalize={"state": "mean_std", "action": "quantiles", "grip": "limits"},
+            dtype={"state": "bfloat16"}, drop_n_first_frames=drops[0],
+            drop_n_last_frames=drops[1])
         op = ds._op
         dev = WindowOp(op.keys, op.anchors, zero_pad=op.zero_pad, like=np.zeros(1))
         idx = rng.permutation(len(ds)).astype(np.int64)
@@ -143,6 +147,15 @@ def test_emulated_dataset_batch_equals_cpu_batch():
         for k in want:
             assert got[k].dtype == want[k].dtype, k
             assert (got[k] == want[k]).all(), k
+        if drops != (0, 0):
+            a, ep = want["index"].numpy(), want["episode_index"].numpy()
+            start = ends[ep] - np.asarray(lens)[ep]
+            outside = (a < start) | (a >= ends[ep])
+            assert outside.any()
+            ts = want["timestamp"].numpy()  # an anchor-only key: the clamped anchor's value
+            want_ts = (np.clip(a, start, ends[ep] - 1) / 5.0).astype(np.float32)
+            want_ts[outside & (pad == "zero")] = 0
+            np.testing.assert_array_equal(ts, want_ts)
 
 
 def test_emulated_empty_offset_list_writes_nothing():

@@ -172,7 +172,7 @@ class WindowOp:
             if dk not in cache:
                 cache[dk] = _rows(tab, k.deltas)
             rows, pad = cache[dk]
-            if pad is not None and self.mask_owner[k.name] == k.name:
+            if k.deltas is not None and self.mask_owner[k.name] == k.name:
                 out[f"{k.name}_is_pad"] = pad
             if k.kind == "rows":
                 out[k.name] = rows.copy()
@@ -514,9 +514,13 @@ def _split(arr, count: int) -> list:
 
 
 def _rows(tab: np.ndarray, deltas):
+    """(rows clamped into each sample's episode, is_pad) for deltas [K], or for the anchor
+    frame alone (deltas None: rows [B], pad [B]; an anchor lies outside its episode only in a
+    dataset with negative drops, whose windows start or end past the episode)."""
     a = tab[:, ANCHOR]
     if deltas is None:
-        return a, None
+        s, e = tab[:, START], tab[:, END]
+        return np.minimum(np.maximum(a, s), e - 1), (a < s) | (a >= e)
     s, e = tab[:, START, None], tab[:, END, None]
     q = a[:, None] + deltas[None, :]
     return np.minimum(np.maximum(q, s), e - 1), (q < s) | (q >= e)
