@@ -250,14 +250,16 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         if frame_task.dtype.kind not in "iu":
             raise ValueError(f"return_task: expected an integer 'task_index' key, got dtype "
                              f"{frame_task.dtype}")
-        anchor_task = frame_task[self._anchors[:, W.ANCHOR]].astype(np.int64)
+        tab = self._anchors  # an anchor past its episode (negative drops) reads the clamped one
+        rows = np.clip(tab[:, W.ANCHOR], tab[:, W.START], tab[:, W.END] - 1)
+        anchor_task = frame_task[rows].astype(np.int64)
         names = np.empty(len(tasks), dtype=object)
         names[:] = list(tasks)
         ok = (anchor_task >= 0) & (anchor_task < len(tasks))
         ok[ok] = np.array([names[t] is not None for t in anchor_task[ok]], dtype=bool)
         if not ok.all():
             i = int(np.argmax(~ok))
-            raise ValueError(f"return_task: frame {int(self._anchors[i, W.ANCHOR])} has "
+            raise ValueError(f"return_task: frame {int(rows[i])} has "
                              f"task_index {int(anchor_task[i])}, which names no task in "
                              f"store.meta['tasks'] ({len(tasks)} entries)")
         return names[anchor_task]

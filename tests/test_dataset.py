@@ -695,6 +695,11 @@ def test_task_strings_like_lerobot_items():
     for b in loader:
         assert b["task"] == [tasks[t] for t in b["task_index"].tolist()]
     assert "task" not in rc.TrajectoryDataset(st, return_task=False)[0]
+    # windows anchored past their episode (negative drops) carry their episode's task
+    past = rc.TrajectoryDataset(st, drop_n_first_frames=-2, drop_n_last_frames=-3)
+    b = past.__getitems__(range(len(past)))
+    ep_task = [tasks[arrays["task_index"][e]] for e in np.cumsum([4, 1, 9, 3, 6]) - 1]
+    assert b["task"] == [ep_task[e] for e in b["episode_index"].tolist()]
     # no task strings: no "task" by default, an error when asked for
     plain, _ = _store(rng, [3, 3])
     assert "task" not in rc.TrajectoryDataset(plain)[0]
