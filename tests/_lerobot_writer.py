@@ -244,7 +244,7 @@ def write_lerobot(root, episodes: list[dict], *, fps: int = 10, version: str = "
 def make_episodes(lengths, *, seed=0, cameras=None, images=None, extra=True) -> list[dict]:
     """Random episodes: observation.state float32 [6], action float32 [3], next.reward float32
     (scalar), observation.environment_state float64 [2, 3] (a 2-D feature), next.done bool,
-    plus cameras {key: (H, W)} of random uint8 frames."""
+    observation.gripper int16 [2], plus cameras {key: (H, W)} of random uint8 frames."""
     rng = np.random.default_rng(seed)
     eps = []
     for L in lengths:
@@ -254,6 +254,7 @@ def make_episodes(lengths, *, seed=0, cameras=None, images=None, extra=True) -> 
             ep["next.reward"] = rng.standard_normal(L).astype(np.float32)
             ep["observation.environment_state"] = rng.standard_normal((L, 2, 3))
             ep["next.done"] = np.arange(L) == L - 1
+            ep["observation.gripper"] = rng.integers(-3, 4, (L, 2)).astype(np.int16)
         for k, (h, w) in (cameras or {}).items():
             ep[k] = rng.integers(0, 256, (L, h, w, 3), dtype=np.uint8)
         for k, (h, w) in (images or {}).items():

@@ -263,6 +263,10 @@ def _allocate(name: str, ft: dict, n: int, schema, first: Path | None) -> np.nda
     if ft["dtype"] in ("video", "image"):
         return np.empty((n, *_hwc(name, ft)), dtype=np.uint8)
     dtype = np.dtype(ft["dtype"])
+    if dtype.kind in "iu" and dtype.itemsize < 8:
+        # LeRobot hands every integer feature out as int64 (torch.tensor of Python ints in
+        # hf_transform_to_torch); floats it makes float32, which the dataset's default does
+        dtype = np.dtype(np.int64)
     shape = tuple(ft["shape"])
     if schema is not None:
         idx = schema.get_field_index(name)
