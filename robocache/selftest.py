@@ -324,6 +324,67 @@ def _crop_resize_normalize(frames, indices):
                                  resize=(8, 8), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
 
 
+def _windows_inputs(rng):
+    lens = np.array([1, 6, 3, 11, 2])
+    N = int(lens.sum())
+    return {"src": rng.standard_normal((N, 4)).astype(np.float32),
+            "ends": np.cumsum(lens), "idx": rng.permutation(N)[:15],
+            "a": rng.standard_normal(4).astype(np.float32),
+            "b": (rng.random(4) + 0.5).astype(np.float32)}
+
+
+WINDOW_DELTAS = np.array([-3, -1, 0, 1, 4])
+
+
+def _window_rule(src, ends, idx):
+    """DESIGN.md's window rule one sample at a time: (rows [B, K], is_pad [B, K])."""
+    starts = np.concatenate([[0], ends[:-1]])
+    rows, pad = [], []
+    for a in idx:
+        e = int(np.searchsorted(ends, a, side="right"))
+        s0, e0 = int(starts[e]), int(ends[e])
+        q = [int(a) + int(d) for d in WINDOW_DELTAS]
+        rows.append([min(max(x, s0), e0 - 1) for x in q])
+        pad.append([x < s0 or x >= e0 for x in q])
+    return np.array(rows), np.array(pad)
+
+
+def _window_values_reference(src, ends, idx, a, b):
+    rows, _ = _window_rule(src, ends, idx)
+    return (src[rows].astype(np.float64) - a) / b
+
+
+def _window_mask_reference(src, ends, idx, a, b):
+    return _window_rule(src, ends, idx)[1]
+
+
+def _window_batch(output: str):
+    """The dataset's batch kernel (ops.windows) on one key: edge padding, (x - a) / b, float32
+    out; returns the values or the is_pad mask in the inputs' library."""
+    def call(src, ends, idx, a, b):
+        from . import _array
+        from . import windows as W
+        from .ops.windows import WindowKey, WindowOp
+
+        host = {n: _array.to_numpy(v) for n, v in (("ends", ends), ("idx", idx), ("a", a),
+                                                     ("b", b))}
+        key = WindowKey("x", src, WINDOW_DELTAS, out_dtype="float32", norm="affine",
+                        norm_a=host["a"], norm_b=host["b"])
+        anchors = W.anchor_table(host["ends"].astype(np.int64))
+        on_host = _array.library(src) == "numpy"
+        op = WindowOp([key], anchors, zero_pad=False, like=None if on_host else src)
+        out = op.run_numpy(host["idx"]) if on_host else op.run_cuda(
+            op.upload_indices(host["idx"]))
+        return out["x" if output == "values" else "x_is_pad"]
+    return call
+
+
+register("window batch", inputs=_windows_inputs, reference=_window_values_reference)(
+    _window_batch("values"))
+register("window is_pad", inputs=_windows_inputs, reference=_window_mask_reference,
+         rtol=0, atol=0)(_window_batch("mask"))
+
+
 def _voxel_check(mode: str):
     def call(points, **grid):
         from .ops.voxel import voxelize

@@ -112,3 +112,21 @@ def test_every_check_passes_on_cuda():
     results, out = _run()
     assert {"numpy", "cuda"} <= {r.backend for r in results}
     assert all(r.ok for r in results), out
+
+
+def test_window_checks_on_the_cuda_path_under_the_emulator(emulated_cuda):
+    """The window self-tests' device branch (tables next to the inputs, one kernel launch) equals
+    their reference, with the kernel run by the CPU emulator on torch CPU tensors."""
+    import torch
+
+    from robocache import selftest as st
+
+    for op in ("window batch", "window is_pad"):
+        check = next(c for c in st.CHECKS if c.op == op)
+        inputs = check.inputs(np.random.default_rng(5))
+        want = np.asarray(check.reference(**inputs))
+        got = check.run(**{k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()})
+        assert isinstance(got, torch.Tensor)
+        ok, detail = st._compare(got.numpy(), want, check.rtol, check.atol)
+        assert ok, (op, detail)
+    assert [launch.name for launch in emulated_cuda] == ["window_batch_kernel"] * 2
