@@ -111,7 +111,7 @@ class TrajectoryDataset(torch.utils.data.Dataset):
     skip that many frames at each episode's start / end. pad: "edge" repeats the episode's first /
     last frame, "zero" gives zeros. normalize: key -> "mean_std" | "min_max" | "quantiles" |
     "quantile10" (LeRobot's formulas; eps = normalize_eps; robomimic's observation
-    normalization is "mean_std" with normalize_eps=1e-3), "limits" | "gaussian"
+    normalization is "mean_std" with normalize_eps=1e-3, to a float32 ulp of std + eps), "limits" | "gaussian"
     (diffusion_policy's LinearNormalizer fitted on the store's frames) or "robomimic_min_max" |
     "robomimic_gaussian" (robomimic's action normalization); stats: key -> {stat: array} to use
     instead of the store's shipped or computed statistics. keys: which store keys to return
@@ -122,8 +122,8 @@ class TrajectoryDataset(torch.utils.data.Dataset):
     own episode's edges, `index` / `episode_index` stay the store's, and normalization statistics
     stay the whole store's (as LeRobot's meta/stats.json and diffusion_policy's normalizer).
     keep_short_episodes: an episode the drops leave without anchors keeps one, its frame
-    min(s + drop_n_first_frames, e - 1) (so its window starts at the episode and pads past its
-    end). With delta_indices range(T), drop_n_last_frames=T-1 and DataLoader(sampling="episode")
+    min(s + drop_n_first_frames, e - 1) (with drop_n_first_frames=0: its first frame, so the
+    window starts at the episode and pads past its end). With delta_indices range(T), drop_n_last_frames=T-1 and DataLoader(sampling="episode")
     this is torchrl's SliceSampler(slice_len=T, strict_length=False) with padded output; without
     it, strict_length=True.
     return_task: add "task", the samples' task strings (a list; LeRobot's item["task"], what
@@ -255,8 +255,9 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         anchor_task = frame_task[rows].astype(np.int64)
         names = np.empty(len(tasks), dtype=object)
         names[:] = list(tasks)
+        named = np.array([t is not None for t in tasks], dtype=bool)
         ok = (anchor_task >= 0) & (anchor_task < len(tasks))
-        ok[ok] = np.array([names[t] is not None for t in anchor_task[ok]], dtype=bool)
+        ok[ok] = named[anchor_task[ok]]
         if not ok.all():
             i = int(np.argmax(~ok))
             raise ValueError(f"return_task: frame {int(rows[i])} has "
@@ -347,7 +348,7 @@ class TrajectoryDataset(torch.utils.data.Dataset):
             st.update({n: np.zeros(F) for n in ("min", "max", "mean", "std") if n not in st})
             st["reps"] = 1
         else:
-            st = self._store.stats([key])[key]
+            st = self._computed_stats(key)
             if library == "diffusion_policy":
                 st = _peer_norm.pool_last_axis(st)
         fit = _peer_norm.diffusion_policy if library == "diffusion_policy" else _peer_norm.robomimic
@@ -365,6 +366,10 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         shipped = self._store.shipped_stats
         if shipped is not None and key in shipped:
             return shipped[key]
+        return self._computed_stats(key)
+
+    def _computed_stats(self, key: str) -> dict:
+        """The store's own statistics of `key` (timestamps too, which are not a stored key)."""
         if key == "timestamp" and key not in self._store:
             from .stats import feature_stats
 

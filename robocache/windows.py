@@ -4,8 +4,8 @@ The rule (DESIGN.md "Window semantics"): episode e holds global frames [s, e_end
 frame a with s + drop_n_first_frames <= a < e_end - drop_n_last_frames (in the episodes a dataset
 selects, all by default); dataset index i is the i-th anchor in global order. A negative drop
 puts anchors outside their episode (a window that starts or ends past it: every row clamped and
-masked, anchor-only keys read the clamped anchor, `index` / `frame_index` report the anchor
-itself). For a key with deltas d_0..d_{K-1}: q = a + d_j,
+masked; keys without offsets read the clamped anchor, never zeros; `index` / `frame_index`
+report the anchor itself, which may lie outside the episode). For a key with deltas d_0..d_{K-1}: q = a + d_j,
 is_pad[j] = q < s or q >= e_end, and the row read is clamp(q, s, e_end - 1) (pad="edge") or the
 value is zero (pad="zero").
 
@@ -78,6 +78,17 @@ def check_drop(name: str, value) -> int:
     return int(value)
 
 
+def _host_values(seq) -> np.ndarray:
+    """A NumPy copy of a list, NumPy array, or (CUDA) torch / CuPy array."""
+    from . import _array
+
+    try:
+        lib = _array.library(seq)
+    except TypeError:
+        return np.asarray(list(seq))
+    return _array.to_numpy(seq) if lib != "numpy" else np.asarray(seq)
+
+
 def check_episodes(episodes, num_episodes: int) -> np.ndarray | None:
     """bool [E] mask of the episodes a dataset samples from, or None for all of them.
 
@@ -88,7 +99,7 @@ def check_episodes(episodes, num_episodes: int) -> np.ndarray | None:
     if isinstance(episodes, (str, bytes, Mapping)) or not isinstance(episodes, Iterable):
         raise TypeError(f"episodes: expected a sequence of episode indices or a bool mask of "
                         f"length {num_episodes}, got {type(episodes).__name__}")
-    values = np.asarray(list(episodes) if not hasattr(episodes, "__array__") else episodes)
+    values = _host_values(episodes)
     if values.ndim != 1:
         raise ValueError(f"episodes: expected a 1-D sequence, got shape {values.shape}")
     if values.dtype == np.bool_:
@@ -259,20 +270,3 @@ def timestamps_off_grid(timestamps: np.ndarray, ends: np.ndarray, fps: float,
     return (f"timestamps: expected consecutive frames of an episode 1/fps = {1.0 / fps:.6g} s "
             f"apart within tolerance_s={tolerance_s}, got {bad.size} step(s) outside it (first "
             f"ones):\n{pformat(rows)}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Rows of a batch (used by the NumPy batch builder and by tests)
-
-
-def window_rows(anchors: np.ndarray, deltas: np.ndarray | None):
-    """For anchor-table rows [B, 4] and deltas [K]: (rows [B, K] clamped, is_pad [B, K]).
-    deltas None means the anchor frame only: rows [B], is_pad None."""
-    a = anchors[:, ANCHOR]
-    if deltas is None:
-        return np.clip(a, anchors[:, START], anchors[:, END] - 1), None
-    s = anchors[:, START, None]
-    e = anchors[:, END, None]
-    q = a[:, None] + deltas[None, :]
-    is_pad = (q < s) | (q >= e)
-    return np.clip(q, s, e - 1), is_pad

@@ -773,3 +773,49 @@ def test_keep_short_episodes_with_first_frames_dropped():
     assert ds.anchors[:, 0].tolist() == [0, 3, 6, 7, 8, 9]
     with pytest.raises(TypeError, match="keep_short_episodes"):
         rc.TrajectoryDataset(st, keep_short_episodes=1)
+
+
+@pytest.mark.parametrize("pad", ["edge", "zero"])
+def test_keys_without_offsets_read_the_clamped_anchor_outside_the_episode(pad):
+    """Negative drops: a key without offsets (low-dim, camera, task) reads the clamped anchor's
+    frame under either pad rule, so camera frames, values, task_index and task agree."""
+    lens = [3, 1, 4]
+    ends = np.cumsum(lens)
+    N = int(ends[-1])
+    frames = np.repeat(np.arange(N, dtype=np.uint8)[:, None, None, None], 2, axis=1)
+    frames = np.repeat(np.repeat(frames, 2, axis=2), 3, axis=3)  # [N, 2, 2, 3], frame n = n
+    task_index = np.repeat([1, 0, 1], lens).astype(np.int64)
+    st = rc.TrajectoryStore.from_arrays(
+        {"state": np.arange(N, dtype=np.float32)[:, None], "cam": frames,
+         "task_index": task_index}, episode_ends=ends, device="cpu", image_keys=["cam"])
+    st.meta["tasks"] = ["t0", "t1"]
+    ds = rc.TrajectoryDataset(st, delta_indices={"state": [-1, 0, 1]}, pad=pad,
+                              drop_n_first_frames=-1, drop_n_last_frames=-2)
+    b = ds.__getitems__(range(len(ds)))
+    a, ep = b["index"].numpy(), b["episode_index"].numpy()
+    start = ends[ep] - np.asarray(lens)[ep]
+    clamped = np.clip(a, start, ends[ep] - 1)
+    assert ((a < start) | (a >= ends[ep])).any()
+    np.testing.assert_array_equal(b["cam"].numpy()[:, 0, 0, 0], clamped)
+    np.testing.assert_array_equal(b["task_index"].numpy(), task_index[clamped])
+    assert b["task"] == [["t0", "t1"][t] for t in task_index[clamped]]
+    # keys with offsets still pad at the episode's edges
+    q = a[:, None] + np.array([-1, 0, 1])
+    outside = (q < start[:, None]) | (q >= ends[ep][:, None])
+    np.testing.assert_array_equal(b["state_is_pad"].numpy(), outside)
+    if pad == "zero":
+        assert (b["state"].numpy()[outside] == 0).all()
+
+
+def test_peer_normalizers_on_timestamps():
+    st = rc.TrajectoryStore.from_arrays({"state": np.zeros((6, 1), np.float32)},
+                                        episode_ends=[2, 6], fps=10, device="cpu",
+                                        timestamps=np.concatenate([np.arange(2), np.arange(4)])
+                                        / 10.0)
+    for mode in ("limits", "gaussian", "robomimic_min_max", "robomimic_gaussian"):
+        ds = rc.TrajectoryDataset(st, normalize={"timestamp": mode})
+        ts = ds.__getitems__(range(len(ds)))["timestamp"].numpy()
+        assert np.isfinite(ts).all() and ts.std() > 0, mode
+    lim = rc.TrajectoryDataset(st, normalize={"timestamp": "limits"})
+    ts = lim.__getitems__(range(len(lim)))["timestamp"].numpy()
+    np.testing.assert_allclose([ts.min(), ts.max()], [-1, 1], atol=1e-6)

@@ -10,6 +10,7 @@
 //   optional normalization parameters norm_a/norm_b float32 [F_k], and output pointers.
 // Per sample b, key k, delta j, feature f:
 //   q = a + delta_kj; is_pad = q < s || q >= e; row = clamp(q, s, e - 1)
+//   (a key without deltas reads row clamp(a, s, e - 1) and is never padded)
 //   value = pad && zero_pad ? 0 : convert(src_k[row, f]) then
 //           norm 1: (x - a_f) / b_f       (LeRobot MEAN_STD: b_f = std + eps)
 //           norm 2: 2 * (x - a_f) / b_f - 1   (MIN_MAX / QUANTILES: b_f = hi - lo, eps if 0)
@@ -202,7 +203,9 @@ __global__ void window_batch_kernel(const WinKeys p, const rc_i64* __restrict__ 
         int j = u, f = 0;
         if (kind == RC_SEG_VALUES) { j = u / F; f = u - j * F; }
         const rc_i64 q = K > 0 ? a + deltas[p.delta_off[k] + j] : a;
-        const bool pad = q < s || q >= e;
+        // a key without offsets is never padded: an anchor outside its episode (negative
+        // drops) reads the clamped frame, also under zero padding
+        const bool pad = K > 0 && (q < s || q >= e);
         const rc_i64 row = q < s ? s : (q >= e ? e - 1 : q);
         const rc_i64 o = b * (K > 0 ? K : 1) + j;             // output row (b, j)
         if (kind == RC_SEG_MASK) {

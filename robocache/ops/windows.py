@@ -172,7 +172,7 @@ class WindowOp:
             if dk not in cache:
                 cache[dk] = _rows(tab, k.deltas)
             rows, pad = cache[dk]
-            if k.deltas is not None and self.mask_owner[k.name] == k.name:
+            if pad is not None and self.mask_owner[k.name] == k.name:
                 out[f"{k.name}_is_pad"] = pad
             if k.kind == "rows":
                 out[k.name] = rows.copy()
@@ -515,12 +515,12 @@ def _split(arr, count: int) -> list:
 
 def _rows(tab: np.ndarray, deltas):
     """(rows clamped into each sample's episode, is_pad) for deltas [K], or for the anchor
-    frame alone (deltas None: rows [B], pad [B]; an anchor lies outside its episode only in a
-    dataset with negative drops, whose windows start or end past the episode)."""
+    frame alone (deltas None: rows [B] and no mask - such a key is never padded; its anchor
+    lies outside the episode only in a dataset with negative drops, and reads the clamped one)."""
     a = tab[:, ANCHOR]
     if deltas is None:
         s, e = tab[:, START], tab[:, END]
-        return np.minimum(np.maximum(a, s), e - 1), (a < s) | (a >= e)
+        return np.minimum(np.maximum(a, s), e - 1), None
     s, e = tab[:, START, None], tab[:, END, None]
     q = a[:, None] + deltas[None, :]
     return np.minimum(np.maximum(q, s), e - 1), (q < s) | (q >= e)
