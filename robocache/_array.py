@@ -333,16 +333,6 @@ def contiguous(x):
     return x.contiguous()
 
 
-def data_ptr(x) -> np.uint64:
-    """The address of x's first element, as the exact type a kernel pointer argument takes."""
-    lib = library(x)
-    if lib == "cupy":
-        return np.uint64(x.data.ptr)
-    if lib == "torch":
-        return np.uint64(x.data_ptr())
-    return np.uint64(x.ctypes.data)  # host memory: used by the CPU kernel emulator in tests
-
-
 _ADDRESS = {  # library -> array -> its address as a Python int
     "torch": operator.methodcaller("data_ptr"),
     "cupy": operator.attrgetter("data.ptr"),
@@ -353,6 +343,11 @@ _ADDRESS = {  # library -> array -> its address as a Python int
 def address(x) -> int:
     """data_ptr(x) as a Python int (for struct packing)."""
     return _ADDRESS[library(x)](x)
+
+
+def data_ptr(x) -> np.uint64:
+    """The address of x's first element, as the exact type a kernel pointer argument takes."""
+    return np.uint64(address(x))
 
 
 def address_getter(like):

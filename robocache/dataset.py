@@ -250,8 +250,7 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         if frame_task.dtype.kind not in "iu":
             raise ValueError(f"return_task: expected an integer 'task_index' key, got dtype "
                              f"{frame_task.dtype}")
-        tab = self._anchors  # an anchor past its episode (negative drops) reads the clamped one
-        rows = np.clip(tab[:, W.ANCHOR], tab[:, W.START], tab[:, W.END] - 1)
+        rows = W.anchor_rows(self._anchors)  # as the anchor's keys read it (negative drops)
         anchor_task = frame_task[rows].astype(np.int64)
         names = np.empty(len(tasks), dtype=object)
         names[:] = list(tasks)
@@ -345,7 +344,6 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                                  f"{list(need)}, got stats without {missing}")
             # used as given, one per feature (no pooling, no ddof correction)
             st = {n: _stat_array(key, n, given[n], F).astype(np.float64) for n in need}
-            st.update({n: np.zeros(F) for n in ("min", "max", "mean", "std") if n not in st})
             st["reps"] = 1
         else:
             st = self._computed_stats(key)

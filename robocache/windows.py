@@ -2,12 +2,12 @@
 
 The rule (DESIGN.md "Window semantics"): episode e holds global frames [s, e_end). An anchor is a
 frame a with s + drop_n_first_frames <= a < e_end - drop_n_last_frames (in the episodes a dataset
-selects, all by default); dataset index i is the i-th anchor in global order. A negative drop
-puts anchors outside their episode (a window that starts or ends past it: every row clamped and
+selects, all by default); dataset index i is the i-th anchor in global order. For a key with
+deltas d_0..d_{K-1}: q = a + d_j, is_pad[j] = q < s or q >= e_end, and the row read is
+clamp(q, s, e_end - 1) (pad="edge") or the value is zero (pad="zero"). A negative drop puts
+anchors outside their episode (a window that starts or ends past it: every row clamped and
 masked; keys without offsets read the clamped anchor, never zeros; `index` / `frame_index`
-report the anchor itself, which may lie outside the episode). For a key with deltas d_0..d_{K-1}: q = a + d_j,
-is_pad[j] = q < s or q >= e_end, and the row read is clamp(q, s, e_end - 1) (pad="edge") or the
-value is zero (pad="zero").
+report the anchor itself, which may lie outside the episode).
 
 Everything here is host-side bookkeeping: the anchor table [A, 4] = (a, s, e_end, episode) that
 the batch builders (ops/windows.py, NumPy and CUDA) read one row of per sample, the per-key delta
@@ -83,10 +83,10 @@ def _host_values(seq) -> np.ndarray:
     from . import _array
 
     try:
-        lib = _array.library(seq)
+        _array.library(seq)
     except TypeError:
         return np.asarray(list(seq))
-    return _array.to_numpy(seq) if lib != "numpy" else np.asarray(seq)
+    return _array.to_numpy(seq)
 
 
 def check_episodes(episodes, num_episodes: int) -> np.ndarray | None:
@@ -156,6 +156,12 @@ def anchor_table(ends: np.ndarray, drop_n_first_frames: int = 0,
     table[:, END] = ends[ep]
     table[:, EPISODE] = ep
     return table
+
+
+def anchor_rows(table: np.ndarray) -> np.ndarray:
+    """int64 [A]: each anchor clamped into its episode - the frame a key without offsets reads
+    (the anchor itself unless drops are negative)."""
+    return np.minimum(np.maximum(table[:, ANCHOR], table[:, START]), table[:, END] - 1)
 
 
 def episode_anchor_ranges(table: np.ndarray, num_episodes: int) -> tuple[np.ndarray, np.ndarray]:

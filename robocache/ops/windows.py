@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import _array, _kernels, _runtime
-from ..windows import ANCHOR, END, EPISODE, START
+from ..windows import ANCHOR, END, EPISODE, START, anchor_rows
 
 DTYPE_CODES = {
     "float32": 0, "float64": 1, "float16": 2, "bfloat16": 3, "uint8": 4, "int8": 5, "int16": 6,
@@ -517,10 +517,9 @@ def _rows(tab: np.ndarray, deltas):
     """(rows clamped into each sample's episode, is_pad) for deltas [K], or for the anchor
     frame alone (deltas None: rows [B] and no mask - such a key is never padded; its anchor
     lies outside the episode only in a dataset with negative drops, and reads the clamped one)."""
-    a = tab[:, ANCHOR]
     if deltas is None:
-        s, e = tab[:, START], tab[:, END]
-        return np.minimum(np.maximum(a, s), e - 1), None
+        return anchor_rows(tab), None
+    a = tab[:, ANCHOR]
     s, e = tab[:, START, None], tab[:, END, None]
     q = a[:, None] + deltas[None, :]
     return np.minimum(np.maximum(q, s), e - 1), (q < s) | (q >= e)
@@ -579,9 +578,3 @@ def _uploader(like):
             return np.ascontiguousarray(arr).copy()
         return _array.contiguous(_array.from_numpy(np.ascontiguousarray(arr), like, dtype))
     return up
-
-
-
-    def alloc(shape, dtype):
-        return _array.empty(like, tuple(shape), dtype)
-    return alloc
