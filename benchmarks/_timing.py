@@ -79,6 +79,37 @@ def time_cpu(fn, *, warmup: int = 2, iters: int = 10) -> dict:
     return {"median_us": statistics.median(samples)}
 
 
+def graph_us(fn, *, calls: int = 20, replays: int = 30) -> float | None:
+    """Wall time per call of fn when `calls` calls are captured in one CUDA graph
+    (torch.cuda.CUDAGraph) and the graph is replayed back to back: what a training step captured
+    whole (torch.compile(mode="reduce-overhead"), a hand-made graph) pays per call - the
+    kernels' time, no Python, no per-call launch. None (and a printed reason) when capture
+    fails; fn must not synchronise (pass check_times=False and the like)."""
+    try:
+        import torch
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # torch's recipe: warm up on a side stream
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                fn()
+        graph.replay()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(replays):
+            graph.replay()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / (replays * calls) * 1e6
+    except Exception as exc:  # report, keep the other figures
+        print(f"graph_us: capture failed ({type(exc).__name__}: {exc})")
+        return None
+
+
 def device_us(fn, *, calls: int = 50) -> dict | None:
     """GPU time per call of what fn queues (kernels, memsets, copies), read by the CUDA profiler
     (CUPTI through torch.profiler): {"us": total per call, "top": "name us, ..."}. Beside the

@@ -300,9 +300,9 @@ PARTS = (_launch_rows, _window_rows, _resample_rows, _image_rows, _voxel_rows)
 
 
 def _driver_launch_rows(quick: bool) -> list[dict]:
-    """The one-struct hot paths again with ROBOCACHE_LAUNCHER=driver's launcher (cuLaunchKernel
-    through cuda-python, the struct's parameter pointer prepared once), in the same run as the
-    CuPy rows above: whether that launcher should become the default."""
+    """The one-struct hot paths again with the driver launcher (cuLaunchKernel through
+    cuda-python, the struct's parameter pointer prepared once; the default where cuda-python is
+    installed), in the same run as the CuPy-launcher rows above."""
     import torch
 
     from robocache import _runtime
@@ -340,10 +340,17 @@ def run(quick: bool = False) -> list[dict]:
             rows += [{**r, "mode": "host, no-op launch"} for r in part(quick, "cpu")]
         assert launches, "the stand-ins made no launch: the CUDA paths were not taken"
     gpu = gpu_available() and torch.cuda.is_available()
-    if gpu:  # the same calls with real launches, back-to-back
-        for part in PARTS:
-            rows += [{**r, "mode": f"GPU b2b ({torch.cuda.get_device_name(0)})"}
-                     for r in part(quick, "cuda")]
+    if gpu:  # the same calls with real launches, back-to-back: CuPy's launcher, then the driver's
+        from robocache import _runtime
+
+        saved = _runtime._USE_DRIVER
+        _runtime._USE_DRIVER = False
+        try:
+            for part in PARTS:
+                rows += [{**r, "mode": f"GPU b2b ({torch.cuda.get_device_name(0)})"}
+                         for r in part(quick, "cuda")]
+        finally:
+            _runtime._USE_DRIVER = saved
         rows += _driver_launch_rows(quick)
     else:
         print("bench_host_overhead: no CUDA GPU here; host rows only (add ~7 us per launch)")

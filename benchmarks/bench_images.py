@@ -207,6 +207,9 @@ def _run_gpu(w: dict, quick: bool, bw: float) -> list[dict]:
 
         lat, b2b = _gpu_time(ours, iters)
         rows.append(_row(w, "robocache-cuda", out_dtype, b2b, dev, floor, event_us=lat))
+        graph = _timing.graph_us(lambda: ours(0))  # the op captured in a CUDA graph, replayed
+        if graph is not None:
+            rows.append(_row(w, "robocache-cuda-graph", out_dtype, graph, dev, floor))
         lat, b2b = _gpu_time(ours_plan, iters)
         rows.append(_row(w, "robocache-cuda-plan", out_dtype, b2b, dev, floor, event_us=lat,
                          pixels_per_store=plan.run_width,

@@ -7,6 +7,7 @@ without one the NumPy backend is compared with torch on the CPU at a small size.
 from __future__ import annotations
 
 import sys
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -81,9 +82,11 @@ def _gpu_rows(quick: bool) -> list[dict]:
         checked = time_gpu(lambda d=data, s=src, t=tgt: rc.resample(d, s, t), iters=iters)
         dev = _timing.device_us(lambda d=data, s=src, t=tgt: rc.resample(d, s, t,
                                                                          check_times=False))
+        graph = _timing.graph_us(lambda d=data, s=src, t=tgt: rc.resample(d, s, t,
+                                                                          check_times=False))
         rows.append({"workload": name, "torch_us": base["b2b_us"], "rc_us": ours["b2b_us"],
                      "rc_event_us": ours["event_us"], "rc_checked_us": checked["b2b_us"],
-                     "rc_gpu_us": dev and dev["us"], "floor_us": floor_us,
+                     "rc_gpu_us": dev and dev["us"], "rc_graph_us": graph, "floor_us": floor_us,
                      "floor_here_us": floor_here_us,
                      "speedup": base["b2b_us"] / ours["b2b_us"]})
     B, T = 4, 50
@@ -93,10 +96,54 @@ def _gpu_rows(quick: bool) -> list[dict]:
     base = time_gpu(lambda: torch_fuse(streams, tgt), iters=iters)
     ours = time_gpu(lambda: rc.fuse(streams, tgt, check_times=False), iters=iters)
     dev = _timing.device_us(lambda: rc.fuse(streams, tgt, check_times=False))
+    graph = _timing.graph_us(lambda: rc.fuse(streams, tgt, check_times=False))
     rows.append({"workload": "fuse 3 streams -> 50 bf16", "torch_us": base["b2b_us"],
                  "rc_us": ours["b2b_us"], "rc_event_us": ours["event_us"],
-                 "rc_gpu_us": dev and dev["us"],
+                 "rc_gpu_us": dev and dev["us"], "rc_graph_us": graph,
                  "speedup": base["b2b_us"] / ours["b2b_us"]})
+    return rows
+
+
+# resample_kernel's compile-time knobs (resample.cu): (rows per warp, blocks per SM asked of the
+# register allocator, streaming stores). The first is the shipped default.
+SWEEP = [(4, 3, 0), (4, 3, 1), (8, 2, 0), (8, 2, 1), (2, 4, 0), (2, 4, 1)]
+
+
+def _sweep_rows(quick: bool) -> list[dict]:
+    """resample_kernel built with each SWEEP setting (-D options, the same source), on both
+    workloads: kernel time (profiler) and back-to-back time, output equal bit for bit to the
+    default build's. Which setting the ops should ship."""
+    import torch
+
+    import robocache as rc
+    from robocache import _kernels, _runtime
+    from robocache.ops import resample as R
+
+    saved = (_kernels.RESAMPLE, R.ROWS_PER_WARP)
+    rows = []
+    cases = [_case(B, S, T, D, "cuda", torch.bfloat16) + (name,)
+             for name, B, S, T, D in RESAMPLE_CASES]
+    expected = [rc.resample(d, s, t) for d, s, t, _ in cases]
+    try:
+        for rows_per_warp, blocks, stream in SWEEP:
+            opts = (f"-DRC_RESAMPLE_ROWS={rows_per_warp}", f"-DRC_RESAMPLE_MIN_BLOCKS={blocks}",
+                    f"-DRC_RESAMPLE_STREAM_STORES={stream}")
+            _kernels.RESAMPLE = _runtime.KernelModule(
+                "resample.cu", saved[0].name_expressions, _runtime.BASE_OPTIONS + opts)
+            R.ROWS_PER_WARP = rows_per_warp
+            R._HOT.clear()
+            for (d, s, t, name), want in zip(cases, expected, strict=True):
+                def call(d=d, s=s, t=t):
+                    return rc.resample(d, s, t, check_times=False)
+                same = bool(torch.equal(call(), want))
+                dev = _timing.device_us(call, calls=20 if quick else 100)
+                b2b = time_gpu(call, iters=30 if quick else 200)["b2b_us"]
+                rows.append({"workload": f"{name} [rows {rows_per_warp}, blocks {blocks}, "
+                                         f"cs {stream}]", "rc_us": b2b,
+                             "rc_gpu_us": dev and dev["us"], "equal": same})
+    finally:
+        _kernels.RESAMPLE, R.ROWS_PER_WARP = saved
+        R._HOT.clear()
     return rows
 
 
@@ -118,15 +165,24 @@ def _cpu_rows(quick: bool) -> list[dict]:
 
 
 def run(quick: bool = False) -> list[dict]:
-    cols = ["workload", "torch_us", "rc_us", "rc_event_us", "rc_gpu_us", "rc_checked_us",
-            "floor_us", "floor_here_us", "speedup"]
+    cols = ["workload", "torch_us", "rc_us", "rc_event_us", "rc_gpu_us", "rc_graph_us",
+            "rc_checked_us", "floor_us", "floor_here_us", "speedup"]
     rows = []
+    sweep = []
     if gpu_available() and torch_cuda_ready():
         rows += _gpu_rows(quick)
+        try:
+            sweep = _sweep_rows(quick)
+        except Exception:  # a broken build of the sweep must not cost the rows above
+            traceback.print_exc()
     else:
         print("resample: no CUDA GPU here; GPU rows skipped")
     rows += _cpu_rows(quick)
     print_table("resample / fuse (times per call in us; speedup = torch / robocache)", rows, cols)
+    if sweep:
+        print_table("resample_kernel builds (us per call; equal: bit for bit the default's)",
+                    sweep, ["workload", "rc_gpu_us", "rc_us", "equal"])
+        rows += sweep
     for r in rows:
         r["bench"] = "resample"
     return rows

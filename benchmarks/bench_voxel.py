@@ -130,6 +130,10 @@ def _run_gpu(quick: bool) -> list[dict]:
                              gpu_us=gpu and gpu["us"], gpu_top=gpu and gpu["top"],
                              **({"bitwise_equal_numpy": same} if impl.startswith("robocache")
                                 else {})))
+        if mode in ("count", "occupancy"):  # the out= call captured in a CUDA graph, replayed
+            graph = _timing.graph_us(impls["robocache-cuda-out"])
+            if graph is not None:
+                rows.append(_row(mode, "robocache-cuda-out, CUDA graph", dev, graph, N_POINTS))
     rows.append(_row("count", "original RoboCache (published)", "H100 PCIe", ORIGINAL_US,
                      N_POINTS, published=True))
     return rows

@@ -1,6 +1,6 @@
 """Run every benchmarks/bench_*.py module's run(quick) and write one JSON report.
 
-    python benchmarks/run_all.py [--quick] [--only resample,windows] [--json out.json]
+    python benchmarks/run_all.py [--quick] [--only resample,windows] [--skip load] [--json out.json]
 """
 
 from __future__ import annotations
@@ -33,11 +33,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="small iteration counts (gpu-check)")
     ap.add_argument("--only", default="", help="comma-separated benchmark names")
+    ap.add_argument("--skip", default="", help="comma-separated benchmark names to leave out")
     ap.add_argument("--json", default="", help="write all rows to this file")
     args = ap.parse_args(argv)
     names = sorted(p.stem.removeprefix("bench_") for p in HERE.glob("bench_*.py"))
     if args.only:
         names = [n for n in names if n in args.only.split(",")]
+    if args.skip:
+        names = [n for n in names if n not in args.skip.split(",")]
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "device": _device_name(), "python": platform.python_version(), "results": {}}
     failed = []

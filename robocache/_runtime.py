@@ -308,23 +308,54 @@ def launch_block(module: KernelModule, name: str, grid: tuple, block: tuple, slo
                  like) -> None:
     """launch_prepared for a kernel whose one argument is an ArgBlock struct (`slot`: the
     calling thread's _argblock.ArgSlot, already packed). Through CuPy by default; with
-    ROBOCACHE_LAUNCHER=driver (experimental: benchmarks/bench_launch.py compares the two)
-    cuLaunchKernel is called through cuda-python's bindings with the slot's prepared parameter
-    pointer, skipping CuPy's per-argument conversion. Tests' launchers (emulator, no-op) get
-    the struct as usual."""
-    if _USE_DRIVER and _LAUNCHER is _cupy_launch:
+    Through cuLaunchKernel (cuda-python's driver bindings) with the slot's prepared parameter
+    pointer when those bindings are installed, skipping CuPy's per-argument conversion (1-3 us
+    less per call on an H200, benchmarks/RESULTS.md); through CuPy otherwise.
+    ROBOCACHE_LAUNCHER=cupy or =driver forces one. Tests' launchers (emulator, no-op) get the
+    struct as usual."""
+    use_driver = _USE_DRIVER
+    if use_driver is None:
+        use_driver = _choose_launcher()
+    if use_driver and _LAUNCHER is _cupy_launch:
         _driver_launch(module, name, grid, block, slot, like)
     else:
         _LAUNCHER(module, name, grid, block, (slot.view,), like, 0)
 
 
 # ---------------------------------------------------------------------------------------------
-# Experimental: launches through cuda-python's driver bindings (ROBOCACHE_LAUNCHER=driver)
+# Launches through cuda-python's driver bindings (the default where they are installed)
 
-_USE_DRIVER = os.environ.get("ROBOCACHE_LAUNCHER", "cupy") == "driver"
+LAUNCHER_CHOICES = ("auto", "driver", "cupy")
+_launcher_env = os.environ.get("ROBOCACHE_LAUNCHER", "auto") or "auto"
+# True: cuLaunchKernel; False: CuPy; None: not decided yet ("auto": on the first launch)
+_USE_DRIVER: bool | None = {"driver": True, "cupy": False}.get(_launcher_env)
 _driver_api: list = []  # [cuLaunchKernel, CUfunction], bound on first use
-_driver_functions: dict = {}  # (source, name, device) -> CUfunction
+_driver_functions: dict = {}  # (source, name, device) -> (module, CUfunction)
 _DIM_PAD = ((1, 1, 1), (1, 1), (1,), ())
+
+
+def _choose_launcher() -> bool:
+    """Decide "auto" once: the driver launcher when cuda-python's driver bindings import, CuPy's
+    otherwise. An unknown ROBOCACHE_LAUNCHER value is an error, named here."""
+    global _USE_DRIVER
+    if _launcher_env not in LAUNCHER_CHOICES:
+        raise ValueError(f"ROBOCACHE_LAUNCHER: expected one of {', '.join(LAUNCHER_CHOICES)}, "
+                         f"got {_launcher_env!r}")
+    try:
+        from cuda.bindings import driver  # noqa: F401
+    except ImportError:
+        _USE_DRIVER = False
+    else:
+        _USE_DRIVER = True
+    return _USE_DRIVER
+
+
+def launcher_name() -> str:
+    """"driver" or "cupy": the launcher the one-struct hot paths use here (info, benchmarks)."""
+    use_driver = _USE_DRIVER
+    if use_driver is None:
+        use_driver = _choose_launcher()
+    return "driver" if use_driver else "cupy"
 
 
 _CUDA_ERROR_INVALID_CONTEXT = 201
@@ -348,9 +379,12 @@ def _driver_launch(module: KernelModule, name: str, grid: tuple, block: tuple, s
         dev = like.device.id
         stream = fast["current_stream"]().ptr
     key = (module.source, name, dev)
-    fn = _driver_functions.get(key)
-    if fn is None:
-        fn = _driver_functions[key] = _driver_api[1](int(_handle(module, name, dev).ptr))
+    hit = _driver_functions.get(key)
+    if hit is not None and hit[0] is module:
+        fn = hit[1]
+    else:  # first launch, or another build of the same source (other options)
+        fn = _driver_api[1](int(_handle(module, name, dev).ptr))
+        _driver_functions[key] = (module, fn)
     g = grid + _DIM_PAD[len(grid)]
     b = block + _DIM_PAD[len(block)]
     if fast["get_device"]() == dev:

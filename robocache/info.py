@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-_ENV_VARS = ("ROBOCACHE_DISABLE_CUDA", "CUPY_CACHE_DIR", "CUPY_CACHE_IN_MEMORY", "CUDA_PATH",
+_ENV_VARS = ("ROBOCACHE_DISABLE_CUDA", "ROBOCACHE_LAUNCHER", "CUPY_CACHE_DIR", "CUPY_CACHE_IN_MEMORY", "CUDA_PATH",
              "CUDA_VISIBLE_DEVICES")
 
 
@@ -135,6 +135,7 @@ def _cuda_fields(cuda_usable: bool) -> dict:
             lambda: _cuda_version(cupy.cuda.runtime.runtimeGetVersion()))
         fields["nvrtc"] = _guard(lambda: "{}.{}".format(*cupy.cuda.nvrtc.getVersion()))
     fields["nvrtc_bindings"] = _guard(_runtime.nvrtc_version)
+    fields["kernel_launcher"] = _guard(_runtime.launcher_name)
     if cupy is not None and cuda_usable:
         fields["gpus"] = _guard(_gpus, cupy)
     else:

@@ -141,3 +141,81 @@ def test_driver_launch_arguments_and_context_fallback(monkeypatch):
     result["err"] = 1
     with pytest.raises(RuntimeError, match="cuLaunchKernel of k"):
         _runtime._driver_launch(_kernels.RESAMPLE, "k", (7,), (256,), slot, Like())
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_auto_launcher_is_the_driver_exactly_when_cuda_bindings_import(monkeypatch, installed):
+    """ROBOCACHE_LAUNCHER unset ("auto"): decided on the first launch, once - the driver launcher
+    where cuda-python's driver bindings import, CuPy's where they do not."""
+    import sys
+    import types
+
+    from robocache import _kernels, _runtime
+
+    if installed:
+        fake = types.ModuleType("cuda.bindings")
+        fake.driver = types.ModuleType("cuda.bindings.driver")
+        monkeypatch.setitem(sys.modules, "cuda.bindings", fake)
+        monkeypatch.setitem(sys.modules, "cuda.bindings.driver", fake.driver)
+    else:
+        monkeypatch.setitem(sys.modules, "cuda.bindings", None)  # import raises ImportError
+    monkeypatch.setattr(_runtime, "_launcher_env", "auto")
+    monkeypatch.setattr(_runtime, "_USE_DRIVER", None)
+    driver, cupy_calls = [], []
+    monkeypatch.setattr(_runtime, "_driver_launch", lambda *a: driver.append(a))
+    monkeypatch.setattr(_runtime, "_cupy_launch", lambda *a: cupy_calls.append(a))
+    monkeypatch.setattr(_runtime, "_LAUNCHER", _runtime._cupy_launch)
+    slot = ArgBlock(DT, ("p",)).pack(3)
+    for _ in range(2):
+        _runtime.launch_block(_kernels.RESAMPLE, "k", (1,), (32,), slot, None)
+    assert _runtime._USE_DRIVER is installed
+    assert (len(driver), len(cupy_calls)) == ((2, 0) if installed else (0, 2))
+    assert _runtime.launcher_name() == ("driver" if installed else "cupy")
+
+
+def test_unknown_launcher_setting_is_named(monkeypatch):
+    from robocache import _kernels, _runtime
+
+    monkeypatch.setattr(_runtime, "_launcher_env", "fastest")
+    monkeypatch.setattr(_runtime, "_USE_DRIVER", None)
+    slot = ArgBlock(DT, ("p",)).pack(3)
+    with pytest.raises(ValueError, match=r"ROBOCACHE_LAUNCHER: expected one of auto, driver, "
+                                         r"cupy, got 'fastest'"):
+        _runtime.launch_block(_kernels.RESAMPLE, "k", (1,), (32,), slot, None)
+
+
+def test_driver_launch_rebinds_a_rebuilt_module(monkeypatch):
+    """Two builds of one source (other -D options, as the resample sweep makes) get their own
+    kernel handles: the cache keyed by source and name checks the module too."""
+    from robocache import _runtime
+    from robocache._runtime import KernelModule
+
+    handles = []
+    launched = []
+
+    class Fn:
+        def __init__(self, ptr):
+            self.ptr = ptr
+
+    m1 = KernelModule("resample.cu", ("k",))
+    m2 = KernelModule("resample.cu", ("k",), ("-std=c++17", "-DRC_RESAMPLE_ROWS=8"))
+    monkeypatch.setattr(_runtime, "_driver_api",
+                        [lambda fn, *a: launched.append(fn) or (0,), lambda p: ("fn", p)])
+    monkeypatch.setattr(_runtime, "_driver_functions", {})
+    monkeypatch.setattr(_runtime, "_cupy_fns", {"get_device": lambda: 0, "Device": None,
+                                                "current_stream": lambda: Fn(5)})
+    monkeypatch.setattr(_runtime, "_handle",
+                        lambda module, name, dev: handles.append(module) or Fn(id(module)))
+
+    class Like:  # a CuPy array on device 0 as far as the launcher looks
+        class device:
+            id = 0
+
+    from robocache import _array
+
+    monkeypatch.setitem(_array._LIBRARY_OF_TYPE, Like, "cupy")
+    slot = ArgBlock(DT, ("p",)).pack(5)
+    for m in (m1, m1, m2, m2, m1):
+        _runtime._driver_launch(m, "k", (1,), (32,), slot, Like())
+    assert launched == [("fn", id(m)) for m in (m1, m1, m2, m2, m1)]
+    assert handles == [m1, m2, m1]

@@ -612,3 +612,31 @@ def test_resample_random_shapes(B, S, T, D, dtype, method, seed):
     with emulator.emulated():
         got = R._resample_cuda(data, src, tgt, method, dtype, dtype)
     assert_matches_numpy(got, data, src, tgt, method, dtype)
+
+
+@pytest.mark.parametrize("rows_per_warp, blocks, stream", [(8, 2, 1), (2, 4, 0), (4, 3, 1)])
+def test_resample_builds_of_the_benchmark_sweep_compute_the_same(monkeypatch, rows_per_warp,
+                                                                 blocks, stream):
+    """benchmarks/bench_resample.py times resample_kernel built with other -D knobs (rows per
+    warp, register target, streaming stores) and ships the fastest: each build gives the default
+    build's bytes, also for warps straddling two sequences and a short last warp."""
+    from benchmarks.bench_resample import SWEEP
+    from robocache import _kernels, _runtime
+
+    assert (rows_per_warp, blocks, stream) in SWEEP
+    rng = np.random.default_rng(rows_per_warp * 10 + blocks + stream)
+    cases = []
+    for dtype, D, T in (("bfloat16", 24, 13), ("float32", 5, 7), ("float64", 4, 9)):
+        data, src = make_stream(rng, 3, 70, D, dtype, "float32", dup=True)
+        cases.append((dtype, data, src, make_targets(rng, src, T, "float32")))
+    want = [[R._resample_cuda(d, s, t, m, dtype, "float32") for m in R.METHODS.values()]
+            for dtype, d, s, t in cases]
+    opts = (f"-DRC_RESAMPLE_ROWS={rows_per_warp}", f"-DRC_RESAMPLE_MIN_BLOCKS={blocks}",
+            f"-DRC_RESAMPLE_STREAM_STORES={stream}")
+    monkeypatch.setattr(_kernels, "RESAMPLE", _runtime.KernelModule(
+        "resample.cu", _kernels.RESAMPLE.name_expressions, _runtime.BASE_OPTIONS + opts))
+    monkeypatch.setattr(R, "ROWS_PER_WARP", rows_per_warp)
+    for (dtype, d, s, t), ref in zip(cases, want, strict=True):
+        for m, expected in zip(R.METHODS.values(), ref, strict=True):
+            got = R._resample_cuda(d, s, t, m, dtype, "float32")
+            np.testing.assert_array_equal(got.view(np.uint8), expected.view(np.uint8))

@@ -18,6 +18,7 @@ from robocache import _runtime, _version, info
 ROOT = Path(__file__).resolve().parent.parent
 FIELDS = ("robocache", "api_version", "build_date", "git_commit", "location", "python",
           "platform", "numpy", "cupy", "cuda_driver", "cuda_runtime", "nvrtc", "nvrtc_bindings",
+          "kernel_launcher",
           "gpus", "torch", "torch_cuda", "kernel_cache_dir", "kernel_cache", "backends",
           "environment")
 

@@ -30,9 +30,14 @@ timeout 200 $PY -m pytest -q -m gpu -p no:cacheprovider -rfE --tb=short "${timeo
 [ "${PIPESTATUS[0]}" -eq 0 ] || failed+=(tests)
 
 echo "## benchmarks (quick)"
-timeout 200 $PY benchmarks/run_all.py --quick --json "$LOG/gpu-check.json" 2>&1 \
+timeout 200 $PY benchmarks/run_all.py --quick --skip load --json "$LOG/gpu-check.json" 2>&1 \
   | tee "$LOG/gpu-bench.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || failed+=(benchmarks)
+
+# The load targets are about bandwidth: only the full size (~1 GB of features) measures it.
+echo "## load benchmark (full size)"
+timeout 180 $PY benchmarks/bench_load.py --json "$LOG/load.json" 2>&1 | tee "$LOG/load.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || failed+=(load)
 
 # memcheck: every kernel through the selftest and the loader/image-dataset GPU tests, with the
 # CuPy and torch memory pools off so that an out-of-bounds access leaves its allocation.

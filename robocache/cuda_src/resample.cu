@@ -12,7 +12,7 @@
 // bracketing source rows of all 4 rows (8 loads in flight per lane) and write the 4 output rows,
 // coalesced. A warp per row would wait out each row's chain of dependent loads (search, times,
 // data) alone: latency, not bandwidth, set the pace. With VEC, each lane moves 16 bytes per access
-// (8 bf16/fp16, 4 float, 2 double). fuse - one warp per output row, stream after stream.
+// (8 bf16/fp16, 4 float, 2 double). fuse - one warp per (output row, stream).
 //
 // Bytes per call: reads <= 2*B*T*D*sizeof(T) of data (each source row is read ~T/S times, mostly
 // from L2 when T ~ S) + B*T*32*(log33(S)+1)*sizeof(TT) of times (cached); writes B*T*D*sizeof(T).
@@ -21,7 +21,21 @@
 #include "common.cuh"
 #include "interp.cuh"
 
-#define RC_RESAMPLE_ROWS 4  // output rows per warp (ROWS_PER_WARP in ops/resample.py)
+// Tuning knobs, fixed at compile time (benchmarks/bench_resample.py's sweep compiles variants
+// with -D; the defaults are what the ops use):
+//   RC_RESAMPLE_ROWS        output rows per warp (ROWS_PER_WARP in ops/resample.py)
+//   RC_RESAMPLE_MIN_BLOCKS  blocks of 256 per SM asked of the register allocator
+//   RC_RESAMPLE_STREAM_STORES  1: output rows stored with st.global.cs (evict-first: the
+//                           output, written once, does not push source rows out of L2)
+#ifndef RC_RESAMPLE_ROWS
+#define RC_RESAMPLE_ROWS 4
+#endif
+#ifndef RC_RESAMPLE_MIN_BLOCKS
+#define RC_RESAMPLE_MIN_BLOCKS 3
+#endif
+#ifndef RC_RESAMPLE_STREAM_STORES
+#define RC_RESAMPLE_STREAM_STORES 0
+#endif
 
 // x + w * (y - x) in the accumulation type, rounded once to T.
 template <typename T, typename Acc>
@@ -112,10 +126,10 @@ struct ResampleArgs {
     int method;     // RC_METHOD_*
 };
 
-// __launch_bounds__: 3 blocks of 256 per SM (<= 85 registers, no spills on sm_90): 24 warps x
-// 4 rows = 96 rows in flight per SM (a warp per row at 32 registers: 64).
+// __launch_bounds__: 3 blocks of 256 per SM by default (<= 85 registers, no spills on sm_90):
+// 24 warps x 4 rows = 96 rows in flight per SM (a warp per row at 32 registers: 64).
 template <typename T, typename TT, bool VEC>
-__global__ void __launch_bounds__(256, 3) resample_kernel(const ResampleArgs args) {
+__global__ void __launch_bounds__(256, RC_RESAMPLE_MIN_BLOCKS) resample_kernel(const ResampleArgs args) {
     const T* __restrict__ data = reinterpret_cast<const T*>(args.data);
     const TT* __restrict__ src_t = reinterpret_cast<const TT*>(args.src_t);
     const TT* __restrict__ tgt_t = reinterpret_cast<const TT*>(args.tgt_t);
@@ -165,7 +179,8 @@ __global__ void __launch_bounds__(256, 3) resample_kernel(const ResampleArgs arg
             for (int q = 0; q < R; ++q) {
                 if (q >= nq) break;
                 if (r[q].row0 != r[q].row1) rc_lerp16<T, Acc>(x[q], y[q], w[q]);
-                reinterpret_cast<uint4*>(out + (first + q) * D)[p] = x[q];
+                uint4* o = reinterpret_cast<uint4*>(out + (first + q) * D) + p;
+                if (RC_RESAMPLE_STREAM_STORES) __stcs(o, x[q]); else *o = x[q];
             }
         }
     } else {
@@ -203,32 +218,35 @@ struct FuseStreams {
     int method;                     // RC_METHOD_*
 };
 
+// One warp per (output row, stream): warp w does stream w % n of row w / n, so the streams'
+// chains of dependent loads (target, search rounds, data) run side by side instead of one
+// after another. Reads each stream's two bracketing rows (D_k values each, coalesced by lane),
+// writes D_k values of the output row at column col[k].
 template <typename T, typename TT>
 __global__ void fuse_kernel(const FuseStreams streams) {
     typedef typename Num<T>::Acc Acc;
-    const int T_ = streams.T, W = streams.W, method = streams.method;
-    const rc_i64 row = ((rc_i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int T_ = streams.T, W = streams.W, method = streams.method, n = streams.n;
+    const rc_i64 warp = ((rc_i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const int lane = threadIdx.x & 31;
+    const rc_i64 row = warp / n;
+    const int k = (int)(warp - row * n);
     if (row >= (rc_i64)streams.B * T_) return;
     const rc_i64 b = row / T_;
     const TT t = reinterpret_cast<const TT*>(streams.tgt_t)[row];
-    T* o = reinterpret_cast<T*>(streams.out) + row * W;
-    for (int k = 0; k < streams.n; ++k) {
-        const int S = streams.S[k], D = streams.D[k];
-        const T* data = reinterpret_cast<const T*>(streams.data[k]);
-        const TT* times = reinterpret_cast<const TT*>(streams.times[k]);
-        const RcInterp r = rc_interp_rows<TT, Acc>(times + b * S, S, t, method, lane);
-        const T* a = data + (b * S + r.row0) * D;
-        const T* c = data + (b * S + r.row1) * D;
-        const Acc w = (Acc)r.w;
-        T* ok = o + streams.col[k];
-        for (int d = lane; d < D; d += 32) {
-            if (r.row0 == r.row1) {
-                ok[d] = a[d];
-            } else {
-                const Acc xa = Num<T>::load(a[d]);
-                ok[d] = Num<T>::store(xa + w * (Num<T>::load(c[d]) - xa));
-            }
+    const int S = streams.S[k], D = streams.D[k];
+    const T* data = reinterpret_cast<const T*>(streams.data[k]);
+    const TT* times = reinterpret_cast<const TT*>(streams.times[k]);
+    const RcInterp r = rc_interp_rows<TT, Acc>(times + b * S, S, t, method, lane);
+    const T* a = data + (b * S + r.row0) * D;
+    const T* c = data + (b * S + r.row1) * D;
+    const Acc w = (Acc)r.w;
+    T* ok = reinterpret_cast<T*>(streams.out) + row * W + streams.col[k];
+    for (int d = lane; d < D; d += 32) {
+        if (r.row0 == r.row1) {
+            ok[d] = a[d];
+        } else {
+            const Acc xa = Num<T>::load(a[d]);
+            ok[d] = Num<T>::store(xa + w * (Num<T>::load(c[d]) - xa));
         }
     }
 }

@@ -23,7 +23,7 @@ from .._argblock import ArgBlock
 METHODS = {"linear": 0, "nearest": 1, "previous": 2}
 TIME_DTYPES = ("float32", "float64")
 THREADS = 256  # 8 warps
-ROWS_PER_WARP = 4  # resample_kernel: RC_RESAMPLE_ROWS in resample.cu (fuse_kernel: 1)
+ROWS_PER_WARP = 4  # resample_kernel: RC_RESAMPLE_ROWS in resample.cu
 MAX_STREAMS = 8  # RC_MAX_STREAMS in resample.cu
 
 
@@ -418,7 +418,7 @@ class _HotFuse:
         self.empty = B * T * W == 0
         self.address = _array.address_getter(tgt)
         self.name = _fuse_name(dtype, tdtype)
-        self.grid = (_blocks_for_rows(B * T),)
+        self.grid = (_blocks_for_rows(B * T * n),)  # one warp per (output row, stream)
 
     def __call__(self, streams, tgt, out):
         a = self.address
