@@ -25,16 +25,12 @@
 // with -D; the defaults are what the ops use):
 //   RC_RESAMPLE_ROWS        output rows per warp (ROWS_PER_WARP in ops/resample.py)
 //   RC_RESAMPLE_MIN_BLOCKS  blocks of 256 per SM asked of the register allocator
-//   RC_RESAMPLE_STREAM_STORES  1: output rows stored with st.global.cs (evict-first: the
-//                           output, written once, does not push source rows out of L2)
+// (Streaming stores, st.global.cs, were also tried: no difference on an H200; RESULTS.md.)
 #ifndef RC_RESAMPLE_ROWS
 #define RC_RESAMPLE_ROWS 4
 #endif
 #ifndef RC_RESAMPLE_MIN_BLOCKS
 #define RC_RESAMPLE_MIN_BLOCKS 3
-#endif
-#ifndef RC_RESAMPLE_STREAM_STORES
-#define RC_RESAMPLE_STREAM_STORES 0
 #endif
 
 // x + w * (y - x) in the accumulation type, rounded once to T.
@@ -179,8 +175,7 @@ __global__ void __launch_bounds__(256, RC_RESAMPLE_MIN_BLOCKS) resample_kernel(c
             for (int q = 0; q < R; ++q) {
                 if (q >= nq) break;
                 if (r[q].row0 != r[q].row1) rc_lerp16<T, Acc>(x[q], y[q], w[q]);
-                uint4* o = reinterpret_cast<uint4*>(out + (first + q) * D) + p;
-                if (RC_RESAMPLE_STREAM_STORES) __stcs(o, x[q]); else *o = x[q];
+                reinterpret_cast<uint4*>(out + (first + q) * D)[p] = x[q];
             }
         }
     } else {
