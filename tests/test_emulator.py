@@ -614,7 +614,7 @@ def test_resample_random_shapes(B, S, T, D, dtype, method, seed):
     assert_matches_numpy(got, data, src, tgt, method, dtype)
 
 
-@pytest.mark.parametrize("rows_per_warp, blocks", [(4, 4), (3, 5), (6, 2)])
+@pytest.mark.parametrize("rows_per_warp, blocks", [(4, 3), (3, 5), (2, 5)])
 def test_resample_builds_of_the_benchmark_sweep_compute_the_same(monkeypatch, rows_per_warp,
                                                                  blocks):
     """benchmarks/bench_resample.py times resample_kernel built with other -D knobs (rows per
@@ -631,7 +631,8 @@ def test_resample_builds_of_the_benchmark_sweep_compute_the_same(monkeypatch, ro
         cases.append((dtype, data, src, make_targets(rng, src, T, "float32")))
     want = [[R._resample_cuda(d, s, t, m, dtype, "float32") for m in R.METHODS.values()]
             for dtype, d, s, t in cases]
-    opts = (f"-DRC_RESAMPLE_ROWS={rows_per_warp}", f"-DRC_RESAMPLE_MIN_BLOCKS={blocks}")
+    opts = (f"-DRC_RESAMPLE_ROWS={rows_per_warp}", f"-DRC_RESAMPLE_MIN_BLOCKS={blocks}",
+            f"-DRC_RESAMPLE_MIN_BLOCKS_16={blocks}")
     monkeypatch.setattr(_kernels, "RESAMPLE", _runtime.KernelModule(
         "resample.cu", _kernels.RESAMPLE.name_expressions, _runtime.BASE_OPTIONS + opts))
     monkeypatch.setattr(R, "ROWS_PER_WARP", rows_per_warp)

@@ -24,7 +24,11 @@
 // Tuning knobs, fixed at compile time (benchmarks/bench_resample.py's sweep compiles variants
 // with -D; the defaults are what the ops use):
 //   RC_RESAMPLE_ROWS        output rows per warp (ROWS_PER_WARP in ops/resample.py)
-//   RC_RESAMPLE_MIN_BLOCKS  blocks of 256 per SM asked of the register allocator
+//   RC_RESAMPLE_MIN_BLOCKS  blocks of 256 per SM asked of the register allocator, and
+//   RC_RESAMPLE_MIN_BLOCKS_16 the same for 16-bit data with float times: 4 blocks (64
+//                           registers, 28 bytes spilled) made the 264 MB bf16 workload 10%
+//                           faster than 3 (no spills) on an H200; the other types spill
+//                           40-68 bytes at 4 and keep 3 (not measured there).
 // (Streaming stores, st.global.cs, were also tried: no difference on an H200; RESULTS.md.)
 #ifndef RC_RESAMPLE_ROWS
 #define RC_RESAMPLE_ROWS 4
@@ -32,6 +36,12 @@
 #ifndef RC_RESAMPLE_MIN_BLOCKS
 #define RC_RESAMPLE_MIN_BLOCKS 3
 #endif
+#ifndef RC_RESAMPLE_MIN_BLOCKS_16
+#define RC_RESAMPLE_MIN_BLOCKS_16 4
+#endif
+template <typename T, typename TT> struct RcResampleBlocks { enum { value = RC_RESAMPLE_MIN_BLOCKS }; };
+template <> struct RcResampleBlocks<rc_bf16, float> { enum { value = RC_RESAMPLE_MIN_BLOCKS_16 }; };
+template <> struct RcResampleBlocks<rc_half, float> { enum { value = RC_RESAMPLE_MIN_BLOCKS_16 }; };
 
 // x + w * (y - x) in the accumulation type, rounded once to T.
 template <typename T, typename Acc>
@@ -122,10 +132,11 @@ struct ResampleArgs {
     int method;     // RC_METHOD_*
 };
 
-// __launch_bounds__: 3 blocks of 256 per SM by default (<= 85 registers, no spills on sm_90):
-// 24 warps x 4 rows = 96 rows in flight per SM (a warp per row at 32 registers: 64).
+// __launch_bounds__: 3 blocks of 256 per SM (<= 85 registers, no spills on sm_90): 24 warps x
+// 4 rows = 96 rows in flight per SM; 4 blocks for 16-bit data with float times (<= 64
+// registers): 32 warps, 128 rows.
 template <typename T, typename TT, bool VEC>
-__global__ void __launch_bounds__(256, RC_RESAMPLE_MIN_BLOCKS) resample_kernel(const ResampleArgs args) {
+__global__ void __launch_bounds__(256, RcResampleBlocks<T, TT>::value) resample_kernel(const ResampleArgs args) {
     const T* __restrict__ data = reinterpret_cast<const T*>(args.data);
     const TT* __restrict__ src_t = reinterpret_cast<const TT*>(args.src_t);
     const TT* __restrict__ tgt_t = reinterpret_cast<const TT*>(args.tgt_t);
