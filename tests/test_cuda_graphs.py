@@ -112,3 +112,20 @@ def test_crop_resize_normalize_replays():
         assert torch.equal(out, eager)
         host = rc.crop_resize_normalize(frames.cpu().numpy(), idx.cpu().numpy(), **kw)
         np.testing.assert_array_equal(out.cpu().numpy(), host)
+
+
+def test_readme_example_runs():
+    """README's "In a CUDA graph" block, as written: its `out` equals an eager call."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split("<!-- cuda-graph-example")[1].split("```python\n")[1].split("```")[0]
+    scope: dict = {}
+    exec(compile(block, "README.md (cuda-graph-example)", "exec"), scope)  # noqa: S102
+    torch.cuda.synchronize()
+    data, src, tgt = scope["data"], scope["src"], scope["tgt"]
+    assert torch.equal(scope["out"], rc.resample(data, src, tgt))
+    data.copy_(torch.randn_like(data, dtype=torch.float32).to(data.dtype))
+    scope["graph"].replay()
+    torch.cuda.synchronize()
+    assert torch.equal(scope["out"], rc.resample(data, src, tgt))
