@@ -8,8 +8,8 @@ call (median over repeats of many calls, ending with a synchronize):
   Function call RoboCache makes (cached handle, explicit stream);
 - the cost of the arguments: 8 pointer-sized scalars, and structs passed by value of the sizes
   RoboCache passes (resample 56 B, images 200 B, fuse 264 B, windows 2840 B);
-- a candidate launch path: cuLaunchKernel through cuda-python's bindings with the parameter
-  array prepared once (robocache[compile] installs them; the GPU image has them);
+- cuLaunchKernel through cuda-python's bindings with the parameter array prepared once (the
+  default launcher where those bindings are installed: the cuda12 / cuda13 extras);
 - torch.empty of a small output on the GPU (what each fresh output costs).
 
     python benchmarks/bench_launch.py [--quick] [--json out.json]

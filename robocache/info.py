@@ -15,8 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-_ENV_VARS = ("ROBOCACHE_DISABLE_CUDA", "ROBOCACHE_LAUNCHER", "CUPY_CACHE_DIR", "CUPY_CACHE_IN_MEMORY", "CUDA_PATH",
-             "CUDA_VISIBLE_DEVICES")
+_ENV_VARS = ("ROBOCACHE_DISABLE_CUDA", "ROBOCACHE_LAUNCHER", "CUPY_CACHE_DIR",
+             "CUPY_CACHE_IN_MEMORY", "CUDA_PATH", "CUDA_VISIBLE_DEVICES")
 
 
 def _error(exc: BaseException) -> str:
