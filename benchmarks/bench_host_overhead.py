@@ -299,30 +299,38 @@ def _launch_rows(quick: bool, device: str) -> list[dict]:
 PARTS = (_launch_rows, _window_rows, _resample_rows, _image_rows, _voxel_rows)
 
 
+@contextlib.contextmanager
+def _launcher(driver: bool):
+    """Launch the one-struct hot paths through the driver (True) or CuPy (False) inside."""
+    from robocache import _runtime
+
+    saved = _runtime._USE_DRIVER
+    _runtime._USE_DRIVER = driver
+    try:
+        yield
+    finally:
+        _runtime._USE_DRIVER = saved
+
+
 def _driver_launch_rows(quick: bool) -> list[dict]:
     """The one-struct hot paths again with the driver launcher (cuLaunchKernel through
     cuda-python, the struct's parameter pointer prepared once; the default where cuda-python is
     installed), in the same run as the CuPy-launcher rows above."""
     import torch
 
-    from robocache import _runtime
-
     try:
         import cuda.bindings.driver  # noqa: F401
     except ImportError as exc:
         print(f"bench_host_overhead: driver-launch rows skipped ({exc})")
         return []
-    saved = _runtime._USE_DRIVER
-    _runtime._USE_DRIVER = True
+    mode = f"GPU b2b, driver launch ({torch.cuda.get_device_name(0)})"
     try:
-        mode = f"GPU b2b, driver launch ({torch.cuda.get_device_name(0)})"
-        return [{**r, "mode": mode} for part in (_resample_rows, _image_rows, _voxel_rows)
-                for r in part(quick, "cuda")]
+        with _launcher(driver=True):
+            return [{**r, "mode": mode} for part in (_resample_rows, _image_rows, _voxel_rows)
+                    for r in part(quick, "cuda")]
     except Exception as exc:  # an API difference: report it, keep the CuPy rows
         print(f"bench_host_overhead: driver-launch rows failed: {type(exc).__name__}: {exc}")
         return []
-    finally:
-        _runtime._USE_DRIVER = saved
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -341,16 +349,10 @@ def run(quick: bool = False) -> list[dict]:
         assert launches, "the stand-ins made no launch: the CUDA paths were not taken"
     gpu = gpu_available() and torch.cuda.is_available()
     if gpu:  # the same calls with real launches, back-to-back: CuPy's launcher, then the driver's
-        from robocache import _runtime
-
-        saved = _runtime._USE_DRIVER
-        _runtime._USE_DRIVER = False
-        try:
+        with _launcher(driver=False):
             for part in PARTS:
                 rows += [{**r, "mode": f"GPU b2b ({torch.cuda.get_device_name(0)})"}
                          for r in part(quick, "cuda")]
-        finally:
-            _runtime._USE_DRIVER = saved
         rows += _driver_launch_rows(quick)
     else:
         print("bench_host_overhead: no CUDA GPU here; host rows only (add ~7 us per launch)")

@@ -111,6 +111,17 @@ def _gpu_rows(quick: bool) -> list[dict]:
 SWEEP = [(4, 3), (4, 4), (3, 4), (3, 5), (2, 5)]
 
 
+def sweep_module(rows_per_warp: int, blocks: int):
+    """resample.cu built with one SWEEP setting for every data type (the ops' launches need
+    ops.resample.ROWS_PER_WARP = rows_per_warp beside it)."""
+    from robocache import _kernels, _runtime
+
+    opts = (f"-DRC_RESAMPLE_ROWS={rows_per_warp}", f"-DRC_RESAMPLE_MIN_BLOCKS={blocks}",
+            f"-DRC_RESAMPLE_MIN_BLOCKS_16={blocks}")
+    return _runtime.KernelModule("resample.cu", _kernels.RESAMPLE.name_expressions,
+                                 _runtime.BASE_OPTIONS + opts)
+
+
 def _sweep_rows(quick: bool) -> list[dict]:
     """resample_kernel built with each SWEEP setting (-D options, the same source), on both
     workloads: kernel time (profiler) and back-to-back time, output equal bit for bit to the
@@ -118,7 +129,7 @@ def _sweep_rows(quick: bool) -> list[dict]:
     import torch
 
     import robocache as rc
-    from robocache import _kernels, _runtime
+    from robocache import _kernels
     from robocache.ops import resample as R
 
     saved = (_kernels.RESAMPLE, R.ROWS_PER_WARP)
@@ -128,10 +139,7 @@ def _sweep_rows(quick: bool) -> list[dict]:
     expected = [rc.resample(d, s, t) for d, s, t, _ in cases]
     try:
         for rows_per_warp, blocks in SWEEP:
-            opts = (f"-DRC_RESAMPLE_ROWS={rows_per_warp}", f"-DRC_RESAMPLE_MIN_BLOCKS={blocks}",
-                    f"-DRC_RESAMPLE_MIN_BLOCKS_16={blocks}")
-            _kernels.RESAMPLE = _runtime.KernelModule(
-                "resample.cu", saved[0].name_expressions, _runtime.BASE_OPTIONS + opts)
+            _kernels.RESAMPLE = sweep_module(rows_per_warp, blocks)
             R.ROWS_PER_WARP = rows_per_warp
             R._HOT.clear()
             for (d, s, t, name), want in zip(cases, expected, strict=True):

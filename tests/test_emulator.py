@@ -620,8 +620,8 @@ def test_resample_builds_of_the_benchmark_sweep_compute_the_same(monkeypatch, ro
     """benchmarks/bench_resample.py times resample_kernel built with other -D knobs (rows per
     warp, register target) and ships the fastest: each build gives the default build's bytes,
     also for warps straddling two sequences and a short last warp."""
-    from benchmarks.bench_resample import SWEEP
-    from robocache import _kernels, _runtime
+    from benchmarks.bench_resample import SWEEP, sweep_module
+    from robocache import _kernels
 
     assert (rows_per_warp, blocks) in SWEEP
     rng = np.random.default_rng(rows_per_warp * 10 + blocks)
@@ -631,10 +631,7 @@ def test_resample_builds_of_the_benchmark_sweep_compute_the_same(monkeypatch, ro
         cases.append((dtype, data, src, make_targets(rng, src, T, "float32")))
     want = [[R._resample_cuda(d, s, t, m, dtype, "float32") for m in R.METHODS.values()]
             for dtype, d, s, t in cases]
-    opts = (f"-DRC_RESAMPLE_ROWS={rows_per_warp}", f"-DRC_RESAMPLE_MIN_BLOCKS={blocks}",
-            f"-DRC_RESAMPLE_MIN_BLOCKS_16={blocks}")
-    monkeypatch.setattr(_kernels, "RESAMPLE", _runtime.KernelModule(
-        "resample.cu", _kernels.RESAMPLE.name_expressions, _runtime.BASE_OPTIONS + opts))
+    monkeypatch.setattr(_kernels, "RESAMPLE", sweep_module(rows_per_warp, blocks))
     monkeypatch.setattr(R, "ROWS_PER_WARP", rows_per_warp)
     for (dtype, d, s, t), ref in zip(cases, want, strict=True):
         for m, expected in zip(R.METHODS.values(), ref, strict=True):

@@ -8,8 +8,8 @@
 # quick benchmarks (run_all.py --only): a rerun of one part costs less device time.
 #
 # Every stage runs under its own time limit and the later ones run even when an earlier one
-# fails, so one broken test never hides the benchmark figures. Exit status: 0 only when the
-# tests, the benchmarks and the memcheck all passed (a missing compute-sanitizer is not a failure).
+# fails, so one broken test never hides the benchmark figures. Exit status: 0 only when every
+# stage run passed (a missing compute-sanitizer is not a failure).
 set -u
 cd "$(dirname "$0")/.."
 PY=${GPU_PY:-python3}
