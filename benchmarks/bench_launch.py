@@ -73,9 +73,7 @@ def _driver_rows(mod, like, add) -> None:
         return
     raw_stream = _runtime._torch_raw_stream(like.get_device())
     for n in (56, 264):  # the resample and fuse argument structs
-        fn = mod.get_function(f"empty_struct{n}") if n in STRUCT_BYTES else None
-        if fn is None:
-            continue
+        fn = mod.get_function(f"empty_struct{n}")
         handle = driver.CUfunction(int(fn.kernel.ptr))
         block = ArgBlock(np.dtype([("w", np.uint64, (n // 8,))]), [("w", i) for i in range(4)])
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import sys
 from pathlib import Path
 
-spec = importlib.util.spec_from_file_location(
-    "compare_runs", Path(__file__).resolve().parent.parent / "tools" / "compare_runs.py")
-compare_runs = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(compare_runs)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+import compare_runs  # noqa: E402
 
 
 def _report(rows_images, rows_resample):

@@ -18,28 +18,23 @@ def test_module_compiles(module, arch):
     assert set(result.lowered_names) == set(module.name_expressions)
 
 
+class Tiny:  # a one-kernel module whose compile logs nothing (log size 1: the NUL)
+    source, name_expressions, options = "tiny.cu", ("tiny",), _runtime.BASE_OPTIONS
+
+    def code(self):
+        return 'extern "C" __global__ void tiny(int* x) { *x = 1; }\n'
+
+
 def test_an_empty_compile_log_corrupts_no_python_object():
     """NVRTC writes its log (one NUL when empty) into the buffer it is given: a bytes object
     there (b" " * 1 is CPython's shared b" ") once turned every later b" " into b"\\0" for the
     whole process - the .npy headers the cache wrote afterwards were padded with NULs."""
-    class Tiny:  # a module whose compile logs nothing (log size 1: the NUL)
-        source, name_expressions, options = "tiny.cu", ("tiny",), _runtime.BASE_OPTIONS
-
-        def code(self):
-            return 'extern "C" __global__ void tiny(int* x) { *x = 1; }\n'
-
     result = _runtime.compile_for_arch(Tiny(), "sm_75")
     assert result.ok and result.log == ""
     assert (b" " * 1)[0] == 32 and b" ".decode() == " "
 
 
 def test_keep_cubin_returns_the_cubin():
-    class Tiny:
-        source, name_expressions, options = "tiny.cu", ("tiny",), _runtime.BASE_OPTIONS
-
-        def code(self):
-            return 'extern "C" __global__ void tiny(int* x) { *x = 1; }\n'
-
     kept = _runtime.compile_for_arch(Tiny(), "sm_90", keep_cubin=True)
     assert kept.ok and len(kept.cubin) == kept.cubin_bytes and kept.cubin[:4] == b"\x7fELF"
     assert _runtime.compile_for_arch(Tiny(), "sm_90").cubin == b""

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 from pathlib import Path
 
-spec = importlib.util.spec_from_file_location(
-    "sass_loops", Path(__file__).resolve().parent.parent / "tools" / "sass_loops.py")
-sass_loops = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(sass_loops)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+import sass_loops  # noqa: E402
 
 LISTING = """
         /*0000*/                   LDC R1, c[0x0][0x28] ;                  /* 0x00000a00ff017b82 */

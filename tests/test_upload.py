@@ -158,15 +158,10 @@ def test_pipeline_moves_every_byte_in_order(monkeypatch, nbytes, chunk, workers)
     dev = FakeDevice(nbytes)
     dev.staging = [np.empty(chunk, np.uint8) for _ in range(2)]
 
-    class Bar:
-        n = 0
-
-        def update(self, k):
-            Bar.n += k
-
-    _upload._pipeline(src, chunk, dev.staging, dev.wait, dev.submit, Bar(), workers)
+    bar = CountingBar()
+    _upload._pipeline(src, chunk, dev.staging, dev.wait, dev.submit, bar, workers)
     np.testing.assert_array_equal(dev.dst, src)
-    assert Bar.n == nbytes
+    assert bar.n == nbytes
     submits = [e for e in dev.log if e[0] == "submit"]
     assert [e[2] for e in submits] == list(range(0, nbytes, chunk))
     assert [e[1] for e in submits] == [i % 2 for i in range(len(submits))]

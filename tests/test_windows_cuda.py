@@ -129,7 +129,7 @@ def test_emulated_dataset_batch_equals_cpu_batch():
     st = rc.TrajectoryStore.from_arrays(arrays, episode_ends=ends, fps=5,
                                         timestamps=np.arange(N) / 5.0, device="cpu")
     # negative drops: windows anchored before / past their episode (anchor-only keys "grip" and
-    # "timestamp" read the clamped anchor, zeros under pad="zero")
+    # "timestamp" read the clamped anchor, also under pad="zero")
     for pad, drops in (("edge", (0, 0)), ("zero", (0, 0)), ("edge", (-2, -3)),
                        ("zero", (-1, -4))):
         ds = rc.TrajectoryDataset(

@@ -69,16 +69,27 @@ def loops(sass: str) -> list[tuple[int, int, list[str]]]:
     return found
 
 
-def report(module_name: str, instance: str, arch: str, tool: str, workdir: Path) -> None:
+def compiled(module_name: str, arch: str, workdir: Path, done: dict):
+    """(module, cubin path, lowered names) of one module for one arch, compiled once per call of
+    main: `done` keeps what was compiled (each compile builds every instance of the module)."""
     from robocache import _kernels, _runtime
 
-    module = getattr(_kernels, module_name)
-    res = _runtime.compile_for_arch(module, arch, keep_cubin=True)
-    if not res.ok:
-        sys.exit(f"{module.source} failed to compile for {arch}:\n{res.log}")
-    cubin = workdir / f"{module.source}.{arch}.cubin"
-    cubin.write_bytes(res.cubin)
-    mangled = res.lowered_names[instance]
+    key = (module_name, arch)
+    if key not in done:
+        module = getattr(_kernels, module_name)
+        res = _runtime.compile_for_arch(module, arch, keep_cubin=True)
+        if not res.ok:
+            sys.exit(f"{module.source} failed to compile for {arch}:\n{res.log}")
+        cubin = workdir / f"{module.source}.{arch}.cubin"
+        cubin.write_bytes(res.cubin)
+        done[key] = (module, cubin, res.lowered_names)
+    return done[key]
+
+
+def report(module_name: str, instance: str, arch: str, tool: str, workdir: Path,
+           done: dict) -> None:
+    module, cubin, lowered = compiled(module_name, arch, workdir, done)
+    mangled = lowered[instance]
     sass = subprocess.run([tool, "-sass", "-fun", mangled, str(cubin)], check=True,
                           capture_output=True, text=True).stdout
     usage = subprocess.run([tool, "-res-usage", "-fun", mangled, str(cubin)], check=True,
@@ -99,10 +110,11 @@ def main(argv=None) -> int:
     ap.add_argument("--kernel", default="", help="only instances matching this regex")
     args = ap.parse_args(argv)
     tool = cuobjdump()
+    done: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         for module_name, instance in HOT:
             if re.search(args.kernel, instance):
-                report(module_name, instance, args.arch, tool, Path(tmp))
+                report(module_name, instance, args.arch, tool, Path(tmp), done)
     return 0
 
 
