@@ -313,10 +313,7 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                 continue
             F = int(np.prod(sources[key].shape[1:], dtype=np.int64))
             st = self._stats_for(key, stats)
-            missing = [s for s in (lo, hi) if s not in st]
-            if missing:
-                raise ValueError(f"normalize[{key!r}]: mode {mode!r} needs the stats "
-                                 f"{[lo, hi]}, got stats without {missing}")
+            _check_stats_present(key, mode, st, (lo, hi))
             a = _stat_array(key, lo, st[lo], F)
             b = _stat_array(key, hi, st[hi], F)
             e32 = np.float32(eps)
@@ -338,10 +335,7 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         if stats is not None and key in stats:
             given = self._stats_for(key, stats)
             need = ("min", "max") if peer_mode in ("limits", "min_max") else ("mean", "std")
-            missing = [n for n in need if n not in given]
-            if missing:
-                raise ValueError(f"normalize[{key!r}]: mode {mode!r} needs the stats "
-                                 f"{list(need)}, got stats without {missing}")
+            _check_stats_present(key, mode, given, need)
             # used as given, one per feature (no pooling, no ddof correction)
             st = {n: _stat_array(key, n, given[n], F).astype(np.float64) for n in need}
             st["reps"] = 1
@@ -633,6 +627,14 @@ def gather_frames(frames, rows, zero_mask=None):
 
 def _with_meta(names, store) -> tuple[str, ...]:
     return names + tuple(k for k in store.keys if k in META_KEYS)
+
+
+def _check_stats_present(key: str, mode: str, stats: dict, need) -> None:
+    """normalize[key]'s mode needs the statistics `need` in `stats` (the key's entry)."""
+    missing = [n for n in need if n not in stats]
+    if missing:
+        raise ValueError(f"normalize[{key!r}]: mode {mode!r} needs the stats {list(need)}, "
+                         f"got stats without {missing}")
 
 
 def _stat_array(key: str, name: str, value, F: int) -> np.ndarray:

@@ -62,8 +62,9 @@ def read_zarr(path, keys=None, progress: bool | None = None) -> TrajectorySource
             out[k] = np.empty((n, *arr.shape[1:]), dtype=dt)
         total = sum(a.nbytes for a in out.values())
         with _progress.bar(total, "reading zarr", progress=progress) as bar:
+            wrap = _out_buffer(zarr)
             for k, arr in arrays.items():
-                _read_rows(zarr, arr, out[k], k, p, bar)
+                _read_rows(wrap, arr, out[k], k, p, bar)
         attrs = dict(root.attrs)
     finally:
         store.close()
@@ -117,10 +118,9 @@ def _open(zarr, store, p: Path):
         return zarr.open_group(store=store, mode="r")
     except UnknownCodecError as exc:
         raise _unknown_codec(exc, p, "the store") from None
-    except FileNotFoundError:
-        raise DatasetFormatError(f"{p}: no zarr group here (neither zarr.json nor .zgroup)") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        if type(exc).__name__ == "GroupNotFoundError":  # zarr-python 2's word for it
+    except (FileNotFoundError, ValueError, KeyError, TypeError) as exc:
+        # GroupNotFoundError: zarr-python 2's word for a missing group
+        if isinstance(exc, FileNotFoundError) or type(exc).__name__ == "GroupNotFoundError":
             raise DatasetFormatError(f"{p}: no zarr group here (neither zarr.json nor "
                                      f".zgroup)") from None
         raise DatasetFormatError(f"{p}: unreadable zarr metadata ({exc})") from None
@@ -205,7 +205,8 @@ def _out_buffer(zarr):
     return NDBuffer.from_ndarray_like
 
 
-def _read_rows(zarr, arr, out: np.ndarray, key: str, p: Path, bar) -> None:
+def _read_rows(wrap, arr, out: np.ndarray, key: str, p: Path, bar) -> None:
+    """out[:] = arr[:len(out)], a block of chunks at a time; `wrap`: _out_buffer's answer."""
     n = len(out)
     if n == 0:
         return
@@ -213,7 +214,6 @@ def _read_rows(zarr, arr, out: np.ndarray, key: str, p: Path, bar) -> None:
     step = int((shards or arr.chunks)[0]) or 1
     row_bytes = max(1, out[0].nbytes)
     step *= max(1, BLOCK_BYTES // (step * row_bytes))
-    wrap = _out_buffer(zarr)
     for a in range(0, n, step):
         b = min(n, a + step)
         try:
