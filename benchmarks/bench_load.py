@@ -12,14 +12,16 @@ each from the page cache (one untimed read first, best of a few timed runs):
   (Arrow column -> NumPy object array of rows -> np.stack, what a datasets-based loader does);
 - write_cache, and read_cache with and without SHA-256 verification (the mapped pages are
   touched, so the bytes really are read);
-- with a GPU: read_lerobot + to_device (target >= 1 GB/s), and cache -> to_device (staged
-  through pinned buffers, and with the mapped pages registered in place) beside a plain
+- with a GPU: read_lerobot + to_device (target >= 1 GB/s), and cache -> to_device with each
+  upload method (staged through pinned buffers; the mapped pages registered in place; both
+  lanes at once, "mixed"), plus a few lane / chunk settings of the latter two, beside a plain
   pinned host-to-device copy of the same size measured in the same run (target >= 80% of it).
 GPU rows are skipped, with the reason printed, where there is no CUDA device.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -131,30 +133,52 @@ def _touch(arrays) -> None:
         flat[:: 4096].sum()  # one byte per page: maps every page of the file
 
 
+class _NoTransfer:
+    """The staging lane's operations with no device: two buffers (pinned where CUDA is usable,
+    plain elsewhere) that are filled and never sent."""
+
+    def __init__(self, pinned: bool):
+        self.pinned, self.views = pinned, []
+
+    def buffers(self, n: int) -> list:
+        if len(self.views) != 2 or len(self.views[0]) < n:
+            if self.pinned:
+                import torch
+
+                self.views = [torch.empty(n, dtype=torch.uint8, pin_memory=True).numpy()
+                              for _ in range(2)]
+            else:
+                self.views = [np.empty(n, np.uint8) for _ in range(2)]
+        return self.views
+
+    def wait(self, k: int) -> None:
+        pass
+
+    def submit(self, k: int, off: int, n: int) -> None:
+        pass
+
+
 def _fill_only(cache_dir: Path) -> None:
     """The host half of cache -> GPU: freshly mapped cache files copied chunk by chunk into two
-    staging buffers by the upload's own loop (robocache._upload._pipeline, same chunk size and
-    threads), with no transfer. Beside the full upload it tells whether the host side or the bus
-    sets its pace. Pinned buffers where CUDA is usable, plain ones elsewhere."""
+    staging buffers by the upload's own staging lane (robocache._upload.copy_in_lanes, same
+    chunk size and threads), with no transfer. Beside the full upload it tells whether the host
+    side or the bus sets its pace."""
     from robocache import _progress, _upload
     from robocache.formats import read_cache
 
     c = read_cache(cache_dir, verify=False, progress=False)
     arrays = [*c.arrays.values(), *([] if c.timestamps is None else [c.timestamps])]
-    chunk = min(_upload.DEFAULT_CHUNK_BYTES, max(a.nbytes for a in arrays))
     try:
         import torch
 
         pinned = torch.cuda.is_available()
     except ImportError:
         pinned = False
-    staging = ([torch.empty(chunk, dtype=torch.uint8, pin_memory=True).numpy() for _ in range(2)]
-               if pinned else [np.empty(chunk, np.uint8) for _ in range(2)])
+    stager = _NoTransfer(pinned)
     with _progress.bar(1, "fill", progress=False) as bar:
         for a in arrays:
             src = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
-            _upload._pipeline(src, min(chunk, len(src)), staging, lambda k: None,
-                              lambda k, off, n: None, bar, None)
+            _upload.copy_in_lanes(src, _upload.DEFAULT_CHUNK_BYTES, stager, [], False, bar, None)
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -215,6 +239,7 @@ def _gpu_rows(tmp: Path, src, got: int, repeat: int) -> list[dict]:
     if not torch.cuda.is_available():
         print("GPU rows skipped: no CUDA device")
         return []
+    from robocache import _upload
     from robocache._upload import to_device
     from robocache.formats import read_cache, read_lerobot
 
@@ -243,17 +268,43 @@ def _gpu_rows(tmp: Path, src, got: int, repeat: int) -> list[dict]:
     rows.append({"name": "lerobot parquet -> GPU", "bytes": got, "seconds": t,
                  "GB/s": got / t / 1e9, "target_GB/s": 1.0})
 
-    def cache_to_gpu(method):
+    def cache_to_gpu(method, chunk):
         c = read_cache(tmp / "cache", verify=False, progress=False)
-        return [to_device(a, "cuda", method=method) for a in [*c.arrays.values(), c.timestamps]]
+        return [to_device(a, "cuda", method=method, chunk_bytes=chunk)
+                for a in [*c.arrays.values(), c.timestamps]]
 
-    for method, what in (("staged", "mmap, pinned double buffer"),
-                         ("registered", "mmap pages locked in place")):
-        t, _ = sync_time(lambda method=method: cache_to_gpu(method))
+    # (method, registration lanes or None for the method's own, chunk MB, what): the shipped
+    # methods, then settings of the lanes that only this benchmark runs
+    mb = _upload.DEFAULT_CHUNK_BYTES >> 20
+    variants = [("staged", None, mb, "mmap, pinned double buffer"),
+                ("registered", None, mb, "mmap pages locked in place"),
+                ("mixed", None, mb, "both lanes at once"),
+                ("mixed", None, 16, "both lanes, 16 MB chunks"),
+                ("registered", 2, mb, "pages locked in place, 2 lanes"),
+                ("mixed", 2, mb, "both, 2 registration lanes")]
+    for method, lanes, chunk_mb, what in variants:
+        with _registration_lanes(method, lanes):
+            t, _ = sync_time(lambda m=method, c=chunk_mb << 20: cache_to_gpu(m, c))
         rows.append({"name": f"own cache -> GPU ({what})", "bytes": got,
                      "seconds": t, "GB/s": got / t / 1e9, "of_pinned_copy": t_pin / t,
-                     "target_of_pinned_copy": 0.8})
+                     "target_of_pinned_copy": 0.8, "method": method,
+                     "registration_lanes": lanes or _upload.METHODS[method][0],
+                     "chunk_MB": chunk_mb})
     return rows
+
+
+@contextlib.contextmanager
+def _registration_lanes(method: str, lanes: int | None):
+    """Run `method` with `lanes` registration lanes for the duration (None: as shipped)."""
+    from robocache import _upload
+
+    shipped = _upload.METHODS[method]
+    if lanes is not None:
+        _upload.METHODS[method] = (lanes, shipped[1])
+    try:
+        yield
+    finally:
+        _upload.METHODS[method] = shipped
 
 
 def _print(rows: list[dict]) -> None:

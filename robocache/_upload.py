@@ -2,20 +2,29 @@
 
 `to_device(array, "cuda")` first compares the bytes needed with the device's free memory
 (raising DeviceMemoryError before anything is allocated), allocates the output tensor once, then
-streams the array through two pinned staging buffers: while the copy engine moves chunk i from
-one buffer to the device (non_blocking, on a side stream), host threads fill the other buffer
-with chunk i+1 (for a memory-mapped array this is also where its pages are read in), so host
-memcpy / page-in overlap the PCIe transfer. The side stream first waits for the caller's stream
-(the output's memory may have been in use there) and is synchronised at the end, so the tensor
-is ready on return. On the CPU (device None or "cpu") it is a no-op that returns the array.
+copies the array chunk by chunk. The chunks are handed out by one `ChunkClaims`, and up to two
+kinds of lane take them:
+- the staging lane (the calling thread) streams chunks through two pinned staging buffers: while
+  the copy engine moves one buffer to the device (non_blocking, on a side stream), host threads
+  fill the other with the next chunk (for a memory-mapped array this is also where its pages are
+  read in);
+- a registration lane (a thread of its own) lets the copy engine read the array's own pages: a
+  chunk is page-locked in place (cudaHostRegister, read-only: a memory-mapped cache file's page
+  cache pages) and copied with no host memcpy; the next chunk is locked while the previous one
+  copies, and each is unlocked once its copy is done.
+`method` picks the lanes: "staged" (the default) only the staging lane; "registered" a
+registration lane, the staging lane copying only what the driver would not lock; "mixed" both
+at once, the registration lane taking chunks from the front and the staging lane from the
+back until they meet, so each does what its speed allows (they use different resources: the
+driver's page locking on one core, memcpy on the others). Where the driver refuses to lock (no
+read-only registration on this platform, a locked-memory limit) the chunk goes back to the
+staging lane. "registered" and "mixed" are not the default until measured faster on a GPU
+(benchmarks/bench_load.py times all three).
 
-`method="registered"` instead lets the copy engine read the array's own pages: chunk by chunk
-they are page-locked in place (cudaHostRegister, read-only: a memory-mapped cache file's page
-cache pages) and copied with no host memcpy; the next chunk is registered while the previous one
-is copied, and each is unregistered once its copy is done. Where the driver refuses to register
-(no read-only registration on this platform, a locked-memory limit) it falls back to the
-staging buffers. Not the default until measured faster on a GPU (benchmarks/bench_load.py
-times both).
+Each lane's side stream first waits for the caller's stream (the output's memory may have been in
+use there) and is synchronised at the end, also on an error, so the tensor is ready on return
+and no copy still writes into it after a failure. On the CPU (device None or "cpu") to_device
+is a no-op that returns the array.
 
 `check_device_memory(needed, device, what)` is the same memory check, for callers (the store)
 that upload many arrays and want to fail before the first.
@@ -25,6 +34,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
@@ -36,8 +46,10 @@ from ._errors import DeviceMemoryError
 DEFAULT_CHUNK_BYTES = 64 << 20
 MIN_PARALLEL_BYTES = 4 << 20  # below this one thread fills a buffer
 MAX_FILL_THREADS = 16
-METHODS = ("staged", "registered")
-REGISTERED_IN_FLIGHT = 2  # chunks page-locked at once by the registered method
+# method -> (registration lanes, whether the staging lane runs beside them or only copies
+# what they left)
+METHODS = {"staged": (0, False), "registered": (1, False), "mixed": (1, True)}
+REGISTERED_IN_FLIGHT = 2  # chunks page-locked at once by one registration lane
 _PAGE = mmap.PAGESIZE
 
 
@@ -84,14 +96,15 @@ def to_device(array: np.ndarray, device, *, chunk_bytes: int = DEFAULT_CHUNK_BYT
               method: str = "staged"):
     """Copy `array` to `device` as a torch tensor (same shape and dtype); on the CPU return
     `array` itself. A non-contiguous array is made contiguous on the host first. `method`:
-    "staged" (pinned double buffer) or "registered" (the array's pages locked in place; see the
-    module docstring)."""
+    "staged" (pinned double buffer), "registered" (the array's pages locked in place) or
+    "mixed" (both lanes at once); see the module docstring. Chunks are whole pages (at least
+    one) of `chunk_bytes`."""
     if not isinstance(array, np.ndarray):
         raise TypeError(f"array: expected a NumPy array, got {type(array).__name__}")
     if not (isinstance(chunk_bytes, int) and chunk_bytes > 0):
         raise ValueError(f"chunk_bytes: expected a positive int, got {chunk_bytes!r}")
     if method not in METHODS:
-        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+        raise ValueError(f"method: expected one of {tuple(METHODS)}, got {method!r}")
     dev = _cuda_device(device)
     if dev is None:
         return array
@@ -108,59 +121,181 @@ def to_device(array: np.ndarray, device, *, chunk_bytes: int = DEFAULT_CHUNK_BYT
         return out
     src_bytes = src.reshape(-1).view(np.uint8)
     dst_bytes = out.view(-1).view(torch.uint8)
-    if method == "registered":  # what the driver would not lock goes through the staging
-        done = _to_device_registered(src_bytes, dst_bytes, dev, chunk_bytes, progress)
-        if done == nbytes:
-            return out
-        src_bytes, dst_bytes, nbytes = src_bytes[done:], dst_bytes[done:], nbytes - done
-    chunk = min(chunk_bytes, nbytes)
-    staging = [torch.empty(chunk, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
-    staging_np = [s.numpy() for s in staging]
-    stream = torch.cuda.Stream(device=dev)
-    stream.wait_stream(torch.cuda.current_stream(dev))
-    events = [torch.cuda.Event(), torch.cuda.Event()]
-
-    def wait(k: int) -> None:
-        events[k].synchronize()
-
-    def submit(k: int, off: int, n: int) -> None:
-        with torch.cuda.stream(stream):
-            dst_bytes[off:off + n].copy_(staging[k][:n], non_blocking=True)
-            events[k].record(stream)
-
+    lanes, alongside = METHODS[method]
+    registrars = _cuda_registrars(dst_bytes, dev, lanes)
+    stager = _CudaStaging(dst_bytes, dev)
     try:
         with _progress.bar(nbytes, "uploading", progress=progress) as bar:
-            _pipeline(src_bytes, chunk, staging_np, wait, submit, bar, workers)
+            copy_in_lanes(src_bytes, chunk_bytes, stager, registrars, alongside, bar, workers)
     finally:
         # also on an error (a failing read of a memory-mapped file, Ctrl-C): `out` belongs to
         # the caller's stream in torch's allocator, which would hand its memory out again while
-        # copies queued on the side stream still write into it
-        stream.synchronize()
+        # copies queued on the side streams still write into it
+        for lane in (stager, *registrars):
+            lane.synchronize()
     return out
 
 
-def _pipeline(src: np.ndarray, chunk: int, staging: list[np.ndarray], wait, submit, bar,
-              workers: int | None) -> None:
-    """The double-buffered loop (device-agnostic, so it is tested on the host): fill buffer
-    i % 2 with bytes [i*chunk, (i+1)*chunk) of `src` once its previous transfer is done, then
-    submit it."""
-    nbytes = len(src)
+# ---------------------------------------------------------------------------------------------
+# the lanes, device-agnostic (tested on the host with fake copy engines)
+
+
+class RegistrationRefused(Exception):
+    """The driver would not page-lock a range (the chunk goes back to the staging lane)."""
+
+
+def page_spans(address: int, nbytes: int, chunk: int) -> list[tuple[int, int, int, int]]:
+    """Cut the bytes [address, address + nbytes) into chunks: (page_lo, page_hi, lo, hi) per
+    chunk, where [page_lo, page_hi) is whole pages (locked together by a registration lane; the
+    spans of two chunks never share a page, which the driver would refuse) and [lo, hi) the
+    array bytes inside them. `chunk` is rounded down to whole pages (at least one)."""
+    if nbytes <= 0:
+        return []
+    step = max(_PAGE, chunk - chunk % _PAGE)
+    first = address - address % _PAGE
+    end = address + nbytes
+    last = -(-end // _PAGE) * _PAGE
+    return [(p, min(p + step, last), max(p, address), min(p + step, end))
+            for p in range(first, last, step)]
+
+
+class ChunkClaims:
+    """The chunks 0 .. n-1 of one upload, each handed out once, under a lock: registration
+    lanes take them from the front, the staging lane from the back, so the lanes meet where
+    their speeds put them. A chunk the driver would not lock is given back and handed out to
+    the staging lane before any other. close() ends the hand-out (a lane failed)."""
+
+    def __init__(self, n: int):
+        self._lo, self._hi = 0, n
+        self._returned: list[int] = []
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def front(self) -> int | None:
+        with self._lock:
+            if self._closed or self._lo >= self._hi:
+                return None
+            self._lo += 1
+            return self._lo - 1
+
+    def back(self) -> int | None:
+        with self._lock:
+            if self._closed:
+                return None
+            if self._returned:
+                return self._returned.pop()
+            if self._lo >= self._hi:
+                return None
+            self._hi -= 1
+            return self._hi
+
+    def give_back(self, i: int) -> None:
+        with self._lock:
+            self._returned.append(i)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+
+
+class _LockedBar:
+    """A progress bar advanced from several lanes (a caller's bar need not be thread-safe)."""
+
+    def __init__(self, bar):
+        self._bar, self._lock = bar, threading.Lock()
+
+    def update(self, n: int) -> None:
+        with self._lock:
+            self._bar.update(n)
+
+
+def copy_in_lanes(src: np.ndarray, chunk: int, stager, registrars, alongside: bool, bar,
+                  workers: int | None) -> None:
+    """Copy every byte of `src` (uint8, contiguous) to the output, chunk by chunk: one thread
+    per registrar runs `registered_lane` from the front of the chunks; the calling thread runs
+    the `StagingLane` from the back at the same time when `alongside`, and in any case
+    afterwards over what is left (chunks the driver refused or the lanes had not reached; without
+    registrars all of them, front to back). An error in any lane stops the others (their queued copies are waited for and
+    their pages unlocked) and is raised here."""
+    spans = page_spans(int(src.ctypes.data), len(src), chunk)
+    claims = ChunkClaims(len(spans))
+    bar = _LockedBar(bar) if registrars else bar
     workers = workers or min(MAX_FILL_THREADS, os.cpu_count() or 1)
-    pool = ThreadPoolExecutor(workers) if workers > 1 and chunk >= MIN_PARALLEL_BYTES else None
-    used = [False, False]
+    errors: list[BaseException] = []
+
+    def registration(ops) -> None:
+        try:
+            registered_lane(spans, claims, ops, bar)
+        except BaseException as exc:  # raised again in the calling thread
+            errors.append(exc)
+            claims.close()
+
+    threads = [threading.Thread(target=registration, args=(ops,), daemon=True,
+                                name="robocache-upload-registration") for ops in registrars]
+    staging = StagingLane(src, spans, stager, bar)
     try:
-        for i, off in enumerate(range(0, nbytes, chunk)):
-            k = i % 2
-            n = min(chunk, nbytes - off)
-            if used[k]:
-                wait(k)
-            _fill(staging[k][:n], src[off:off + n], pool, workers)
-            submit(k, off, n)
-            used[k] = True
-            bar.update(n)
+        for t in threads:
+            t.start()
+        try:
+            if alongside and threads:  # the driver's locking takes a core from the fills
+                staging.run(claims.back, max(1, workers - len(threads)))
+        except BaseException:
+            claims.close()
+            raise
+        finally:
+            for t in threads:
+                t.join()
+        if errors:
+            raise errors[0]
+        # alone, in file order (a cold memory-mapped file reads ahead forwards); after the
+        # registration lanes, the chunks they gave back and those between the lanes
+        staging.run(claims.back if threads else claims.front, workers)
     finally:
-        if pool is not None:
-            pool.shutdown()
+        staging.close()
+
+
+class StagingLane:
+    """The double buffer: for each chunk handed to run() (until None), fill staging buffer
+    k (taken in turn) with its bytes once that buffer's previous transfer is done, then submit
+    it. The turn and what is in flight carry over from one run() to the next. `stager` gives
+    the two buffers (`buffers(n)`, allocated on first use), waits for buffer k's transfer
+    (`wait(k)`) and queues it to the output's byte `offset` (`submit(k, offset, n)`)."""
+
+    def __init__(self, src: np.ndarray, spans, stager, bar):
+        self.src, self.spans, self.stager, self.bar = src, spans, stager, bar
+        self.address = spans[0][2] if spans else 0
+        self.size = max((hi - lo for _pl, _ph, lo, hi in spans), default=0)
+        self.turn = 0
+        self.in_flight = [False, False]
+        self.pool: ThreadPoolExecutor | None = None
+        self.pool_workers = 0
+
+    def run(self, next_chunk, workers: int) -> None:
+        for c in iter(next_chunk, None):
+            _page_lo, _page_hi, lo, hi = self.spans[c]
+            off, n, k = lo - self.address, hi - lo, self.turn
+            if self.in_flight[k]:
+                self.stager.wait(k)
+            buffer = self.stager.buffers(self.size)[k]
+            pool = self._pool(workers) if n >= MIN_PARALLEL_BYTES else None
+            _fill(buffer[:n], self.src[off:off + n], pool, workers)
+            self.stager.submit(k, off, n)
+            self.in_flight[k] = True
+            self.turn = 1 - k
+            self.bar.update(n)
+
+    def _pool(self, workers: int) -> ThreadPoolExecutor | None:
+        if workers <= 1:
+            return None
+        if self.pool_workers != workers:
+            self.close()
+            self.pool, self.pool_workers = ThreadPoolExecutor(workers), workers
+        return self.pool
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+        self.pool, self.pool_workers = None, 0
 
 
 def _fill(dst: np.ndarray, src: np.ndarray, pool, workers: int) -> None:
@@ -174,57 +309,33 @@ def _fill(dst: np.ndarray, src: np.ndarray, pool, workers: int) -> None:
     list(pool.map(lambda ab: np.copyto(dst[ab[0]:ab[1]], src[ab[0]:ab[1]]), parts))
 
 
-# ---------------------------------------------------------------------------------------------
-# method="registered": the copy engine reads the array's own pages
-
-
-class RegistrationRefused(Exception):
-    """The driver would not page-lock a range (the registered method falls back)."""
-
-
-def page_spans(address: int, nbytes: int, chunk: int) -> list[tuple[int, int, int, int]]:
-    """Cut the bytes [address, address + nbytes) into chunks for page-locking: (page_lo,
-    page_hi, lo, hi) per chunk, where [page_lo, page_hi) is whole pages (registered together;
-    the spans of two chunks never share a page, which the driver would refuse) and [lo, hi) the
-    array bytes inside them. `chunk` is rounded down to whole pages (at least one)."""
-    if nbytes <= 0:
-        return []
-    step = max(_PAGE, chunk - chunk % _PAGE)
-    first = address - address % _PAGE
-    end = address + nbytes
-    last = -(-end // _PAGE) * _PAGE
-    return [(p, min(p + step, last), max(p, address), min(p + step, end))
-            for p in range(first, last, step)]
-
-
-def registered_pipeline(address: int, nbytes: int, chunk: int, ops, bar) -> int:
-    """Copy [address, address + nbytes) chunk by chunk through `ops` (device-agnostic, so it is
-    tested on the host): ops.register(lo, n) page-locks (raising RegistrationRefused when the
-    driver will not), ops.copy(offset, lo, n) queues the copy of n bytes at lo to the output's
-    byte `offset` and returns a handle, ops.wait(handle) waits for it, ops.unregister(lo)
+def registered_lane(spans, claims: ChunkClaims, ops, bar) -> None:
+    """For each chunk claims.front() hands out (until None): ops.register(page_lo, n) locks its
+    pages (raising RegistrationRefused when the driver will not: the chunk is given back and the
+    lane stops), ops.copy(offset, lo, n) queues the copy of its n bytes at lo to the output's
+    byte `offset` and returns a handle, ops.wait(handle) waits for it, ops.unregister(page_lo)
     unlocks. At most REGISTERED_IN_FLIGHT chunks are locked at once; each is unlocked once its
-    copy is done, and every locked chunk is unlocked on any exit. Returns how many leading bytes
-    were copied: nbytes, or fewer where a registration was refused (the caller copies the rest
-    through the staging buffers)."""
+    copy is done, and every locked chunk is unlocked on any exit."""
+    address = spans[0][2] if spans else 0
     in_flight: deque = deque()
-    done = nbytes
 
     def retire() -> None:
-        handle, lo, n = in_flight.popleft()
+        handle, page_lo, n = in_flight.popleft()
         try:
             ops.wait(handle)
         finally:
-            ops.unregister(lo)
+            ops.unregister(page_lo)
         bar.update(n)
 
     try:
-        for page_lo, page_hi, lo, hi in page_spans(address, nbytes, chunk):
+        for c in iter(claims.front, None):
+            page_lo, page_hi, lo, hi = spans[c]
             if len(in_flight) >= REGISTERED_IN_FLIGHT:
                 retire()
             try:
                 ops.register(page_lo, page_hi - page_lo)
             except RegistrationRefused:
-                done = lo - address
+                claims.give_back(c)
                 break
             try:
                 handle = ops.copy(lo - address, lo, hi - lo)
@@ -234,7 +345,6 @@ def registered_pipeline(address: int, nbytes: int, chunk: int, ops, bar) -> int:
             in_flight.append((handle, page_lo, hi - lo))
         while in_flight:
             retire()
-        return done
     finally:
         while in_flight:  # an error: let the queued copies finish, then unlock
             try:
@@ -243,9 +353,47 @@ def registered_pipeline(address: int, nbytes: int, chunk: int, ops, bar) -> int:
                 pass
 
 
+# ---------------------------------------------------------------------------------------------
+# the lanes' operations on a CUDA device
+
+
+class _CudaStaging:
+    """staged_lane's operations: two pinned buffers (allocated on first use), copies on a side
+    stream that first waits for the caller's stream."""
+
+    def __init__(self, dst, dev):
+        import torch
+
+        self.torch = torch
+        self.dst = dst
+        self.stream = torch.cuda.Stream(device=dev)
+        self.stream.wait_stream(torch.cuda.current_stream(dev))
+        self.events = [torch.cuda.Event(), torch.cuda.Event()]
+        self._pinned: list = []
+        self._views: list[np.ndarray] = []
+
+    def buffers(self, n: int) -> list[np.ndarray]:
+        if not self._views:
+            self._pinned = [self.torch.empty(n, dtype=self.torch.uint8, pin_memory=True)
+                            for _ in range(2)]
+            self._views = [b.numpy() for b in self._pinned]
+        return self._views
+
+    def wait(self, k: int) -> None:
+        self.events[k].synchronize()
+
+    def submit(self, k: int, off: int, n: int) -> None:
+        with self.torch.cuda.stream(self.stream):
+            self.dst[off:off + n].copy_(self._pinned[k][:n], non_blocking=True)
+            self.events[k].record(self.stream)
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()
+
+
 class _CudaRegisterOps:
-    """registered_pipeline's operations on a CUDA device (CuPy's runtime bindings), copies on
-    one side stream that first waits for the caller's stream."""
+    """registered_lane's operations on a CUDA device (CuPy's runtime bindings), copies on a
+    side stream of its own that first waits for the caller's stream."""
 
     READ_ONLY = 0x08  # cudaHostRegisterReadOnly: the device only reads the pages
 
@@ -287,6 +435,9 @@ class _CudaRegisterOps:
         with self.device:
             self.rt.hostUnregister(lo)
 
+    def synchronize(self) -> None:
+        self.torch_stream.synchronize()
+
 
 def _clear_cuda_last_error() -> None:
     """Reset the CUDA runtime's last error after a refused registration: the runtime keeps it
@@ -307,17 +458,13 @@ def _clear_cuda_last_error() -> None:
             pass
 
 
-def _to_device_registered(src_bytes: np.ndarray, dst_bytes, dev, chunk_bytes: int,
-                          progress) -> int:
-    """method="registered" for to_device: how many leading bytes it copied (0 without CuPy,
-    without read-only registration, or when the driver refuses the first registration)."""
-    try:
-        ops = _CudaRegisterOps(dst_bytes, dev)
-    except (ImportError, RegistrationRefused, RuntimeError):  # no CuPy, no support, a CUDA error
-        return 0
-    nbytes = int(src_bytes.nbytes)
-    try:
-        with _progress.bar(nbytes, "uploading", progress=progress) as bar:
-            return registered_pipeline(int(src_bytes.ctypes.data), nbytes, chunk_bytes, ops, bar)
-    finally:
-        ops.torch_stream.synchronize()  # as the staged path: the output is ready on return
+def _cuda_registrars(dst_bytes, dev, lanes: int) -> list:
+    """`lanes` registration lanes' operations; none without CuPy, without read-only host
+    registration, or after a CUDA error setting them up (the staging lane then copies all)."""
+    registrars = []
+    for _ in range(lanes):
+        try:
+            registrars.append(_CudaRegisterOps(dst_bytes, dev))
+        except (ImportError, RegistrationRefused, RuntimeError):
+            break
+    return registrars

@@ -1,8 +1,11 @@
-"""to_device: host no-op, the double-buffered pipeline on the host, memory checks; the real
-CUDA path under @pytest.mark.gpu."""
+"""to_device: host no-op, its lanes (staging buffers, pages locked in place, both at once) on
+the host with fake copy engines, memory checks; the real CUDA path under @pytest.mark.gpu."""
 
 from __future__ import annotations
 
+import ctypes
+import threading
+import time
 from itertools import pairwise
 
 import numpy as np
@@ -23,22 +26,6 @@ def test_cpu_is_a_no_op():
         _upload.to_device([1, 2], "cpu")
     with pytest.raises(ValueError, match="chunk_bytes"):
         _upload.to_device(a, "cpu", chunk_bytes=0)
-
-
-class FakeDevice:
-    """Stands in for the copy engine: records the order of waits and submits."""
-
-    def __init__(self, nbytes):
-        self.dst = np.zeros(nbytes, np.uint8)
-        self.log = []
-        self.staging = None
-
-    def wait(self, k):
-        self.log.append(("wait", k))
-
-    def submit(self, k, off, n):
-        self.log.append(("submit", k, off, n))
-        self.dst[off:off + n] = self.staging[k][:n]
 
 
 PAGE = _upload._PAGE
@@ -63,112 +50,307 @@ def test_page_spans_cover_every_byte_in_disjoint_whole_pages(offset, nbytes, chu
 
 
 class FakeRegistrar:
-    """registered_pipeline's ops on the host: copies with memmove from the source's address,
-    records locking, and can refuse the k-th registration or fail the k-th copy."""
+    """A registration lane's ops on the host: copies with memmove from the source's address
+    when the copy is waited for (asynchrony), records locking and which chunks it copied, and
+    can refuse the k-th registration or fail the k-th copy (setting `failed`). `started` is set
+    at the first registration (FakeStager waits for it, so that both lanes of a mixed upload
+    take chunks); hold=(k, event) waits for the event before the k-th registration."""
 
-    def __init__(self, nbytes, refuse_at=None, fail_copy_at=None):
-        self.dst = np.zeros(nbytes, np.uint8)
+    def __init__(self, nbytes, refuse_at=None, fail_copy_at=None, hold=None, dst=None):
+        self.dst = np.zeros(nbytes, np.uint8) if dst is None else dst
         self.locked: set[int] = set()
         self.max_locked = 0
         self.registrations = 0
         self.copies = 0
+        self.copied: list[int] = []  # output offsets
         self.refuse_at, self.fail_copy_at = refuse_at, fail_copy_at
-        self.pending = {}  # handle -> (offset, lo, n): copied when waited for (asynchrony)
+        self.pending = {}  # handle -> (offset, lo, n)
+        self.started, self.failed = threading.Event(), threading.Event()
+        self.hold = hold
 
     def register(self, lo, n):
+        self.started.set()
         k, self.registrations = self.registrations, self.registrations + 1
+        if self.hold is not None and k == self.hold[0]:
+            assert self.hold[1].wait(10)
         if k == self.refuse_at:
             raise _upload.RegistrationRefused("refused by the fake")
-        assert lo % PAGE == 0 and lo not in self.locked
+        assert lo % PAGE == 0 and n % PAGE == 0 and lo not in self.locked
         self.locked.add(lo)
         self.max_locked = max(self.max_locked, len(self.locked))
 
     def copy(self, offset, lo, n):
         k, self.copies = self.copies, self.copies + 1
         if k == self.fail_copy_at:
+            self.failed.set()
             raise OSError("copy failed")
         self.pending[k] = (offset, lo, n)
+        self.copied.append(offset)
         return k
 
     def wait(self, handle):
-        import ctypes
-
         offset, lo, n = self.pending.pop(handle)
         ctypes.memmove(self.dst.ctypes.data + offset, lo, n)
 
     def unregister(self, lo):
         self.locked.remove(lo)
 
+    def synchronize(self):
+        assert not self.pending
+
+
+class FakeStager:
+    """The staging lane's ops on the host: a transfer copies its buffer into `dst` only when it
+    is waited for (or at the end), so a buffer refilled before its transfer was waited for
+    would show up as wrong bytes; submit() also asserts it directly. With `after` (a
+    registrar), the first submit waits until that registrar has started; hold=(k, event) waits
+    for the event before the k-th submit; the fail_submit_at-th submit fails (setting
+    `failed`)."""
+
+    def __init__(self, dst, after=None, fail_submit_at=None, hold=None):
+        self.dst = dst
+        self.after, self.hold = after, hold
+        self.fail_submit_at = fail_submit_at
+        self.failed, self.submitted = threading.Event(), threading.Event()
+        self.staging = None
+        self.allocations = 0
+        self.pending = {}
+        self.copied: list[int] = []  # output offsets, in submit order
+        self.log = []
+
+    def buffers(self, n):
+        if self.staging is None:
+            self.allocations += 1
+            self.staging = [np.empty(n, np.uint8) for _ in range(2)]
+        return self.staging
+
+    def wait(self, k):
+        self.log.append(("wait", k))
+        self._land(k)
+
+    def submit(self, k, off, n):
+        if self.after is not None and not self.copied:
+            assert self.after.started.wait(10)
+        if self.hold is not None and len(self.copied) == self.hold[0]:
+            assert self.hold[1].wait(10)
+        if len(self.copied) == self.fail_submit_at:
+            self.failed.set()
+            raise OSError("submit failed")
+        assert k not in self.pending, "a buffer refilled while its transfer was in flight"
+        self.log.append(("submit", k, off, n))
+        self.pending[k] = (off, n)
+        self.copied.append(off)
+        self.submitted.set()
+
+    def _land(self, k):
+        if k in self.pending:
+            off, n = self.pending.pop(k)
+            self.dst[off:off + n] = self.staging[k][:n]
+
+    def synchronize(self):
+        for k in list(self.pending):
+            self._land(k)
+
 
 class CountingBar:
+    """A caller's bar that is not thread-safe: a lost update shows as a short count (the lanes
+    must serialise their updates)."""
+
     def __init__(self):
         self.n = 0
 
     def update(self, k):
-        self.n += k
+        n = self.n
+        time.sleep(0)  # invite a thread switch between the read and the write
+        self.n = n + k
+
+
+def _source(nbytes, seed, misalign=7):
+    buf = np.random.default_rng(seed).integers(0, 256, nbytes + misalign, dtype=np.uint8)
+    return buf[misalign:]  # not page aligned
+
+
+def _copy(src, chunk, *, registrars=(), alongside=False, stager=None, workers=2):
+    """copy_in_lanes into one output (each lane writes its own fake's buffer, merged here)."""
+    stager = stager or FakeStager(np.zeros(len(src), np.uint8))
+    bar = CountingBar()
+    try:
+        _upload.copy_in_lanes(src, chunk, stager, list(registrars), alongside, bar, workers)
+    finally:
+        stager.synchronize()
+    out = stager.dst.copy()
+    for r in registrars:
+        for offset in r.copied:
+            span = next(s for s in _upload.page_spans(src.ctypes.data, len(src), chunk)
+                        if s[2] - src.ctypes.data == offset)
+            n = span[3] - span[2]
+            out[offset:offset + n] = r.dst[offset:offset + n]
+    return out, stager, bar
+
+
+def _chunk_offsets(src, chunk):
+    return [lo - src.ctypes.data for _pl, _ph, lo, _hi in
+            _upload.page_spans(src.ctypes.data, len(src), chunk)]
+
+
+def test_chunk_claims_meet_in_the_middle_and_serve_returned_chunks_first():
+    claims = _upload.ChunkClaims(5)
+    assert [claims.front(), claims.back(), claims.front(), claims.back()] == [0, 4, 1, 3]
+    claims.give_back(1)
+    assert claims.back() == 1  # a chunk given back goes before the rest
+    assert claims.front() == 2 and claims.front() is None and claims.back() is None
+    claims.give_back(2)
+    assert claims.front() is None and claims.back() == 2  # only the staging lane retakes it
+    empty = _upload.ChunkClaims(0)
+    assert empty.front() is None and empty.back() is None
+    closed = _upload.ChunkClaims(3)
+    closed.give_back(0)
+    closed.close()
+    assert closed.front() is None and closed.back() is None
+
+
+@pytest.mark.parametrize("nbytes, chunk, workers", [
+    (1, 8, 1), (1000, 64, 1), (1000, 3000, 1), (4096 * 9 + 17, 4096 * 4, 3),
+    (4096 * 9 + 17, 4096 * 2, 8), (4096 * 9 + 17, 4096, 2)])
+def test_staged_upload_moves_every_byte_in_file_order(monkeypatch, nbytes, chunk, workers):
+    monkeypatch.setattr(_upload, "MIN_PARALLEL_BYTES", 1)
+    src = _source(nbytes, nbytes)
+    out, stager, bar = _copy(src, chunk, workers=workers)
+    np.testing.assert_array_equal(out, src)
+    assert bar.n == nbytes and stager.allocations == 1
+    assert stager.copied == _chunk_offsets(src, chunk)  # front to back
+    submits = [e for e in stager.log if e[0] == "submit"]
+    assert [e[1] for e in submits] == [i % 2 for i in range(len(submits))]
+    for i, e in enumerate(stager.log):  # a buffer is refilled only after its transfer is done
+        if e[0] == "submit" and submits.index(e) >= 2:
+            assert stager.log[i - 1] == ("wait", e[1])
 
 
 @pytest.mark.parametrize("nbytes, chunk", [(1, PAGE), (3 * PAGE + 5, PAGE), (20 * PAGE + 1, 3 * PAGE),
                                            (5 * PAGE, 64 * PAGE)])
-def test_registered_pipeline_moves_every_byte_and_unlocks_everything(nbytes, chunk):
-    buf = np.random.default_rng(nbytes).integers(0, 256, nbytes + 7, dtype=np.uint8)
-    src = buf[7:]  # not page aligned
-    ops, bar = FakeRegistrar(nbytes), CountingBar()
-    done = _upload.registered_pipeline(src.ctypes.data, nbytes, chunk, ops, bar)
-    assert done == nbytes and bar.n == nbytes
-    np.testing.assert_array_equal(ops.dst, src)
+def test_registered_upload_moves_every_byte_and_unlocks_everything(nbytes, chunk):
+    src = _source(nbytes, nbytes)
+    ops = FakeRegistrar(nbytes)
+    out, stager, bar = _copy(src, chunk, registrars=[ops])
+    np.testing.assert_array_equal(out, src)
+    assert bar.n == nbytes
+    assert sorted(ops.copied) == _chunk_offsets(src, chunk) and stager.allocations == 0
     assert not ops.locked and not ops.pending
     assert ops.max_locked <= _upload.REGISTERED_IN_FLIGHT
 
 
 @pytest.mark.parametrize("refuse_at", [0, 1, 4])
-def test_registered_pipeline_stops_at_a_refusal_with_the_prefix_copied(refuse_at):
+@pytest.mark.parametrize("alongside", [False, True])
+def test_a_refused_chunk_and_the_rest_go_through_the_staging_buffers(refuse_at, alongside):
     nbytes, chunk = 10 * PAGE + 3, 2 * PAGE
-    src = np.random.default_rng(refuse_at).integers(0, 256, nbytes, dtype=np.uint8)
-    ops, bar = FakeRegistrar(nbytes, refuse_at=refuse_at), CountingBar()
-    done = _upload.registered_pipeline(src.ctypes.data, nbytes, chunk, ops, bar)
-    spans = _upload.page_spans(src.ctypes.data, nbytes, chunk)
-    assert done == spans[refuse_at][2] - src.ctypes.data  # the refused chunk's first byte
-    np.testing.assert_array_equal(ops.dst[:done], src[:done])
-    assert not ops.dst[done:].any() and bar.n == done
+    src = _source(nbytes, refuse_at)
+    ops = FakeRegistrar(nbytes, refuse_at=refuse_at)
+    stager = FakeStager(np.zeros(nbytes, np.uint8), after=ops if alongside else None)
+    out, stager, bar = _copy(src, chunk, registrars=[ops], alongside=alongside, stager=stager)
+    np.testing.assert_array_equal(out, src)
+    assert bar.n == nbytes
+    offsets = _chunk_offsets(src, chunk)
+    assert len(ops.copied) <= refuse_at and offsets[refuse_at] in stager.copied
+    assert sorted(ops.copied + stager.copied) == offsets  # each chunk copied once
     assert not ops.locked and not ops.pending
 
 
-def test_registered_pipeline_unlocks_on_a_failed_copy():
-    nbytes = 9 * PAGE
-    src = np.ones(nbytes, np.uint8)
+@pytest.mark.parametrize("nbytes, chunk", [(2 * PAGE, PAGE), (40 * PAGE + 9, 3 * PAGE),
+                                           (64 * PAGE, PAGE)])
+def test_mixed_upload_shares_the_chunks_between_the_lanes(monkeypatch, nbytes, chunk):
+    monkeypatch.setattr(_upload, "MIN_PARALLEL_BYTES", 1)
+    src = _source(nbytes, nbytes + 1)
+    stager = FakeStager(np.zeros(nbytes, np.uint8))
+    ops = FakeRegistrar(nbytes, hold=(1, stager.submitted))  # its 2nd chunk waits for the stager
+    stager.after = ops  # whose 1st waits for the registrar: each lane takes a chunk
+    out, stager, bar = _copy(src, chunk, registrars=[ops], alongside=True, stager=stager,
+                             workers=3)
+    np.testing.assert_array_equal(out, src)
+    assert bar.n == nbytes
+    assert ops.copied and stager.copied  # both lanes took chunks
+    assert sorted(ops.copied + stager.copied) == _chunk_offsets(src, chunk)  # each once
+    assert ops.copied == sorted(ops.copied)  # registration from the front
+    assert stager.copied == sorted(stager.copied, reverse=True)  # staging from the back
+    assert not ops.locked and not ops.pending
+
+
+@pytest.fixture
+def lanes_closed(monkeypatch):
+    """An event set once a failing lane has closed the upload's chunk hand-out."""
+    closed = threading.Event()
+    real_close = _upload.ChunkClaims.close
+
+    def close(self):
+        real_close(self)
+        closed.set()
+
+    monkeypatch.setattr(_upload.ChunkClaims, "close", close)
+    return closed
+
+
+@pytest.mark.parametrize("alongside", [False, True])
+def test_a_failed_registered_copy_stops_the_upload_and_unlocks_everything(alongside,
+                                                                          lanes_closed):
+    nbytes = 30 * PAGE
+    src = _source(nbytes, 3)
     ops = FakeRegistrar(nbytes, fail_copy_at=3)
+    # alongside, the staging lane's second chunk waits until the failure has closed the hand-out
+    stager = FakeStager(np.zeros(nbytes, np.uint8), after=ops if alongside else None,
+                        hold=(1, lanes_closed) if alongside else None)
     with pytest.raises(OSError, match="copy failed"):
-        _upload.registered_pipeline(src.ctypes.data, nbytes, PAGE, ops, CountingBar())
+        _copy(src, PAGE, registrars=[ops], alongside=alongside, stager=stager)
     assert not ops.locked and not ops.pending  # queued copies waited for, every page unlocked
+    assert len(ops.copied) == 3 and len(stager.copied) == (2 if alongside else 0)
+    assert not any(t.name == "robocache-upload-registration" for t in threading.enumerate())
+
+
+def test_a_failed_staging_transfer_stops_the_registration_lane(lanes_closed):
+    nbytes = 200 * PAGE
+    src = _source(nbytes, 4)
+    ops = FakeRegistrar(nbytes, hold=(3, lanes_closed))  # its 4th chunk waits for the failure
+    stager = FakeStager(np.zeros(nbytes, np.uint8), after=ops, fail_submit_at=1)
+    with pytest.raises(OSError, match="submit failed"):
+        _copy(src, PAGE, registrars=[ops], alongside=True, stager=stager)
+    assert not ops.locked and not ops.pending
+    assert 1 <= len(ops.copied) <= 4  # at most the chunk it held at the failure, none after
+    assert not any(t.name == "robocache-upload-registration" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("method", ["staged", "registered", "mixed"])
+def test_to_device_runs_the_lanes_of_each_method(monkeypatch, method):
+    """to_device's wiring, with the CUDA lanes replaced by the host fakes writing into the
+    output tensor: the method picks the lanes, every byte arrives, and the lanes are
+    synchronised before it returns (a fake transfer lands only when waited for)."""
+    torch = pytest.importorskip("torch")
+    made = {}
+
+    def registrars(dst, dev, lanes):
+        made["registrars"] = [FakeRegistrar(dst.numel(), dst=dst.numpy()) for _ in range(lanes)]
+        return made["registrars"]
+
+    def stager(dst, dev):  # made after the registrars; waits until the first one started
+        made["stager"] = FakeStager(dst.numpy(), after=next(iter(made["registrars"]), None))
+        return made["stager"]
+
+    monkeypatch.setattr(_upload, "_cuda_device", lambda d: torch.device("cpu"))
+    monkeypatch.setattr(_upload, "check_device_memory", lambda *a, **k: None)
+    monkeypatch.setattr(_upload, "_cuda_registrars", registrars)
+    monkeypatch.setattr(_upload, "_CudaStaging", stager)
+    a = np.random.default_rng(5).standard_normal((3001, 7)).astype(np.float32)[1:]
+    out = _upload.to_device(a, "cuda", chunk_bytes=3 * PAGE, method=method, progress=False)
+    assert out.dtype == torch.float32 and tuple(out.shape) == a.shape
+    np.testing.assert_array_equal(out.numpy(), a)
+    lanes, alongside = _upload.METHODS[method]
+    assert len(made["registrars"]) == lanes
+    assert all(r.copied and not r.locked for r in made["registrars"])
+    if not alongside:  # the staging lane copies all or (no refusal here) nothing
+        assert bool(made["stager"].copied) == (lanes == 0)
 
 
 def test_method_is_checked():
-    with pytest.raises(ValueError, match="method"):
+    with pytest.raises(ValueError, match=r"method: expected one of \('staged', 'registered', "
+                                         r"'mixed'\), got 'pinned'"):
         _upload.to_device(np.zeros(3), "cpu", method="pinned")
-
-@pytest.mark.parametrize("nbytes, chunk, workers", [
-    (1, 8, 1), (1000, 64, 1), (1000, 1000, 1), (1000, 3000, 1), (4096 * 9 + 17, 4096 * 4, 3),
-    (4096 * 9 + 17, 4096 * 2, 8),
-])
-def test_pipeline_moves_every_byte_in_order(monkeypatch, nbytes, chunk, workers):
-    monkeypatch.setattr(_upload, "MIN_PARALLEL_BYTES", 1)
-    src = np.random.default_rng(nbytes).integers(0, 256, nbytes, dtype=np.uint8)
-    chunk = min(chunk, nbytes)
-    dev = FakeDevice(nbytes)
-    dev.staging = [np.empty(chunk, np.uint8) for _ in range(2)]
-
-    bar = CountingBar()
-    _upload._pipeline(src, chunk, dev.staging, dev.wait, dev.submit, bar, workers)
-    np.testing.assert_array_equal(dev.dst, src)
-    assert bar.n == nbytes
-    submits = [e for e in dev.log if e[0] == "submit"]
-    assert [e[2] for e in submits] == list(range(0, nbytes, chunk))
-    assert [e[1] for e in submits] == [i % 2 for i in range(len(submits))]
-    # a buffer is refilled only after waiting for its previous transfer
-    for i, e in enumerate(dev.log):
-        if e[0] == "submit" and submits.index(e) >= 2:
-            assert dev.log[i - 1] == ("wait", e[1])
 
 
 def test_memory_check_uses_free_plus_cached(monkeypatch):
@@ -221,19 +403,21 @@ def test_cuda_upload_of_a_memmap(tmp_path):
 
 @gpu
 @needs_gpu
-def test_cuda_registered_upload_of_a_memmap(tmp_path):
-    """method="registered": the memmap's page cache pages locked in place and copied (or, where
-    the driver refuses, the staging buffers); the same bytes either way, and no CUDA error left
-    behind for torch's next launch to report."""
+@pytest.mark.parametrize("method", ["registered", "mixed"])
+def test_cuda_registered_upload_of_a_memmap(tmp_path, method):
+    """method="registered" / "mixed": the memmap's page cache pages locked in place and copied
+    (or, where the driver refuses, the staging buffers), mixed with the staging lane working
+    from the other end; the same bytes either way, and no CUDA error left behind for torch's
+    next launch to report."""
     import torch
 
     a = np.random.default_rng(2).standard_normal((300_001, 5)).astype(np.float32)
     np.save(tmp_path / "a.npy", a)
     m = np.load(tmp_path / "a.npy", mmap_mode="r")
-    t = _upload.to_device(m, "cuda", chunk_bytes=1 << 20, method="registered")
+    t = _upload.to_device(m, "cuda", chunk_bytes=1 << 20, method=method)
     np.testing.assert_array_equal(t.cpu().numpy(), a)
     heap = np.arange(100_003, dtype=np.int64)
-    u = _upload.to_device(heap, "cuda", chunk_bytes=4096 * 3, method="registered")
+    u = _upload.to_device(heap, "cuda", chunk_bytes=4096 * 3, method=method)
     np.testing.assert_array_equal(u.cpu().numpy(), heap)
     (torch.ones(3, device="cuda") * 2).sum().item()  # a torch launch: no stale error reported
     assert torch.cuda.current_stream().query()
