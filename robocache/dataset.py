@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from . import _array, _peer_norm, _runtime
+from . import _array, _peer_norm
 from . import windows as W
 from .ops import _random
 from .ops import images as _images
@@ -495,8 +495,7 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         draw = (0 if info is None else info.seed % 2**64, 0, self._calls)
         self._calls += 1
         if not self._op.on_device:
-            return self._add_tasks(self._finish(self._op.run_numpy(idx), torch_from_numpy=True,
-                                                draw=draw), idx)
+            return self._batch_from_host(idx, draw)
         if info is not None and self._store.is_cuda:
             raise RuntimeError(
                 "TrajectoryDataset: a dataset on a CUDA store builds its batches on the GPU, "
@@ -524,12 +523,9 @@ class TrajectoryDataset(torch.utils.data.Dataset):
             def build(offset: int, count: int, draw, ahead: int = 0) -> WindowBatch:
                 return WindowBatch(zip(names, builder(offset, count, ahead), strict=False))
         else:
-            ring = (_ImageRing(reuse, batch_size, _runtime.stream_query(self._op.d_anchors))
-                    if reuse else None)
-
             def build(offset: int, count: int, draw, ahead: int = 0) -> WindowBatch:
                 batch = WindowBatch(zip(names, builder(offset, count, ahead), strict=False))
-                return self._finish_images(batch, draw, ring)
+                return self._finish_images(batch, draw, builder.kept_with_last_set())
         return builder, build
 
     def _device_standin(self, like) -> None:
@@ -556,16 +552,16 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         return self._finish_images(batch, draw) if self._image_keys else batch
 
     def _finish_images(self, batch: WindowBatch, draw: tuple[int, int, int],
-                       ring: _ImageRing | None = None) -> WindowBatch:
+                       kept: dict | None = None) -> WindowBatch:
         """Camera keys of `batch` (their frame rows) replaced by frames, in place (transformed
-        frames into `ring`'s recycled outputs when given)."""
+        frames into the outputs recycled with the batch's output set, `kept`, when given)."""
         for k in self._image_keys:
             rows = batch[k]
             mask = batch.get(f"{k}_is_pad")
             zero_mask = mask if self._pad == "zero" else None
             plan = self._image_plans.get(k)
             if plan is not None:
-                batch[k] = self._transform_frames(k, plan, rows, zero_mask, draw, ring)
+                batch[k] = self._transform_frames(k, plan, rows, zero_mask, draw, kept)
                 continue
             fn = self._transforms.get(k)
             frames = self._frames(k)
@@ -581,9 +577,9 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         return batch
 
     def _transform_frames(self, key: str, plan, rows, zero_mask, draw,
-                          ring: _ImageRing | None = None):
+                          kept: dict | None = None):
         """One image-kernel launch (or the NumPy path) from the store's frames at `rows`, into
-        a fresh output or the next of `ring`'s."""
+        a fresh output, or the one `kept` holds for `key` (BatchBuilder.kept_with_last_set)."""
         rand = _random.rand_key(*draw)
         rows2 = rows if rows.ndim == 2 else rows.reshape(-1, 1)
         mask2 = None if zero_mask is None else zero_mask.reshape(rows2.shape)
@@ -595,8 +591,11 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         else:
             B, K = rows2.shape
             shape = plan.out_shape(B, K)
-            out = (ring.take(key, rows2, shape, plan.out_dtype) if ring is not None
-                   else _array.empty(rows2, shape, plan.out_dtype))
+            out = None if kept is None else kept.get(key)
+            if out is None:
+                out = _array.empty(rows2, shape, plan.out_dtype)
+                if kept is not None:
+                    kept[key] = out
             _images.apply_cuda(plan, src, rows2, mask2, out, rand,
                                frames_ptr=self._host_frames_ptr(key, rows2))
         return out if rows.ndim == 2 else out[:, 0]
@@ -670,30 +669,3 @@ def _table_placement(store):
     if store.timestamps is not None:
         return store.timestamps
     return torch.empty(0, dtype=torch.int64, device=store.device)  # a CUDA store holds torch
-
-
-class _ImageRing:
-    """reuse_outputs=R for transformed camera keys (the loader's device path): per key, 2R
-    outputs of a full batch handed out in turn, so that, as for the window outputs, a batch's
-    frames are written again no sooner than R batches later and the last R batches handed out
-    stay valid. Other shapes (a last partial batch) get fresh outputs; a change of stream starts
-    the key's ring afresh (torch's allocator returns memory to the stream it came from)."""
-
-    def __init__(self, reuse: int, batch_size: int | None, stream):
-        self.size = 2 * int(reuse)
-        self.batch_size = batch_size
-        self.stream = stream  # () -> the current stream's key
-        self.rings: dict[str, list] = {}  # key -> [outputs, next slot, stream, shape]
-
-    def take(self, key: str, like, shape: tuple, dtype: str):
-        if shape[0] != self.batch_size:
-            return _array.empty(like, shape, dtype)
-        ring = self.rings.get(key)
-        stream = self.stream()
-        if ring is None or ring[2] != stream or ring[3] != shape:
-            ring = self.rings[key] = [[], 0, stream, shape]
-        outs, slot = ring[0], ring[1]
-        if slot == len(outs):
-            outs.append(_array.empty(like, shape, dtype))
-        ring[1] = (slot + 1) % self.size
-        return outs[slot]

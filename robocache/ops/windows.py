@@ -394,6 +394,9 @@ class OutputPool:
         self.meta = addr[:, lay.meta_col]  # set j's index / episode_index / frame_index
         self.next = 0
         self.chunks = op._chunks
+        # a ring's sets are handed out again and again: what a caller keeps with a set (the
+        # image kernel's frames) is recycled with it (BatchBuilder.kept_with_last_set)
+        self.kept: list[dict] | None = [{} for _ in range(count)] if ring else None
         # sets [filled_first, filled_end) hold the batches of idx offsets filled_base + B * (j -
         # filled_first), read from the index array of bind generation filled_gen
         self.filled_first = self.filled_end = 0
@@ -418,7 +421,8 @@ class BatchBuilder:
     reuse = R >= 2: batches of `batch_size` samples cycle through ONE pool of 2R sets, filled
     up to R at a time, so a batch's arrays are overwritten no sooner than R batches later (the
     last R batches handed out stay valid; stream order keeps launches behind earlier work on
-    the same stream). Other sizes (a last partial batch) get fresh outputs.
+    the same stream). Other sizes (a last partial batch) get fresh outputs. A caller's own
+    outputs of a batch can be recycled the same way: kept_with_last_set().
     """
 
     def __init__(self, op: WindowOp, names, reuse: int, batch_size: int | None):
@@ -435,6 +439,7 @@ class BatchBuilder:
         self._idx = None
         self._gen = 0
         self._streams_used: set = set()
+        self._last: tuple[OutputPool, int] | None = None  # the set the last call handed out
         self.launches = 0  # kernel launches made (tests and benchmarks read it)
 
     def bind(self, idx) -> None:
@@ -498,7 +503,18 @@ class BatchBuilder:
             self.launches += 1
             pool.filled_first, pool.filled_end = j, j + n
             pool.filled_base, pool.filled_gen = offset, self._gen
+        self._last = (pool, j)
         return pool.sets[j]
+
+    def kept_with_last_set(self) -> dict | None:
+        """A dict that stays with the output set the last call handed out, where that set is
+        recycled (reuse = R, a full batch); None where it is fresh. Outputs a caller keeps there
+        for its batch (the image kernel's frames) are reused with the set: written again no
+        sooner than R batches later, and afresh after a change of stream (a new pool)."""
+        if self._last is None:
+            return None
+        pool, j = self._last
+        return None if pool.kept is None else pool.kept[j]
 
 
 # ---------------------------------------------------------------------------------------------
