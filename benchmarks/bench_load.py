@@ -12,6 +12,9 @@ each from the page cache (one untimed read first, best of a few timed runs):
   (Arrow column -> NumPy object array of rows -> np.stack, what a datasets-based loader does);
 - write_cache, and read_cache with and without SHA-256 verification (the mapped pages are
   touched, so the bytes really are read);
+- from a cold page cache (the cache files' pages dropped with posix_fadvise before each run):
+  the disk's own sequential read of the files (reference), the upload's fill and, with a GPU,
+  the staged and mixed uploads;
 - with a GPU: read_lerobot + to_device (target >= 1 GB/s), and cache -> to_device with each
   upload method (staged through pinned buffers; the mapped pages registered in place; both
   lanes at once, "mixed"), plus a few lane / chunk settings of the latter two, beside a plain
@@ -23,9 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -113,6 +118,53 @@ def best_of(fn, repeat: int) -> tuple[float, object]:
         out = fn()
         best = min(best, time.perf_counter() - t0)
     return best, out
+
+
+def best_of_cold(fn, files, repeat: int) -> tuple[float, object] | tuple[None, None]:
+    """best_of with the page cache of `files` dropped before each run (posix_fadvise
+    DONTNEED: the cache's files are clean after write_cache's fsync, so their pages go and the
+    run reads the disk). (None, None) where the platform has no posix_fadvise."""
+    if not hasattr(os, "posix_fadvise"):
+        return None, None
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        for f in files:
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def _read_files(files, block: int = 8 << 20) -> int:
+    """The disk's read of `files`: `block`-byte preads spread over as many threads as the
+    upload's fill uses (a virtual disk serves parallel requests faster than one stream), each
+    into its own buffer. The reference for a load from a cold page cache."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from robocache import _upload
+
+    jobs = [(f, off) for f in files for off in range(0, os.path.getsize(f), block)]
+    local = threading.local()
+
+    def read(job) -> int:
+        f, off = job
+        buf = getattr(local, "buf", None)
+        if buf is None:
+            buf = local.buf = bytearray(block)
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            return os.preadv(fd, [buf], off)
+        finally:
+            os.close(fd)
+
+    threads = min(_upload.MAX_FILL_THREADS, os.cpu_count() or 1)
+    with ThreadPoolExecutor(threads) as pool:
+        return sum(pool.map(read, jobs))
 
 
 def _per_row_baseline(root: Path):
@@ -223,14 +275,22 @@ def run(quick: bool = False) -> list[dict]:
         t, _ = best_of(lambda: _fill_only(tmp / "cache"), repeat)
         rows.append({"name": "cache -> staging buffers only (the upload's fill)", "bytes": got,
                      "seconds": t, "GB/s": got / t / 1e9})
-        rows += _gpu_rows(tmp, src, got, repeat)
+        cold = sorted((tmp / "cache").glob("*.npy"))
+        t_disk, _ = best_of_cold(lambda: _read_files(cold), cold, repeat)
+        if t_disk is not None:
+            rows.append({"name": "cold: disk read of the cache files (reference)", "bytes": got,
+                         "seconds": t_disk, "GB/s": got / t_disk / 1e9})
+            t, _ = best_of_cold(lambda: _fill_only(tmp / "cache"), cold, repeat)
+            rows.append({"name": "cold: cache -> staging buffers only", "bytes": got,
+                         "seconds": t, "GB/s": got / t / 1e9, "of_disk_read": t_disk / t})
+        rows += _gpu_rows(tmp, src, got, repeat, cold, t_disk)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _print(rows)
     return rows
 
 
-def _gpu_rows(tmp: Path, src, got: int, repeat: int) -> list[dict]:
+def _gpu_rows(tmp: Path, src, got: int, repeat: int, cold_files, t_disk) -> list[dict]:
     try:
         import torch
     except ImportError:
@@ -290,6 +350,16 @@ def _gpu_rows(tmp: Path, src, got: int, repeat: int) -> list[dict]:
                      "target_of_pinned_copy": 0.8, "method": method,
                      "registration_lanes": lanes or _upload.METHODS[method][0],
                      "chunk_MB": chunk_mb})
+    if t_disk is not None:  # from the disk: the page cache dropped before each run
+        for method in ("staged", "mixed"):
+            def cold_to_gpu(method=method):
+                out = cache_to_gpu(method, _upload.DEFAULT_CHUNK_BYTES)
+                torch.cuda.synchronize()
+                return out
+
+            t, _ = best_of_cold(cold_to_gpu, cold_files, repeat)
+            rows.append({"name": f"cold: own cache -> GPU ({method})", "bytes": got,
+                         "seconds": t, "GB/s": got / t / 1e9, "of_disk_read": t_disk / t})
     return rows
 
 
@@ -313,6 +383,8 @@ def _print(rows: list[dict]) -> None:
         notes = []
         if "speedup" in r:
             notes.append(f"{r['baseline']}: {r['baseline_seconds']:.3f} s -> {r['speedup']:.1f}x")
+        if "of_disk_read" in r:
+            notes.append(f"{100 * r['of_disk_read']:.0f}% of the disk read")
         if "of_pinned_copy" in r:
             notes.append(f"{100 * r['of_pinned_copy']:.0f}% of pinned copy (target 80%)")
         if "target_GB/s" in r:
