@@ -236,15 +236,13 @@ def copy_in_lanes(src: np.ndarray, chunk: int, stager, registrars, alongside: bo
     try:
         for t in threads:
             t.start()
+        done = False
         try:
             if alongside and threads:  # the driver's locking takes a core from the fills
                 staging.run(claims.back, max(1, workers - len(threads)))
-        except BaseException:
-            claims.close()
-            raise
+            done = True
         finally:
-            for t in threads:
-                t.join()
+            _join(threads, claims, stop_first=not done)
         if errors:
             raise errors[0]
         # alone, in file order (a cold memory-mapped file reads ahead forwards); after the
@@ -252,6 +250,22 @@ def copy_in_lanes(src: np.ndarray, chunk: int, stager, registrars, alongside: bo
         staging.run(claims.back if threads else claims.front, workers)
     finally:
         staging.close()
+
+
+def _join(threads, claims: ChunkClaims, stop_first: bool) -> None:
+    """Wait for the registration lanes (after stopping their hand-out when `stop_first`). An
+    interruption of the wait (Ctrl-C) stops them too and waits again: no lane may still queue
+    copies into the output once the upload has returned or raised."""
+    if stop_first:
+        claims.close()
+    try:
+        for t in threads:
+            t.join()
+    except BaseException:
+        claims.close()
+        for t in threads:
+            t.join()
+        raise
 
 
 class StagingLane:

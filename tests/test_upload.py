@@ -316,6 +316,28 @@ def test_a_failed_staging_transfer_stops_the_registration_lane(lanes_closed):
     assert not any(t.name == "robocache-upload-registration" for t in threading.enumerate())
 
 
+def test_an_interrupted_wait_for_the_lanes_stops_them_first(monkeypatch, lanes_closed):
+    """Ctrl-C while the upload waits for a registration lane: the lane takes no further chunk,
+    its queued copies finish and its pages are unlocked before the interruption propagates."""
+    interrupted = []
+
+    class InterruptedOnce(threading.Thread):
+        def join(self, timeout=None):
+            if not interrupted:
+                interrupted.append(True)
+                raise KeyboardInterrupt
+            super().join(timeout)
+
+    monkeypatch.setattr(_upload.threading, "Thread", InterruptedOnce)
+    nbytes = 50 * PAGE
+    ops = FakeRegistrar(nbytes, hold=(1, lanes_closed))  # its 2nd chunk waits for the stop
+    with pytest.raises(KeyboardInterrupt):
+        _copy(_source(nbytes, 6), PAGE, registrars=[ops])
+    assert interrupted and len(ops.copied) == 2  # the chunk it held, none after
+    assert not ops.locked and not ops.pending
+    assert not any(t.name == "robocache-upload-registration" for t in threading.enumerate())
+
+
 @pytest.mark.parametrize("method", ["staged", "registered", "mixed"])
 def test_to_device_runs_the_lanes_of_each_method(monkeypatch, method):
     """to_device's wiring, with the CUDA lanes replaced by the host fakes writing into the
