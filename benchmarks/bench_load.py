@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import _timing  # noqa: E402
 
 STATE, ACTION = 64, 32
+OTHER_PIECES_MB = (1, 8, 64)  # staging piece sizes compared with the shipped one
 
 
 def make_dataset(root: Path, frames: int, seed: int = 0) -> int:
@@ -186,35 +187,36 @@ def _touch(arrays) -> None:
 
 
 class _NoTransfer:
-    """The staging lane's operations with no device: two buffers (pinned where CUDA is usable,
-    plain elsewhere) that are filled and never sent."""
+    """A StagingLane's operations with no device: a buffer per slot (pinned where CUDA is
+    usable, plain elsewhere) that is filled and never sent."""
 
     def __init__(self, pinned: bool):
-        self.pinned, self.views = pinned, []
+        self.pinned, self.slots = pinned, {}
 
-    def buffers(self, n: int) -> list:
-        if len(self.views) != 2 or len(self.views[0]) < n:
+    def buffer(self, slot, n: int) -> np.ndarray:
+        buf = self.slots.get(slot)
+        if buf is None or len(buf) < n:
             if self.pinned:
                 import torch
 
-                self.views = [torch.empty(n, dtype=torch.uint8, pin_memory=True).numpy()
-                              for _ in range(2)]
+                buf = torch.empty(n, dtype=torch.uint8, pin_memory=True).numpy()
             else:
-                self.views = [np.empty(n, np.uint8) for _ in range(2)]
-        return self.views
+                buf = np.empty(n, np.uint8)
+            self.slots[slot] = buf
+        return buf
 
-    def wait(self, k: int) -> None:
+    def wait(self, slot) -> None:
         pass
 
-    def submit(self, k: int, off: int, n: int) -> None:
+    def submit(self, slot, off: int, n: int) -> None:
         pass
 
 
 def _fill_only(cache_dir: Path) -> None:
-    """The host half of cache -> GPU: freshly mapped cache files copied chunk by chunk into two
+    """The host half of cache -> GPU: freshly mapped cache files copied piece by piece into the
     staging buffers by the upload's own staging lane (robocache._upload.copy_in_lanes, same
-    chunk size and threads), with no transfer. Beside the full upload it tells whether the host
-    side or the bus sets its pace."""
+    chunks, pieces and threads), with no transfer. Beside the full upload it tells whether the
+    host side or the bus sets its pace."""
     from robocache import _progress, _upload
     from robocache.formats import read_cache
 
@@ -272,9 +274,15 @@ def run(quick: bool = False) -> list[dict]:
             t, _ = best_of(load, repeat)
             rows.append({"name": f"read_cache(verify={verify}) + touch pages", "bytes": got,
                          "seconds": t, "GB/s": got / t / 1e9})
-        t, _ = best_of(lambda: _fill_only(tmp / "cache"), repeat)
-        rows.append({"name": "cache -> staging buffers only (the upload's fill)", "bytes": got,
-                     "seconds": t, "GB/s": got / t / 1e9})
+        from robocache import _upload
+
+        shipped_mb = _upload.STAGING_PIECE_BYTES >> 20
+        for piece_mb in (shipped_mb, *(m for m in OTHER_PIECES_MB if m != shipped_mb)):
+            with _upload_settings(piece_mb=piece_mb):
+                t, _ = best_of(lambda: _fill_only(tmp / "cache"), repeat)
+            rows.append({"name": f"cache -> staging buffers only ({piece_mb} MB pieces)",
+                         "bytes": got, "seconds": t, "GB/s": got / t / 1e9,
+                         "piece_MB": piece_mb})
         cold = sorted((tmp / "cache").glob("*.npy"))
         t_disk, _ = best_of_cold(lambda: _read_files(cold), cold, repeat)
         if t_disk is not None:
@@ -333,23 +341,26 @@ def _gpu_rows(tmp: Path, src, got: int, repeat: int, cold_files, t_disk) -> list
         return [to_device(a, "cuda", method=method, chunk_bytes=chunk)
                 for a in [*c.arrays.values(), c.timestamps]]
 
-    # (method, registration lanes or None for the method's own, chunk MB, what): the shipped
-    # methods, then settings of the lanes that only this benchmark runs
-    mb = _upload.DEFAULT_CHUNK_BYTES >> 20
-    variants = [("staged", None, mb, "mmap, pinned double buffer"),
-                ("registered", None, mb, "mmap pages locked in place"),
-                ("mixed", None, mb, "both lanes at once"),
-                ("mixed", None, 16, "both lanes, 16 MB chunks"),
-                ("registered", 2, mb, "pages locked in place, 2 lanes"),
-                ("mixed", 2, mb, "both, 2 registration lanes")]
-    for method, lanes, chunk_mb, what in variants:
-        with _registration_lanes(method, lanes):
+    # (method, settings, what): the shipped methods, then settings of the lanes that only this
+    # benchmark runs (registration lanes, chunk and staging piece sizes)
+    variants = [("staged", {}, "pinned staging pieces"),
+                *(("staged", {"piece_mb": m}, f"staging, {m} MB pieces") for m in OTHER_PIECES_MB
+                  if m << 20 != _upload.STAGING_PIECE_BYTES),
+                ("registered", {}, "mmap pages locked in place"),
+                ("mixed", {}, "both lanes at once"),
+                ("mixed", {"chunk_mb": 16}, "both lanes, 16 MB chunks"),
+                ("registered", {"lanes": 2}, "pages locked in place, 2 lanes"),
+                ("mixed", {"lanes": 2}, "both, 2 registration lanes")]
+    for method, settings, what in variants:
+        chunk_mb = settings.get("chunk_mb", _upload.DEFAULT_CHUNK_BYTES >> 20)
+        with _upload_settings(method, settings.get("lanes"), settings.get("piece_mb")):
             t, _ = sync_time(lambda m=method, c=chunk_mb << 20: cache_to_gpu(m, c))
+            lanes = _upload.METHODS[method][0]
+            piece_mb = _upload.STAGING_PIECE_BYTES / (1 << 20)
         rows.append({"name": f"own cache -> GPU ({what})", "bytes": got,
                      "seconds": t, "GB/s": got / t / 1e9, "of_pinned_copy": t_pin / t,
                      "target_of_pinned_copy": 0.8, "method": method,
-                     "registration_lanes": lanes or _upload.METHODS[method][0],
-                     "chunk_MB": chunk_mb})
+                     "registration_lanes": lanes, "chunk_MB": chunk_mb, "piece_MB": piece_mb})
     if t_disk is not None:  # from the disk: the page cache dropped before each run
         for method in ("staged", "mixed"):
             def cold_to_gpu(method=method):
@@ -364,17 +375,21 @@ def _gpu_rows(tmp: Path, src, got: int, repeat: int, cold_files, t_disk) -> list
 
 
 @contextlib.contextmanager
-def _registration_lanes(method: str, lanes: int | None):
-    """Run `method` with `lanes` registration lanes for the duration (None: as shipped)."""
+def _upload_settings(method: str = "staged", lanes: int | None = None,
+                     piece_mb: float | None = None):
+    """For the duration: `method` with `lanes` registration lanes, and staging pieces of
+    `piece_mb` MB (None: as shipped)."""
     from robocache import _upload
 
-    shipped = _upload.METHODS[method]
+    shipped = _upload.METHODS[method], _upload.STAGING_PIECE_BYTES
     if lanes is not None:
-        _upload.METHODS[method] = (lanes, shipped[1])
+        _upload.METHODS[method] = (lanes, shipped[0][1])
+    if piece_mb is not None:
+        _upload.STAGING_PIECE_BYTES = int(piece_mb * (1 << 20))
     try:
         yield
     finally:
-        _upload.METHODS[method] = shipped
+        _upload.METHODS[method], _upload.STAGING_PIECE_BYTES = shipped
 
 
 def _print(rows: list[dict]) -> None:

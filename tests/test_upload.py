@@ -62,7 +62,7 @@ class FakeRegistrar:
         self.max_locked = 0
         self.registrations = 0
         self.copies = 0
-        self.copied: list[int] = []  # output offsets
+        self.copied: list[tuple[int, int]] = []  # (output offset, n)
         self.refuse_at, self.fail_copy_at = refuse_at, fail_copy_at
         self.pending = {}  # handle -> (offset, lo, n)
         self.started, self.failed = threading.Event(), threading.Event()
@@ -85,7 +85,7 @@ class FakeRegistrar:
             self.failed.set()
             raise OSError("copy failed")
         self.pending[k] = (offset, lo, n)
-        self.copied.append(offset)
+        self.copied.append((offset, n))
         return k
 
     def wait(self, handle):
@@ -100,56 +100,60 @@ class FakeRegistrar:
 
 
 class FakeStager:
-    """The staging lane's ops on the host: a transfer copies its buffer into `dst` only when it
-    is waited for (or at the end), so a buffer refilled before its transfer was waited for
-    would show up as wrong bytes; submit() also asserts it directly. With `after` (a
+    """A StagingLane's ops on the host: a slot's transfer copies its buffer into `dst` only
+    when it is waited for (or at the end), so a buffer refilled before its transfer was waited
+    for would show up as wrong bytes; submit() also asserts it directly. With `after` (a
     registrar), the first submit waits until that registrar has started; hold=(k, event) waits
     for the event before the k-th submit; the fail_submit_at-th submit fails (setting
-    `failed`)."""
+    `failed`); with `meet` (a Barrier), each thread's first submit waits at it. Thread-safe:
+    the lane's fill threads share it."""
 
-    def __init__(self, dst, after=None, fail_submit_at=None, hold=None):
-        self.dst = dst
+    def __init__(self, dst, after=None, fail_submit_at=None, hold=None, meet=None):
+        self.dst, self.meet = dst, meet
         self.after, self.hold = after, hold
         self.fail_submit_at = fail_submit_at
         self.failed, self.submitted = threading.Event(), threading.Event()
-        self.staging = None
-        self.allocations = 0
+        self.slots: dict = {}
         self.pending = {}
-        self.copied: list[int] = []  # output offsets, in submit order
-        self.log = []
+        self.copied: list[tuple[int, int]] = []  # (output offset, n), in submit order
+        self.threads_seen: set[int] = set()
+        self.lock = threading.Lock()
 
-    def buffers(self, n):
-        if self.staging is None:
-            self.allocations += 1
-            self.staging = [np.empty(n, np.uint8) for _ in range(2)]
-        return self.staging
+    def buffer(self, slot, n):
+        if slot not in self.slots:
+            self.slots[slot] = np.empty(n, np.uint8)
+        return self.slots[slot]
 
-    def wait(self, k):
-        self.log.append(("wait", k))
-        self._land(k)
+    def wait(self, slot):
+        with self.lock:
+            self._land(slot)
 
-    def submit(self, k, off, n):
+    def submit(self, slot, off, n):
         if self.after is not None and not self.copied:
             assert self.after.started.wait(10)
         if self.hold is not None and len(self.copied) == self.hold[0]:
             assert self.hold[1].wait(10)
-        if len(self.copied) == self.fail_submit_at:
-            self.failed.set()
-            raise OSError("submit failed")
-        assert k not in self.pending, "a buffer refilled while its transfer was in flight"
-        self.log.append(("submit", k, off, n))
-        self.pending[k] = (off, n)
-        self.copied.append(off)
+        if self.meet is not None and threading.get_ident() not in self.threads_seen:
+            self.meet.wait()
+        with self.lock:
+            if len(self.copied) == self.fail_submit_at:
+                self.failed.set()
+                raise OSError("submit failed")
+            assert slot not in self.pending, "a buffer refilled while its transfer was in flight"
+            self.pending[slot] = (off, n)
+            self.copied.append((off, n))
+            self.threads_seen.add(threading.get_ident())
         self.submitted.set()
 
-    def _land(self, k):
-        if k in self.pending:
-            off, n = self.pending.pop(k)
-            self.dst[off:off + n] = self.staging[k][:n]
+    def _land(self, slot):
+        if slot in self.pending:
+            off, n = self.pending.pop(slot)
+            self.dst[off:off + n] = self.slots[slot][:n]
 
     def synchronize(self):
-        for k in list(self.pending):
-            self._land(k)
+        with self.lock:
+            for slot in list(self.pending):
+                self._land(slot)
 
 
 class CountingBar:
@@ -179,18 +183,24 @@ def _copy(src, chunk, *, registrars=(), alongside=False, stager=None, workers=2)
     finally:
         stager.synchronize()
     out = stager.dst.copy()
+    hits = np.zeros(len(src), np.int64)  # how often each byte was copied
+    for off, n in stager.copied:
+        hits[off:off + n] += 1
     for r in registrars:
-        for offset in r.copied:
-            span = next(s for s in _upload.page_spans(src.ctypes.data, len(src), chunk)
-                        if s[2] - src.ctypes.data == offset)
-            n = span[3] - span[2]
-            out[offset:offset + n] = r.dst[offset:offset + n]
+        for off, n in r.copied:
+            out[off:off + n] = r.dst[off:off + n]
+            hits[off:off + n] += 1
+    assert (hits <= 1).all(), "a byte copied twice"
     return out, stager, bar
 
 
 def _chunk_offsets(src, chunk):
     return [lo - src.ctypes.data for _pl, _ph, lo, _hi in
             _upload.page_spans(src.ctypes.data, len(src), chunk)]
+
+
+def _chunk_of(src, chunk, off):
+    return max(i for i, o in enumerate(_chunk_offsets(src, chunk)) if o <= off)
 
 
 def test_chunk_claims_meet_in_the_middle_and_serve_returned_chunks_first():
@@ -209,21 +219,37 @@ def test_chunk_claims_meet_in_the_middle_and_serve_returned_chunks_first():
     assert closed.front() is None and closed.back() is None
 
 
-@pytest.mark.parametrize("nbytes, chunk, workers", [
-    (1, 8, 1), (1000, 64, 1), (1000, 3000, 1), (4096 * 9 + 17, 4096 * 4, 3),
-    (4096 * 9 + 17, 4096 * 2, 8), (4096 * 9 + 17, 4096, 2)])
-def test_staged_upload_moves_every_byte_in_file_order(monkeypatch, nbytes, chunk, workers):
+@pytest.mark.parametrize("nbytes, chunk, piece, workers", [
+    (1, 8, 4096, 1), (1000, 64, 4096, 1), (1000, 3000, 300, 1), (4096 * 9 + 17, 4096 * 4, 1000, 3),
+    (4096 * 9 + 17, 4096 * 2, 4096, 8), (4096 * 9 + 17, 4096, 1 << 20, 2),
+    (4096 * 40 + 3, 4096 * 8, 777, 4)])
+def test_staged_upload_moves_every_byte(monkeypatch, nbytes, chunk, piece, workers):
     monkeypatch.setattr(_upload, "MIN_PARALLEL_BYTES", 1)
+    monkeypatch.setattr(_upload, "STAGING_PIECE_BYTES", piece)
     src = _source(nbytes, nbytes)
     out, stager, bar = _copy(src, chunk, workers=workers)
+    np.testing.assert_array_equal(out, src)  # every byte once (_copy), none lost or stale
+    assert bar.n == nbytes
+    assert all(n <= piece for _off, n in stager.copied)
+    assert all(_chunk_of(src, chunk, off) == _chunk_of(src, chunk, off + n - 1)
+               for off, n in stager.copied)  # a piece never spans two chunks
+    assert set(stager.slots) <= {(w, k) for w in range(workers)
+                                 for k in range(_upload.STAGING_DEPTH)}
+    if workers == 1:  # one thread: in file order, its slots taken in turn
+        assert [off for off, _n in stager.copied] == sorted(off for off, _n in stager.copied)
+        assert len(stager.slots) == min(_upload.STAGING_DEPTH, len(stager.copied))
+
+
+def test_the_fill_threads_work_at_once(monkeypatch):
+    """Two fill threads: the first to submit waits at a barrier until the other submits too
+    (a lane that filled with one thread at a time would break the barrier)."""
+    monkeypatch.setattr(_upload, "MIN_PARALLEL_BYTES", 1)
+    monkeypatch.setattr(_upload, "STAGING_PIECE_BYTES", 1000)
+    src = _source(20 * PAGE, 9)
+    stager = FakeStager(np.zeros(len(src), np.uint8), meet=threading.Barrier(2, timeout=10))
+    out, stager, _bar = _copy(src, 4 * PAGE, stager=stager, workers=2)
     np.testing.assert_array_equal(out, src)
-    assert bar.n == nbytes and stager.allocations == 1
-    assert stager.copied == _chunk_offsets(src, chunk)  # front to back
-    submits = [e for e in stager.log if e[0] == "submit"]
-    assert [e[1] for e in submits] == [i % 2 for i in range(len(submits))]
-    for i, e in enumerate(stager.log):  # a buffer is refilled only after its transfer is done
-        if e[0] == "submit" and submits.index(e) >= 2:
-            assert stager.log[i - 1] == ("wait", e[1])
+    assert len(stager.threads_seen) == 2
 
 
 @pytest.mark.parametrize("nbytes, chunk", [(1, PAGE), (3 * PAGE + 5, PAGE), (20 * PAGE + 1, 3 * PAGE),
@@ -234,7 +260,8 @@ def test_registered_upload_moves_every_byte_and_unlocks_everything(nbytes, chunk
     out, stager, bar = _copy(src, chunk, registrars=[ops])
     np.testing.assert_array_equal(out, src)
     assert bar.n == nbytes
-    assert sorted(ops.copied) == _chunk_offsets(src, chunk) and stager.allocations == 0
+    assert [off for off, _n in ops.copied] == _chunk_offsets(src, chunk)  # front to back
+    assert not stager.slots  # no staging buffer was made
     assert not ops.locked and not ops.pending
     assert ops.max_locked <= _upload.REGISTERED_IN_FLIGHT
 
@@ -250,8 +277,8 @@ def test_a_refused_chunk_and_the_rest_go_through_the_staging_buffers(refuse_at, 
     np.testing.assert_array_equal(out, src)
     assert bar.n == nbytes
     offsets = _chunk_offsets(src, chunk)
-    assert len(ops.copied) <= refuse_at and offsets[refuse_at] in stager.copied
-    assert sorted(ops.copied + stager.copied) == offsets  # each chunk copied once
+    assert len(ops.copied) <= refuse_at  # then the refused chunk went to the staging lane
+    assert offsets[refuse_at] in [off for off, _n in stager.copied]
     assert not ops.locked and not ops.pending
 
 
@@ -264,13 +291,13 @@ def test_mixed_upload_shares_the_chunks_between_the_lanes(monkeypatch, nbytes, c
     ops = FakeRegistrar(nbytes, hold=(1, stager.submitted))  # its 2nd chunk waits for the stager
     stager.after = ops  # whose 1st waits for the registrar: each lane takes a chunk
     out, stager, bar = _copy(src, chunk, registrars=[ops], alongside=True, stager=stager,
-                             workers=3)
-    np.testing.assert_array_equal(out, src)
+                             workers=2)  # one fill thread beside the registration
+    np.testing.assert_array_equal(out, src)  # every byte once (_copy)
     assert bar.n == nbytes
     assert ops.copied and stager.copied  # both lanes took chunks
-    assert sorted(ops.copied + stager.copied) == _chunk_offsets(src, chunk)  # each once
     assert ops.copied == sorted(ops.copied)  # registration from the front
-    assert stager.copied == sorted(stager.copied, reverse=True)  # staging from the back
+    staged_chunks = [_chunk_of(src, chunk, off) for off, _n in stager.copied]
+    assert staged_chunks == sorted(staged_chunks, reverse=True)  # staging from the back
     assert not ops.locked and not ops.pending
 
 
@@ -472,16 +499,17 @@ def test_cuda_upload_error_leaves_no_copy_in_flight(monkeypatch):
         return s
 
     calls = []
-    real_fill = _upload._fill
+    real_submit = _upload._CudaStaging.submit
 
-    def failing_fill(dst, src, pool, workers):
-        calls.append(len(src))
+    def failing_submit(self, slot, off, n):
+        calls.append(n)
         if len(calls) == 3:
             raise OSError("simulated read error")
-        real_fill(dst, src, pool, workers)
+        real_submit(self, slot, off, n)
 
     monkeypatch.setattr(torch.cuda, "Stream", recording_stream)
-    monkeypatch.setattr(_upload, "_fill", failing_fill)
+    monkeypatch.setattr(_upload._CudaStaging, "submit", failing_submit)
+    monkeypatch.setattr(_upload, "STAGING_PIECE_BYTES", 256 << 20)
     a = np.ones(3 * (256 << 20), np.uint8)  # two 256 MB copies queued (~5 ms each) when it fails
     with pytest.raises(OSError, match="simulated"):
         _upload.to_device(a, "cuda", chunk_bytes=256 << 20, workers=1)
