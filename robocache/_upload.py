@@ -294,6 +294,7 @@ class StagingLane:
         alone for 1 or for a source below MIN_PARALLEL_BYTES). The first error stops the
         others and is raised."""
         feed = _PieceFeed(next_chunk, self.spans, self.address, self.piece)
+        workers = min(workers, -(-len(self.src) // self.piece))  # no thread without a piece
         if workers <= 1 or len(self.src) < MIN_PARALLEL_BYTES:
             self._work(0, feed)
             return
