@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import _timing  # noqa: E402
 
 STATE, ACTION = 64, 32
-OTHER_PIECES_MB = (1, 8, 64)  # staging piece sizes compared with the shipped one
+OTHER_PIECES_MB = (0.5, 2, 8, 64)  # staging piece sizes compared with the shipped one
 
 
 def make_dataset(root: Path, frames: int, seed: int = 0) -> int:
@@ -186,6 +186,14 @@ def _touch(arrays) -> None:
         flat[:: 4096].sum()  # one byte per page: maps every page of the file
 
 
+def _cuda_usable() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
 class _NoTransfer:
     """A StagingLane's operations with no device: a buffer per slot (pinned where CUDA is
     usable, plain elsewhere) that is filled and never sent."""
@@ -212,27 +220,45 @@ class _NoTransfer:
         pass
 
 
-def _fill_only(cache_dir: Path) -> None:
-    """The host half of cache -> GPU: freshly mapped cache files copied piece by piece into the
-    staging buffers by the upload's own staging lane (robocache._upload.copy_in_lanes, same
-    chunks, pieces and threads), with no transfer. Beside the full upload it tells whether the
-    host side or the bus sets its pace."""
-    from robocache import _progress, _upload
+def _cache_sources(cache_dir: Path) -> list[np.ndarray]:
+    """The cache's arrays, freshly mapped, as flat bytes."""
     from robocache.formats import read_cache
 
     c = read_cache(cache_dir, verify=False, progress=False)
     arrays = [*c.arrays.values(), *([] if c.timestamps is None else [c.timestamps])]
-    try:
-        import torch
+    return [np.ascontiguousarray(a).reshape(-1).view(np.uint8) for a in arrays]
 
-        pinned = torch.cuda.is_available()
-    except ImportError:
-        pinned = False
-    stager = _NoTransfer(pinned)
+
+def _fill_only(cache_dir: Path, stager: _NoTransfer) -> None:
+    """The host half of cache -> GPU: freshly mapped cache files copied piece by piece into the
+    staging buffers by the upload's own staging lane (robocache._upload.copy_in_lanes, same
+    chunks, pieces and threads), with no transfer. Beside the full upload it tells whether the
+    host side or the bus sets its pace. `stager` keeps its buffers from run to run (as torch's
+    pinned-memory cache keeps the upload's)."""
+    from robocache import _progress, _upload
+
     with _progress.bar(1, "fill", progress=False) as bar:
-        for a in arrays:
-            src = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+        for src in _cache_sources(cache_dir):
             _upload.copy_in_lanes(src, _upload.DEFAULT_CHUNK_BYTES, stager, [], False, bar, None)
+
+
+def _fill_split_baseline(cache_dir: Path, buffers: list[np.ndarray]) -> None:
+    """The fill as the upload did it before the sixth session, the baseline of _fill_only: two
+    64 MB buffers (`buffers`, kept from run to run) taken in turn, each chunk split between all
+    the threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from robocache import _upload
+
+    chunk = _upload.DEFAULT_CHUNK_BYTES
+    threads = min(_upload.MAX_FILL_THREADS, os.cpu_count() or 1)
+    with ThreadPoolExecutor(threads) as pool:
+        for src in _cache_sources(cache_dir):
+            for i, off in enumerate(range(0, len(src), chunk)):
+                part, dst = src[off:off + chunk], buffers[i % 2]
+                step = -(-len(part) // threads)
+                list(pool.map(lambda a, d=dst, p=part, n=step: np.copyto(d[a:a + n], p[a:a + n]),
+                              range(0, len(part), step)))
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -276,19 +302,29 @@ def run(quick: bool = False) -> list[dict]:
                          "seconds": t, "GB/s": got / t / 1e9})
         from robocache import _upload
 
-        shipped_mb = _upload.STAGING_PIECE_BYTES >> 20
+        pinned = _cuda_usable()
+        split = _NoTransfer(pinned)
+        buffers = [split.buffer(k, _upload.DEFAULT_CHUNK_BYTES) for k in range(2)]
+        t_split, _ = best_of(lambda: _fill_split_baseline(tmp / "cache", buffers), repeat)
+        rows.append({"name": "cache -> one 64 MB double buffer (fill before)", "bytes": got,
+                     "seconds": t_split, "GB/s": got / t_split / 1e9})
+        shipped_mb = _upload.STAGING_PIECE_BYTES / (1 << 20)
         for piece_mb in (shipped_mb, *(m for m in OTHER_PIECES_MB if m != shipped_mb)):
             with _upload_settings(piece_mb=piece_mb):
-                t, _ = best_of(lambda: _fill_only(tmp / "cache"), repeat)
-            rows.append({"name": f"cache -> staging buffers only ({piece_mb} MB pieces)",
+                stager = _NoTransfer(pinned)
+                t, _ = best_of(lambda st=stager: _fill_only(tmp / "cache", st), repeat)
+            rows.append({"name": f"cache -> staging buffers only ({piece_mb:g} MB pieces)",
                          "bytes": got, "seconds": t, "GB/s": got / t / 1e9,
-                         "piece_MB": piece_mb})
+                         "piece_MB": piece_mb, "baseline": "one 64 MB double buffer",
+                         "baseline_seconds": t_split, "speedup": t_split / t})
         cold = sorted((tmp / "cache").glob("*.npy"))
         t_disk, _ = best_of_cold(lambda: _read_files(cold), cold, repeat)
         if t_disk is not None:
             rows.append({"name": "cold: disk read of the cache files (reference)", "bytes": got,
                          "seconds": t_disk, "GB/s": got / t_disk / 1e9})
-            t, _ = best_of_cold(lambda: _fill_only(tmp / "cache"), cold, repeat)
+            stager = _NoTransfer(pinned)
+            _fill_only(tmp / "cache", stager)  # its buffers made before the timed runs
+            t, _ = best_of_cold(lambda: _fill_only(tmp / "cache", stager), cold, repeat)
             rows.append({"name": "cold: cache -> staging buffers only", "bytes": got,
                          "seconds": t, "GB/s": got / t / 1e9, "of_disk_read": t_disk / t})
         rows += _gpu_rows(tmp, src, got, repeat, cold, t_disk)
@@ -344,8 +380,8 @@ def _gpu_rows(tmp: Path, src, got: int, repeat: int, cold_files, t_disk) -> list
     # (method, settings, what): the shipped methods, then settings of the lanes that only this
     # benchmark runs (registration lanes, chunk and staging piece sizes)
     variants = [("staged", {}, "pinned staging pieces"),
-                *(("staged", {"piece_mb": m}, f"staging, {m} MB pieces") for m in OTHER_PIECES_MB
-                  if m << 20 != _upload.STAGING_PIECE_BYTES),
+                *(("staged", {"piece_mb": m}, f"staging, {m:g} MB pieces")
+                  for m in OTHER_PIECES_MB if m * (1 << 20) != _upload.STAGING_PIECE_BYTES),
                 ("registered", {}, "mmap pages locked in place"),
                 ("mixed", {}, "both lanes at once"),
                 ("mixed", {"chunk_mb": 16}, "both lanes, 16 MB chunks"),

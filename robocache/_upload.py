@@ -4,13 +4,13 @@
 (raising DeviceMemoryError before anything is allocated), allocates the output tensor once, then
 copies the array chunk by chunk. The chunks are handed out by one `ChunkClaims`, and up to two
 kinds of lane take them:
-- the staging lane: fill threads, each with two small pinned buffers of its own (2 MB), copy
+- the staging lane: fill threads, each with two small pinned buffers of its own (1 MB), copy
   the chunk's pieces into them, and the copy engine moves each to the device (non_blocking, on
   a side stream) while the thread fills its other buffer (for a memory-mapped array this is
   also where its pages are read in). Small buffers that are used again and again stay in the
   CPU cache: the fill writes no memory, and the transfer can read them from the cache (through
   one 64 MB double buffer every byte was read, written to memory and read again by the DMA;
-  the fill alone runs ~1.9x faster this way on a CPU, benchmarks/RESULTS.md);
+  on the CPU machine the fill alone ran 1.2-1.8x faster, benchmarks/RESULTS.md);
 - a registration lane (a thread of its own) lets the copy engine read the array's own pages: a
   chunk is page-locked in place (cudaHostRegister, read-only: a memory-mapped cache file's page
   cache pages) and copied with no host memcpy; the next chunk is locked while the previous one
@@ -49,7 +49,7 @@ from ._errors import DeviceMemoryError
 DEFAULT_CHUNK_BYTES = 64 << 20
 MIN_PARALLEL_BYTES = 4 << 20  # below this one thread fills the staging buffers
 MAX_FILL_THREADS = 16
-STAGING_PIECE_BYTES = 2 << 20  # one staging buffer (a fill thread's slot)
+STAGING_PIECE_BYTES = 1 << 20  # one staging buffer (a fill thread's slot)
 STAGING_DEPTH = 2  # staging buffers per fill thread
 # method -> (registration lanes, whether the staging lane runs beside them or only copies
 # what they left)
