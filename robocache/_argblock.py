@@ -2,8 +2,8 @@
 
 CuPy's launch costs about 0.2 us per kernel argument (benchmarks/RESULTS.md), so the hot paths
 pass one struct. An ArgBlock holds the struct's bytes with every field that is the same from call
-to call (sizes, method codes) set once; per call only the addresses are packed, by one
-`struct.pack_into`, into a buffer of the calling thread, and the same `np.void` view of that
+to call (sizes, method codes) set once; per call only the fields that change (addresses, batch
+sizes) are packed, by one `struct.pack_into`, into a buffer of the calling thread, and the same `np.void` view of that
 buffer is handed to the launch. The driver copies kernel arguments when the launch is made
 (cuLaunchKernel), so once a launch call has returned its buffer can be refilled; buffers are
 per thread, so two threads launching the same signature never share one.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import struct
 import threading
+from itertools import pairwise
 
 import numpy as np
 
@@ -34,40 +35,53 @@ class ArgSlot:
         self._keep = array  # the void* array lives as long as the slot
 
 
+# the field types a per-call value may have, as struct format characters
+_FORMATS = {np.dtype(t): c for t, c in ((np.uint64, "Q"), (np.int64, "q"), (np.uint32, "I"),
+                                        (np.int32, "i"), (np.float64, "d"), (np.float32, "f"))}
+
+
 class ArgBlock:
     """`dtype`: the struct's structured NumPy dtype (the layout of the C struct, align=True);
-    `addresses`: the address fields packed per call, in order, each a field name or (name, i)
-    for element i of an array field (all uint64); `fields`: the fixed fields' values, set on
-    `template` (the struct's bytes; zeros by default)."""
+    `per_call`: the fields packed per call, in layout order, each a field name or (name, i) for
+    element i of an array field (64- or 32-bit ints or floats: addresses, sizes); `fields`: the
+    fixed fields' values, set on `template` (the struct's bytes; zeros by default). No fixed
+    field may lie between two per-call fields (the pack writes the bytes between them)."""
 
-    def __init__(self, dtype: np.dtype, addresses=(), *, template: bytes | None = None,
+    def __init__(self, dtype: np.dtype, per_call=(), *, template: bytes | None = None,
                  **fields):
         template = (np.zeros((), dtype) if template is None
                     else np.frombuffer(bytearray(template), dtype)[0])
         for name, value in fields.items():
             template[name] = value
-        offsets = []
-        for a in addresses:
+        spans = []  # (offset, format character, size) per per-call field
+        for a in per_call:
             name, index = (a, 0) if isinstance(a, str) else a
-            base_dtype, base = dtype.fields[name][:2]
-            if base_dtype.base != np.dtype(np.uint64):
-                raise TypeError(f"address field {a!r}: expected uint64, got {base_dtype}")
-            offsets.append(base + 8 * index)
-        if offsets != sorted(set(offsets)):
-            raise ValueError("address fields must be distinct and in layout order")
-        # one format from the first address to the last: "Q" per address, zero pads between
-        fmt, at = "<", offsets[0] if offsets else 0
+            field_dtype, base = dtype.fields[name][:2]
+            fmt = _FORMATS.get(field_dtype.base)
+            if fmt is None:
+                raise TypeError(f"per-call field {a!r}: expected one of "
+                                f"{[str(t) for t in _FORMATS]}, got {field_dtype.base}")
+            count = int(np.prod(field_dtype.shape))  # 1 for a scalar field
+            if not 0 <= index < count:
+                raise IndexError(f"per-call field {a!r}: expected an index in [0, {count}), "
+                                 f"got {index}")
+            size = field_dtype.base.itemsize
+            spans.append((base + size * index, fmt, size))
+        if any(b[0] < a[0] + a[2] for a, b in pairwise(spans)):
+            raise ValueError("per-call fields must be distinct and in layout order")
+        # one format from the first per-call field to the last, zero pads between them
+        fmt, at = "<", spans[0][0] if spans else 0
         raw = template.tobytes()
-        for off in offsets:
+        for off, c, size in spans:
             if off > at:
                 if any(raw[at:off]):
-                    raise ValueError("a fixed field lies between two address fields")
+                    raise ValueError("a fixed field lies between two per-call fields")
                 fmt += f"{off - at}x"
-            fmt += "Q"
-            at = off + 8
+            fmt += c
+            at = off + size
         self.dtype = dtype
         self.template = raw
-        self._start = offsets[0] if offsets else 0
+        self._start = spans[0][0] if spans else 0
         self._format = fmt
         self._pack = struct.Struct(fmt).pack_into
         self._local = threading.local()
@@ -82,16 +96,15 @@ class ArgBlock:
         self._local = threading.local()
 
     def slot(self) -> ArgSlot:
-        """This thread's copy (for callers that pack more than addresses); its bytes keep what
-        the previous call from this thread wrote."""
+        """This thread's copy; its bytes keep what the previous call from this thread wrote."""
         slot = getattr(self._local, "slot", None)
         if slot is None:
             slot = self._local.slot = ArgSlot(self.template, self.dtype)
         return slot
 
-    def pack(self, *addresses: int) -> ArgSlot:
-        """This thread's copy with these addresses (in the order given at construction) filled
-        in, valid until its next use from the same thread."""
+    def pack(self, *values) -> ArgSlot:
+        """This thread's copy with these per-call values (in the order given at construction)
+        filled in, valid until its next use from the same thread."""
         slot = self.slot()
-        self._pack(slot.buf, self._start, *addresses)
+        self._pack(slot.buf, self._start, *values)
         return slot

@@ -50,8 +50,33 @@ def test_bad_layouts_are_refused():
         ArgBlock(DT, ("q", "p"))
     with pytest.raises(ValueError, match="order"):
         ArgBlock(DT, ("p", "p"))
-    with pytest.raises(TypeError, match="uint64"):
-        ArgBlock(DT, ("n",))
+    with pytest.raises(IndexError, match=r"\[0, 4\), got 4"):
+        ArgBlock(DT, (("arr", 4),))
+    odd = np.dtype([("h", np.float16), ("b", np.uint8)])
+    for name in ("h", "b"):
+        with pytest.raises(TypeError, match=f"per-call field '{name}': expected one of"):
+            ArgBlock(odd, (name,))
+    with pytest.raises(ValueError, match="order"):  # the same field twice
+        ArgBlock(np.dtype([("a", np.uint64), ("x", np.int32), ("y", np.int32)]), ("a", "a"))
+
+
+def test_per_call_fields_of_every_type_pack_at_their_offsets():
+    """Ints and floats of 32 and 64 bits packed in one call, with the padding between them
+    left zero and a fixed field after the last one kept."""
+    dt = np.dtype({"names": ["p", "n", "b", "f", "d", "i", "u", "q", "tail"],
+                   "formats": [np.uint64, np.int64, np.int32, np.float32, np.float64, np.int32,
+                               np.uint32, np.int64, np.int32]}, align=True)
+    blk = ArgBlock(dt, ("p", "n", "b", "f", "d", "i", "u", "q"), tail=77)
+    v = blk.pack(2**63 + 5, -(2**40), -7, 1.5, -2.25, 2**31 - 1, 2**32 - 1, 9).view
+    assert (int(v["p"]), int(v["n"]), int(v["b"]), float(v["f"]), float(v["d"]),
+            int(v["i"]), int(v["u"]), int(v["q"]), int(v["tail"])) == \
+        (2**63 + 5, -(2**40), -7, 1.5, -2.25, 2**31 - 1, 2**32 - 1, 9, 77)
+    raw = bytes(blk.slot().buf)
+    ref = np.zeros((), dt)
+    for name, value in zip(dt.names, (2**63 + 5, -(2**40), -7, 1.5, -2.25, 2**31 - 1,
+                                      2**32 - 1, 9, 77), strict=True):
+        ref[name] = value
+    assert raw == ref.tobytes()  # the same bytes NumPy lays out, pads included
 
 
 def test_pickles_and_copies_without_its_buffers():

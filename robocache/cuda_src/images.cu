@@ -58,6 +58,9 @@ struct ImageParams {
     rc_u64 out;          // TO, [B,K,C,h,w] or [B,K,h,w,C]
     rc_u64 key;          // rc_rand_key(seed, epoch, batch)
     rc_i64 N;            // frames in the store
+    int B, K;            // samples, frames per sample
+    int idx64;           // 1: indices are int64
+    // (the fields above are packed per call, in one go; those below come from the plan)
     double bright_lo, bright_hi;       // brightness factor range (float32 values)
     double contrast_lo, contrast_hi;   // contrast factor range (float32 values)
     float mean[4];
@@ -65,7 +68,7 @@ struct ImageParams {
     float sy, sx;        // resize scales ch/h and cw/w (float32, as torch computes them)
     float scale;         // multiplier applied to the raw 0..255 value
     float vmax;          // 255 * scale: the jitter clamp
-    int B, K, H, W;
+    int H, W;
     int ch, cw;          // crop window
     int oh, ow;          // output size
     int cy0, cx0;        // centre-crop origin (used when crop_random == 0)
@@ -74,7 +77,6 @@ struct ImageParams {
     int per_frame_crop;  // 1: a crop (and shift) per frame, else one per sample
     int jitter;          // bit 0: brightness, bit 1: contrast
     int per_frame_jitter;
-    int idx64;           // 1: indices are int64
     int c_stride;        // output element stride between channels
     int p_stride;        // output element stride between pixels
 };

@@ -54,7 +54,6 @@ Design note - how TrajectoryDataset uses this op (no separate pass, no extra cop
 from __future__ import annotations
 
 import functools
-import struct
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,14 +82,16 @@ _I32_MAX = 2**31 - 1
 CROP_Y, CROP_X, SHIFT_Y, SHIFT_X, BRIGHTNESS, CONTRAST = 1, 2, 3, 4, 5, 6
 
 IMAGE_PARAMS_DTYPE = np.dtype({
-    "names": ["frames", "indices", "zero_mask", "out", "key", "N",
+    "names": ["frames", "indices", "zero_mask", "out", "key", "N", "B", "K", "idx64",
               "bright_lo", "bright_hi", "contrast_lo", "contrast_hi",
               "mean", "inv_std", "sy", "sx", "scale", "vmax",
-              "B", "K", "H", "W", "ch", "cw", "oh", "ow", "cy0", "cx0", "crop_random", "shift",
-              "per_frame_crop", "jitter", "per_frame_jitter", "idx64", "c_stride", "p_stride"],
-    "formats": [np.uint64] * 5 + [np.int64] + [np.float64] * 4 + [(np.float32, 4)] * 2
-               + [np.float32] * 4 + [np.int32] * 18,
+              "H", "W", "ch", "cw", "oh", "ow", "cy0", "cx0", "crop_random", "shift",
+              "per_frame_crop", "jitter", "per_frame_jitter", "c_stride", "p_stride"],
+    "formats": [np.uint64] * 5 + [np.int64] + [np.int32] * 3 + [np.float64] * 4
+               + [(np.float32, 4)] * 2 + [np.float32] * 4 + [np.int32] * 15,
 }, align=True)  # the layout of struct ImageParams in images.cu
+# the fields apply_cuda packs per call (the struct's first ones); the rest come from the plan
+IMAGE_PER_CALL = ("frames", "indices", "zero_mask", "out", "key", "N", "B", "K", "idx64")
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,8 @@ class ImagePlan:
         object.__setattr__(self, "kernel", self.kernel_name(v))
         object.__setattr__(self, "kernel_scalar", self.kernel_name(1))
         object.__setattr__(self, "template", _static_params(self))
-        object.__setattr__(self, "args", ArgBlock(IMAGE_PARAMS_DTYPE, template=self.template))
+        object.__setattr__(self, "args", ArgBlock(IMAGE_PARAMS_DTYPE, IMAGE_PER_CALL,
+                                                  template=self.template))
 
     @property
     def resize(self) -> bool:
@@ -698,28 +700,15 @@ def apply_cuda(plan: ImagePlan, frames, indices, zero_mask, out, key, *,
         frames = _array.contiguous(frames)
         frames_ptr = _array.address(frames)
     out_ptr = _array.address(out)
-    slot = plan.args.slot()  # this thread's ImageParams: the plan's fields, then per call
-    buf = slot.buf
-    _DYNAMIC.pack_into(buf, 0, int(frames_ptr), _array.address(indices),
-                       0 if zero_mask is None else _array.address(zero_mask),
-                       out_ptr, int(key), int(frames.shape[0]))
-    _INT2.pack_into(buf, _OFFSET_B, B, K)
-    _INT1.pack_into(buf, _OFFSET_IDX64, int(_array.dtype_name(indices) == "int64"))
+    slot = plan.args.pack(  # this thread's ImageParams: the plan's fields, then IMAGE_PER_CALL
+        int(frames_ptr), _array.address(indices),
+        0 if zero_mask is None else _array.address(zero_mask), out_ptr, int(key),
+        int(frames.shape[0]), B, K, int(_array.dtype_name(indices) == "int64"))
     v, kernel = plan.run_width, plan.kernel
     if v > 1 and out_ptr % (v * _array.ITEMSIZE[plan.out_dtype]):
         v, kernel = 1, plan.kernel_scalar  # an `out` view not aligned for the wide stores
     grid, block = _launch_config(plan.size, B, K, v, plan.resize)  # B * K >= 1: all >= 1
     _runtime.launch_block(_kernels.IMAGES, kernel, grid, block, slot, out)
-
-
-# The per-call fields of ImageParams: frames, indices, zero_mask, out, key, N lead the struct;
-# B and K are adjacent; idx64 is one int. The rest comes from the plan's template below.
-_DYNAMIC = struct.Struct("<QQQQQq")
-_INT2 = struct.Struct("<ii")
-_INT1 = struct.Struct("<i")
-_OFFSET = {name: IMAGE_PARAMS_DTYPE.fields[name][1] for name in IMAGE_PARAMS_DTYPE.names}
-_OFFSET_B, _OFFSET_IDX64 = _OFFSET["B"], _OFFSET["idx64"]
-assert [_OFFSET[n] for n in ("frames", "N", "K")] == [0, 40, _OFFSET["B"] + 4]
 
 
 def _static_params(plan: ImagePlan) -> bytes:
