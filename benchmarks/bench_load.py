@@ -5,20 +5,23 @@
 Generates a LeRobot v3.0-style numeric dataset in a temporary directory (~1 GB of feature data
 in full mode, ~25 MB quick: observation.state float32[64], action float32[32] and LeRobot's
 bookkeeping columns, ~100 MB snappy parquet files with one row group per episode, episodes of
-200-400 frames), then measures,
-each from the page cache (one untimed read first, best of a few timed runs):
+200-400 frames), then measures, from the page cache unless said otherwise (one untimed run
+first, best of a few timed runs):
 
 - read_lerobot -> contiguous host arrays, beside the usual per-row route to the same arrays
   (Arrow column -> NumPy object array of rows -> np.stack, what a datasets-based loader does);
 - write_cache, and read_cache with and without SHA-256 verification (the mapped pages are
   touched, so the bytes really are read);
-- from a cold page cache (the cache files' pages dropped with posix_fadvise before each run):
-  the disk's own sequential read of the files (reference), the upload's fill and, with a GPU,
-  the staged and mixed uploads;
+- the upload's fill alone (no transfer) with the shipped staging pieces and others, beside the
+  fill as it was before the sixth session (one 64 MB double buffer split between the threads);
 - with a GPU: read_lerobot + to_device (target >= 1 GB/s), and cache -> to_device with each
   upload method (staged through pinned buffers; the mapped pages registered in place; both
-  lanes at once, "mixed"), plus a few lane / chunk settings of the latter two, beside a plain
-  pinned host-to-device copy of the same size measured in the same run (target >= 80% of it).
+  lanes at once, "mixed"), plus other staging piece sizes, chunk sizes and registration lane
+  counts, beside a plain pinned host-to-device copy of the same size measured in the same run
+  (target >= 80% of it);
+- from a cold page cache (the cache files' pages dropped with posix_fadvise before each run,
+  no untimed run): parallel 8 MB preads of the files (the disk's reference), the upload's fill
+  and, with a GPU, the staged and mixed uploads.
 GPU rows are skipped, with the reason printed, where there is no CUDA device.
 """
 

@@ -101,9 +101,10 @@ def to_device(array: np.ndarray, device, *, chunk_bytes: int = DEFAULT_CHUNK_BYT
               method: str = "staged"):
     """Copy `array` to `device` as a torch tensor (same shape and dtype); on the CPU return
     `array` itself. A non-contiguous array is made contiguous on the host first. `method`:
-    "staged" (pinned double buffer), "registered" (the array's pages locked in place) or
+    "staged" (pinned staging buffers), "registered" (the array's pages locked in place) or
     "mixed" (both lanes at once); see the module docstring. Chunks are whole pages (at least
-    one) of `chunk_bytes`."""
+    one) of `chunk_bytes`; `workers`: fill threads (default: one per core, at most
+    MAX_FILL_THREADS)."""
     if not isinstance(array, np.ndarray):
         raise TypeError(f"array: expected a NumPy array, got {type(array).__name__}")
     if not (isinstance(chunk_bytes, int) and chunk_bytes > 0):
