@@ -216,6 +216,9 @@ class _NoTransfer:
             self.slots[slot] = buf
         return buf
 
+    def worker(self):
+        return contextlib.nullcontext()
+
     def wait(self, slot) -> None:
         pass
 

@@ -279,9 +279,10 @@ class StagingLane:
     small so that a worker's buffers stay in the CPU cache (see the module docstring). What is
     in flight in each slot carries over from one run() to the next.
 
-    `stager` does the transfers: buffer(slot, n) (the slot's n-byte buffer, allocated on first
-    use), wait(slot) (its previous transfer is done), submit(slot, offset, n) (queue the
-    slot's first n bytes to the output's byte `offset`); slot = (worker, k)."""
+    `stager` does the transfers: worker() (a context a fill thread works in), buffer(slot, n)
+    (the slot's n-byte buffer, allocated on first use), wait(slot) (its previous transfer is
+    done), submit(slot, offset, n) (queue the slot's first n bytes to the output's byte
+    `offset`); slot = (worker, k)."""
 
     def __init__(self, src: np.ndarray, spans, stager, bar, piece: int):
         self.src = src.view(np.ndarray)  # a memmap's own slicing costs more per piece
@@ -312,21 +313,25 @@ class StagingLane:
             raise errors[0]
 
     def _work(self, worker: int, feed: _PieceFeed) -> None:
-        k = 0
         try:
-            for off, n in iter(feed.next, None):
-                slot = (worker, k)
-                if slot in self.in_flight:
-                    self.stager.wait(slot)
-                    self.in_flight.discard(slot)
-                np.copyto(self.stager.buffer(slot, self.piece)[:n], self.src[off:off + n])
-                self.stager.submit(slot, off, n)
-                self.in_flight.add(slot)
-                k = (k + 1) % STAGING_DEPTH
-                self.bar.update(n)
+            with self.stager.worker():
+                self._copy_pieces(worker, feed)
         except BaseException:
             feed.close()
             raise
+
+    def _copy_pieces(self, worker: int, feed: _PieceFeed) -> None:
+        k = 0
+        for off, n in iter(feed.next, None):
+            slot = (worker, k)
+            if slot in self.in_flight:
+                self.stager.wait(slot)
+                self.in_flight.discard(slot)
+            np.copyto(self.stager.buffer(slot, self.piece)[:n], self.src[off:off + n])
+            self.stager.submit(slot, off, n)
+            self.in_flight.add(slot)
+            k = (k + 1) % STAGING_DEPTH
+            self.bar.update(n)
 
 
 class _PieceFeed:
@@ -421,6 +426,11 @@ class _CudaStaging:
         self.stream.wait_stream(torch.cuda.current_stream(dev))
         self._slots: dict = {}  # slot -> (pinned tensor, its NumPy view, event)
 
+    def worker(self):
+        """A fill thread queues its copies on the side stream: made current once per thread
+        (the context costs more than a piece's copy call)."""
+        return self.torch.cuda.stream(self.stream)
+
     def buffer(self, slot, n: int) -> np.ndarray:
         entry = self._slots.get(slot)
         if entry is None:  # a slot belongs to one fill thread: no other thread makes it
@@ -431,11 +441,10 @@ class _CudaStaging:
     def wait(self, slot) -> None:
         self._slots[slot][2].synchronize()
 
-    def submit(self, slot, off: int, n: int) -> None:
+    def submit(self, slot, off: int, n: int) -> None:  # inside worker(): on the side stream
         pinned, _view, event = self._slots[slot]
-        with self.torch.cuda.stream(self.stream):
-            self.dst[off:off + n].copy_(pinned[:n], non_blocking=True)
-            event.record(self.stream)
+        self.dst[off:off + n].copy_(pinned[:n], non_blocking=True)
+        event.record(self.stream)
 
     def synchronize(self) -> None:
         self.stream.synchronize()

@@ -3,6 +3,7 @@ the host with fake copy engines, memory checks; the real CUDA path under @pytest
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import threading
 import time
@@ -118,6 +119,9 @@ class FakeStager:
         self.copied: list[tuple[int, int]] = []  # (output offset, n), in submit order
         self.threads_seen: set[int] = set()
         self.lock = threading.Lock()
+
+    def worker(self):
+        return contextlib.nullcontext()
 
     def buffer(self, slot, n):
         if slot not in self.slots:
