@@ -36,7 +36,6 @@ that upload many arrays and want to fail before the first.
 from __future__ import annotations
 
 import mmap
-import os
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import _array, _progress
+from ._cpus import usable_cpus
 from ._errors import DeviceMemoryError
 
 DEFAULT_CHUNK_BYTES = 64 << 20
@@ -226,7 +226,7 @@ def copy_in_lanes(src: np.ndarray, chunk: int, stager, registrars, alongside: bo
     spans = page_spans(int(src.ctypes.data), len(src), chunk)
     claims = ChunkClaims(len(spans))
     bar = _LockedBar(bar)  # advanced by every lane's threads
-    workers = workers or min(MAX_FILL_THREADS, os.cpu_count() or 1)
+    workers = workers or min(MAX_FILL_THREADS, usable_cpus())
     errors: list[BaseException] = []
 
     def registration(ops) -> None:

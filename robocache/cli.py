@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -69,6 +68,7 @@ def _cmd_compile_check(args) -> int:
     from concurrent.futures import ProcessPoolExecutor
 
     from . import _runtime
+    from ._cpus import usable_cpus
 
     archs = args.arch or list(_runtime.TARGET_ARCHS)
     mods = _modules(args.module)
@@ -79,7 +79,7 @@ def _cmd_compile_check(args) -> int:
               file=sys.stderr)
         return 2
     jobs = [(m, a, args.ptxas) for m in mods for a in archs]
-    workers = max(1, min(args.jobs or os.cpu_count() or 1, len(jobs)))
+    workers = max(1, min(args.jobs or usable_cpus(), len(jobs)))
     if workers == 1:
         results = map(_compile_one, jobs)
         pool = None

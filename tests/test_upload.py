@@ -244,6 +244,17 @@ def test_staged_upload_moves_every_byte(monkeypatch, nbytes, chunk, piece, worke
         assert len(stager.slots) == min(_upload.STAGING_DEPTH, len(stager.copied))
 
 
+def test_fill_threads_default_to_the_usable_cpus(monkeypatch):
+    """Without `workers`, one fill thread per CPU this process may use (its affinity mask)."""
+    monkeypatch.setattr(_upload, "MIN_PARALLEL_BYTES", 1)
+    monkeypatch.setattr(_upload, "STAGING_PIECE_BYTES", 1000)
+    monkeypatch.setattr(_upload, "usable_cpus", lambda: 1)
+    src = _source(20 * PAGE, 10)
+    out, stager, _bar = _copy(src, 4 * PAGE, workers=None)
+    np.testing.assert_array_equal(out, src)
+    assert stager.threads_seen == {threading.get_ident()}  # one: the caller's own thread
+
+
 def test_the_fill_threads_work_at_once(monkeypatch):
     """Two fill threads: the first to submit waits at a barrier until the other submits too
     (a lane that filled with one thread at a time would break the barrier)."""

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import _array, _progress
+from .._cpus import usable_cpus
 from .._errors import DatasetFormatError
 from .._version import __version__
 from . import _paths
@@ -203,7 +204,7 @@ def _write_all(tmp: Path, plan: dict, progress) -> None:
         jobs.append((None, tmp / "timestamps.npy", plan["timestamps"]))
     total = sum(a.nbytes for _, _, a in jobs)
     with _progress.bar(total, "writing cache", progress=progress) as bar:
-        workers = max(1, min(8, os.cpu_count() or 1, len(jobs)))
+        workers = max(1, min(8, usable_cpus(), len(jobs)))
         with ThreadPoolExecutor(workers) as pool:
             done = list(pool.map(lambda j: _write_npy(j[1], j[2], bar), jobs))
     entries = {key: e for (key, _, _), e in zip(jobs, done, strict=True) if key is not None}
@@ -355,7 +356,7 @@ def _sha256(path: Path, bar) -> str:
 def _verify(checked, progress) -> None:
     total = sum(p.stat().st_size for _, _, p in checked)
     with _progress.bar(total, "verifying cache", progress=progress) as bar:
-        workers = max(1, min(8, os.cpu_count() or 1, len(checked)))
+        workers = max(1, min(8, usable_cpus(), len(checked)))
         with ThreadPoolExecutor(workers) as pool:
             digests = list(pool.map(lambda c: _sha256(c[2], bar), checked))
     for (_, e, path), got in zip(checked, digests, strict=True):

@@ -32,13 +32,13 @@ columns (timestamp, frame_index, episode_index, index), which can still be asked
 from __future__ import annotations
 
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from .. import _progress
+from .._cpus import usable_cpus
 from .._errors import DatasetFormatError
 from . import _paths
 from .source import TrajectorySource
@@ -578,7 +578,7 @@ def _run(fn, items, bar, workers: int = MAX_WORKERS) -> list:
     """[fn(item) for item in items] on a thread pool (Arrow and the decoders release the GIL),
     results in order; with a bar, each result (a number) advances it. The first error is
     raised once the jobs already running have stopped; the others are cancelled."""
-    workers = max(1, min(workers, os.cpu_count() or 1, len(items)))
+    workers = max(1, min(workers, usable_cpus(), len(items)))
     results = []
     if workers == 1:
         for it in items:
