@@ -279,6 +279,11 @@ def run(quick: bool = False) -> list[dict]:
         nbytes = make_dataset(tmp / "lerobot", frames)
         print(f"generated {frames:,} frames ({nbytes / 1e9:.2f} GB of features) in "
               f"{time.perf_counter() - t0:.1f} s at {tmp}")
+        from robocache import _cpus, _upload
+
+        print(f"upload: {min(_upload.MAX_FILL_THREADS, _cpus.usable_cpus())} fill threads, "
+              f"{_upload.STAGING_PIECE_BYTES / (1 << 20):g} MB staging pieces, "
+              f"{_upload.DEFAULT_CHUNK_BYTES >> 20} MB chunks")
 
         def lerobot():
             return read_lerobot(tmp / "lerobot", progress=False)
