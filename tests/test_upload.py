@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import sys
 import threading
 import time
+import types
 from itertools import pairwise
 
 import numpy as np
@@ -409,6 +411,159 @@ def test_to_device_runs_the_lanes_of_each_method(monkeypatch, method):
     assert all(r.copied and not r.locked for r in made["registrars"])
     if not alongside:  # the staging lane copies all or (no refusal here) nothing
         assert bool(made["stager"].copied) == (lanes == 0)
+
+
+@pytest.fixture
+def host_cuda(monkeypatch):
+    """torch.cuda's streams, events and pinned allocation replaced by host stand-ins and
+    to_device's device by the CPU, so the CUDA lanes' own code runs on this machine (copies
+    are plain synchronous CPU copies). Records the stream contexts entered and the events."""
+    torch = pytest.importorskip("torch")
+    entered, events = [], []
+
+    class Stream:
+        def __init__(self, device=None):
+            self.synchronized = False
+
+        def wait_stream(self, other):
+            pass
+
+        def synchronize(self):
+            self.synchronized = True
+
+    class Event:
+        def __init__(self):
+            self.recorded = 0
+            events.append(self)
+
+        def record(self, stream):
+            assert isinstance(stream, Stream)
+            self.recorded += 1
+
+        def synchronize(self):
+            assert self.recorded, "waited for an event never recorded"
+
+    @contextlib.contextmanager
+    def stream_context(stream):
+        entered.append(threading.get_ident())
+        yield
+
+    real_empty = torch.empty
+
+    def empty(*args, pin_memory=False, **kwargs):
+        return real_empty(*args, **kwargs)
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "stream", stream_context)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch, "empty", empty)
+    monkeypatch.setattr(_upload, "_cuda_device", lambda d: torch.device("cpu"))
+    monkeypatch.setattr(_upload, "check_device_memory", lambda *a, **k: None)
+    return types.SimpleNamespace(entered=entered, events=events, Stream=Stream)
+
+
+def test_cuda_staging_ops_on_a_host_stand_in(host_cuda, monkeypatch, tmp_path):
+    """The real _CudaStaging (pinned buffers per slot, the side stream made current once per
+    fill thread, copy_ + an event per piece) with torch.cuda's streams and events replaced by
+    host stand-ins and the output on the CPU, so its code runs here: a memory-mapped source
+    arrives whole, each fill worker enters the stream context once, and every event waited
+    for was recorded."""
+    entered, events = host_cuda.entered, host_cuda.events
+    monkeypatch.setattr(_upload, "MIN_PARALLEL_BYTES", 1)
+    monkeypatch.setattr(_upload, "STAGING_PIECE_BYTES", 3 * PAGE + 5)
+    a = np.random.default_rng(8).standard_normal((20_001, 3)).astype(np.float32)
+    np.save(tmp_path / "a.npy", a)
+    m = np.load(tmp_path / "a.npy", mmap_mode="r")
+    out = _upload.to_device(m, "cuda", chunk_bytes=16 * PAGE, workers=3, progress=False)
+    np.testing.assert_array_equal(out.numpy(), a)
+    pieces = sum(e.recorded for e in events)
+    assert pieces >= 15 and len(entered) == 3  # the context once per fill worker, not per piece
+    assert all(e.recorded for e in events)
+
+
+class HostRuntime:
+    """CuPy's runtime calls that _CudaRegisterOps makes, on the host: page locking recorded
+    (the k-th registration refused when asked), copies made with memmove from locked pages
+    only."""
+
+    cudaDevAttrHostRegisterReadOnlySupported = 1
+    memcpyHostToDevice = 1
+
+    class CUDARuntimeError(RuntimeError):
+        pass
+
+    def __init__(self, refuse_at=None):
+        self.locked: dict[int, int] = {}
+        self.registrations = self.copies = 0
+        self.refuse_at = refuse_at
+        self.started = threading.Event()  # set at the first registration
+
+    def deviceGetAttribute(self, attr, device):
+        return 1
+
+    def hostRegister(self, ptr, n, flags):
+        self.started.set()
+        k, self.registrations = self.registrations, self.registrations + 1
+        assert flags == _upload._CudaRegisterOps.READ_ONLY
+        if k == self.refuse_at:
+            raise self.CUDARuntimeError("cudaErrorHostMemoryAlreadyRegistered")
+        assert ptr % PAGE == 0 and n % PAGE == 0 and ptr not in self.locked
+        self.locked[ptr] = n
+
+    def hostUnregister(self, ptr):
+        del self.locked[ptr]
+
+    def memcpyAsync(self, dst, src, n, kind, stream):
+        assert any(p <= src and src + n <= p + m for p, m in self.locked.items()), \
+            "a copy from pages that are not locked"
+        ctypes.memmove(dst, src, n)
+        self.copies += 1
+
+
+@pytest.mark.parametrize("method, refuse_at", [("registered", None), ("registered", 2),
+                                               ("mixed", None), ("mixed", 1)])
+def test_cuda_registration_ops_on_a_host_stand_in(host_cuda, monkeypatch, tmp_path, method,
+                                                  refuse_at):
+    """The real _CudaRegisterOps in its lane thread, beside the real _CudaStaging, with CuPy's
+    runtime replaced by HostRuntime and torch.cuda by host stand-ins: every byte arrives,
+    every page is unlocked, copies read only locked pages, and a refused chunk and the rest
+    go through the staging buffers."""
+    rt = HostRuntime(refuse_at)
+
+    class Event:
+        def __init__(self, disable_timing=False):
+            pass
+
+        def record(self, stream):
+            pass
+
+        def synchronize(self):
+            pass
+
+    cupy = types.SimpleNamespace(cuda=types.SimpleNamespace(
+        runtime=rt, Event=Event, Device=lambda index: contextlib.nullcontext(),
+        Stream=types.SimpleNamespace(from_external=lambda s: types.SimpleNamespace(ptr=7))))
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    real_submit = _upload._CudaStaging.submit
+
+    def submit_once_registration_started(self, slot, off, n):  # both lanes of "mixed" work
+        assert rt.started.wait(10)
+        real_submit(self, slot, off, n)
+
+    monkeypatch.setattr(_upload._CudaStaging, "submit", submit_once_registration_started)
+    monkeypatch.setattr(_upload, "MIN_PARALLEL_BYTES", 1)
+    monkeypatch.setattr(_upload, "STAGING_PIECE_BYTES", 2 * PAGE)
+    a = np.random.default_rng(9).integers(-2**40, 2**40, (9_001, 5), dtype=np.int64)
+    np.save(tmp_path / "a.npy", a)
+    m = np.load(tmp_path / "a.npy", mmap_mode="r")
+    out = _upload.to_device(m, "cuda", chunk_bytes=4 * PAGE, workers=2, method=method,
+                            progress=False)
+    np.testing.assert_array_equal(out.numpy(), a)
+    assert rt.copies >= 1 and not rt.locked
+    staged = sum(e.recorded for e in host_cuda.events)
+    if refuse_at is not None:
+        assert rt.copies <= refuse_at and staged >= 1  # the rest went through the staging
 
 
 def test_method_is_checked():
