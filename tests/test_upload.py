@@ -344,7 +344,9 @@ def test_a_failed_registered_copy_stops_the_upload_and_unlocks_everything(alongs
     with pytest.raises(OSError, match="copy failed"):
         _copy(src, PAGE, registrars=[ops], alongside=alongside, stager=stager)
     assert not ops.locked and not ops.pending  # queued copies waited for, every page unlocked
-    assert len(ops.copied) == 3 and len(stager.copied) == (2 if alongside else 0)
+    # the staging lane took at most the two pieces it had claimed before the failure (none
+    # when the registration lane failed before it started)
+    assert len(ops.copied) == 3 and len(stager.copied) <= (2 if alongside else 0)
     assert not any(t.name == "robocache-upload-registration" for t in threading.enumerate())
 
 
