@@ -12,14 +12,13 @@ Without tqdm installed nothing is shown. Bars are safe to update from several th
 
 from __future__ import annotations
 
+import threading
+
 DELAY_S = 1.0
 
 
 class _Silent:
     def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix_str(self, s: str) -> None:
         pass
 
     def close(self) -> None:
@@ -29,15 +28,25 @@ class _Silent:
         return self
 
     def __exit__(self, *exc) -> None:
-        pass
+        self.close()
 
 
-class _Borrowed(_Silent):
-    def __init__(self, bar):
-        self._bar = bar
+class _Shared(_Silent):
+    """A bar advanced under a lock: loaders advance theirs from reader and fill threads, and
+    neither a caller's bar nor tqdm's counter is safe for that. Closed on exit only when this
+    module opened it (`owned`)."""
+
+    def __init__(self, bar, owned: bool):
+        self._bar, self._owned = bar, owned
+        self._lock = threading.Lock()
 
     def update(self, n: int = 1) -> None:
-        self._bar.update(n)
+        with self._lock:
+            self._bar.update(n)
+
+    def close(self) -> None:
+        if self._owned:
+            self._bar.close()
 
 
 def bar(total: int | float, desc: str, *, unit: str = "B", progress=None):
@@ -45,12 +54,13 @@ def bar(total: int | float, desc: str, *, unit: str = "B", progress=None):
     if progress is False:
         return _Silent()
     if progress is not None and progress is not True and hasattr(progress, "update"):
-        return _Borrowed(progress)
+        return _Shared(progress, owned=False)
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover - tqdm is in the formats extra
         return _Silent()
     auto = progress is None
-    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, unit_divisor=1024 if unit == "B" else 1000,
-                delay=DELAY_S if auto else 0.0, disable=None if auto else False,
-                leave=False, dynamic_ncols=True)
+    return _Shared(tqdm(total=total, desc=desc, unit=unit, unit_scale=True,
+                        unit_divisor=1024 if unit == "B" else 1000,
+                        delay=DELAY_S if auto else 0.0, disable=None if auto else False,
+                        leave=False, dynamic_ncols=True), owned=True)

@@ -204,17 +204,6 @@ class ChunkClaims:
             self._closed = True
 
 
-class _LockedBar:
-    """A progress bar advanced from several lanes (a caller's bar need not be thread-safe)."""
-
-    def __init__(self, bar):
-        self._bar, self._lock = bar, threading.Lock()
-
-    def update(self, n: int) -> None:
-        with self._lock:
-            self._bar.update(n)
-
-
 def copy_in_lanes(src: np.ndarray, chunk: int, stager, registrars, alongside: bool, bar,
                   workers: int | None) -> None:
     """Copy every byte of `src` (uint8, contiguous) to the output, chunk by chunk: one thread
@@ -222,10 +211,10 @@ def copy_in_lanes(src: np.ndarray, chunk: int, stager, registrars, alongside: bo
     fill threads work from the back at the same time when `alongside`, and in any case
     afterwards on what is left (chunks the driver refused or the lanes had not reached;
     without registrars all of them, front to back). An error in any lane stops the others
-    (their queued copies are waited for and their pages unlocked) and is raised here."""
+    (their queued copies are waited for and their pages unlocked) and is raised here. `bar`
+    is advanced from every lane's threads (a _progress.bar is safe for that)."""
     spans = page_spans(int(src.ctypes.data), len(src), chunk)
     claims = ChunkClaims(len(spans))
-    bar = _LockedBar(bar)  # advanced by every lane's threads
     workers = workers or min(MAX_FILL_THREADS, usable_cpus())
     errors: list[BaseException] = []
 

@@ -14,7 +14,7 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from robocache import _runtime, _upload
+from robocache import _progress, _runtime, _upload
 from robocache._errors import DeviceMemoryError
 
 gpu = pytest.mark.gpu
@@ -163,8 +163,8 @@ class FakeStager:
 
 
 class CountingBar:
-    """A caller's bar that is not thread-safe: a lost update shows as a short count (the lanes
-    must serialise their updates)."""
+    """A caller's bar that is not thread-safe: a lost update shows as a short count (the
+    lanes' updates must be serialised, which _progress.bar does)."""
 
     def __init__(self):
         self.n = 0
@@ -185,7 +185,9 @@ def _copy(src, chunk, *, registrars=(), alongside=False, stager=None, workers=2)
     stager = stager or FakeStager(np.zeros(len(src), np.uint8))
     bar = CountingBar()
     try:
-        _upload.copy_in_lanes(src, chunk, stager, list(registrars), alongside, bar, workers)
+        with _progress.bar(len(src), "x", progress=bar) as shared:  # as to_device passes it
+            _upload.copy_in_lanes(src, chunk, stager, list(registrars), alongside, shared,
+                                  workers)
     finally:
         stager.synchronize()
     out = stager.dst.copy()
@@ -692,8 +694,6 @@ def test_cuda_upload_error_leaves_no_copy_in_flight(monkeypatch):
 
 
 def test_progress_can_be_a_caller_owned_bar():
-    from robocache import _progress
-
     class Bar:
         n = 0
         closed = False
@@ -711,3 +711,15 @@ def test_progress_can_be_a_caller_owned_bar():
     assert b.n == 42 and not b.closed
     with _progress.bar(100, "x", progress=False) as inner:
         inner.update(1)
+
+
+def test_progress_bars_count_every_update_from_several_threads():
+    counting = CountingBar()  # loses updates unless they are serialised
+    with _progress.bar(8000, "x", progress=counting) as shared:
+        threads = [threading.Thread(target=lambda: [shared.update(1) for _ in range(1000)])
+                   for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert counting.n == 8000
