@@ -114,10 +114,16 @@ def make_dataset(root: Path, frames: int, seed: int = 0) -> int:
     return frames * (STATE + ACTION) * 4
 
 
-def best_of(fn, repeat: int) -> tuple[float, object]:
-    fn()  # warm: page cache, imports, thread pools
+def best_of(fn, repeat: int, *, before_each=None, warm: bool = True) -> tuple[float, object]:
+    """The best time of `repeat` runs of fn and the last run's result: after one untimed run
+    (`warm`: page cache, imports, thread pools), with before_each() called untimed before
+    each timed run."""
+    if warm:
+        fn()
     best, out = float("inf"), None
     for _ in range(repeat):
+        if before_each is not None:
+            before_each()
         t0 = time.perf_counter()
         out = fn()
         best = min(best, time.perf_counter() - t0)
@@ -130,18 +136,16 @@ def best_of_cold(fn, files, repeat: int) -> tuple[float, object] | tuple[None, N
     run reads the disk). (None, None) where the platform has no posix_fadvise."""
     if not hasattr(os, "posix_fadvise"):
         return None, None
-    best, out = float("inf"), None
-    for _ in range(repeat):
+
+    def drop() -> None:
         for f in files:
             fd = os.open(f, os.O_RDONLY)
             try:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             finally:
                 os.close(fd)
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+
+    return best_of(fn, repeat, before_each=drop, warm=False)
 
 
 def _read_files(files, block: int = 8 << 20) -> int:
@@ -358,12 +362,15 @@ def _gpu_rows(tmp: Path, src, got: int, repeat: int, cold_files, t_disk) -> list
     from robocache._upload import to_device
     from robocache.formats import read_cache, read_lerobot
 
-    def sync_time(fn):
+    def synced(fn):
         def timed():
             out = fn()
             torch.cuda.synchronize()
             return out
-        return best_of(timed, repeat)
+        return timed
+
+    def sync_time(fn):
+        return best_of(synced(fn), repeat)
 
     def pinned_copy_seconds() -> float:
         pinned = torch.empty(got, dtype=torch.uint8, pin_memory=True)
@@ -410,12 +417,8 @@ def _gpu_rows(tmp: Path, src, got: int, repeat: int, cold_files, t_disk) -> list
                      "registration_lanes": lanes, "chunk_MB": chunk_mb, "piece_MB": piece_mb})
     if t_disk is not None:  # from the disk: the page cache dropped before each run
         for method in ("staged", "mixed"):
-            def cold_to_gpu(method=method):
-                out = cache_to_gpu(method, _upload.DEFAULT_CHUNK_BYTES)
-                torch.cuda.synchronize()
-                return out
-
-            t, _ = best_of_cold(cold_to_gpu, cold_files, repeat)
+            t, _ = best_of_cold(synced(lambda m=method: cache_to_gpu(m, _upload.DEFAULT_CHUNK_BYTES)),
+                                cold_files, repeat)
             rows.append({"name": f"cold: own cache -> GPU ({method})", "bytes": got,
                          "seconds": t, "GB/s": got / t / 1e9, "of_disk_read": t_disk / t})
     return rows
