@@ -417,8 +417,8 @@ def _gpu_rows(tmp: Path, src, got: int, repeat: int, cold_files, t_disk) -> list
                      "registration_lanes": lanes, "chunk_MB": chunk_mb, "piece_MB": piece_mb})
     if t_disk is not None:  # from the disk: the page cache dropped before each run
         for method in ("staged", "mixed"):
-            t, _ = best_of_cold(synced(lambda m=method: cache_to_gpu(m, _upload.DEFAULT_CHUNK_BYTES)),
-                                cold_files, repeat)
+            upload = synced(lambda m=method: cache_to_gpu(m, _upload.DEFAULT_CHUNK_BYTES))
+            t, _ = best_of_cold(upload, cold_files, repeat)
             rows.append({"name": f"cold: own cache -> GPU ({method})", "bytes": got,
                          "seconds": t, "GB/s": got / t / 1e9, "of_disk_read": t_disk / t})
     return rows

@@ -307,9 +307,10 @@ def launch_prepared(module: KernelModule, name: str, grid: tuple, block: tuple, 
 def launch_block(module: KernelModule, name: str, grid: tuple, block: tuple, slot,
                  like) -> None:
     """launch_prepared for a kernel whose one argument is an ArgBlock struct (`slot`: the
-    calling thread's _argblock.ArgSlot, already packed). Through cuLaunchKernel (cuda-python's driver bindings) with the slot's prepared parameter
-    pointer when those bindings are installed, skipping CuPy's per-argument conversion (1-3 us
-    less per call on an H200, benchmarks/RESULTS.md); through CuPy otherwise.
+    calling thread's _argblock.ArgSlot, already packed). Through cuLaunchKernel (cuda-python's
+    driver bindings) with the slot's prepared parameter pointer when those bindings are
+    installed, skipping CuPy's per-argument conversion (1-3 us less per call on an H200,
+    benchmarks/RESULTS.md); through CuPy otherwise.
     ROBOCACHE_LAUNCHER=cupy or =driver forces one. Tests' launchers (emulator, no-op) get the
     struct as usual."""
     use_driver = _USE_DRIVER

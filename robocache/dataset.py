@@ -111,11 +111,11 @@ class TrajectoryDataset(torch.utils.data.Dataset):
     skip that many frames at each episode's start / end. pad: "edge" repeats the episode's first /
     last frame, "zero" gives zeros. normalize: key -> "mean_std" | "min_max" | "quantiles" |
     "quantile10" (LeRobot's formulas; eps = normalize_eps; robomimic's observation
-    normalization is "mean_std" with normalize_eps=1e-3, to a float32 ulp of std + eps), "limits" | "gaussian"
-    (diffusion_policy's LinearNormalizer fitted on the store's frames) or "robomimic_min_max" |
-    "robomimic_gaussian" (robomimic's action normalization); stats: key -> {stat: array} to use
-    instead of the store's shipped or computed statistics. keys: which store keys to return
-    (default all). dtype: output dtype of floating / normalized keys (str), or per key (dict;
+    normalization is "mean_std" with normalize_eps=1e-3, to a float32 ulp of std + eps),
+    "limits" | "gaussian" (diffusion_policy's LinearNormalizer fitted on the store's frames) or
+    "robomimic_min_max" | "robomimic_gaussian" (robomimic's action normalization); stats:
+    key -> {stat: array} to use instead of the store's shipped or computed statistics. keys:
+    which store keys to return (default all). dtype: output dtype of floating / normalized keys (str), or per key (dict;
     "keep" copies the store's dtype). episodes: sample only these episodes - episode indices
     (LeRobot's `episodes=`) or a bool mask over the store's episodes (diffusion_policy's
     `episode_mask`, e.g. a train / validation split of one store); windows still pad at their
@@ -123,9 +123,10 @@ class TrajectoryDataset(torch.utils.data.Dataset):
     stay the whole store's (as LeRobot's meta/stats.json and diffusion_policy's normalizer).
     keep_short_episodes: an episode the drops leave without anchors keeps one, its frame
     min(s + drop_n_first_frames, e - 1) (with drop_n_first_frames=0: its first frame, so the
-    window starts at the episode and pads past its end). With delta_indices range(T), drop_n_last_frames=T-1 and DataLoader(sampling="episode")
-    this is torchrl's SliceSampler(slice_len=T, strict_length=False) with padded output; without
-    it, strict_length=True.
+    window starts at the episode and pads past its end). With delta_indices range(T),
+    drop_n_last_frames=T-1 and DataLoader(sampling="episode") this is torchrl's
+    SliceSampler(slice_len=T, strict_length=False) with padded output; without it,
+    strict_length=True.
     return_task: add "task", the samples' task strings (a list; LeRobot's item["task"], what
     language-conditioned policies read) from the task_index key and store.meta["tasks"];
     None (default) = when the store has them (LeRobot datasets with tasks).
@@ -243,9 +244,9 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         if return_task is False or (return_task is None and not has):
             return None
         if not has:
+            got = "no task_index key" if "task_index" not in store else "no task strings"
             raise ValueError(f"return_task: expected a store with a 'task_index' key and task "
-                             f"strings in store.meta['tasks'] (LeRobot's meta/tasks), got "
-                             f"{'no task_index key' if 'task_index' not in store else 'no task strings'}")
+                             f"strings in store.meta['tasks'] (LeRobot's meta/tasks), got {got}")
         frame_task = _array.to_numpy(store["task_index"]).reshape(store.num_frames, -1)[:, 0]
         if frame_task.dtype.kind not in "iu":
             raise ValueError(f"return_task: expected an integer 'task_index' key, got dtype "

@@ -228,7 +228,8 @@ def test_chunk_claims_meet_in_the_middle_and_serve_returned_chunks_first():
 
 
 @pytest.mark.parametrize("nbytes, chunk, piece, workers", [
-    (0, 8, 4096, 2), (1, 8, 4096, 1), (1000, 64, 4096, 1), (1000, 3000, 300, 1), (4096 * 9 + 17, 4096 * 4, 1000, 3),
+    (0, 8, 4096, 2), (1, 8, 4096, 1), (1000, 64, 4096, 1), (1000, 3000, 300, 1),
+    (4096 * 9 + 17, 4096 * 4, 1000, 3),
     (4096 * 9 + 17, 4096 * 2, 4096, 8), (4096 * 9 + 17, 4096, 1 << 20, 2),
     (4096 * 40 + 3, 4096 * 8, 777, 4)])
 def test_staged_upload_moves_every_byte(monkeypatch, nbytes, chunk, piece, workers):
