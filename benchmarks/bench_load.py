@@ -16,8 +16,8 @@ first, best of a few timed runs):
   fill as it was before the sixth session (one 64 MB double buffer split between the threads);
 - with a GPU: read_lerobot + to_device (target >= 1 GB/s), and cache -> to_device with each
   upload method (staged through pinned buffers; the mapped pages registered in place; both
-  lanes at once, "mixed"), plus other staging piece sizes, chunk sizes and registration lane
-  counts, beside a plain pinned host-to-device copy of the same size measured in the same run
+  lanes at once, "mixed"), plus other staging piece sizes, pieces queued by torch's copy_
+  instead of CuPy's runtime calls, chunk sizes and registration lane counts, beside a plain pinned host-to-device copy of the same size measured in the same run
   (target >= 80% of it);
 - from a cold page cache (the cache files' pages dropped with posix_fadvise before each run,
   no untimed run): parallel 8 MB preads of the files (the disk's reference), the upload's fill
@@ -286,7 +286,8 @@ def run(quick: bool = False) -> list[dict]:
         from robocache import _cpus, _upload
 
         print(f"upload: {min(_upload.MAX_FILL_THREADS, _cpus.usable_cpus())} fill threads, "
-              f"{_upload.STAGING_PIECE_BYTES / (1 << 20):g} MB staging pieces, "
+              f"{_upload.STAGING_PIECE_BYTES / (1 << 20):g} MB staging pieces "
+              f"(queued by {_upload.STAGING_SUBMIT}), "
               f"{_upload.DEFAULT_CHUNK_BYTES >> 20} MB chunks")
 
         def lerobot():
@@ -400,6 +401,8 @@ def _gpu_rows(tmp: Path, src, got: int, repeat: int, cold_files, t_disk) -> list
     variants = [("staged", {}, "pinned staging pieces"),
                 *(("staged", {"piece_mb": m}, f"staging, {m:g} MB pieces")
                   for m in OTHER_PIECES_MB if m * (1 << 20) != _upload.STAGING_PIECE_BYTES),
+                ("staged", {"submit": "torch"}, "staging, torch copy_ per piece"),
+                ("staged", {"submit": "torch", "piece_mb": 8}, "staging, 8 MB, torch copy_"),
                 ("registered", {}, "mmap pages locked in place"),
                 ("mixed", {}, "both lanes at once"),
                 ("mixed", {"chunk_mb": 16}, "both lanes, 16 MB chunks"),
@@ -407,14 +410,17 @@ def _gpu_rows(tmp: Path, src, got: int, repeat: int, cold_files, t_disk) -> list
                 ("mixed", {"lanes": 2}, "both, 2 registration lanes")]
     for method, settings, what in variants:
         chunk_mb = settings.get("chunk_mb", _upload.DEFAULT_CHUNK_BYTES >> 20)
-        with _upload_settings(method, settings.get("lanes"), settings.get("piece_mb")):
+        with _upload_settings(method, settings.get("lanes"), settings.get("piece_mb"),
+                              settings.get("submit")):
             t, _ = sync_time(lambda m=method, c=chunk_mb << 20: cache_to_gpu(m, c))
             lanes = _upload.METHODS[method][0]
             piece_mb = _upload.STAGING_PIECE_BYTES / (1 << 20)
+            submit = _upload.STAGING_SUBMIT
         rows.append({"name": f"own cache -> GPU ({what})", "bytes": got,
                      "seconds": t, "GB/s": got / t / 1e9, "of_pinned_copy": t_pin / t,
                      "target_of_pinned_copy": 0.8, "method": method,
-                     "registration_lanes": lanes, "chunk_MB": chunk_mb, "piece_MB": piece_mb})
+                     "registration_lanes": lanes, "chunk_MB": chunk_mb, "piece_MB": piece_mb,
+                     "submit": submit})
     if t_disk is not None:  # from the disk: the page cache dropped before each run
         for method in ("staged", "mixed"):
             upload = synced(lambda m=method: cache_to_gpu(m, _upload.DEFAULT_CHUNK_BYTES))
@@ -426,24 +432,27 @@ def _gpu_rows(tmp: Path, src, got: int, repeat: int, cold_files, t_disk) -> list
 
 @contextlib.contextmanager
 def _upload_settings(method: str = "staged", lanes: int | None = None,
-                     piece_mb: float | None = None):
-    """For the duration: `method` with `lanes` registration lanes, and staging pieces of
-    `piece_mb` MB (None: as shipped)."""
+                     piece_mb: float | None = None, submit: str | None = None):
+    """For the duration: `method` with `lanes` registration lanes, staging pieces of
+    `piece_mb` MB queued the `submit` way (None: as shipped)."""
     from robocache import _upload
 
-    shipped = _upload.METHODS[method], _upload.STAGING_PIECE_BYTES
+    shipped = _upload.METHODS[method], _upload.STAGING_PIECE_BYTES, _upload.STAGING_SUBMIT
     if lanes is not None:
         _upload.METHODS[method] = (lanes, shipped[0][1])
     if piece_mb is not None:
         _upload.STAGING_PIECE_BYTES = int(piece_mb * (1 << 20))
+    if submit is not None:
+        _upload.STAGING_SUBMIT = submit
     try:
         yield
     finally:
-        _upload.METHODS[method], _upload.STAGING_PIECE_BYTES = shipped
+        _upload.METHODS[method], _upload.STAGING_PIECE_BYTES, _upload.STAGING_SUBMIT = shipped
 
 
 def _print(rows: list[dict]) -> None:
-    print(f"{'what':48s} {'GB':>7s} {'s':>8s} {'GB/s':>7s}  notes")
+    width = max([len(r["name"]) for r in rows] + [4])
+    print(f"{'what':{width}s} {'GB':>7s} {'s':>8s} {'GB/s':>7s}  notes")
     for r in rows:
         notes = []
         if "speedup" in r:
@@ -454,7 +463,7 @@ def _print(rows: list[dict]) -> None:
             notes.append(f"{100 * r['of_pinned_copy']:.0f}% of pinned copy (target 80%)")
         if "target_GB/s" in r:
             notes.append(f"target >= {r['target_GB/s']} GB/s")
-        print(f"{r['name']:48s} {r['bytes'] / 1e9:7.3f} {r['seconds']:8.3f} {r['GB/s']:7.2f}  "
+        print(f"{r['name']:{width}s} {r['bytes'] / 1e9:7.3f} {r['seconds']:8.3f} {r['GB/s']:7.2f}  "
               + "; ".join(notes))
 
 

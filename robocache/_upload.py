@@ -10,7 +10,9 @@ kinds of lane take them:
   also where its pages are read in). Small buffers that are used again and again stay in the
   CPU cache: the fill writes no memory, and the transfer can read them from the cache (through
   one 64 MB double buffer every byte was read, written to memory and read again by the DMA;
-  on the CPU machine the fill alone ran 1.2-1.8x faster, benchmarks/RESULTS.md);
+  on the CPU machine the fill alone ran 1.2-1.8x faster, benchmarks/RESULTS.md). A piece is
+  queued by CuPy's bindings of the CUDA runtime, which hold Python's GIL for less per piece
+  than torch's copy_ (STAGING_SUBMIT; torch's copy_ where CuPy is missing);
 - a registration lane (a thread of its own) lets the copy engine read the array's own pages: a
   chunk is page-locked in place (cudaHostRegister, read-only: a memory-mapped cache file's page
   cache pages) and copied with no host memcpy; the next chunk is locked while the previous one
@@ -51,6 +53,7 @@ MIN_PARALLEL_BYTES = 4 << 20  # below this one thread fills the staging buffers
 MAX_FILL_THREADS = 16
 STAGING_PIECE_BYTES = 1 << 20  # one staging buffer (a fill thread's slot)
 STAGING_DEPTH = 2  # staging buffers per fill thread
+STAGING_SUBMIT = "runtime"  # how a piece is queued: "runtime" (CuPy's calls) or "torch" (copy_)
 # method -> (registration lanes, whether the staging lane runs beside them or only copies
 # what they left)
 METHODS = {"staged": (0, False), "registered": (1, False), "mixed": (1, True)}
@@ -129,7 +132,7 @@ def to_device(array: np.ndarray, device, *, chunk_bytes: int = DEFAULT_CHUNK_BYT
     dst_bytes = out.view(-1).view(torch.uint8)
     lanes, alongside = METHODS[method]
     registrars = _cuda_registrars(dst_bytes, dev, lanes)
-    stager = _CudaStaging(dst_bytes, dev)
+    stager = _cuda_stager(dst_bytes, dev)
     try:
         with _progress.bar(nbytes, "uploading", progress=progress) as bar:
             copy_in_lanes(src_bytes, chunk_bytes, stager, registrars, alongside, bar, workers)
@@ -437,6 +440,60 @@ class _CudaStaging:
 
     def synchronize(self) -> None:
         self.stream.synchronize()
+
+
+class _RuntimeStaging(_CudaStaging):
+    """_CudaStaging with each piece's copy and event queued by CuPy's bindings of the CUDA
+    runtime (cudaMemcpyAsync from the pinned buffer's address, cudaEventRecord): two calls that
+    hold the GIL for little more than their arguments' conversion, where torch's copy_ also
+    slices two tensors, parses its arguments and records an event in its pinned-memory
+    allocator (~10 us a piece on the development machine's CPU, most of it holding the GIL;
+    16 fill threads moving 1 MB pieces at 40 GB/s make 40k submits a second). The buffers are
+    still torch's pinned tensors and the stream torch's side stream; a fill thread works with
+    the output's device current. Raises ImportError without CuPy and RuntimeError when CuPy's
+    runtime cannot reach the device, before anything is queued."""
+
+    def __init__(self, dst, dev):
+        import cupy
+
+        self.cupy, self.rt, self.device_index = cupy, cupy.cuda.runtime, dev.index
+        self.rt.deviceGetAttribute(self.rt.cudaDevAttrAsyncEngineCount, dev.index)  # reachable
+        super().__init__(dst, dev)
+        self.dst_address = int(dst.data_ptr())
+        self.stream_ptr = int(self.stream.cuda_stream)
+
+    def worker(self):
+        # a Device of its own per thread: CuPy's Device keeps the devices to restore on one
+        # stack per object, which threads entering at once would interleave
+        return self.cupy.cuda.Device(self.device_index)
+
+    def buffer(self, slot, n: int) -> np.ndarray:
+        entry = self._slots.get(slot)
+        if entry is None:
+            pinned = self.torch.empty(n, dtype=self.torch.uint8, pin_memory=True)
+            event = self.cupy.cuda.Event(disable_timing=True)
+            entry = self._slots[slot] = (int(pinned.data_ptr()), pinned.numpy(), event, pinned)
+        return entry[1]
+
+    def wait(self, slot) -> None:
+        self.rt.eventSynchronize(self._slots[slot][2].ptr)
+
+    def submit(self, slot, off: int, n: int) -> None:
+        address, _view, event, _pinned = self._slots[slot]
+        self.rt.memcpyAsync(self.dst_address + off, address, n, self.rt.memcpyHostToDevice,
+                            self.stream_ptr)
+        self.rt.eventRecord(event.ptr, self.stream_ptr)
+
+
+def _cuda_stager(dst_bytes, dev):
+    """The staging lane's operations: by STAGING_SUBMIT, "runtime" (_RuntimeStaging; torch's
+    copy_ where CuPy is missing or cannot reach the device) or "torch" (_CudaStaging)."""
+    if STAGING_SUBMIT == "runtime":
+        try:
+            return _RuntimeStaging(dst_bytes, dev)
+        except (ImportError, RuntimeError):
+            pass
+    return _CudaStaging(dst_bytes, dev)
 
 
 class _CudaRegisterOps:

@@ -406,7 +406,7 @@ def test_to_device_runs_the_lanes_of_each_method(monkeypatch, method):
     monkeypatch.setattr(_upload, "_cuda_device", lambda d: torch.device("cpu"))
     monkeypatch.setattr(_upload, "check_device_memory", lambda *a, **k: None)
     monkeypatch.setattr(_upload, "_cuda_registrars", registrars)
-    monkeypatch.setattr(_upload, "_CudaStaging", stager)
+    monkeypatch.setattr(_upload, "_cuda_stager", stager)
     a = np.random.default_rng(5).standard_normal((3001, 7)).astype(np.float32)[1:]
     out = _upload.to_device(a, "cuda", chunk_bytes=3 * PAGE, method=method, progress=False)
     assert out.dtype == torch.float32 and tuple(out.shape) == a.shape
@@ -422,11 +422,14 @@ def test_to_device_runs_the_lanes_of_each_method(monkeypatch, method):
 def host_cuda(monkeypatch):
     """torch.cuda's streams, events and pinned allocation replaced by host stand-ins and
     to_device's device by the CPU, so the CUDA lanes' own code runs on this machine (copies
-    are plain synchronous CPU copies). Records the stream contexts entered and the events."""
+    are plain synchronous CPU copies). Records the stream contexts entered, the events and
+    the pinned buffers ((address, bytes))."""
     torch = pytest.importorskip("torch")
-    entered, events = [], []
+    entered, events, pinned = [], [], []
 
     class Stream:
+        cuda_stream = 7
+
         def __init__(self, device=None):
             self.synchronized = False
 
@@ -456,31 +459,39 @@ def host_cuda(monkeypatch):
     real_empty = torch.empty
 
     def empty(*args, pin_memory=False, **kwargs):
-        return real_empty(*args, **kwargs)
+        t = real_empty(*args, **kwargs)
+        if pin_memory:
+            pinned.append((t.data_ptr(), t.numel() * t.element_size()))
+        return t
 
     monkeypatch.setattr(torch.cuda, "Stream", Stream)
     monkeypatch.setattr(torch.cuda, "Event", Event)
     monkeypatch.setattr(torch.cuda, "stream", stream_context)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
     monkeypatch.setattr(torch, "empty", empty)
-    monkeypatch.setattr(_upload, "_cuda_device", lambda d: torch.device("cpu"))
+    monkeypatch.setattr(_upload, "_cuda_device", lambda d: torch.device("cpu", 0))
     monkeypatch.setattr(_upload, "check_device_memory", lambda *a, **k: None)
-    return types.SimpleNamespace(entered=entered, events=events, Stream=Stream)
+    return types.SimpleNamespace(entered=entered, events=events, pinned=pinned, Stream=Stream)
 
 
-def test_cuda_staging_ops_on_a_host_stand_in(host_cuda, monkeypatch, tmp_path):
-    """The real _CudaStaging (pinned buffers per slot, the side stream made current once per
-    fill thread, copy_ + an event per piece) with torch.cuda's streams and events replaced by
-    host stand-ins and the output on the CPU, so its code runs here: a memory-mapped source
-    arrives whole, each fill worker enters the stream context once, and every event waited
-    for was recorded."""
+def _memmapped(tmp_path, a):
+    np.save(tmp_path / "a.npy", a)
+    return np.load(tmp_path / "a.npy", mmap_mode="r")
+
+
+def test_torch_staging_ops_on_a_host_stand_in(host_cuda, monkeypatch, tmp_path):
+    """The real _CudaStaging (STAGING_SUBMIT "torch": pinned buffers per slot, the side stream
+    made current once per fill thread, copy_ + an event per piece) with torch.cuda's streams
+    and events replaced by host stand-ins and the output on the CPU, so its code runs here: a
+    memory-mapped source arrives whole, each fill worker enters the stream context once, and
+    every event waited for was recorded."""
     entered, events = host_cuda.entered, host_cuda.events
+    monkeypatch.setattr(_upload, "STAGING_SUBMIT", "torch")
     monkeypatch.setattr(_upload, "MIN_PARALLEL_BYTES", 1)
     monkeypatch.setattr(_upload, "STAGING_PIECE_BYTES", 3 * PAGE + 5)
     a = np.random.default_rng(8).standard_normal((20_001, 3)).astype(np.float32)
-    np.save(tmp_path / "a.npy", a)
-    m = np.load(tmp_path / "a.npy", mmap_mode="r")
-    out = _upload.to_device(m, "cuda", chunk_bytes=16 * PAGE, workers=3, progress=False)
+    out = _upload.to_device(_memmapped(tmp_path, a), "cuda", chunk_bytes=16 * PAGE, workers=3,
+                            progress=False)
     np.testing.assert_array_equal(out.numpy(), a)
     pieces = sum(e.recorded for e in events)
     assert pieces >= 15 and len(entered) == 3  # the context once per fill worker, not per piece
@@ -488,23 +499,30 @@ def test_cuda_staging_ops_on_a_host_stand_in(host_cuda, monkeypatch, tmp_path):
 
 
 class HostRuntime:
-    """CuPy's runtime calls that _CudaRegisterOps makes, on the host: page locking recorded
-    (the k-th registration refused when asked), copies made with memmove from locked pages
-    only."""
+    """CuPy's runtime calls that _CudaRegisterOps and _RuntimeStaging make, on the host: page
+    locking recorded (the k-th registration refused when asked), copies made with memmove
+    from locked pages or pinned buffers only, on the expected stream, events recorded before
+    they are waited for."""
 
     cudaDevAttrHostRegisterReadOnlySupported = 1
+    cudaDevAttrAsyncEngineCount = 2
     memcpyHostToDevice = 1
 
     class CUDARuntimeError(RuntimeError):
         pass
 
-    def __init__(self, refuse_at=None):
+    def __init__(self, refuse_at=None, pinned=(), stream=7, reachable=True):
         self.locked: dict[int, int] = {}
-        self.registrations = self.copies = 0
+        self.pinned, self.stream, self.reachable = pinned, stream, reachable
+        self.registrations = self.copies = self.staged = 0
         self.refuse_at = refuse_at
         self.started = threading.Event()  # set at the first registration
+        self.recorded: dict[int, int] = {}  # event -> times recorded
+        self.devices_entered: list[int] = []  # thread idents
 
     def deviceGetAttribute(self, attr, device):
+        if not self.reachable:
+            raise self.CUDARuntimeError("cudaErrorInsufficientDriver")
         return 1
 
     def hostRegister(self, ptr, n, flags):
@@ -520,53 +538,120 @@ class HostRuntime:
         del self.locked[ptr]
 
     def memcpyAsync(self, dst, src, n, kind, stream):
-        assert any(p <= src and src + n <= p + m for p, m in self.locked.items()), \
-            "a copy from pages that are not locked"
+        assert kind == self.memcpyHostToDevice and n > 0
+        inside = [p <= src and src + n <= p + m for p, m in self.locked.items()]
+        from_pinned = any(p <= src and src + n <= p + m for p, m in self.pinned)
+        assert any(inside) or from_pinned, "a copy from memory neither locked nor pinned"
+        if from_pinned:  # the staging lane's: on the side stream it was given
+            assert stream == self.stream
+            self.staged += 1
+        else:
+            self.copies += 1
         ctypes.memmove(dst, src, n)
-        self.copies += 1
+
+    def eventRecord(self, event, stream):
+        assert stream == self.stream
+        self.recorded[event] = self.recorded.get(event, 0) + 1
+
+    def eventSynchronize(self, event):
+        assert self.recorded.get(event), "waited for an event never recorded"
 
 
-@pytest.mark.parametrize("method, refuse_at", [("registered", None), ("registered", 2),
-                                               ("mixed", None), ("mixed", 1)])
-def test_cuda_registration_ops_on_a_host_stand_in(host_cuda, monkeypatch, tmp_path, method,
-                                                  refuse_at):
-    """The real _CudaRegisterOps in its lane thread, beside the real _CudaStaging, with CuPy's
-    runtime replaced by HostRuntime and torch.cuda by host stand-ins: every byte arrives,
-    every page is unlocked, copies read only locked pages, and a refused chunk and the rest
-    go through the staging buffers."""
-    rt = HostRuntime(refuse_at)
+def host_cupy(rt: HostRuntime):
+    """A stand-in for the `cupy` module over `rt`: events with addresses, a Device context that
+    records the threads entering it, streams wrapped from torch's."""
+    serial = iter(range(1, 1 << 30))
 
     class Event:
         def __init__(self, disable_timing=False):
-            pass
+            self.ptr = next(serial)
 
         def record(self, stream):
-            pass
+            rt.eventRecord(self.ptr, stream.ptr)
 
         def synchronize(self):
+            rt.eventSynchronize(self.ptr)
+
+    class Device:  # reusable, like CuPy's
+        def __init__(self, index):
             pass
 
-    cupy = types.SimpleNamespace(cuda=types.SimpleNamespace(
-        runtime=rt, Event=Event, Device=lambda index: contextlib.nullcontext(),
-        Stream=types.SimpleNamespace(from_external=lambda s: types.SimpleNamespace(ptr=7))))
-    monkeypatch.setitem(sys.modules, "cupy", cupy)
-    real_submit = _upload._CudaStaging.submit
+        def __enter__(self):
+            rt.devices_entered.append(threading.get_ident())
+
+        def __exit__(self, *exc):
+            pass
+
+    stream = types.SimpleNamespace(from_external=lambda s: types.SimpleNamespace(ptr=rt.stream))
+    return types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=rt, Event=Event,
+                                                            Device=Device, Stream=stream))
+
+
+STAGERS = {"runtime": "_RuntimeStaging", "torch": "_CudaStaging"}
+
+
+def test_runtime_staging_ops_on_a_host_stand_in(host_cuda, monkeypatch, tmp_path):
+    """The real _RuntimeStaging (the shipped STAGING_SUBMIT: each piece queued by CuPy's
+    runtime calls) with CuPy replaced by HostRuntime and torch.cuda by host stand-ins: a
+    memory-mapped source arrives whole, every copy reads a pinned buffer and goes to the side
+    stream, every event waited for was recorded, and each fill worker makes the device current
+    once, not per piece."""
+    rt = HostRuntime(pinned=host_cuda.pinned)
+    monkeypatch.setitem(sys.modules, "cupy", host_cupy(rt))
+    assert _upload.STAGING_SUBMIT == "runtime"
+    monkeypatch.setattr(_upload, "MIN_PARALLEL_BYTES", 1)
+    monkeypatch.setattr(_upload, "STAGING_PIECE_BYTES", 3 * PAGE + 5)
+    a = np.random.default_rng(10).integers(0, 255, (70_001,), dtype=np.uint8)
+    out = _upload.to_device(_memmapped(tmp_path, a), "cuda", chunk_bytes=4 * PAGE, workers=3,
+                            progress=False)
+    np.testing.assert_array_equal(out.numpy(), a)
+    assert rt.staged >= 5 and rt.copies == 0 and not host_cuda.events  # no torch event
+    assert len(rt.devices_entered) == len(set(rt.devices_entered)) == 3
+    assert sum(rt.recorded.values()) == rt.staged
+
+
+@pytest.mark.parametrize("cupy_state", ["missing", "unreachable"])
+def test_runtime_staging_falls_back_to_torch(host_cuda, monkeypatch, cupy_state):
+    """Without CuPy, or with a CuPy whose runtime cannot reach the device (a CUDA build the
+    driver is too old for), the staging lane queues its pieces with torch's copy_."""
+    torch = pytest.importorskip("torch")
+    rt = HostRuntime(reachable=False)
+    monkeypatch.setitem(sys.modules, "cupy", None if cupy_state == "missing" else host_cupy(rt))
+    dst = torch.empty(10, dtype=torch.uint8)
+    assert type(_upload._cuda_stager(dst, torch.device("cpu", 0))) is _upload._CudaStaging
+    a = np.arange(5000, dtype=np.int16)
+    np.testing.assert_array_equal(_upload.to_device(a, "cuda", progress=False).numpy(), a)
+    assert host_cuda.events  # the pieces went through torch's copy_ and events
+
+
+@pytest.mark.parametrize("submit", ["runtime", "torch"])
+@pytest.mark.parametrize("method, refuse_at", [("registered", None), ("registered", 2),
+                                               ("mixed", None), ("mixed", 1)])
+def test_cuda_registration_ops_on_a_host_stand_in(host_cuda, monkeypatch, tmp_path, method,
+                                                  refuse_at, submit):
+    """The real _CudaRegisterOps in its lane thread, beside the real staging lane of either
+    way of submitting, with CuPy's runtime replaced by HostRuntime and torch.cuda by host
+    stand-ins: every byte arrives, every page is unlocked, copies read only locked pages or
+    pinned buffers, and a refused chunk and the rest go through the staging buffers."""
+    rt = HostRuntime(refuse_at, pinned=host_cuda.pinned)
+    monkeypatch.setitem(sys.modules, "cupy", host_cupy(rt))
+    monkeypatch.setattr(_upload, "STAGING_SUBMIT", submit)
+    stager_class = getattr(_upload, STAGERS[submit])
+    real_submit = stager_class.submit
 
     def submit_once_registration_started(self, slot, off, n):  # both lanes of "mixed" work
         assert rt.started.wait(10)
         real_submit(self, slot, off, n)
 
-    monkeypatch.setattr(_upload._CudaStaging, "submit", submit_once_registration_started)
+    monkeypatch.setattr(stager_class, "submit", submit_once_registration_started)
     monkeypatch.setattr(_upload, "MIN_PARALLEL_BYTES", 1)
     monkeypatch.setattr(_upload, "STAGING_PIECE_BYTES", 2 * PAGE)
     a = np.random.default_rng(9).integers(-2**40, 2**40, (9_001, 5), dtype=np.int64)
-    np.save(tmp_path / "a.npy", a)
-    m = np.load(tmp_path / "a.npy", mmap_mode="r")
-    out = _upload.to_device(m, "cuda", chunk_bytes=4 * PAGE, workers=2, method=method,
-                            progress=False)
+    out = _upload.to_device(_memmapped(tmp_path, a), "cuda", chunk_bytes=4 * PAGE, workers=2,
+                            method=method, progress=False)
     np.testing.assert_array_equal(out.numpy(), a)
     assert rt.copies >= 1 and not rt.locked
-    staged = sum(e.recorded for e in host_cuda.events)
+    staged = rt.staged if submit == "runtime" else sum(e.recorded for e in host_cuda.events)
     if refuse_at is not None:
         assert rt.copies <= refuse_at and staged >= 1  # the rest went through the staging
 
@@ -616,12 +701,25 @@ def test_cuda_upload_matches_host(dtype):
 
 @gpu
 @needs_gpu
-def test_cuda_upload_of_a_memmap(tmp_path):
+@pytest.mark.parametrize("submit", ["runtime", "torch"])
+def test_cuda_upload_of_a_memmap(tmp_path, monkeypatch, submit):
+    """The staging lane with each way of queueing a piece (the runtime one is what ships
+    where CuPy reaches the device, as on the GPU machine): 16 threads, pieces of a few pages
+    so that every slot is used many times, a misaligned view of a memmap; the same bytes."""
+    import torch
+
+    monkeypatch.setattr(_upload, "STAGING_SUBMIT", submit)
+    monkeypatch.setattr(_upload, "STAGING_PIECE_BYTES", 5 * PAGE + 3)
+    dst = torch.empty(8, dtype=torch.uint8, device="cuda")
+    stager = _upload._cuda_stager(dst, dst.device)
+    assert type(stager) is getattr(_upload, STAGERS[submit])
     a = np.random.default_rng(1).standard_normal((300_000, 16)).astype(np.float32)
-    np.save(tmp_path / "a.npy", a)
-    m = np.load(tmp_path / "a.npy", mmap_mode="r")
-    t = _upload.to_device(m, "cuda", chunk_bytes=1 << 20)
+    m = _memmapped(tmp_path, a)
+    t = _upload.to_device(m, "cuda", chunk_bytes=1 << 20, workers=16)
     np.testing.assert_array_equal(t.cpu().numpy(), a)
+    u = _upload.to_device(m[7:], "cuda", chunk_bytes=3 * PAGE, workers=3)
+    np.testing.assert_array_equal(u.cpu().numpy(), a[7:])
+    assert torch.cuda.current_stream().query()
 
 
 
@@ -660,7 +758,8 @@ def test_cuda_upload_fails_before_allocating(monkeypatch):
 
 @gpu
 @needs_gpu
-def test_cuda_upload_error_leaves_no_copy_in_flight(monkeypatch):
+@pytest.mark.parametrize("submit", ["runtime", "torch"])
+def test_cuda_upload_error_leaves_no_copy_in_flight(monkeypatch, submit):
     """A failure between chunks (a bad page of a memmap, Ctrl-C) must not leave side-stream
     copies writing into the output the caller's stream already gave back to the allocator."""
     import torch
@@ -674,7 +773,8 @@ def test_cuda_upload_error_leaves_no_copy_in_flight(monkeypatch):
         return s
 
     calls = []
-    real_submit = _upload._CudaStaging.submit
+    stager_class = getattr(_upload, STAGERS[submit])
+    real_submit = stager_class.submit
 
     def failing_submit(self, slot, off, n):
         calls.append(n)
@@ -683,7 +783,8 @@ def test_cuda_upload_error_leaves_no_copy_in_flight(monkeypatch):
         real_submit(self, slot, off, n)
 
     monkeypatch.setattr(torch.cuda, "Stream", recording_stream)
-    monkeypatch.setattr(_upload._CudaStaging, "submit", failing_submit)
+    monkeypatch.setattr(stager_class, "submit", failing_submit)
+    monkeypatch.setattr(_upload, "STAGING_SUBMIT", submit)
     monkeypatch.setattr(_upload, "STAGING_PIECE_BYTES", 256 << 20)
     a = np.ones(3 * (256 << 20), np.uint8)  # two 256 MB copies queued (~5 ms each) when it fails
     with pytest.raises(OSError, match="simulated"):
