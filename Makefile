@@ -34,8 +34,11 @@ lint: $(STAMP)
 compile-check: $(STAMP)
 	$(PYTHON) -m robocache compile --check
 
+# Logs and JSON go to GPU_LOG: on the device tool's machine `make gpu-check GPU_LOG=$$OUT`
+# writes them where they come back from, also when the call runs past its time limit.
+GPU_LOG ?= benchmarks/out
 gpu-check:
-	GPU_PY=$(GPU_PY) bash tools/gpu_check.sh benchmarks/out
+	GPU_PY=$(GPU_PY) bash tools/gpu_check.sh $(GPU_LOG)
 
 # Nsight Compute on the kernels whose PERF.md targets are still missed (GPU machine; ~30 s).
 gpu-profile:
