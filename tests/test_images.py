@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import robocache as rc
+from robocache import _array as rc_array
 from robocache import _runtime
 from robocache.ops import _random, images
 
@@ -447,7 +448,8 @@ def test_wide_store_kernel_only_for_aligned_outputs(out_dtype, emulated_cuda):
     kernel, and both write exactly what the NumPy path computes."""
     frames, idx, mask = _case_inputs((8, 20, 24, 3), 5)
     plan = images.make_plan((20, 24, 3), crop=(12, 16), crop_mode="random", out_dtype=out_dtype)
-    assert plan.run_width == 4 and plan.kernel.endswith(", 4>")
+    exact = "true" if plan.exact else "false"
+    assert plan.run_width == 4 and plan.kernel.endswith(f", 4, {exact}>")
     key = _random.rand_key(1, 2, 3)
     want = images.apply_numpy(plan, frames, idx, mask, key)
     n = int(np.prod(plan.out_shape(9, 2)))
@@ -457,7 +459,7 @@ def test_wide_store_kernel_only_for_aligned_outputs(out_dtype, emulated_cuda):
         out = buf[start:start + n].reshape(want.shape)
         images.apply_cuda(plan, frames, idx, mask, out, key)
         _same(out, want)
-        assert emulated_cuda[-1].name.endswith(", 4>" if offset == 0 else ", 1>")
+        assert emulated_cuda[-1].name.endswith(f", {4 if offset == 0 else 1}, {exact}>")
     assert images.make_plan((20, 24, 3), crop=(12, 14)).run_width == 1       # width 14
     assert images.make_plan((20, 24, 3), crop=12, layout="BKHWC").run_width == 1
 
@@ -621,8 +623,8 @@ def test_host_resident_frames_on_gpu():
 @given(data=st.data())
 def test_kernel_paths_equal_numpy_bit_for_bit_on_random_plans(data, emulated_cuda):
     """Random plans through every kernel path (V = 1 / 4; the interior loop and the clamped one;
-    jitter compiled in or out; resize; every output dtype and layout; misaligned frame stores),
-    emulated: the same bytes as the NumPy backend."""
+    jitter compiled in or out; exact division or scale and normalise; resize; every output dtype
+    and layout; misaligned frame stores), emulated: the same bytes as the NumPy backend."""
     H = data.draw(st.integers(1, 14), "H")
     W = data.draw(st.integers(1, 14), "W")
     C = data.draw(st.sampled_from([1, 3, 4]), "C")
@@ -639,6 +641,9 @@ def test_kernel_paths_equal_numpy_bit_for_bit_on_random_plans(data, emulated_cud
         kw["resize"] = (data.draw(st.integers(1, 12), "h"), data.draw(st.sampled_from([4, 8, 5]), "w"))
     if data.draw(st.booleans(), "jitter"):
         kw.update(brightness=0.4, contrast=0.3)
+    if data.draw(st.booleans(), "normalise"):
+        kw.update(mean=[0.5] * C, std=[0.25 + 0.1 * c for c in range(C)])
+    kw["scale"] = data.draw(st.sampled_from(["auto", "auto", None, 0.01, 1 / 127.5, 3.0]), "scale")
     misalign = data.draw(st.integers(0, 3), "misalign")
     rng = np.random.default_rng(data.draw(st.integers(0, 2**16), "seed"))
     buf = rng.integers(0, 256, N * H * W * C + misalign, dtype=np.uint8)
@@ -650,3 +655,61 @@ def test_kernel_paths_equal_numpy_bit_for_bit_on_random_plans(data, emulated_cud
     out = np.full(plan.out_shape(3, 2), 77, dtype=want.dtype)
     images.apply_cuda(plan, frames, idx, None, out, key)
     _same(out, want)
+
+
+@pytest.mark.parametrize("out_dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("layout", ["BKCHW", "BKHWC"])
+@pytest.mark.parametrize("backend", ["numpy", "emulated",
+                                     pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_unit_range_frames_are_the_peers_bits(out_dtype, layout, backend, request):
+    """With no mean/std and no jitter the default scale divides: every byte value comes out as
+    torch's frames.float() / 255 (the [0, 1] frames of LeRobot, diffusion_policy and robomimic),
+    then cast as torch casts it, bit for bit, on both backends. (Multiplying by float32(1/255)
+    instead is an ulp off for about half of the byte values, which this test would catch.)"""
+    frames = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=3)
+    frames[..., 1] = frames[..., 0][:, ::-1]
+    idx = np.array([[0, 0]])
+    plan = images.make_plan((16, 16, 3), out_dtype=out_dtype, layout=layout)
+    assert plan.exact and plan.divisor == 255.0
+    if backend == "numpy":
+        got = images.apply_numpy(plan, frames, idx, None, np.uint64(1))
+    elif backend == "cuda":
+        if not _runtime.cuda_available():
+            pytest.skip("no CUDA device")
+        got = rc.crop_resize_normalize(torch.from_numpy(frames).cuda(),
+                                       torch.from_numpy(idx).cuda(), out_dtype=out_dtype,
+                                       layout=layout)
+        got = (got.view(torch.int16) if out_dtype == "bfloat16" else got).cpu().numpy()
+    else:
+        request.getfixturevalue("emulated_cuda")
+        got = np.empty(plan.out_shape(1, 2), dtype=rc_array.numpy_dtype(out_dtype))
+        images.apply_cuda(plan, frames, idx, None, got, np.uint64(1))
+    t = torch.from_numpy(frames).float() / 255
+    want = t.to(getattr(torch, out_dtype))[idx[0]][None]        # [1, K, H, W, C]
+    if layout == "BKCHW":
+        want = want.permute(0, 1, 4, 2, 3)
+    want = want.contiguous()
+    if out_dtype == "bfloat16":
+        want = want.view(torch.int16)
+    np.testing.assert_array_equal(got.view(np.uint8), want.numpy().view(np.uint8))
+    # what a multiply would give: not the peers' bits
+    v = np.arange(256, dtype=np.float32)
+    assert (v * np.float32(1 / 255) != (torch.arange(256).float() / 255).numpy()).sum() > 100
+
+
+def test_exact_division_only_for_plain_float_outputs():
+    """mean / std, jitter or uint8 outputs keep the documented multiply-then-normalise steps;
+    an explicit scale divides by its float32 inverse."""
+    shape = (8, 8, 3)
+    assert images.make_plan(shape).exact
+    assert images.make_plan(shape, scale=1 / 255, out_dtype="bfloat16").divisor == 255.0
+    assert images.make_plan(shape, scale=1 / 127.5).divisor == 127.5
+    assert images.make_plan(shape, mean=0.0, std=1.0).exact      # the identity normalisation
+    for kw in (dict(mean=0.5), dict(std=0.5), dict(brightness=0.2), dict(contrast=0.2),
+               dict(out_dtype="uint8"), dict(scale=1e-31)):
+        plan = images.make_plan(shape, **kw)
+        assert not plan.exact and plan.kernel.endswith(", false>"), kw
+    frames = np.full((1, 8, 8, 3), 129, np.uint8)
+    normalised = images.apply_numpy(images.make_plan(shape, std=2.0), frames, np.zeros((1, 1),
+                                    np.int64), None, np.uint64(0))
+    assert normalised[0, 0, 0, 0, 0] == np.float32(129) * np.float32(1 / 255) * np.float32(0.5)

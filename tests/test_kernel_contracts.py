@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from itertools import product
 
 import numpy as np
 import pytest
@@ -153,9 +154,11 @@ def _run_every_dtype_path(rng) -> None:
         frames = rng.integers(0, 256, (3, 6, 5, C), dtype=np.uint8)
         idx = np.array([[0, 2], [1, -1]], dtype=np.int64)
         for out_dtype in images.OUT_DTYPES:
-            # no resize / resize, with one pixel per work item (widths 5, 3) and four (4, 8)
-            for crop, size in ((None, (6, 5)), (None, (4, 3)), (4, None), (None, (4, 8))):
-                plan = images.make_plan(frames.shape[1:], crop=crop, resize=size,
+            # no resize / resize, with one pixel per work item (widths 5, 3) and four (4, 8);
+            # exact (no mean / std) and normalised
+            for (crop, size), std in product(((None, (6, 5)), (None, (4, 3)), (4, None),
+                                              (None, (4, 8))), (None, 0.5)):
+                plan = images.make_plan(frames.shape[1:], crop=crop, resize=size, std=std,
                                         out_dtype=out_dtype)
                 out = np.empty(plan.out_shape(2, 2), dtype=_array.numpy_dtype(out_dtype))
                 images.apply_cuda(plan, frames, idx, None, out, np.uint64(1))

@@ -33,9 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 HOT = (
     ("RESAMPLE", "resample_kernel<rc_bf16, float, true>"),     # resample 32x500 / 256x1000, bf16
     ("RESAMPLE", "fuse_kernel<rc_bf16, float>"),               # fuse, 3 streams
-    ("IMAGES", "crop_resize_kernel<float, 3, false, 4>"),      # crop 84, float32
-    ("IMAGES", "crop_resize_kernel<rc_bf16, 3, false, 4>"),    # crop 84, bfloat16
-    ("IMAGES", "crop_resize_kernel<rc_bf16, 3, true, 4>"),     # 4 x 480x640 -> 224, bfloat16
+    ("IMAGES", "crop_resize_kernel<float, 3, false, 4, false>"),    # crop 84, float32
+    ("IMAGES", "crop_resize_kernel<rc_bf16, 3, false, 4, false>"),  # crop 84, bfloat16
+    ("IMAGES", "crop_resize_kernel<rc_bf16, 3, true, 4, false>"),   # 4 x 480x640 -> 224, bf16
+    ("IMAGES", "crop_resize_kernel<float, 3, false, 4, true>"),     # crop 84 to [0, 1], exact
     ("VOXEL", "voxel_scatter_kernel<float, false>"),           # 500k points -> 128^3 count
     ("WINDOWS", "window_batch_kernel"),                        # the loader's batch
 )

@@ -16,7 +16,9 @@
 //   v *= scale; jitter: v = clamp(v * bf, 0, vmax); v = clamp((v - vmax/2) * cf + vmax/2, 0, vmax);
 //   v = (v - mean[c]) * inv_std[c]; out = Num<TO>::store(v) (round to nearest even; uint8 clamps).
 //   Each step is rounded on its own, in this order (no FMA contraction): the NumPy twin gives
-//   the same bits.
+//   the same bits. EXACT instances (float outputs with no mean/std and no jitter: the plain
+//   [0, 1] frames the peers return) divide instead: v = v / divisor rounded once, bit for bit
+//   what torch and NumPy give for frames / 255.
 //
 // Work split: blockIdx.x = image (b, k); blockIdx.y tiles the image's h*w output pixels in work
 // items of V pixels (V = 4: four adjacent pixels of one row, "BKCHW" with w % 4 == 0; else 1),
@@ -66,7 +68,8 @@ struct ImageParams {
     float mean[4];
     float inv_std[4];
     float sy, sx;        // resize scales ch/h and cw/w (float32, as torch computes them)
-    float scale;         // multiplier applied to the raw 0..255 value
+    float scale;         // multiplier applied to the raw 0..255 value (EXACT: 1 / divisor rounded)
+    float divisor;       // EXACT: the divisor (e.g. 255); 0 otherwise
     float vmax;          // 255 * scale: the jitter clamp
     int H, W;
     int ch, cw;          // crop window
@@ -167,14 +170,29 @@ RC_DEVICE bool rc_img_words_inside(const ImageParams& p, rc_u64 end, const unsig
     return a >= p.frames && a + 4 * (C + 1) <= end;
 }
 
+// What rc_img_value computes, picked once per block: the kernel's EXACT instances divide, the
+// others scale and normalise, with or without the jitter (compiled out of RC_IMG_PLAIN:
+// predicated-off jitter code still takes issue slots, it was 8 of the ~22 instructions per value
+// on sm_90); the kernel picks RC_IMG_JITTER or RC_IMG_PLAIN from p.jitter.
+#define RC_IMG_PLAIN 0
+#define RC_IMG_JITTER 1
+#define RC_IMG_EXACT 2
+
 // Scale, jitter and normalise channel c of one pixel (always finite: std > 0 is checked). Every
-// step is rounded on its own (_rn: no FMA contraction), as apply_numpy computes it. JITTER false
-// compiles the jitter out (predicated-off jitter code still takes issue slots: it was 8 of the ~22
-// instructions per value on sm_90); the kernel picks the instance once, from p.jitter.
-template <bool JITTER>
+// step is rounded on its own (_rn: no FMA contraction), as apply_numpy computes it.
+template <int MODE>
 RC_DEVICE float rc_img_value(const ImageParams& p, float v, int c, float bf, float cf, float pivot) {
+    if (MODE == RC_IMG_EXACT) {
+        // v / divisor rounded once (apply_numpy divides): q = v * (1/divisor) is within an ulp of
+        // the quotient, the FMA gives the residual v - q * divisor exactly, and q + residual *
+        // (1/divisor), rounded once, is the correctly rounded quotient (Markstein's theorem;
+        // checked for every float in [0, 256] over 255). Three instructions, as the scale and
+        // normalise steps they replace.
+        const float q = __fmul_rn(v, p.scale);
+        return __fmaf_rn(__fmaf_rn(-q, p.divisor, v), p.scale, q);
+    }
     float t = __fmul_rn(v, p.scale);
-    if (JITTER) {
+    if (MODE == RC_IMG_JITTER) {
         // (fminf/fmaxf: one min/max instruction each; t is never NaN here)
         if (p.jitter & 1) t = fminf(fmaxf(__fmul_rn(t, bf), 0.f), p.vmax);
         if (p.jitter & 2)
@@ -205,14 +223,14 @@ RC_DEVICE void rc_img_store4(unsigned char* dst, const float* v) {
 
 // The C channel values of four adjacent output pixels, finished and stored: one vector store per
 // channel plane, at `at` (the first pixel's element of channel 0) + c * p.c_stride.
-template <typename TO, int C, bool JITTER>
+template <typename TO, int C, int MODE>
 RC_DEVICE void rc_img_store_run(const ImageParams& p, TO* at, const float v[4][C], float bf,
                                 float cf, float pivot) {
 #pragma unroll
     for (int c = 0; c < C; ++c) {
         float run[4];
 #pragma unroll
-        for (int u = 0; u < 4; ++u) run[u] = rc_img_value<JITTER>(p, v[u][c], c, bf, cf, pivot);
+        for (int u = 0; u < 4; ++u) run[u] = rc_img_value<MODE>(p, v[u][c], c, bf, cf, pivot);
         rc_img_store4(at + c * p.c_stride, run);
     }
 }
@@ -221,7 +239,7 @@ RC_DEVICE void rc_img_store_run(const ImageParams& p, TO* at, const float v[4][C
 // sits at row y = r / per_row, column run xr = r % per_row (one division per thread, then stepped
 // by (step / per_row, step % per_row) with a carry). V = 1: one pixel, any layout; V = 4: four
 // horizontally adjacent pixels, each channel's four values in one vector store.
-template <typename TO, int C, bool RESIZE, int V, bool JITTER>
+template <typename TO, int C, bool RESIZE, int V, int MODE>
 RC_DEVICE void rc_img_pixels(const ImageParams& p, const unsigned char* frame, TO* out, int oy,
                              int ox, float bf, float cf, int first, int step) {
     const float pivot = 0.5f * p.vmax;
@@ -237,7 +255,7 @@ RC_DEVICE void rc_img_pixels(const ImageParams& p, const unsigned char* frame, T
 #pragma unroll
             for (int c = 0; c < C; ++c)
                 out[c * p.c_stride + pix * p.p_stride] =
-                    Num<TO>::store(rc_img_value<JITTER>(p, v[c], c, bf, cf, pivot));
+                    Num<TO>::store(rc_img_value<MODE>(p, v[c], c, bf, cf, pivot));
         }
         return;
     }
@@ -255,7 +273,7 @@ RC_DEVICE void rc_img_pixels(const ImageParams& p, const unsigned char* frame, T
                 const int x0 = xr * V;
                 float v[V][C];
                 rc_img_words4<C>(win + (y * p.W + x0) * C, v);
-                rc_img_store_run<TO, C, JITTER>(p, out + y * p.ow + x0, v, bf, cf, pivot);
+                rc_img_store_run<TO, C, MODE>(p, out + y * p.ow + x0, v, bf, cf, pivot);
             }
             return;
         }
@@ -272,15 +290,16 @@ RC_DEVICE void rc_img_pixels(const ImageParams& p, const unsigned char* frame, T
 #pragma unroll
             for (int u = 0; u < V; ++u) rc_img_sample<C, RESIZE>(p, frame, oy, ox, y, x0 + u, v[u]);
         }
-        rc_img_store_run<TO, C, JITTER>(p, out + y * p.ow + x0, v, bf, cf, pivot);
+        rc_img_store_run<TO, C, MODE>(p, out + y * p.ow + x0, v, bf, cf, pivot);
     }
 }
 
 // V = 1: one pixel per work item, any layout. V = 4 ("BKCHW" only, ow % 4 == 0, out aligned to
 // 4 * sizeof(TO), checked by images.py): four horizontally adjacent pixels per work item, each
 // channel's four values written with one 16-byte (float), 8-byte (half, bf16) or 4-byte (uint8)
-// store instead of four scalar ones.
-template <typename TO, int C, bool RESIZE, int V>
+// store instead of four scalar ones. EXACT: v / p.divisor and nothing else (images.py launches it
+// for plans without mean/std and jitter).
+template <typename TO, int C, bool RESIZE, int V, bool EXACT>
 __global__ void crop_resize_kernel(const ImageParams p) {
     static_assert(V == 1 || V == 4, "work items of 1 or 4 pixels");
     const int img = blockIdx.x;                          // b * K + k
@@ -343,10 +362,13 @@ __global__ void crop_resize_kernel(const ImageParams p) {
     __syncthreads();  // `zero` is the same for the whole block: every thread gets here or none
     const unsigned char* frame = reinterpret_cast<const unsigned char*>(p.frames)
                                  + row * ((rc_i64)p.H * p.W * C);
-    if (p.jitter)
-        rc_img_pixels<TO, C, RESIZE, V, true>(p, frame, out, s_origin[0], s_origin[1],
-                                              s_factor[0], s_factor[1], first, step);
+    if (EXACT)
+        rc_img_pixels<TO, C, RESIZE, V, RC_IMG_EXACT>(p, frame, out, s_origin[0], s_origin[1],
+                                                      1.f, 1.f, first, step);
+    else if (p.jitter)
+        rc_img_pixels<TO, C, RESIZE, V, RC_IMG_JITTER>(p, frame, out, s_origin[0], s_origin[1],
+                                                       s_factor[0], s_factor[1], first, step);
     else
-        rc_img_pixels<TO, C, RESIZE, V, false>(p, frame, out, s_origin[0], s_origin[1],
-                                               1.f, 1.f, first, step);
+        rc_img_pixels<TO, C, RESIZE, V, RC_IMG_PLAIN>(p, frame, out, s_origin[0], s_origin[1],
+                                                      1.f, 1.f, first, step);
 }

@@ -12,7 +12,10 @@ frames (-1, or True in `zero_mask`, writes an all-zero image). For output image 
 3. resize  to (h, w) by bilinear interpolation exactly as torch.nn.functional.interpolate(
            mode="bilinear", align_corners=False, antialias=False) on the float values 0..255,
            computed in float32; no resize when (h, w) == (ch, cw).
-4. scale   v * scale (1/255 by default for float outputs, 1 for uint8 outputs)
+4. scale   v * scale (1/255 by default for float outputs, 1 for uint8 outputs); for float
+           outputs with no mean/std and no jitter, v / (1 / scale) rounded once instead, so the
+           default gives frames / 255 bit for bit as torch and NumPy compute it (the [0, 1]
+           frames of LeRobot, diffusion_policy and robomimic)
 5. jitter  brightness: v = clamp(v * fb, 0, vmax), fb uniform in [max(0, 1-brightness),
            1+brightness]; contrast: v = clamp((v - vmax/2) * fc + vmax/2, 0, vmax), fc likewise
            (vmax = 255 * scale; unlike torchvision's ColorJitter the contrast pivot is mid-grey,
@@ -84,11 +87,11 @@ CROP_Y, CROP_X, SHIFT_Y, SHIFT_X, BRIGHTNESS, CONTRAST = 1, 2, 3, 4, 5, 6
 IMAGE_PARAMS_DTYPE = np.dtype({
     "names": ["frames", "indices", "zero_mask", "out", "key", "N", "B", "K", "idx64",
               "bright_lo", "bright_hi", "contrast_lo", "contrast_hi",
-              "mean", "inv_std", "sy", "sx", "scale", "vmax",
+              "mean", "inv_std", "sy", "sx", "scale", "divisor", "vmax",
               "H", "W", "ch", "cw", "oh", "ow", "cy0", "cx0", "crop_random", "shift",
               "per_frame_crop", "jitter", "per_frame_jitter", "c_stride", "p_stride"],
     "formats": [np.uint64] * 5 + [np.int64] + [np.int32] * 3 + [np.float64] * 4
-               + [(np.float32, 4)] * 2 + [np.float32] * 4 + [np.int32] * 15,
+               + [(np.float32, 4)] * 2 + [np.float32] * 5 + [np.int32] * 15,
 }, align=True)  # the layout of struct ImageParams in images.cu
 # the fields apply_cuda packs per call (the struct's first ones); the rest come from the plan
 IMAGE_PER_CALL = ("frames", "indices", "zero_mask", "out", "key", "N", "B", "K", "idx64")
@@ -106,6 +109,7 @@ class ImagePlan:
     per_frame_crop: bool
     size: tuple[int, int]               # output (h, w)
     scale: float                        # float32 values stored as Python floats
+    divisor: float                      # exact plans: v / divisor (float32), else 0
     mean: tuple[float, ...]
     inv_std: tuple[float, ...]
     brightness: tuple[float, float] | None   # factor range (lo, hi), float32 values
@@ -135,14 +139,20 @@ class ImagePlan:
     def resize(self) -> bool:
         return self.size != self.crop
 
+    @property
+    def exact(self) -> bool:
+        """Divide by `divisor` (rounded once, as torch and NumPy) and do nothing else."""
+        return self.divisor != 0.0
+
     def out_shape(self, B: int, K: int) -> tuple[int, ...]:
         h, w = self.size
         C = self.frame_shape[2]
         return (B, K, C, h, w) if self.layout == "BKCHW" else (B, K, h, w, C)
 
     def kernel_name(self, run_width: int) -> str:
+        flag = {True: "true", False: "false"}
         return (f"crop_resize_kernel<{_array.C_TYPES[self.out_dtype]}, {self.frame_shape[2]}, "
-                f"{'true' if self.resize else 'false'}, {run_width}>")
+                f"{flag[self.resize]}, {run_width}, {flag[self.exact]}>")
 
 
 def _pair(name: str, value, *, minimum: int) -> tuple[int, int]:
@@ -230,13 +240,18 @@ def make_plan(frame_shape, *, crop=None, crop_mode: str = "center", per_frame_cr
     if (std_a <= 0).any():
         V.fail("std", "values > 0", repr(std_a.tolist()))
     inv_std = np.float32(1.0) / std_a
+    brightness = _jitter_range("brightness", brightness)
+    contrast = _jitter_range("contrast", contrast)
+    plain = (out_dtype != "uint8" and brightness is None and contrast is None
+             and not mean_a.any() and (std_a == 1).all()
+             and 1e-30 <= scale <= 1e30)  # 1 / scale and its inverse normal float32s
     return ImagePlan(
         frame_shape=(H, W, C), crop=(ch, cw), crop_random=crop_mode == "random",
         center=(int(round((H - ch) / 2.0)), int(round((W - cw) / 2.0))), shift=int(shift),
         per_frame_crop=bool(per_frame_crop), size=(h, w), scale=float(np.float32(scale)),
+        divisor=float(np.float32(1.0 / float(scale))) if plain else 0.0,
         mean=tuple(float(m) for m in mean_a), inv_std=tuple(float(s) for s in inv_std),
-        brightness=_jitter_range("brightness", brightness),
-        contrast=_jitter_range("contrast", contrast), per_frame_jitter=bool(per_frame_jitter),
+        brightness=brightness, contrast=contrast, per_frame_jitter=bool(per_frame_jitter),
         out_dtype=out_dtype, layout=layout)
 
 
@@ -637,6 +652,10 @@ def apply_numpy(plan: ImagePlan, frames: np.ndarray, indices: np.ndarray,
         del bottom
     else:
         v = gather(np.arange(h), np.arange(w))
+    if plan.exact:
+        v /= f32(plan.divisor)
+        v[zero] = 0
+        return v if plan.out_dtype == "float32" else v.astype(_array.numpy_dtype(plan.out_dtype))
     v *= f32(plan.scale)
     vmax = f32(255) * f32(plan.scale)
     if plan.brightness is not None:
@@ -722,7 +741,9 @@ def _static_params(plan: ImagePlan) -> bytes:
     p["inv_std"][:C] = plan.inv_std
     p["sy"] = np.float32(plan.crop[0]) / np.float32(h)
     p["sx"] = np.float32(plan.crop[1]) / np.float32(w)
-    p["scale"] = plan.scale
+    # exact plans: the kernel's 1/divisor, float32-rounded (the first step of its division)
+    p["scale"] = np.float32(1) / np.float32(plan.divisor) if plan.exact else plan.scale
+    p["divisor"] = plan.divisor
     p["vmax"] = np.float32(255) * np.float32(plan.scale)
     for name, value in (("H", H), ("W", W), ("ch", plan.crop[0]), ("cw", plan.crop[1]),
                         ("oh", h), ("ow", w), ("cy0", plan.center[0]), ("cx0", plan.center[1]),
