@@ -53,7 +53,7 @@ MIN_PARALLEL_BYTES = 4 << 20  # below this one thread fills the staging buffers
 MAX_FILL_THREADS = 16
 STAGING_PIECE_BYTES = 1 << 20  # one staging buffer (a fill thread's slot)
 STAGING_DEPTH = 2  # staging buffers per fill thread
-STAGING_SUBMIT = "runtime"  # how a piece is queued: "runtime" (CuPy's calls) or "torch" (copy_)
+STAGING_SUBMIT = "cupy"  # how a piece is queued: "cupy" (CuPy's runtime calls) or "torch"
 # method -> (registration lanes, whether the staging lane runs beside them or only copies
 # what they left)
 METHODS = {"staged": (0, False), "registered": (1, False), "mixed": (1, True)}
@@ -405,7 +405,7 @@ def registered_lane(spans, claims: ChunkClaims, ops, bar) -> None:
 # the lanes' operations on a CUDA device
 
 
-class _CudaStaging:
+class _TorchStaging:
     """StagingLane's operations: a pinned buffer and an event per slot (made on first use),
     copies on one side stream that first waits for the caller's stream."""
 
@@ -442,8 +442,8 @@ class _CudaStaging:
         self.stream.synchronize()
 
 
-class _RuntimeStaging(_CudaStaging):
-    """_CudaStaging with each piece's copy and event queued by CuPy's bindings of the CUDA
+class _CupyStaging(_TorchStaging):
+    """_TorchStaging with each piece's copy and event queued by CuPy's bindings of the CUDA
     runtime (cudaMemcpyAsync from the pinned buffer's address, cudaEventRecord): two calls that
     hold the GIL for little more than their arguments' conversion, where torch's copy_ also
     slices two tensors, parses its arguments and records an event in its pinned-memory
@@ -486,14 +486,14 @@ class _RuntimeStaging(_CudaStaging):
 
 
 def _cuda_stager(dst_bytes, dev):
-    """The staging lane's operations: by STAGING_SUBMIT, "runtime" (_RuntimeStaging; torch's
-    copy_ where CuPy is missing or cannot reach the device) or "torch" (_CudaStaging)."""
-    if STAGING_SUBMIT == "runtime":
+    """The staging lane's operations: by STAGING_SUBMIT, "cupy" (_CupyStaging; torch's
+    copy_ where CuPy is missing or cannot reach the device) or "torch" (_TorchStaging)."""
+    if STAGING_SUBMIT == "cupy":
         try:
-            return _RuntimeStaging(dst_bytes, dev)
+            return _CupyStaging(dst_bytes, dev)
         except (ImportError, RuntimeError):
             pass
-    return _CudaStaging(dst_bytes, dev)
+    return _TorchStaging(dst_bytes, dev)
 
 
 class _CudaRegisterOps:

@@ -480,7 +480,7 @@ def _memmapped(tmp_path, a):
 
 
 def test_torch_staging_ops_on_a_host_stand_in(host_cuda, monkeypatch, tmp_path):
-    """The real _CudaStaging (STAGING_SUBMIT "torch": pinned buffers per slot, the side stream
+    """The real _TorchStaging (STAGING_SUBMIT "torch": pinned buffers per slot, the side stream
     made current once per fill thread, copy_ + an event per piece) with torch.cuda's streams
     and events replaced by host stand-ins and the output on the CPU, so its code runs here: a
     memory-mapped source arrives whole, each fill worker enters the stream context once, and
@@ -499,7 +499,7 @@ def test_torch_staging_ops_on_a_host_stand_in(host_cuda, monkeypatch, tmp_path):
 
 
 class HostRuntime:
-    """CuPy's runtime calls that _CudaRegisterOps and _RuntimeStaging make, on the host: page
+    """CuPy's runtime calls that _CudaRegisterOps and _CupyStaging make, on the host: page
     locking recorded (the k-th registration refused when asked), copies made with memmove
     from locked pages or pinned buffers only, on the expected stream, events recorded before
     they are waited for."""
@@ -590,18 +590,18 @@ def host_cupy(rt: HostRuntime):
                                                             Device=Device, Stream=stream))
 
 
-STAGERS = {"runtime": "_RuntimeStaging", "torch": "_CudaStaging"}
+STAGERS = {"cupy": "_CupyStaging", "torch": "_TorchStaging"}
 
 
 def test_runtime_staging_ops_on_a_host_stand_in(host_cuda, monkeypatch, tmp_path):
-    """The real _RuntimeStaging (the shipped STAGING_SUBMIT: each piece queued by CuPy's
+    """The real _CupyStaging (the shipped STAGING_SUBMIT: each piece queued by CuPy's
     runtime calls) with CuPy replaced by HostRuntime and torch.cuda by host stand-ins: a
     memory-mapped source arrives whole, every copy reads a pinned buffer and goes to the side
     stream, every event waited for was recorded, and each fill worker makes the device current
     once, not per piece."""
     rt = HostRuntime(pinned=host_cuda.pinned)
     monkeypatch.setitem(sys.modules, "cupy", host_cupy(rt))
-    assert _upload.STAGING_SUBMIT == "runtime"
+    assert _upload.STAGING_SUBMIT == "cupy"
     monkeypatch.setattr(_upload, "MIN_PARALLEL_BYTES", 1)
     monkeypatch.setattr(_upload, "STAGING_PIECE_BYTES", 3 * PAGE + 5)
     a = np.random.default_rng(10).integers(0, 255, (70_001,), dtype=np.uint8)
@@ -621,13 +621,13 @@ def test_runtime_staging_falls_back_to_torch(host_cuda, monkeypatch, cupy_state)
     rt = HostRuntime(reachable=False)
     monkeypatch.setitem(sys.modules, "cupy", None if cupy_state == "missing" else host_cupy(rt))
     dst = torch.empty(10, dtype=torch.uint8)
-    assert type(_upload._cuda_stager(dst, torch.device("cpu", 0))) is _upload._CudaStaging
+    assert type(_upload._cuda_stager(dst, torch.device("cpu", 0))) is _upload._TorchStaging
     a = np.arange(5000, dtype=np.int16)
     np.testing.assert_array_equal(_upload.to_device(a, "cuda", progress=False).numpy(), a)
     assert host_cuda.events  # the pieces went through torch's copy_ and events
 
 
-@pytest.mark.parametrize("submit", ["runtime", "torch"])
+@pytest.mark.parametrize("submit", ["cupy", "torch"])
 @pytest.mark.parametrize("method, refuse_at", [("registered", None), ("registered", 2),
                                                ("mixed", None), ("mixed", 1)])
 def test_cuda_registration_ops_on_a_host_stand_in(host_cuda, monkeypatch, tmp_path, method,
@@ -654,7 +654,7 @@ def test_cuda_registration_ops_on_a_host_stand_in(host_cuda, monkeypatch, tmp_pa
                             method=method, progress=False)
     np.testing.assert_array_equal(out.numpy(), a)
     assert rt.copies >= 1 and not rt.locked
-    staged = rt.staged if submit == "runtime" else sum(e.recorded for e in host_cuda.events)
+    staged = rt.staged if submit == "cupy" else sum(e.recorded for e in host_cuda.events)
     if refuse_at is not None:
         assert rt.copies <= refuse_at and staged >= 1  # the rest went through the staging
 
@@ -704,9 +704,9 @@ def test_cuda_upload_matches_host(dtype):
 
 @gpu
 @needs_gpu
-@pytest.mark.parametrize("submit", ["runtime", "torch"])
+@pytest.mark.parametrize("submit", ["cupy", "torch"])
 def test_cuda_upload_of_a_memmap(tmp_path, monkeypatch, submit):
-    """The staging lane with each way of queueing a piece (the runtime one is what ships
+    """The staging lane with each way of queueing a piece (the CuPy one is what ships
     where CuPy reaches the device, as on the GPU machine): 16 threads, pieces of a few pages
     so that every slot is used many times, a misaligned view of a memmap; the same bytes."""
     import torch
@@ -761,7 +761,7 @@ def test_cuda_upload_fails_before_allocating(monkeypatch):
 
 @gpu
 @needs_gpu
-@pytest.mark.parametrize("submit", ["runtime", "torch"])
+@pytest.mark.parametrize("submit", ["cupy", "torch"])
 def test_cuda_upload_error_leaves_no_copy_in_flight(monkeypatch, submit):
     """A failure between chunks (a bad page of a memmap, Ctrl-C) must not leave side-stream
     copies writing into the output the caller's stream already gave back to the allocator."""
