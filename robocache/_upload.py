@@ -491,7 +491,7 @@ def _cuda_stager(dst_bytes, dev):
     if STAGING_SUBMIT == "cupy":
         try:
             return _CupyStaging(dst_bytes, dev)
-        except (ImportError, RuntimeError):
+        except (ImportError, OSError, RuntimeError):  # no CuPy, its CUDA libraries, the device
             pass
     return _TorchStaging(dst_bytes, dev)
 
