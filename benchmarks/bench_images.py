@@ -10,6 +10,8 @@ Implementations
   robocache-cuda      frames resident on the GPU, rc.crop_resize_normalize, one launch per camera
   robocache-cuda-plan the same kernel as the dataset calls it: plan made once, outputs
                       preallocated, images.apply_cuda per camera (no per-call validation)
+  robocache-cuda-plan-unit  the same without mean/std: [0, 1] frames, v / 255 rounded once
+                      (the kernel's exact-division instance; crop84 only)
   robocache-pinned    frames in pinned host memory, read by the kernel over the bus
   torch-gpu           index, crop (gather), permute, float, F.interpolate, normalise on the GPU
   torch-dataloader-N  torch DataLoader, per-sample __getitem__ on the CPU, N workers
@@ -219,6 +221,14 @@ def _run_gpu(w: dict, quick: bool, bw: float) -> list[dict]:
             rows.append(_row(w, "robocache-cuda-plan-1px", out_dtype, b2b, dev, floor,
                              event_us=lat, pixels_per_store=1,
                              gpu_us=(_timing.device_us(lambda s=scalar: ours_plan(0, plan=s))
+                                     or {}).get("us")))
+        if w["crop"]:  # [0, 1] frames, no mean / std: the kernel's exact-division instances
+            unit_kw = {k: v for k, v in kw.items() if k not in ("mean", "std")}
+            unit = images.make_plan(tuple(on_dev[0].shape[1:]), **unit_kw)
+            lat, b2b = _gpu_time(lambda i, u=unit: ours_plan(i, plan=u), iters)
+            rows.append(_row(w, "robocache-cuda-plan-unit", out_dtype, b2b, dev, floor,
+                             event_us=lat, exact=unit.exact,
+                             gpu_us=(_timing.device_us(lambda u=unit: ours_plan(0, plan=u))
                                      or {}).get("us")))
         lat, b2b = _gpu_time(theirs, iters)
         rows.append(_row(w, "torch-gpu", out_dtype, b2b, dev, floor, event_us=lat))
