@@ -12,8 +12,9 @@ first, best of a few timed runs):
   (Arrow column -> NumPy object array of rows -> np.stack, what a datasets-based loader does);
 - write_cache, and read_cache with and without SHA-256 verification (the mapped pages are
   touched, so the bytes really are read);
-- the upload's fill alone (no transfer) with the shipped staging pieces and others, beside the
-  fill as it was before the sixth session (one 64 MB double buffer split between the threads);
+- the upload's fill alone (no transfer) with the shipped staging pieces and others, reading the
+  files with pread and copying their mapped pages, beside the fill as it was before the sixth
+  session (one 64 MB double buffer split between the threads);
 - with a GPU: read_lerobot + to_device (target >= 1 GB/s), and cache -> to_device with each
   upload method (staged through pinned buffers; the mapped pages registered in place; both
   lanes at once, "mixed"), plus other staging piece sizes, pieces queued by torch's copy_
@@ -242,14 +243,21 @@ def _cache_sources(cache_dir: Path) -> list[np.ndarray]:
 def _fill_only(cache_dir: Path, stager: _NoTransfer) -> None:
     """The host half of cache -> GPU: freshly mapped cache files copied piece by piece into the
     staging buffers by the upload's own staging lane (robocache._upload.copy_in_lanes, same
-    chunks, pieces and threads), with no transfer. Beside the full upload it tells whether the
-    host side or the bus sets its pace. `stager` keeps its buffers from run to run (as torch's
+    chunks, pieces and threads, reading the files or copying their mapped pages as
+    STAGING_READ says), with no transfer. Beside the full upload it tells whether the host side
+    or the bus sets its pace. `stager` keeps its buffers from run to run (as torch's
     pinned-memory cache keeps the upload's)."""
     from robocache import _progress, _upload
 
     with _progress.bar(1, "fill", progress=False) as bar:
         for src in _cache_sources(cache_dir):
-            _upload.copy_in_lanes(src, _upload.DEFAULT_CHUNK_BYTES, stager, [], False, bar, None)
+            region = _upload.FileRegion.of(src) if _upload.STAGING_READ == "pread" else None
+            try:
+                _upload.copy_in_lanes(src, _upload.DEFAULT_CHUNK_BYTES, stager, [], False, bar,
+                                      None, region)
+            finally:
+                if region is not None:
+                    region.close()
 
 
 def _fill_split_baseline(cache_dir: Path, buffers: list[np.ndarray]) -> None:
@@ -287,7 +295,7 @@ def run(quick: bool = False) -> list[dict]:
 
         print(f"upload: {min(_upload.MAX_FILL_THREADS, _cpus.usable_cpus())} fill threads, "
               f"{_upload.STAGING_PIECE_BYTES / (1 << 20):g} MB staging pieces "
-              f"(queued by {_upload.STAGING_SUBMIT}), "
+              f"(filled by {_upload.STAGING_READ}, queued by {_upload.STAGING_SUBMIT}), "
               f"{_upload.DEFAULT_CHUNK_BYTES >> 20} MB chunks")
 
         def lerobot():
@@ -325,13 +333,18 @@ def run(quick: bool = False) -> list[dict]:
         rows.append({"name": "cache -> one 64 MB double buffer (fill before)", "bytes": got,
                      "seconds": t_split, "GB/s": got / t_split / 1e9})
         shipped_mb = _upload.STAGING_PIECE_BYTES / (1 << 20)
-        for piece_mb in (shipped_mb, *(m for m in OTHER_PIECES_MB if m != shipped_mb)):
-            with _upload_settings(piece_mb=piece_mb):
+        other_read = "copy" if _upload.STAGING_READ == "pread" else "pread"
+        fills = [(shipped_mb, None), (shipped_mb, other_read),
+                 *((m, None) for m in OTHER_PIECES_MB if m != shipped_mb)]
+        for piece_mb, read in fills:
+            with _upload_settings(piece_mb=piece_mb, read=read):
                 stager = _NoTransfer(pinned)
                 t, _ = best_of(lambda st=stager: _fill_only(tmp / "cache", st), repeat)
-            rows.append({"name": f"cache -> staging buffers only ({piece_mb:g} MB pieces)",
-                         "bytes": got, "seconds": t, "GB/s": got / t / 1e9,
-                         "piece_MB": piece_mb, "baseline": "one 64 MB double buffer",
+                how = _upload.STAGING_READ
+            rows.append({"name": f"cache -> staging buffers only ({piece_mb:g} MB pieces, "
+                                 f"{how})", "bytes": got, "seconds": t, "GB/s": got / t / 1e9,
+                         "piece_MB": piece_mb, "read": how,
+                         "baseline": "one 64 MB double buffer",
                          "baseline_seconds": t_split, "speedup": t_split / t})
         cold = sorted((tmp / "cache").glob("*.npy"))
         t_disk, _ = best_of_cold(lambda: _read_files(cold), cold, repeat)
@@ -340,9 +353,13 @@ def run(quick: bool = False) -> list[dict]:
                          "seconds": t_disk, "GB/s": got / t_disk / 1e9})
             stager = _NoTransfer(pinned)
             _fill_only(tmp / "cache", stager)  # its buffers made before the timed runs
-            t, _ = best_of_cold(lambda: _fill_only(tmp / "cache", stager), cold, repeat)
-            rows.append({"name": "cold: cache -> staging buffers only", "bytes": got,
-                         "seconds": t, "GB/s": got / t / 1e9, "of_disk_read": t_disk / t})
+            for read in (None, other_read):
+                with _upload_settings(read=read):
+                    t, _ = best_of_cold(lambda: _fill_only(tmp / "cache", stager), cold, repeat)
+                    how = _upload.STAGING_READ
+                rows.append({"name": f"cold: cache -> staging buffers only ({how})",
+                             "bytes": got, "seconds": t, "GB/s": got / t / 1e9,
+                             "of_disk_read": t_disk / t, "read": how})
         rows += _gpu_rows(tmp, src, got, repeat, cold, t_disk)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -403,6 +420,7 @@ def _gpu_rows(tmp: Path, src, got: int, repeat: int, cold_files, t_disk) -> list
                   for m in OTHER_PIECES_MB if m * (1 << 20) != _upload.STAGING_PIECE_BYTES),
                 ("staged", {"submit": "torch"}, "staging, torch copy_ per piece"),
                 ("staged", {"submit": "torch", "piece_mb": 8}, "staging, 8 MB, torch copy_"),
+                ("staged", {"read": "copy"}, "staging, mapped pages copied"),
                 ("registered", {}, "mmap pages locked in place"),
                 ("mixed", {}, "both lanes at once"),
                 ("mixed", {"chunk_mb": 16}, "both lanes, 16 MB chunks"),
@@ -411,16 +429,16 @@ def _gpu_rows(tmp: Path, src, got: int, repeat: int, cold_files, t_disk) -> list
     for method, settings, what in variants:
         chunk_mb = settings.get("chunk_mb", _upload.DEFAULT_CHUNK_BYTES >> 20)
         with _upload_settings(method, settings.get("lanes"), settings.get("piece_mb"),
-                              settings.get("submit")):
+                              settings.get("submit"), settings.get("read")):
             t, _ = sync_time(lambda m=method, c=chunk_mb << 20: cache_to_gpu(m, c))
             lanes = _upload.METHODS[method][0]
             piece_mb = _upload.STAGING_PIECE_BYTES / (1 << 20)
-            submit = _upload.STAGING_SUBMIT
+            submit, read = _upload.STAGING_SUBMIT, _upload.STAGING_READ
         rows.append({"name": f"own cache -> GPU ({what})", "bytes": got,
                      "seconds": t, "GB/s": got / t / 1e9, "of_pinned_copy": t_pin / t,
                      "target_of_pinned_copy": 0.8, "method": method,
                      "registration_lanes": lanes, "chunk_MB": chunk_mb, "piece_MB": piece_mb,
-                     "submit": submit})
+                     "submit": submit, "read": read})
     if t_disk is not None:  # from the disk: the page cache dropped before each run
         for method in ("staged", "mixed"):
             upload = synced(lambda m=method: cache_to_gpu(m, _upload.DEFAULT_CHUNK_BYTES))
@@ -432,22 +450,27 @@ def _gpu_rows(tmp: Path, src, got: int, repeat: int, cold_files, t_disk) -> list
 
 @contextlib.contextmanager
 def _upload_settings(method: str = "staged", lanes: int | None = None,
-                     piece_mb: float | None = None, submit: str | None = None):
+                     piece_mb: float | None = None, submit: str | None = None,
+                     read: str | None = None):
     """For the duration: `method` with `lanes` registration lanes, staging pieces of
-    `piece_mb` MB queued the `submit` way (None: as shipped)."""
+    `piece_mb` MB filled the `read` way and queued the `submit` way (None: as shipped)."""
     from robocache import _upload
 
-    shipped = _upload.METHODS[method], _upload.STAGING_PIECE_BYTES, _upload.STAGING_SUBMIT
+    shipped = (_upload.METHODS[method], _upload.STAGING_PIECE_BYTES, _upload.STAGING_SUBMIT,
+               _upload.STAGING_READ)
     if lanes is not None:
         _upload.METHODS[method] = (lanes, shipped[0][1])
     if piece_mb is not None:
         _upload.STAGING_PIECE_BYTES = int(piece_mb * (1 << 20))
     if submit is not None:
         _upload.STAGING_SUBMIT = submit
+    if read is not None:
+        _upload.STAGING_READ = read
     try:
         yield
     finally:
-        _upload.METHODS[method], _upload.STAGING_PIECE_BYTES, _upload.STAGING_SUBMIT = shipped
+        (_upload.METHODS[method], _upload.STAGING_PIECE_BYTES, _upload.STAGING_SUBMIT,
+         _upload.STAGING_READ) = shipped
 
 
 def _print(rows: list[dict]) -> None:

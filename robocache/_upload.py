@@ -12,7 +12,12 @@ kinds of lane take them:
   one 64 MB double buffer every byte was read, written to memory and read again by the DMA;
   on the CPU machine the fill alone ran 1.2-1.8x faster, benchmarks/RESULTS.md). A piece is
   queued by CuPy's bindings of the CUDA runtime, which hold Python's GIL for less per piece
-  than torch's copy_ (STAGING_SUBMIT; torch's copy_ where CuPy is missing);
+  than torch's copy_ (STAGING_SUBMIT; torch's copy_ where CuPy is missing). Where the array is
+  a read-only memory map of a file (the own cache's .npy files), the pieces are read from the
+  file with pread instead of copied from the mapped pages (STAGING_READ): no page faults, and
+  from a cold page cache the kernel's readahead (on the 2-core CPU machine 1.05x the copy's
+  speed, warm and cold, for bench_load's cache; benchmarks/RESULTS.md), and a file truncated
+  since it was mapped is an error instead of a SIGBUS;
 - a registration lane (a thread of its own) lets the copy engine read the array's own pages: a
   chunk is page-locked in place (cudaHostRegister, read-only: a memory-mapped cache file's page
   cache pages) and copied with no host memcpy; the next chunk is locked while the previous one
@@ -38,6 +43,7 @@ that upload many arrays and want to fail before the first.
 from __future__ import annotations
 
 import mmap
+import os
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +60,7 @@ MAX_FILL_THREADS = 16
 STAGING_PIECE_BYTES = 1 << 20  # one staging buffer (a fill thread's slot)
 STAGING_DEPTH = 2  # staging buffers per fill thread
 STAGING_SUBMIT = "cupy"  # how a piece is queued: "cupy" (CuPy's runtime calls) or "torch"
+STAGING_READ = "pread"  # how a memmap of a file fills a piece: "pread" (the file) or "copy" (pages)
 # method -> (registration lanes, whether the staging lane runs beside them or only copies
 # what they left)
 METHODS = {"staged": (0, False), "registered": (1, False), "mixed": (1, True)}
@@ -133,15 +140,19 @@ def to_device(array: np.ndarray, device, *, chunk_bytes: int = DEFAULT_CHUNK_BYT
     lanes, alongside = METHODS[method]
     registrars = _cuda_registrars(dst_bytes, dev, lanes)
     stager = _cuda_stager(dst_bytes, dev)
+    region = FileRegion.of(src) if STAGING_READ == "pread" else None
     try:
         with _progress.bar(nbytes, "uploading", progress=progress) as bar:
-            copy_in_lanes(src_bytes, chunk_bytes, stager, registrars, alongside, bar, workers)
+            copy_in_lanes(src_bytes, chunk_bytes, stager, registrars, alongside, bar, workers,
+                          region)
     finally:
         # also on an error (a failing read of a memory-mapped file, Ctrl-C): `out` belongs to
         # the caller's stream in torch's allocator, which would hand its memory out again while
         # copies queued on the side streams still write into it
         for lane in (stager, *registrars):
             lane.synchronize()
+        if region is not None:
+            region.close()
     return out
 
 
@@ -208,14 +219,15 @@ class ChunkClaims:
 
 
 def copy_in_lanes(src: np.ndarray, chunk: int, stager, registrars, alongside: bool, bar,
-                  workers: int | None) -> None:
+                  workers: int | None, region: FileRegion | None = None) -> None:
     """Copy every byte of `src` (uint8, contiguous) to the output, chunk by chunk: one thread
     per registrar runs `registered_lane` from the front of the chunks; the `StagingLane`'s
     fill threads work from the back at the same time when `alongside`, and in any case
     afterwards on what is left (chunks the driver refused or the lanes had not reached;
     without registrars all of them, front to back). An error in any lane stops the others
     (their queued copies are waited for and their pages unlocked) and is raised here. `bar`
-    is advanced from every lane's threads (a _progress.bar is safe for that)."""
+    is advanced from every lane's threads (a _progress.bar is safe for that). `region`: the
+    file that holds src's bytes, which the staging lane then reads instead of src's pages."""
     spans = page_spans(int(src.ctypes.data), len(src), chunk)
     claims = ChunkClaims(len(spans))
     workers = workers or min(MAX_FILL_THREADS, usable_cpus())
@@ -230,7 +242,7 @@ def copy_in_lanes(src: np.ndarray, chunk: int, stager, registrars, alongside: bo
 
     threads = [threading.Thread(target=registration, args=(ops,), daemon=True,
                                 name="robocache-upload-registration") for ops in registrars]
-    staging = StagingLane(src, spans, stager, bar, STAGING_PIECE_BYTES)
+    staging = StagingLane(src, spans, stager, bar, STAGING_PIECE_BYTES, region)
     for t in threads:
         t.start()
     done = False
@@ -274,11 +286,13 @@ class StagingLane:
     `stager` does the transfers: worker() (a context a fill thread works in), buffer(slot, n)
     (the slot's n-byte buffer, allocated on first use), wait(slot) (its previous transfer is
     done), submit(slot, offset, n) (queue the slot's first n bytes to the output's byte
-    `offset`); slot = (worker, k)."""
+    `offset`); slot = (worker, k). With a `region` (the file holding src's bytes) a piece is
+    read from the file instead of copied from src."""
 
-    def __init__(self, src: np.ndarray, spans, stager, bar, piece: int):
+    def __init__(self, src: np.ndarray, spans, stager, bar, piece: int,
+                 region: FileRegion | None = None):
         self.src = src.view(np.ndarray)  # a memmap's own slicing costs more per piece
-        self.spans, self.stager, self.bar = spans, stager, bar
+        self.spans, self.stager, self.bar, self.region = spans, stager, bar, region
         self.address = spans[0][2] if spans else 0
         self.piece = max(1, int(piece))
         self.in_flight: set[tuple[int, int]] = set()  # slots whose transfer may be running
@@ -319,7 +333,11 @@ class StagingLane:
             if slot in self.in_flight:
                 self.stager.wait(slot)
                 self.in_flight.discard(slot)
-            np.copyto(self.stager.buffer(slot, self.piece)[:n], self.src[off:off + n])
+            buf = self.stager.buffer(slot, self.piece)
+            if self.region is None:
+                np.copyto(buf[:n], self.src[off:off + n])
+            else:
+                self.region.read_into(buf, off, n)
             self.stager.submit(slot, off, n)
             self.in_flight.add(slot)
             k = (k + 1) % STAGING_DEPTH
@@ -355,6 +373,74 @@ class _PieceFeed:
     def close(self) -> None:
         with self._lock:
             self._closed = True
+
+
+class FileRegion:
+    """The bytes of a read-only memory map as the file they map: an open descriptor and the file
+    offset of the array's first byte, for StagingLane to read pieces with pread (no page faults;
+    readahead from a cold page cache; a file truncated since it was mapped gives an error where
+    touching the map would kill the process with SIGBUS)."""
+
+    def __init__(self, fd: int, offset: int, path: str):
+        self.fd, self.offset, self.path = fd, offset, path
+
+    @classmethod
+    def of(cls, array: np.ndarray) -> FileRegion | None:
+        """The region of a C-contiguous `array` whose memory is a read-only np.memmap of a file
+        (a view of one included), opened; None otherwise, and where the file at the memmap's
+        path is no longer the mapped one (replaced since it was mapped: same device and inode
+        as the mapping's /proc/self/map_files link, so Linux only)."""
+        root = array
+        while isinstance(root, np.ndarray) and not isinstance(root.base, mmap.mmap):
+            root = root.base
+        if (not isinstance(root, np.memmap) or root.mode != "r" or not root.filename
+                or not array.flags.c_contiguous):
+            return None
+        delta = int(array.ctypes.data) - int(root.ctypes.data)
+        if delta < 0 or delta + array.nbytes > root.nbytes:
+            return None
+        mapped = _mapped_file_stat(root.base)
+        if mapped is None:
+            return None
+        try:
+            fd = os.open(root.filename, os.O_RDONLY)
+        except OSError:
+            return None
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (mapped.st_dev, mapped.st_ino):
+            os.close(fd)
+            return None
+        return cls(fd, int(root.offset) + delta, str(root.filename))
+
+    def read_into(self, buf: np.ndarray, off: int, n: int) -> None:
+        """buf[:n] = the region's bytes [off, off + n), read with pread (GIL released)."""
+        view = memoryview(buf)[:n]
+        done = 0
+        while done < n:
+            got = os.preadv(self.fd, [view[done:]], self.offset + off + done)
+            if got == 0:
+                raise OSError(f"{self.path}: ends at byte {self.offset + off + done}, "
+                              f"before the {self.offset + off + n} the array needs (truncated "
+                              f"since it was mapped)")
+            done += got
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _mapped_file_stat(mm: mmap.mmap) -> os.stat_result | None:
+    """The stat of the file that `mm` maps, through /proc/self/map_files (the mapping's own link,
+    ~10 us; Linux); None where there is no such link (another system, or a mapping the kernel
+    merged with a neighbour)."""
+    try:
+        start = int(np.frombuffer(mm, np.uint8).ctypes.data)
+    except (ValueError, TypeError, BufferError):  # closed or empty
+        return None
+    end = start + -(-len(mm) // _PAGE) * _PAGE
+    try:
+        return os.stat(f"/proc/self/map_files/{start:x}-{end:x}")
+    except OSError:
+        return None
 
 
 def registered_lane(spans, claims: ChunkClaims, ops, bar) -> None:

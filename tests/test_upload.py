@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import sys
 import threading
 import time
@@ -679,6 +680,113 @@ def test_memory_check_uses_free_plus_cached(monkeypatch):
         _upload.check_device_memory(1, "meta")
 
 
+# --- the staging lane reading a memory-mapped file with pread ---------------------------------
+
+
+def test_file_region_of_memmaps_and_their_views(tmp_path):
+    """A read-only memmap of a file, and contiguous views of one (slices, dtype views, NumPy's
+    ascontiguousarray), read back the array's own bytes from the file; anything else - a
+    strided view, copy-on-write or writable maps, plain arrays - has no region."""
+    a = np.random.default_rng(3).standard_normal((1000, 3)).astype(np.float32)
+    np.save(tmp_path / "a.npy", a)
+    m = np.load(tmp_path / "a.npy", mmap_mode="r")
+    raw = tmp_path / "raw.bin"
+    raw.write_bytes(b"x" * 4099 + a.tobytes())
+    at_offset = np.memmap(raw, dtype=np.float32, mode="r", offset=4099, shape=a.shape)
+    for view, want in ((m, a), (m[7:], a[7:]), (np.ascontiguousarray(m[3:10]), a[3:10]),
+                       (m.view(np.uint8).reshape(-1)[5:], a.view(np.uint8).reshape(-1)[5:]),
+                       (at_offset[1:], a[1:])):
+        region = _upload.FileRegion.of(view)
+        assert region is not None
+        try:
+            got = np.empty(want.nbytes + 3, np.uint8)
+            region.read_into(got, 0, want.nbytes)
+            np.testing.assert_array_equal(got[:want.nbytes], want.reshape(-1).view(np.uint8))
+        finally:
+            region.close()
+    np.save(tmp_path / "b.npy", a)
+    for other in (m[:, 1], a, np.load(tmp_path / "b.npy", mmap_mode="c"),
+                  np.load(tmp_path / "b.npy", mmap_mode="r+")):
+        assert _upload.FileRegion.of(other) is None
+
+
+def _counting_preads(monkeypatch):
+    calls = []
+    real = os.preadv
+
+    def preadv(fd, buffers, offset):
+        calls.append(offset)
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", preadv)
+    return calls
+
+
+def test_a_file_replaced_since_it_was_mapped_is_not_read(tmp_path, monkeypatch):
+    """A memmap keeps the file it mapped; a new file at its path (e.g. the cache saved again
+    meanwhile) is another inode, so the upload copies the mapped pages instead of reading it:
+    the array's own bytes arrive, not the new file's."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(_upload, "_cuda_device", lambda d: torch.device("cpu", 0))
+    monkeypatch.setattr(_upload, "check_device_memory", lambda *a, **k: None)
+    monkeypatch.setattr(_upload, "_cuda_stager", lambda dst, dev: FakeStager(dst.numpy()))
+    a = np.arange(50_000, dtype=np.int64)
+    np.save(tmp_path / "a.npy", a)
+    m = np.load(tmp_path / "a.npy", mmap_mode="r")
+    assert _upload.FileRegion.of(m) is not None
+    np.save(tmp_path / "new.npy", -a)
+    (tmp_path / "new.npy").replace(tmp_path / "a.npy")
+    assert _upload.FileRegion.of(m) is None
+    calls = _counting_preads(monkeypatch)
+    out = _upload.to_device(m, "cuda", progress=False)
+    np.testing.assert_array_equal(out.numpy(), a)
+    assert not calls
+
+
+@pytest.mark.parametrize("read", ["pread", "copy"])
+def test_staging_lane_reads_the_file_or_copies_the_pages(tmp_path, monkeypatch, read):
+    """STAGING_READ "pread": a memmap's pieces come from the file (every piece, 3 fill threads,
+    a view that starts mid-page); "copy": from the mapped pages. The same bytes either way."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(_upload, "STAGING_READ", read)
+    monkeypatch.setattr(_upload, "MIN_PARALLEL_BYTES", 1)
+    monkeypatch.setattr(_upload, "STAGING_PIECE_BYTES", 2 * PAGE + 9)
+    monkeypatch.setattr(_upload, "_cuda_device", lambda d: torch.device("cpu", 0))
+    monkeypatch.setattr(_upload, "check_device_memory", lambda *a, **k: None)
+    monkeypatch.setattr(_upload, "_cuda_stager", lambda dst, dev: FakeStager(dst.numpy()))
+    closed = []
+    real_close = _upload.FileRegion.close
+    monkeypatch.setattr(_upload.FileRegion, "close",
+                        lambda self: (closed.append(self.path), real_close(self)))
+    calls = _counting_preads(monkeypatch)
+    a = np.random.default_rng(4).standard_normal((30_001, 3)).astype(np.float32)
+    m = _memmapped(tmp_path, a)[11:]
+    out = _upload.to_device(m, "cuda", chunk_bytes=8 * PAGE, workers=3, progress=False)
+    np.testing.assert_array_equal(out.numpy(), a[11:])
+    pieces = -(-a[11:].nbytes // (2 * PAGE + 9))
+    if read == "pread":
+        assert len(calls) >= pieces and closed == [str(tmp_path / "a.npy")]
+    else:
+        assert not calls and not closed
+
+
+def test_a_file_truncated_since_it_was_mapped_fails_cleanly(tmp_path, monkeypatch):
+    """Touching a map past the end of its (since truncated) file kills the process (SIGBUS);
+    read from the file, the upload fails with an error naming it, and the file is closed."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(_upload, "_cuda_device", lambda d: torch.device("cpu", 0))
+    monkeypatch.setattr(_upload, "check_device_memory", lambda *a, **k: None)
+    monkeypatch.setattr(_upload, "_cuda_stager", lambda dst, dev: FakeStager(dst.numpy()))
+    a = np.arange(400_000, dtype=np.float32)
+    m = _memmapped(tmp_path, a)
+    os.truncate(tmp_path / "a.npy", 128 + a.nbytes // 2)
+    opened = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    with pytest.raises(OSError, match=r"a\.npy: ends at byte .*truncated since it was mapped"):
+        _upload.to_device(m, "cuda", chunk_bytes=64 * PAGE, progress=False)
+    if opened is not None:
+        assert len(os.listdir("/proc/self/fd")) == opened
+
+
 # --- the CUDA path --------------------------------------------------------------------------
 
 @gpu
@@ -704,14 +812,17 @@ def test_cuda_upload_matches_host(dtype):
 
 @gpu
 @needs_gpu
+@pytest.mark.parametrize("read", ["pread", "copy"])
 @pytest.mark.parametrize("submit", ["cupy", "torch"])
-def test_cuda_upload_of_a_memmap(tmp_path, monkeypatch, submit):
-    """The staging lane with each way of queueing a piece (the CuPy one is what ships
-    where CuPy reaches the device, as on the GPU machine): 16 threads, pieces of a few pages
-    so that every slot is used many times, a misaligned view of a memmap; the same bytes."""
+def test_cuda_upload_of_a_memmap(tmp_path, monkeypatch, submit, read):
+    """The staging lane with each way of filling a piece (reading the file, copying the mapped
+    pages) and of queueing it (the CuPy one is what ships where CuPy reaches the device, as on
+    the GPU machine): 16 threads, pieces of a few pages so that every slot is used many times,
+    a misaligned view of a memmap; the same bytes."""
     import torch
 
     monkeypatch.setattr(_upload, "STAGING_SUBMIT", submit)
+    monkeypatch.setattr(_upload, "STAGING_READ", read)
     monkeypatch.setattr(_upload, "STAGING_PIECE_BYTES", 5 * PAGE + 3)
     dst = torch.empty(8, dtype=torch.uint8, device="cuda")
     stager = _upload._cuda_stager(dst, dst.device)
