@@ -652,23 +652,22 @@ def apply_numpy(plan: ImagePlan, frames: np.ndarray, indices: np.ndarray,
         del bottom
     else:
         v = gather(np.arange(h), np.arange(w))
-    if plan.exact:
+    if plan.exact:  # v / divisor rounded once, and nothing else (no jitter, no mean / std)
         v /= f32(plan.divisor)
-        v[zero] = 0
-        return v if plan.out_dtype == "float32" else v.astype(_array.numpy_dtype(plan.out_dtype))
-    v *= f32(plan.scale)
-    vmax = f32(255) * f32(plan.scale)
-    if plan.brightness is not None:
-        v *= fb.reshape(B, K, 1, 1, 1)
-        np.clip(v, f32(0), vmax, out=v)
-    if plan.contrast is not None:
-        pivot = f32(0.5) * vmax
-        v -= pivot
-        v *= fc.reshape(B, K, 1, 1, 1)
-        v += pivot
-        np.clip(v, f32(0), vmax, out=v)
-    v -= along(np.asarray(plan.mean, dtype=f32), c_ax)
-    v *= along(np.asarray(plan.inv_std, dtype=f32), c_ax)
+    else:
+        v *= f32(plan.scale)
+        vmax = f32(255) * f32(plan.scale)
+        if plan.brightness is not None:
+            v *= fb.reshape(B, K, 1, 1, 1)
+            np.clip(v, f32(0), vmax, out=v)
+        if plan.contrast is not None:
+            pivot = f32(0.5) * vmax
+            v -= pivot
+            v *= fc.reshape(B, K, 1, 1, 1)
+            v += pivot
+            np.clip(v, f32(0), vmax, out=v)
+        v -= along(np.asarray(plan.mean, dtype=f32), c_ax)
+        v *= along(np.asarray(plan.inv_std, dtype=f32), c_ax)
     v[zero] = 0
     if plan.out_dtype == "uint8":
         np.clip(v, 0, 255, out=v)
