@@ -502,7 +502,7 @@ class _TorchStaging:
         self.dst = dst
         self.stream = torch.cuda.Stream(device=dev)
         self.stream.wait_stream(torch.cuda.current_stream(dev))
-        self._slots: dict = {}  # slot -> (pinned tensor, its NumPy view, event)
+        self._slots: dict = {}  # slot -> (pinned tensor, its NumPy view, event, its address)
 
     def worker(self):
         """A fill thread queues its copies on the side stream: made current once per thread
@@ -513,14 +513,18 @@ class _TorchStaging:
         entry = self._slots.get(slot)
         if entry is None:  # a slot belongs to one fill thread: no other thread makes it
             pinned = self.torch.empty(n, dtype=self.torch.uint8, pin_memory=True)
-            entry = self._slots[slot] = (pinned, pinned.numpy(), self.torch.cuda.Event())
+            entry = self._slots[slot] = (pinned, pinned.numpy(), self._event(),
+                                         int(pinned.data_ptr()))
         return entry[1]
+
+    def _event(self):
+        return self.torch.cuda.Event()
 
     def wait(self, slot) -> None:
         self._slots[slot][2].synchronize()
 
     def submit(self, slot, off: int, n: int) -> None:  # inside worker(): on the side stream
-        pinned, _view, event = self._slots[slot]
+        pinned, _view, event, _address = self._slots[slot]
         self.dst[off:off + n].copy_(pinned[:n], non_blocking=True)
         event.record(self.stream)
 
@@ -553,19 +557,11 @@ class _CupyStaging(_TorchStaging):
         # stack per object, which threads entering at once would interleave
         return self.cupy.cuda.Device(self.device_index)
 
-    def buffer(self, slot, n: int) -> np.ndarray:
-        entry = self._slots.get(slot)
-        if entry is None:
-            pinned = self.torch.empty(n, dtype=self.torch.uint8, pin_memory=True)
-            event = self.cupy.cuda.Event(disable_timing=True)
-            entry = self._slots[slot] = (int(pinned.data_ptr()), pinned.numpy(), event, pinned)
-        return entry[1]
-
-    def wait(self, slot) -> None:
-        self.rt.eventSynchronize(self._slots[slot][2].ptr)
+    def _event(self):  # made by a fill thread, with the output's device current
+        return self.cupy.cuda.Event(disable_timing=True)
 
     def submit(self, slot, off: int, n: int) -> None:
-        address, _view, event, _pinned = self._slots[slot]
+        _pinned, _view, event, address = self._slots[slot]
         self.rt.memcpyAsync(self.dst_address + off, address, n, self.rt.memcpyHostToDevice,
                             self.stream_ptr)
         self.rt.eventRecord(event.ptr, self.stream_ptr)
