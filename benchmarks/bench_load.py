@@ -251,13 +251,9 @@ def _fill_only(cache_dir: Path, stager: _NoTransfer) -> None:
 
     with _progress.bar(1, "fill", progress=False) as bar:
         for src in _cache_sources(cache_dir):
-            region = _upload.FileRegion.of(src) if _upload.STAGING_READ == "pread" else None
-            try:
+            with _upload.staging_region(src) as region:
                 _upload.copy_in_lanes(src, _upload.DEFAULT_CHUNK_BYTES, stager, [], False, bar,
                                       None, region)
-            finally:
-                if region is not None:
-                    region.close()
 
 
 def _fill_split_baseline(cache_dir: Path, buffers: list[np.ndarray]) -> None:

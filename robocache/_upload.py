@@ -42,6 +42,7 @@ that upload many arrays and want to fail before the first.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import threading
@@ -140,19 +141,17 @@ def to_device(array: np.ndarray, device, *, chunk_bytes: int = DEFAULT_CHUNK_BYT
     lanes, alongside = METHODS[method]
     registrars = _cuda_registrars(dst_bytes, dev, lanes)
     stager = _cuda_stager(dst_bytes, dev)
-    region = FileRegion.of(src) if STAGING_READ == "pread" else None
-    try:
-        with _progress.bar(nbytes, "uploading", progress=progress) as bar:
-            copy_in_lanes(src_bytes, chunk_bytes, stager, registrars, alongside, bar, workers,
-                          region)
-    finally:
-        # also on an error (a failing read of a memory-mapped file, Ctrl-C): `out` belongs to
-        # the caller's stream in torch's allocator, which would hand its memory out again while
-        # copies queued on the side streams still write into it
-        for lane in (stager, *registrars):
-            lane.synchronize()
-        if region is not None:
-            region.close()
+    with staging_region(src) as region:
+        try:
+            with _progress.bar(nbytes, "uploading", progress=progress) as bar:
+                copy_in_lanes(src_bytes, chunk_bytes, stager, registrars, alongside, bar,
+                              workers, region)
+        finally:
+            # also on an error (a failing read of a memory-mapped file, Ctrl-C): `out` belongs
+            # to the caller's stream in torch's allocator, which would hand its memory out again
+            # while copies queued on the side streams still write into it
+            for lane in (stager, *registrars):
+                lane.synchronize()
     return out
 
 
@@ -426,6 +425,18 @@ class FileRegion:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+@contextlib.contextmanager
+def staging_region(array: np.ndarray):
+    """The FileRegion the staging lane reads `array`'s pieces from (STAGING_READ "pread"), or
+    None (copy the array's memory); closed on exit."""
+    region = FileRegion.of(array) if STAGING_READ == "pread" else None
+    try:
+        yield region
+    finally:
+        if region is not None:
+            region.close()
 
 
 def _mapped_file_stat(mm: mmap.mmap) -> os.stat_result | None:
