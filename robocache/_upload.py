@@ -227,14 +227,15 @@ def copy_in_lanes(src: np.ndarray, chunk: int, stager, registrars, alongside: bo
     (their queued copies are waited for and their pages unlocked) and is raised here. `bar`
     is advanced from every lane's threads (a _progress.bar is safe for that). `region`: the
     file that holds src's bytes, which the staging lane then reads instead of src's pages."""
-    spans = page_spans(int(src.ctypes.data), len(src), chunk)
+    address = int(src.ctypes.data)
+    spans = page_spans(address, len(src), chunk)
     claims = ChunkClaims(len(spans))
     workers = workers or min(MAX_FILL_THREADS, usable_cpus())
     errors: list[BaseException] = []
 
     def registration(ops) -> None:
         try:
-            registered_lane(spans, claims, ops, bar)
+            registered_lane(spans, address, claims, ops, bar)
         except BaseException as exc:  # raised again in the calling thread
             errors.append(exc)
             claims.close()
@@ -292,7 +293,7 @@ class StagingLane:
                  region: FileRegion | None = None):
         self.src = src.view(np.ndarray)  # a memmap's own slicing costs more per piece
         self.spans, self.stager, self.bar, self.region = spans, stager, bar, region
-        self.address = spans[0][2] if spans else 0
+        self.address = int(src.ctypes.data)  # spans hold addresses, pieces offsets
         self.piece = max(1, int(piece))
         self.in_flight: set[tuple[int, int]] = set()  # slots whose transfer may be running
 
@@ -454,14 +455,14 @@ def _mapped_file_stat(mm: mmap.mmap) -> os.stat_result | None:
         return None
 
 
-def registered_lane(spans, claims: ChunkClaims, ops, bar) -> None:
-    """For each chunk claims.front() hands out (until None): ops.register(page_lo, n) locks its
-    pages (raising RegistrationRefused when the driver will not: the chunk is given back and the
-    lane stops), ops.copy(offset, lo, n) queues the copy of its n bytes at lo to the output's
+def registered_lane(spans, address: int, claims: ChunkClaims, ops, bar) -> None:
+    """For each chunk of the source at `address` (cut into `spans` by page_spans) that
+    claims.front() hands out (until None): ops.register(page_lo, n) locks its pages (raising
+    RegistrationRefused when the driver will not: the chunk is given back and the lane stops),
+    ops.copy(offset, lo, n) queues the copy of its n bytes at lo to the output's
     byte `offset` and returns a handle, ops.wait(handle) waits for it, ops.unregister(page_lo)
     unlocks. At most REGISTERED_IN_FLIGHT chunks are locked at once; each is unlocked once its
     copy is done, and every locked chunk is unlocked on any exit."""
-    address = spans[0][2] if spans else 0
     in_flight: deque = deque()
 
     def retire() -> None:
