@@ -388,12 +388,28 @@ def test_an_interrupted_wait_for_the_lanes_stops_them_first(monkeypatch, lanes_c
     assert not any(t.name == "robocache-upload-registration" for t in threading.enumerate())
 
 
+@pytest.fixture
+def cpu_as_cuda(monkeypatch):
+    """to_device's device resolved to the CPU and its memory check off, so that its CUDA
+    wiring runs here with the output a CPU tensor; returns torch."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(_upload, "_cuda_device", lambda d: torch.device("cpu", 0))
+    monkeypatch.setattr(_upload, "check_device_memory", lambda *a, **k: None)
+    return torch
+
+
+@pytest.fixture
+def fake_staging(cpu_as_cuda, monkeypatch):
+    """cpu_as_cuda with the staging lane's transfers made by FakeStager."""
+    monkeypatch.setattr(_upload, "_cuda_stager", lambda dst, dev: FakeStager(dst.numpy()))
+
+
 @pytest.mark.parametrize("method", ["staged", "registered", "mixed"])
-def test_to_device_runs_the_lanes_of_each_method(monkeypatch, method):
+def test_to_device_runs_the_lanes_of_each_method(cpu_as_cuda, monkeypatch, method):
     """to_device's wiring, with the CUDA lanes replaced by the host fakes writing into the
     output tensor: the method picks the lanes, every byte arrives, and the lanes are
     synchronised before it returns (a fake transfer lands only when waited for)."""
-    torch = pytest.importorskip("torch")
+    torch = cpu_as_cuda
     made = {}
 
     def registrars(dst, dev, lanes):
@@ -404,8 +420,6 @@ def test_to_device_runs_the_lanes_of_each_method(monkeypatch, method):
         made["stager"] = FakeStager(dst.numpy(), after=next(iter(made["registrars"]), None))
         return made["stager"]
 
-    monkeypatch.setattr(_upload, "_cuda_device", lambda d: torch.device("cpu"))
-    monkeypatch.setattr(_upload, "check_device_memory", lambda *a, **k: None)
     monkeypatch.setattr(_upload, "_cuda_registrars", registrars)
     monkeypatch.setattr(_upload, "_cuda_stager", stager)
     a = np.random.default_rng(5).standard_normal((3001, 7)).astype(np.float32)[1:]
@@ -420,12 +434,12 @@ def test_to_device_runs_the_lanes_of_each_method(monkeypatch, method):
 
 
 @pytest.fixture
-def host_cuda(monkeypatch):
+def host_cuda(cpu_as_cuda, monkeypatch):
     """torch.cuda's streams, events and pinned allocation replaced by host stand-ins and
     to_device's device by the CPU, so the CUDA lanes' own code runs on this machine (copies
     are plain synchronous CPU copies). Records the stream contexts entered, the events and
     the pinned buffers ((address, bytes))."""
-    torch = pytest.importorskip("torch")
+    torch = cpu_as_cuda
     entered, events, pinned = [], [], []
 
     class Stream:
@@ -470,8 +484,6 @@ def host_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "stream", stream_context)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
     monkeypatch.setattr(torch, "empty", empty)
-    monkeypatch.setattr(_upload, "_cuda_device", lambda d: torch.device("cpu", 0))
-    monkeypatch.setattr(_upload, "check_device_memory", lambda *a, **k: None)
     return types.SimpleNamespace(entered=entered, events=events, pinned=pinned, Stream=Stream)
 
 
@@ -722,14 +734,10 @@ def _counting_preads(monkeypatch):
     return calls
 
 
-def test_a_file_replaced_since_it_was_mapped_is_not_read(tmp_path, monkeypatch):
+def test_a_file_replaced_since_it_was_mapped_is_not_read(fake_staging, tmp_path, monkeypatch):
     """A memmap keeps the file it mapped; a new file at its path (e.g. the cache saved again
     meanwhile) is another inode, so the upload copies the mapped pages instead of reading it:
     the array's own bytes arrive, not the new file's."""
-    torch = pytest.importorskip("torch")
-    monkeypatch.setattr(_upload, "_cuda_device", lambda d: torch.device("cpu", 0))
-    monkeypatch.setattr(_upload, "check_device_memory", lambda *a, **k: None)
-    monkeypatch.setattr(_upload, "_cuda_stager", lambda dst, dev: FakeStager(dst.numpy()))
     a = np.arange(50_000, dtype=np.int64)
     np.save(tmp_path / "a.npy", a)
     m = np.load(tmp_path / "a.npy", mmap_mode="r")
@@ -744,16 +752,12 @@ def test_a_file_replaced_since_it_was_mapped_is_not_read(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("read", ["pread", "copy"])
-def test_staging_lane_reads_the_file_or_copies_the_pages(tmp_path, monkeypatch, read):
+def test_staging_lane_reads_the_file_or_copies_the_pages(fake_staging, tmp_path, monkeypatch, read):
     """STAGING_READ "pread": a memmap's pieces come from the file (every piece, 3 fill threads,
     a view that starts mid-page); "copy": from the mapped pages. The same bytes either way."""
-    torch = pytest.importorskip("torch")
     monkeypatch.setattr(_upload, "STAGING_READ", read)
     monkeypatch.setattr(_upload, "MIN_PARALLEL_BYTES", 1)
     monkeypatch.setattr(_upload, "STAGING_PIECE_BYTES", 2 * PAGE + 9)
-    monkeypatch.setattr(_upload, "_cuda_device", lambda d: torch.device("cpu", 0))
-    monkeypatch.setattr(_upload, "check_device_memory", lambda *a, **k: None)
-    monkeypatch.setattr(_upload, "_cuda_stager", lambda dst, dev: FakeStager(dst.numpy()))
     closed = []
     real_close = _upload.FileRegion.close
     monkeypatch.setattr(_upload.FileRegion, "close",
@@ -770,13 +774,9 @@ def test_staging_lane_reads_the_file_or_copies_the_pages(tmp_path, monkeypatch, 
         assert not calls and not closed
 
 
-def test_a_file_truncated_since_it_was_mapped_fails_cleanly(tmp_path, monkeypatch):
+def test_a_file_truncated_since_it_was_mapped_fails_cleanly(fake_staging, tmp_path, monkeypatch):
     """Touching a map past the end of its (since truncated) file kills the process (SIGBUS);
     read from the file, the upload fails with an error naming it, and the file is closed."""
-    torch = pytest.importorskip("torch")
-    monkeypatch.setattr(_upload, "_cuda_device", lambda d: torch.device("cpu", 0))
-    monkeypatch.setattr(_upload, "check_device_memory", lambda *a, **k: None)
-    monkeypatch.setattr(_upload, "_cuda_stager", lambda dst, dev: FakeStager(dst.numpy()))
     a = np.arange(400_000, dtype=np.float32)
     m = _memmapped(tmp_path, a)
     os.truncate(tmp_path / "a.npy", 128 + a.nbytes // 2)
