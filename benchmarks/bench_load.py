@@ -18,8 +18,9 @@ first, best of a few timed runs):
 - with a GPU: read_lerobot + to_device (target >= 1 GB/s), and cache -> to_device with each
   upload method (staged through pinned buffers; the mapped pages registered in place; both
   lanes at once, "mixed"), plus other staging piece sizes, pieces queued by torch's copy_
-  instead of CuPy's runtime calls, chunk sizes and registration lane counts, beside a plain pinned host-to-device copy of the same size measured in the same run
-  (target >= 80% of it);
+  instead of CuPy's runtime calls, the mapped pages copied instead of read, chunk sizes and
+  registration lane counts, beside a plain pinned host-to-device copy of the same size
+  measured in the same run (target >= 80% of it);
 - from a cold page cache (the cache files' pages dropped with posix_fadvise before each run,
   no untimed run): parallel 8 MB preads of the files (the disk's reference), the upload's fill
   and, with a GPU, the staged and mixed uploads.

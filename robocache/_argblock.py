@@ -4,9 +4,10 @@ CuPy's launch costs about 0.2 us per kernel argument (benchmarks/RESULTS.md), so
 pass one struct. An ArgBlock holds the struct's bytes with every field that is the same from call
 to call (sizes, method codes) set once; per call only the fields that change (addresses, batch
 sizes) are packed, by one `struct.pack_into`, into a buffer of the calling thread, and the same
-`np.void` view of that buffer is handed to the launch. The driver copies kernel arguments when the launch is made
-(cuLaunchKernel), so once a launch call has returned its buffer can be refilled; buffers are
-per thread, so two threads launching the same signature never share one.
+`np.void` view of that buffer is handed to the launch. The driver copies kernel arguments when
+the launch is made (cuLaunchKernel), so once a launch call has returned its buffer can be
+refilled; buffers are per thread, so two threads launching the same signature never share
+one.
 """
 
 from __future__ import annotations

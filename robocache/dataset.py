@@ -115,8 +115,8 @@ class TrajectoryDataset(torch.utils.data.Dataset):
     "limits" | "gaussian" (diffusion_policy's LinearNormalizer fitted on the store's frames) or
     "robomimic_min_max" | "robomimic_gaussian" (robomimic's action normalization); stats:
     key -> {stat: array} to use instead of the store's shipped or computed statistics. keys:
-    which store keys to return (default all). dtype: output dtype of floating / normalized keys (str), or per key (dict;
-    "keep" copies the store's dtype). episodes: sample only these episodes - episode indices
+    which store keys to return (default all). dtype: output dtype of floating / normalized keys
+    (str), or per key (dict; "keep" copies the store's dtype). episodes: sample only these episodes - episode indices
     (LeRobot's `episodes=`) or a bool mask over the store's episodes (diffusion_policy's
     `episode_mask`, e.g. a train / validation split of one store); windows still pad at their
     own episode's edges, `index` / `episode_index` stay the store's, and normalization statistics
