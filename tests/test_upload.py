@@ -700,8 +700,7 @@ def test_file_region_of_memmaps_and_their_views(tmp_path):
     ascontiguousarray), read back the array's own bytes from the file; anything else - a
     strided view, copy-on-write or writable maps, plain arrays - has no region."""
     a = np.random.default_rng(3).standard_normal((1000, 3)).astype(np.float32)
-    np.save(tmp_path / "a.npy", a)
-    m = np.load(tmp_path / "a.npy", mmap_mode="r")
+    m = _memmapped(tmp_path, a)
     raw = tmp_path / "raw.bin"
     raw.write_bytes(b"x" * 4099 + a.tobytes())
     at_offset = np.memmap(raw, dtype=np.float32, mode="r", offset=4099, shape=a.shape)
@@ -739,8 +738,7 @@ def test_a_file_replaced_since_it_was_mapped_is_not_read(fake_staging, tmp_path,
     meanwhile) is another inode, so the upload copies the mapped pages instead of reading it:
     the array's own bytes arrive, not the new file's."""
     a = np.arange(50_000, dtype=np.int64)
-    np.save(tmp_path / "a.npy", a)
-    m = np.load(tmp_path / "a.npy", mmap_mode="r")
+    m = _memmapped(tmp_path, a)
     assert _upload.FileRegion.of(m) is not None
     np.save(tmp_path / "new.npy", -a)
     (tmp_path / "new.npy").replace(tmp_path / "a.npy")
@@ -848,8 +846,7 @@ def test_cuda_registered_upload_of_a_memmap(tmp_path, method):
     import torch
 
     a = np.random.default_rng(2).standard_normal((300_001, 5)).astype(np.float32)
-    np.save(tmp_path / "a.npy", a)
-    m = np.load(tmp_path / "a.npy", mmap_mode="r")
+    m = _memmapped(tmp_path, a)
     t = _upload.to_device(m, "cuda", chunk_bytes=1 << 20, method=method)
     np.testing.assert_array_equal(t.cpu().numpy(), a)
     heap = np.arange(100_003, dtype=np.int64)
