@@ -8,8 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import robocache as rc
-from robocache import _array as rc_array
-from robocache import _runtime
+from robocache import _array, _runtime
 from robocache.ops import _random, images
 
 torch = pytest.importorskip("torch")
@@ -682,7 +681,7 @@ def test_unit_range_frames_are_the_peers_bits(out_dtype, layout, backend, reques
         got = (got.view(torch.int16) if out_dtype == "bfloat16" else got).cpu().numpy()
     else:
         request.getfixturevalue("emulated_cuda")
-        got = np.empty(plan.out_shape(1, 2), dtype=rc_array.numpy_dtype(out_dtype))
+        got = np.empty(plan.out_shape(1, 2), dtype=_array.numpy_dtype(out_dtype))
         images.apply_cuda(plan, frames, idx, None, got, np.uint64(1))
     t = torch.from_numpy(frames).float() / 255
     want = t.to(getattr(torch, out_dtype))[idx[0]][None]        # [1, K, H, W, C]
