@@ -212,24 +212,20 @@ def _run_gpu(w: dict, quick: bool, bw: float) -> list[dict]:
         graph = _timing.graph_us(lambda: ours(0))  # the op captured in a CUDA graph, replayed
         if graph is not None:
             rows.append(_row(w, "robocache-cuda-graph", out_dtype, graph, dev, floor))
-        lat, b2b = _gpu_time(ours_plan, iters)
-        rows.append(_row(w, "robocache-cuda-plan", out_dtype, b2b, dev, floor, event_us=lat,
-                         pixels_per_store=plan.run_width,
-                         gpu_us=(_timing.device_us(lambda: ours_plan(0)) or {}).get("us")))
+        def plan_row(impl: str, p, *, dtype=out_dtype, floor=floor, **extra) -> dict:
+            """The row of the plan path with plan `p` (this dtype's outputs)."""
+            lat, b2b = _gpu_time(lambda i: ours_plan(i, plan=p), iters)
+            gpu = _timing.device_us(lambda: ours_plan(0, plan=p)) or {}
+            return _row(w, impl, dtype, b2b, dev, floor, event_us=lat, gpu_us=gpu.get("us"),
+                        **extra)
+
+        rows.append(plan_row("robocache-cuda-plan", plan, pixels_per_store=plan.run_width))
         if plan.run_width > 1:
-            lat, b2b = _gpu_time(lambda i, s=scalar: ours_plan(i, plan=s), iters)
-            rows.append(_row(w, "robocache-cuda-plan-1px", out_dtype, b2b, dev, floor,
-                             event_us=lat, pixels_per_store=1,
-                             gpu_us=(_timing.device_us(lambda s=scalar: ours_plan(0, plan=s))
-                                     or {}).get("us")))
+            rows.append(plan_row("robocache-cuda-plan-1px", scalar, pixels_per_store=1))
         if w["crop"]:  # [0, 1] frames, no mean / std: the kernel's exact-division instances
-            unit_kw = {k: v for k, v in kw.items() if k not in ("mean", "std")}
-            unit = images.make_plan(tuple(on_dev[0].shape[1:]), **unit_kw)
-            lat, b2b = _gpu_time(lambda i, u=unit: ours_plan(i, plan=u), iters)
-            rows.append(_row(w, "robocache-cuda-plan-unit", out_dtype, b2b, dev, floor,
-                             event_us=lat, exact=unit.exact,
-                             gpu_us=(_timing.device_us(lambda u=unit: ours_plan(0, plan=u))
-                                     or {}).get("us")))
+            unit = images.make_plan(tuple(on_dev[0].shape[1:]),
+                                    **{k: v for k, v in kw.items() if k not in ("mean", "std")})
+            rows.append(plan_row("robocache-cuda-plan-unit", unit, exact=unit.exact))
         lat, b2b = _gpu_time(theirs, iters)
         rows.append(_row(w, "torch-gpu", out_dtype, b2b, dev, floor, event_us=lat))
         rows += _pixels_per_thread_sweep(w, out_dtype, ours_plan, iters, dev, floor)
