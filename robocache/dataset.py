@@ -64,6 +64,7 @@ PEER_NORM_MODES = {
     "gaussian": ("diffusion_policy", "gaussian"),  # LinearNormalizer(mode="gaussian")
     "robomimic_min_max": ("robomimic", "min_max"),    # action_config normalization="min_max"
     "robomimic_gaussian": ("robomimic", "gaussian"),  # action_config normalization="gaussian"
+    "robomimic_obs": ("robomimic", "obs"),            # SequenceDataset(hdf5_normalize_obs=True)
 }
 
 
@@ -110,10 +111,11 @@ class TrajectoryDataset(torch.utils.data.Dataset):
     without offsets give the anchor frame only. drop_n_first_frames / drop_n_last_frames: anchors
     skip that many frames at each episode's start / end. pad: "edge" repeats the episode's first /
     last frame, "zero" gives zeros. normalize: key -> "mean_std" | "min_max" | "quantiles" |
-    "quantile10" (LeRobot's formulas; eps = normalize_eps; robomimic's observation
-    normalization is "mean_std" with normalize_eps=1e-3, to a float32 ulp of std + eps),
-    "limits" | "gaussian" (diffusion_policy's LinearNormalizer fitted on the store's frames) or
-    "robomimic_min_max" | "robomimic_gaussian" (robomimic's action normalization); stats:
+    "quantile10" (LeRobot's formulas; eps = normalize_eps), "limits" | "gaussian"
+    (diffusion_policy's LinearNormalizer fitted on the store's frames), "robomimic_min_max" |
+    "robomimic_gaussian" (robomimic's action normalization) or "robomimic_obs" (robomimic's
+    observation normalization, hdf5_normalize_obs; float64 keys in float64 arithmetic as
+    robomimic's NumPy computes them, rounded once to the output dtype); stats:
     key -> {stat: array} to use instead of the store's shipped or computed statistics. keys:
     which store keys to return (default all). dtype: output dtype of floating / normalized keys
     (str), or per key (dict; "keep" copies the store's dtype). episodes: sample only these episodes - episode indices
@@ -219,7 +221,8 @@ class TrajectoryDataset(torch.utils.data.Dataset):
             wkeys.append(WindowKey(k, src, d, out_dtype=self._out_dtype(k, src, dtype, norm),
                                    norm=None if norm is None else norm["kind"],
                                    norm_a=None if norm is None else norm["a"],
-                                   norm_b=None if norm is None else norm["b"]))
+                                   norm_b=None if norm is None else norm["b"],
+                                   norm_f64=norm is not None and norm.get("f64", False)))
         self._sources = sources
         like = _table_placement(store) if store.is_cuda else None  # where the tables go
         self._op = WindowOp(wkeys, self._anchors, zero_pad=pad == "zero", like=like)
@@ -328,9 +331,11 @@ class TrajectoryDataset(torch.utils.data.Dataset):
 
     def _peer_norm(self, key: str, mode: str, stats, src) -> dict:
         """A peer's normalizer fitted on the store's frames of `key` (as diffusion_policy's
-        LinearNormalizer.fit and robomimic's action statistics are), or on stats[key] when
-        given (min / max / mean / std per feature, count: frames); shipped stats are not used:
-        LeRobot's std and quantiles are not what these peers fit."""
+        LinearNormalizer.fit and robomimic's statistics are: robomimic's demo by demo in
+        float32, on host copies of each episode's rows), or on stats[key] when given (min /
+        max / mean / std per feature, count: frames; "std" is the frames' std, robomimic_obs
+        adds its 1e-3); shipped stats are not used: LeRobot's std and quantiles are not what
+        these peers fit."""
         library, peer_mode = PEER_NORM_MODES[mode]
         F = int(np.prod(src.shape[1:], dtype=np.int64))
         if stats is not None and key in stats:
@@ -340,14 +345,18 @@ class TrajectoryDataset(torch.utils.data.Dataset):
             # used as given, one per feature (no pooling, no ddof correction)
             st = {n: _stat_array(key, n, given[n], F).astype(np.float64) for n in need}
             st["reps"] = 1
+        elif library == "robomimic":  # robomimic's float32 per-demo statistics
+            st = _peer_norm.robomimic_stats(
+                _peer_norm.host_episodes(src, self._store.episode_ends))
         else:
-            st = self._computed_stats(key)
-            if library == "diffusion_policy":
-                st = _peer_norm.pool_last_axis(st)
+            st = _peer_norm.pool_last_axis(self._computed_stats(key))
         fit = _peer_norm.diffusion_policy if library == "diffusion_policy" else _peer_norm.robomimic
         kind, a, b = fit(peer_mode, st)
+        # robomimic normalizes observations as stored (float64 ones in float64 arithmetic);
+        # actions come from its cache (hdf5_cache_mode "all" / "low_dim") cast to float32
+        f64 = peer_mode == "obs" and _peer_norm.promotes_to_f64(_array.dtype_name(src))
         return {"mode": mode, "kind": kind, "a": a.reshape(-1).astype(np.float32),
-                "b": b.reshape(-1).astype(np.float32)}
+                "b": b.reshape(-1).astype(np.float32), "f64": f64}
 
     def _stats_for(self, key: str, stats) -> dict:
         if stats is not None and key in stats:

@@ -264,14 +264,17 @@ def dp_normalize(x, params):
 
 # ---------------------------------------------------------------------------------------------
 # robomimic: action normalization (robomimic/utils/dataset.py _compute_traj_stats,
-# _aggregate_traj_stats, action_stats_to_normalization_stats; obs_utils.normalize_dict)
+# _aggregate_traj_stats, action_stats_to_normalization_stats; obs_utils.normalize_dict) and
+# observation normalization (SequenceDataset.normalize_obs; obs_utils.normalize_obs). Both read
+# each demo's rows `[()].astype('float32')` before the statistics (get_action_traj,
+# normalize_obs); the normalization itself runs on the arrays as robomimic returns them.
 
 
 def rm_action_stats(arr, episode_ends):
     stats = None
     start = 0
     for end in episode_ends:
-        x = arr[start:int(end)]
+        x = arr[start:int(end)].astype('float32')
         start = int(end)
         mean = x.mean(axis=0, keepdims=True)
         s = {"n": x.shape[0], "mean": mean, "sqdiff": ((x - mean) ** 2).sum(axis=0, keepdims=True),
@@ -308,6 +311,20 @@ def rm_normalization_stats(stats, norm_method):
     ignore_dim = input_std < std_eps
     input_std[ignore_dim] = 1.0
     return {"scale": input_std, "offset": input_mean}
+
+
+def rm_obs_normalization_stats(arr, episode_ends):
+    merged_stats = rm_action_stats(arr, episode_ends)  # the same per-demo float32 statistics
+    # note we add a small tolerance of 1e-3 for std
+    return {"mean": merged_stats["mean"],
+            "std": np.sqrt(merged_stats["sqdiff"] / merged_stats["n"]) + 1e-3}
+
+
+def rm_normalize_obs(x, obs_stats):
+    mean, std = obs_stats["mean"], obs_stats["std"]
+    if len(mean.shape) - len(x.shape) == 1:
+        mean, std = mean[0], std[0]
+    return (x - mean) / std
 
 
 def rm_normalize(x, norm_stats):

@@ -22,6 +22,8 @@ from _peers import (
     rm_action_stats,
     rm_normalization_stats,
     rm_normalize,
+    rm_normalize_obs,
+    rm_obs_normalization_stats,
     torchrl_padded_slice,
     torchrl_slice_support,
 )
@@ -377,24 +379,58 @@ def test_robomimic_action_normalization(mode):
                               normalize={k: f"robomimic_{mode}" for k in keys})
     ref = RobomimicSequence(st.episode_ends, frame_stack=fs, seq_length=sl,
                             pad_frame_stack=True, pad_seq_length=True)
-    # robomimic's HDF5 files hold float64 actions; its statistics accumulate in their dtype
-    # (float32 frames would give float32 sums: cancellation on the near-constant column)
-    norm = {k: rm_normalization_stats(rm_action_stats(arrays[k].astype(np.float64),
-                                                      st.episode_ends), mode) for k in keys}
+    # float32 statistics demo by demo, as robomimic computes them: on the near-constant column
+    # they differ from exact ones, and the dataset's parameters must be robomimic's bits
+    norm = {k: rm_normalization_stats(rm_action_stats(arrays[k], st.episode_ends), mode)
+            for k in keys}
     batch = ds.__getitems__(range(len(ds)))
     for i in range(len(ds)):
         raw = ref.item({k: arrays[k] for k in keys}, i)
         for k in keys:
             x = raw[k].astype(np.float32)  # robomimic's cached actions are float32
             want = rm_normalize(x, norm[k])
-            np.testing.assert_allclose(batch[k][i].numpy(), want, rtol=1e-6, atol=1e-7,
-                                       err_msg=k)
-            if mode == "min_max":
-                np.testing.assert_array_equal(batch[k][i].numpy(), want, err_msg=k)
+            assert want.dtype == np.float32
+            np.testing.assert_array_equal(batch[k][i].numpy(), want, err_msg=k)
     a = batch["action"].numpy()
     assert np.all(a[..., 1] == 0)  # constant column: x - min
     if mode == "min_max":
         assert np.abs(a).max() <= np.float32(0.999999) + 1e-6
+
+
+@pytest.mark.parametrize("dtype", [None, "keep", "float16"])
+def test_robomimic_observation_normalization(dtype):
+    """normalize={key: "robomimic_obs"} == robomimic's hdf5_normalize_obs: float32 statistics
+    demo by demo, (x - mean) / (std + 1e-3) on the observations as stored - a float64 or int32
+    key in float64 arithmetic (NumPy's promotion), the result rounded once to the output."""
+    rng = np.random.default_rng(14)
+    lens = [9, 1, 4, 25, 3]
+    N = int(sum(lens))
+    far = rng.standard_normal((N, 3)) * [1, 1e-3, 50] + [0, 1234.5, -7]  # float64, cancellation
+    arrays = {"far": far, "f32": (rng.standard_normal((N, 2)) * 3).astype(np.float32),
+              "count": rng.integers(-50_000, 50_000, (N, 2)).astype(np.int32)}
+    st = rc.TrajectoryStore.from_arrays(arrays, episode_ends=np.cumsum(lens), device="cpu")
+    fs, sl = 2, 3
+    out_dtype = {"far": "keep", "f32": "keep", "count": "float64"} if dtype == "keep" else dtype
+    ds = rc.TrajectoryDataset(st, delta_indices={k: range(1 - fs, sl) for k in arrays},
+                              normalize={k: "robomimic_obs" for k in arrays}, dtype=out_dtype)
+    ref = RobomimicSequence(st.episode_ends, frame_stack=fs, seq_length=sl)
+    obs_stats = {k: rm_obs_normalization_stats(arrays[k], st.episode_ends) for k in arrays}
+    batch = ds.__getitems__(range(len(ds)))
+    for i in range(len(ds)):
+        raw = ref.item(arrays, i)
+        for k in arrays:
+            want = rm_normalize_obs(raw[k], obs_stats[k])
+            assert want.dtype == (np.float32 if k == "f32" else np.float64)
+            got = batch[k][i].numpy()
+            if dtype is None:
+                want = want.astype(np.float32)
+            elif dtype == "float16":
+                want = want.astype(np.float32).astype(np.float16)
+            np.testing.assert_array_equal(got, want, err_msg=k)
+    # the far column in float32 arithmetic would be off by ~1e-2 after the cancellation
+    x32 = (far[:, 1].astype(np.float32) - np.float32(obs_stats["far"]["mean"][0, 1]))
+    assert np.abs(x32 / np.float32(obs_stats["far"]["std"][0, 1])
+                  - rm_normalize_obs(far, obs_stats["far"])[:, 1]).max() > 1e-3
 
 
 def test_peer_normalizers_take_given_stats_and_check_them():

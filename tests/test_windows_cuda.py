@@ -59,7 +59,8 @@ def _random_keys(rng, N, n_keys):
         keys.append(WindowKey(
             f"k{i}", src, deltas, out_dtype=out, norm=norm,
             norm_a=(rng.standard_normal(F) * 2).astype(np.float32) if norm else None,
-            norm_b=(rng.random(F) * 3 + 0.1).astype(np.float32) if norm else None))
+            norm_b=(rng.random(F) * 3 + 0.1).astype(np.float32) if norm else None,
+            norm_f64=bool(norm) and rng.random() < 0.5))  # float64 arithmetic, rounded once
     return keys
 
 
@@ -125,7 +126,8 @@ def test_emulated_dataset_batch_equals_cpu_batch():
     arrays = {"state": rng.standard_normal((N, 5)).astype(ml_dtypes.bfloat16),
               "action": rng.standard_normal((N, 3)).astype(np.float32),
               "grip": rng.integers(0, 3, N).astype(np.int16),
-              "cam": rng.integers(0, 255, (N, 3, 4, 3), dtype=np.uint8)}
+              "cam": rng.integers(0, 255, (N, 3, 4, 3), dtype=np.uint8),
+              "pose": rng.standard_normal((N, 2)) * [1, 1e-3] + [0, 1234.5]}  # float64
     st = rc.TrajectoryStore.from_arrays(arrays, episode_ends=ends, fps=5,
                                         timestamps=np.arange(N) / 5.0, device="cpu")
     # negative drops: windows anchored before / past their episode (anchor-only keys "grip" and
@@ -134,7 +136,8 @@ def test_emulated_dataset_batch_equals_cpu_batch():
                        ("zero", (-1, -4))):
         ds = rc.TrajectoryDataset(
             st, delta_indices={"state": [-1, 0], "action": range(-1, 7), "cam": [-1, 0]},
-            pad=pad, normalize={"state": "mean_std", "action": "quantiles", "grip": "limits"},
+            pad=pad, normalize={"state": "mean_std", "action": "quantiles", "grip": "limits",
+                                "pose": "robomimic_obs"},  # float64 arithmetic
             dtype={"state": "bfloat16"}, drop_n_first_frames=drops[0],
             drop_n_last_frames=drops[1])
         op = ds._op
@@ -249,7 +252,8 @@ def _stores(seed=0):
     arrays = {"observation.state": rng.standard_normal((N, 32)).astype(np.float32),
               "action": rng.standard_normal((N, 14)).astype(ml_dtypes.bfloat16),
               "done": rng.random(N) < 0.1,
-              "observation.images.top": rng.integers(0, 255, (N, 6, 5, 3), dtype=np.uint8)}
+              "observation.images.top": rng.integers(0, 255, (N, 6, 5, 3), dtype=np.uint8),
+              "pose": rng.standard_normal((N, 3)) * [1, 1e-3, 5] + [0, 1234.5, 0]}  # float64
     ts = np.concatenate([np.arange(n) / 10.0 for n in lens])
     cpu = rc.TrajectoryStore.from_arrays(arrays, episode_ends=ends, fps=10, timestamps=ts,
                                          device="cpu")
@@ -265,7 +269,8 @@ def test_gpu_dataset_batches_equal_cpu(pad):
                                 "action": [i / 10 for i in range(16)],
                                 "observation.images.top": [-0.1, 0.0]},
               pad=pad, drop_n_last_frames=3,
-              normalize={"observation.state": "mean_std", "action": "min_max"})
+              normalize={"observation.state": "mean_std", "action": "min_max",
+                         "pose": "robomimic_obs"})  # float64 arithmetic, rounded once
     a, b = rc.TrajectoryDataset(cuda, **kw), rc.TrajectoryDataset(cpu, **kw)
     idx = np.random.default_rng(0).permutation(len(a))[:100]
     _assert_batches_equal(a.__getitems__(idx), b.__getitems__(idx))

@@ -16,7 +16,9 @@
 //           norm 2: 2 * (x - a_f) / b_f - 1   (MIN_MAX / QUANTILES: b_f = hi - lo, eps if 0)
 //           norm 3: x * a_f + b_f         (diffusion_policy's LinearNormalizer: scale, offset;
 //                                          multiply and add rounded apart, as torch does)
-//   in float32 arithmetic (float64 when the output is float64), written as the output dtype;
+//   in float32 arithmetic (float64 when the output is float64, or when the norm code carries
+//   RC_NORM_F64: robomimic's NumPy promotion of float64 sources, rounded once to the output
+//   dtype), written as the output dtype;
 //   out_code < 0 copies the element's bytes unchanged (integer/bool keys, exact). float32 <->
 //   float64 conversions are exact for subnormals too (common.cuh; -ftz would flush them), as in
 //   NumPy; float32 arithmetic (normalization) flushes subnormal operands and results under -ftz.
@@ -39,6 +41,7 @@
 
 #define RC_WIN_MAX_KEYS 32
 #define RC_WIN_MAX_SEGS (1 + 2 * RC_WIN_MAX_KEYS)
+#define RC_NORM_F64 4  // flag in norm[k]: normalize in float64 arithmetic (NORM_F64 in ops/windows.py)
 
 // dtype codes: DTYPE_CODES in ops/windows.py
 #define RC_F32 0
@@ -72,7 +75,7 @@ struct WinKeys {
     int delta_off[RC_WIN_MAX_KEYS];    // first delta of the key in `deltas`
     int in_code[RC_WIN_MAX_KEYS];
     int out_code[RC_WIN_MAX_KEYS];     // -1: copy the bytes (same dtype in and out)
-    int norm[RC_WIN_MAX_KEYS];         // 0 none, 1 (x-a)/b, 2 2(x-a)/b-1, 3 x*a+b
+    int norm[RC_WIN_MAX_KEYS];         // 0 none, 1 (x-a)/b, 2 2(x-a)/b-1, 3 x*a+b; | RC_NORM_F64
     int seg_kind[RC_WIN_MAX_SEGS];
     int seg_key[RC_WIN_MAX_SEGS];
     int seg_begin[RC_WIN_MAX_SEGS + 1];  // per-sample work items of segment i: [begin[i], begin[i+1])
@@ -141,23 +144,25 @@ RC_DEVICE void rc_win_value(const WinKeys& p, int k, int f, rc_i64 si, rc_i64 oi
         }
         return;
     }
-    const int nm = p.norm[k];
-    if (oc == RC_F64) {
-        double x = 0.0;
+    const int nm = p.norm[k] & ~RC_NORM_F64;
+    float x = 0.0f;
+    if (oc == RC_F64 || (p.norm[k] & RC_NORM_F64)) {
+        double xd = 0.0;
         if (!zero) {
-            x = rc_win_load_f64(p.src[k], p.in_code[k], si);
+            xd = rc_win_load_f64(p.src[k], p.in_code[k], si);
             if (nm != 0) {
                 const double a = rc_f32_to_f64(reinterpret_cast<const float*>(p.norm_a[k])[f]);
                 const double b = rc_f32_to_f64(reinterpret_cast<const float*>(p.norm_b[k])[f]);
-                x = nm == 1 ? (x - a) / b
-                  : nm == 2 ? 2.0 * (x - a) / b - 1.0 : __dadd_rn(__dmul_rn(x, a), b);
+                xd = nm == 1 ? (xd - a) / b
+                   : nm == 2 ? 2.0 * (xd - a) / b - 1.0 : __dadd_rn(__dmul_rn(xd, a), b);
             }
         }
-        reinterpret_cast<double*>(p.out[k])[oi] = x;
-        return;
-    }
-    float x = 0.0f;
-    if (!zero) {
+        if (oc == RC_F64) {
+            reinterpret_cast<double*>(p.out[k])[oi] = xd;
+            return;
+        }
+        x = rc_f64_to_f32(xd);                             // rounded once (then to 16 bits)
+    } else if (!zero) {
         x = rc_win_load_f32(p.src[k], p.in_code[k], si);
         if (nm != 0) {
             const float a = reinterpret_cast<const float*>(p.norm_a[k])[f];

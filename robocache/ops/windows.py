@@ -15,7 +15,8 @@ kernel launch for every key of the batch (windows.cu) reading the batch's indice
 array at an offset, so a loader that uploads its epoch order once does no per-batch copy.
 bfloat16 values on the NumPy path are ml_dtypes arrays (NumPy has no bfloat16 of its own).
 
-Normalization, in float32 arithmetic (float64 when the output is float64), per feature f:
+Normalization, in float32 arithmetic (float64 when the output is float64 or the key asks for
+it with `norm_f64`, then rounded once to the output dtype), per feature f:
 norm "affine" (LeRobot's mean_std, robomimic's): (x - a) / b; "range" (LeRobot's min_max,
 quantiles): 2 * (x - a) / b - 1 with b = hi - lo (eps where hi == lo); "scale_offset"
 (diffusion_policy's LinearNormalizer): x * a + b, multiply and add rounded apart. Zero-padded
@@ -38,6 +39,7 @@ DTYPE_CODES = {
 }
 OUT_FLOAT = ("float32", "float64", "float16", "bfloat16")
 NORM_CODES = {None: 0, "affine": 1, "range": 2, "scale_offset": 3}
+NORM_F64 = 4  # flag or-ed into a norm code: float64 arithmetic (RC_NORM_F64 in windows.cu)
 MAX_KEYS = 32  # RC_WIN_MAX_KEYS in windows.cu
 MAX_SEGS = 1 + 2 * MAX_KEYS
 SEG_META, SEG_VALUES, SEG_MASK, SEG_ROWS = 0, 1, 2, 3
@@ -66,6 +68,7 @@ class WindowKey:
     norm: str | None = None                # None, "affine", "range" or "scale_offset"
     norm_a: np.ndarray | None = None       # float32 [F]
     norm_b: np.ndarray | None = None       # float32 [F]
+    norm_f64: bool = False                 # normalize in float64 arithmetic, rounded once
     feature_shape: tuple[int, ...] = field(init=False)
     in_dtype: str = field(init=False)
 
@@ -209,7 +212,7 @@ class WindowOp:
             off += k.K
             desc["in_code"][i] = DTYPE_CODES[k.in_dtype]
             desc["out_code"][i] = -1 if k.out_dtype is None else DTYPE_CODES[k.out_dtype]
-            desc["norm"][i] = NORM_CODES[k.norm]
+            desc["norm"][i] = NORM_CODES[k.norm] | (NORM_F64 if k.norm_f64 else 0)
             if k.norm is not None:
                 na = up(np.ascontiguousarray(k.norm_a, np.float32).reshape(-1), "float32")
                 nb = up(np.ascontiguousarray(k.norm_b, np.float32).reshape(-1), "float32")
@@ -567,7 +570,7 @@ def _convert(k: WindowKey, vals: np.ndarray, pad) -> np.ndarray:
         if pad is not None:
             vals[pad] = 0
         return vals
-    math = np.float64 if k.out_dtype == "float64" else np.float32
+    math = np.float64 if k.out_dtype == "float64" or (k.norm and k.norm_f64) else np.float32
     x = _load(vals, k.in_dtype, math)
     if k.norm is not None:
         a = np.asarray(k.norm_a, np.float32).reshape(k.feature_shape).astype(math)
@@ -581,7 +584,8 @@ def _convert(k: WindowKey, vals: np.ndarray, pad) -> np.ndarray:
     if pad is not None:
         x[pad] = 0
     if k.out_dtype in ("float32", "float64"):
-        return x
+        return x.astype(k.out_dtype, copy=False)
+    x = x.astype(np.float32, copy=False)  # a float64 result: rounded once, then to 16 bits
     if k.out_dtype == "float16":
         return x.astype(np.float16)
     return f32_to_bf16_bits(x).view(_array.numpy_dtype("bfloat16"))
