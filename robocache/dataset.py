@@ -115,7 +115,8 @@ class TrajectoryDataset(torch.utils.data.Dataset):
     (diffusion_policy's LinearNormalizer fitted on the store's frames), "robomimic_min_max" |
     "robomimic_gaussian" (robomimic's action normalization) or "robomimic_obs" (robomimic's
     observation normalization, hdf5_normalize_obs; float64 keys in float64 arithmetic as
-    robomimic's NumPy computes them, rounded once to the output dtype); stats:
+    robomimic's NumPy computes them, rounded once to the output dtype; "next_obs/<k>" with the
+    statistics of "obs/<k>", as robomimic); stats:
     key -> {stat: array} to use instead of the store's shipped or computed statistics. keys:
     which store keys to return (default all). dtype: output dtype of floating / normalized keys
     (str), or per key (dict; "keep" copies the store's dtype). episodes: sample only these episodes - episode indices
@@ -347,7 +348,8 @@ class TrajectoryDataset(torch.utils.data.Dataset):
             st["reps"] = 1
         elif library == "robomimic":  # robomimic's float32 per-demo statistics
             st = _peer_norm.robomimic_stats(
-                _peer_norm.host_episodes(src, self._store.episode_ends))
+                _peer_norm.host_episodes(self._robomimic_stats_source(key, peer_mode, src),
+                                         self._store.episode_ends))
         else:
             st = _peer_norm.pool_last_axis(self._computed_stats(key))
         fit = _peer_norm.diffusion_policy if library == "diffusion_policy" else _peer_norm.robomimic
@@ -357,6 +359,15 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         f64 = peer_mode == "obs" and _peer_norm.promotes_to_f64(_array.dtype_name(src))
         return {"mode": mode, "kind": kind, "a": a.reshape(-1).astype(np.float32),
                 "b": b.reshape(-1).astype(np.float32), "f64": f64}
+
+    def _robomimic_stats_source(self, key: str, peer_mode: str, src):
+        """robomimic normalizes next_obs (and goals) with the statistics of the observations:
+        "next_obs/<k>" is fitted on "obs/<k>" where the store has it."""
+        if peer_mode == "obs" and key.startswith("next_obs/"):
+            obs_key = "obs/" + key[len("next_obs/"):]
+            if obs_key in self._store.keys:
+                return self._store[obs_key]
+        return src
 
     def _stats_for(self, key: str, stats) -> dict:
         if stats is not None and key in stats:

@@ -314,10 +314,8 @@ def rm_normalization_stats(stats, norm_method):
 
 
 def rm_obs_normalization_stats(arr, episode_ends):
-    merged_stats = rm_action_stats(arr, episode_ends)  # the same per-demo float32 statistics
-    # note we add a small tolerance of 1e-3 for std
-    return {"mean": merged_stats["mean"],
-            "std": np.sqrt(merged_stats["sqdiff"] / merged_stats["n"]) + 1e-3}
+    st = rm_action_stats(arr, episode_ends)  # the same per-demo float32 statistics
+    return {"mean": st["mean"], "std": np.sqrt(st["sqdiff"] / st["n"]) + 1e-3}  # std + 1e-3
 
 
 def rm_normalize_obs(x, obs_stats):

@@ -433,6 +433,29 @@ def test_robomimic_observation_normalization(dtype):
                   - rm_normalize_obs(far, obs_stats["far"])[:, 1]).max() > 1e-3
 
 
+def test_robomimic_next_obs_normalized_with_the_observations_statistics():
+    """robomimic normalizes next_obs with the statistics of obs: "next_obs/<k>" under
+    "robomimic_obs" is fitted on "obs/<k>" (on its own frames where the store has no obs/<k>)."""
+    rng = np.random.default_rng(15)
+    lens = [6, 2, 11]
+    N = int(sum(lens))
+    obs = rng.standard_normal((N, 3)) * [1, 2, 3]
+    nxt = np.concatenate([obs[1:], obs[-1:]]) + rng.standard_normal((N, 3)) * 0.1
+    lone = rng.standard_normal((N, 2)).astype(np.float32)
+    arrays = {"obs/pos": obs, "next_obs/pos": nxt, "next_obs/lone": lone}
+    st = rc.TrajectoryStore.from_arrays(arrays, episode_ends=np.cumsum(lens), device="cpu")
+    ds = rc.TrajectoryDataset(st, normalize={k: "robomimic_obs" for k in arrays}, dtype="keep")
+    norm = ds.normalization
+    np.testing.assert_array_equal(norm["next_obs/pos"]["a"], norm["obs/pos"]["a"])
+    np.testing.assert_array_equal(norm["next_obs/pos"]["b"], norm["obs/pos"]["b"])
+    batch = ds.__getitems__(range(len(ds)))
+    obs_stats = rm_obs_normalization_stats(obs, st.episode_ends)
+    np.testing.assert_array_equal(batch["next_obs/pos"].numpy(), rm_normalize_obs(nxt, obs_stats))
+    lone_stats = rm_obs_normalization_stats(lone, st.episode_ends)
+    np.testing.assert_array_equal(batch["next_obs/lone"].numpy(),
+                                  rm_normalize_obs(lone, lone_stats))
+
+
 def test_peer_normalizers_take_given_stats_and_check_them():
     rng = np.random.default_rng(13)
     st, arrays = _peer_norm_store(rng, [10, 10])
