@@ -1,8 +1,8 @@
 """Normalization parameters of diffusion_policy's and robomimic's normalizers, from statistics.
 
-Pure NumPy, host side, once per dataset. Each function takes per-feature statistics of one key
-(float64 arrays of the feature's shape: min, max, mean, std = population standard deviation,
-count = [frames]) and returns (kernel formula, a, b) as float32 [F] for the window kernel
+Host side, once per dataset. `diffusion_policy_stats` / `robomimic_stats` fit a peer's
+statistics on one key's frames as the peer does; `diffusion_policy` / `robomimic` turn them (or
+statistics the user gives) into (kernel formula, a, b), float32 [F] for the window kernel
 (ops/windows.py): "scale_offset" is x * a + b, "affine" is (x - a) / b. Every step is the
 peer's own float32 arithmetic in the peer's order, so the parameters are the peer's bits:
 
@@ -22,10 +22,10 @@ robomimic computes its statistics in float32, one demo at a time (mean and summe
 deviations of the demo's rows cast to float32), merged demo by demo in file order with Chan's
 parallel formulas; `robomimic_stats` repeats those NumPy expressions in that order, so its
 parameters are robomimic's bits even where float32 loses digits (a near-constant column's std
-can be off by 1e-4 relative to the exact one). diffusion_policy fits its float32 statistics with
-torch reductions, whose order depends on the machine; here min and max are exact and the mean /
-std are float64 rounded to float32, so "limits" matches bit for bit and "gaussian" to float32
-rounding of the statistics (a few ulp).
+can be off by 1e-4 relative to the exact one). diffusion_policy fits float32 statistics with
+torch reductions on the CPU; `diffusion_policy_stats` runs the same reductions, whose rounding
+depends on torch's version and thread count (a different one moves the mean / std by an ulp).
+Both run on a host copy of the key's frames.
 """
 
 from __future__ import annotations
@@ -38,27 +38,27 @@ F32 = np.float32
 HOST_CHUNK_BYTES = 64 << 20  # rows copied from the device per transfer (robomimic_stats)
 
 
-def pool_last_axis(st: dict) -> dict:
-    """diffusion_policy's fit statistics (last_n_dims=1): min, max, mean and unbiased std per
-    index of the feature's last axis, pooled over the frames and every other feature axis (from
-    the per-element statistics); reps = how many times that last axis repeats in a frame."""
-    mean = np.asarray(st["mean"], np.float64)
-    shape = mean.shape
-    last = shape[-1] if len(shape) else 1
-    cols = lambda name: np.asarray(st[name], np.float64).reshape(-1, last)  # noqa: E731
-    m, s = cols("mean"), cols("std")
-    n = int(np.asarray(st["count"]).reshape(-1)[0]) * m.shape[0]  # values pooled per column
-    pooled_mean = m.mean(axis=0)  # equal counts per element
-    var = (s * s + (m - pooled_mean) ** 2).mean(axis=0)  # population variance of the pool
-    with np.errstate(divide="ignore", invalid="ignore"):
-        unbiased = np.sqrt(var * n / (n - 1)) if n > 1 else np.full(last, np.nan)
-    return {"min": cols("min").min(axis=0), "max": cols("max").max(axis=0),
-            "mean": pooled_mean, "std": unbiased, "reps": m.shape[0]}
+def diffusion_policy_stats(x) -> dict:
+    """LinearNormalizer.fit's statistics of one key's frames `x` [N, ...] (a NumPy array): its
+    own torch reductions on the CPU (`_fit` with last_n_dims=1: the frames as float32, reshaped
+    to [-1, last axis]; min, max, mean, unbiased std), so they are its bits when torch and its
+    thread count are the same; reps = how many times the last axis repeats in a frame. A scalar
+    feature is one column (diffusion_policy would make the whole 1-D array one row)."""
+    import torch
+
+    x = np.asarray(x)
+    last = int(x.shape[-1]) if x.ndim > 1 else 1
+    host = x if x.dtype.kind in "biuf" else x.astype(np.float32)  # bfloat16 (ml_dtypes)
+    data = torch.from_numpy(np.ascontiguousarray(host)).type(torch.float32).reshape(-1, last)
+    F = int(np.prod(x.shape[1:], dtype=np.int64))
+    return {"min": data.min(axis=0)[0].numpy(), "max": data.max(axis=0)[0].numpy(),
+            "mean": data.mean(axis=0).numpy(), "std": data.std(axis=0).numpy(),
+            "reps": F // last}
 
 
 def diffusion_policy(mode: str, p: dict) -> tuple[str, np.ndarray, np.ndarray]:
     """("scale_offset", scale, offset) of LinearNormalizer mode "limits" or "gaussian" from its
-    fit statistics p (pool_last_axis, or given ones with reps=1)."""
+    fit statistics p (diffusion_policy_stats, or given ones with reps=1)."""
     eps = F32(1e-4)
     if mode == "limits":
         lo, hi = p["min"].astype(F32), p["max"].astype(F32)

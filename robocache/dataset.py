@@ -350,8 +350,8 @@ class TrajectoryDataset(torch.utils.data.Dataset):
             st = _peer_norm.robomimic_stats(
                 _peer_norm.host_episodes(self._robomimic_stats_source(key, peer_mode, src),
                                          self._store.episode_ends))
-        else:
-            st = _peer_norm.pool_last_axis(self._computed_stats(key))
+        else:  # LinearNormalizer.fit's own torch reductions on the key's frames
+            st = _peer_norm.diffusion_policy_stats(_array.to_numpy(src))
         fit = _peer_norm.diffusion_policy if library == "diffusion_policy" else _peer_norm.robomimic
         kind, a, b = fit(peer_mode, st)
         # robomimic normalizes observations as stored (float64 ones in float64 arithmetic);
