@@ -362,10 +362,12 @@ class TrajectoryDataset(torch.utils.data.Dataset):
 
     def _robomimic_stats_source(self, key: str, peer_mode: str, src):
         """robomimic normalizes next_obs (and goals) with the statistics of the observations:
-        "next_obs/<k>" is fitted on "obs/<k>" where the store has it."""
+        "next_obs/<k>" is fitted on "obs/<k>" where the store has it (with the same feature
+        shape)."""
         if peer_mode == "obs" and key.startswith("next_obs/"):
             obs_key = "obs/" + key[len("next_obs/"):]
-            if obs_key in self._store.keys:
+            if obs_key in self._store.keys and \
+                    tuple(self._store[obs_key].shape[1:]) == tuple(src.shape[1:]):
                 return self._store[obs_key]
         return src
 

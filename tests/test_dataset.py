@@ -440,7 +440,8 @@ def test_robomimic_next_obs_normalized_with_the_observations_statistics():
     obs = rng.standard_normal((N, 3)) * [1, 2, 3]
     nxt = np.concatenate([obs[1:], obs[-1:]]) + rng.standard_normal((N, 3)) * 0.1
     lone = rng.standard_normal((N, 2)).astype(np.float32)
-    arrays = {"obs/pos": obs, "next_obs/pos": nxt, "next_obs/lone": lone}
+    arrays = {"obs/pos": obs, "next_obs/pos": nxt, "next_obs/lone": lone,
+              "obs/wide": rng.standard_normal((N, 4)), "next_obs/wide": lone * 3}  # 4 vs 2
     st = rc.TrajectoryStore.from_arrays(arrays, episode_ends=np.cumsum(lens), device="cpu")
     ds = rc.TrajectoryDataset(st, normalize={k: "robomimic_obs" for k in arrays}, dtype="keep")
     norm = ds.normalization
@@ -452,6 +453,9 @@ def test_robomimic_next_obs_normalized_with_the_observations_statistics():
     lone_stats = rm_obs_normalization_stats(lone, st.episode_ends)
     np.testing.assert_array_equal(batch["next_obs/lone"].numpy(),
                                   rm_normalize_obs(lone, lone_stats))
+    wide_stats = rm_obs_normalization_stats(lone * 3, st.episode_ends)  # obs/wide: other shape
+    np.testing.assert_array_equal(batch["next_obs/wide"].numpy(),
+                                  rm_normalize_obs(lone * 3, wide_stats))
 
 
 def test_peer_normalizers_take_given_stats_and_check_them():
