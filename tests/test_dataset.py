@@ -458,6 +458,28 @@ def test_robomimic_next_obs_normalized_with_the_observations_statistics():
                                   rm_normalize_obs(lone * 3, wide_stats))
 
 
+@pytest.mark.parametrize("chunk", [1, 100, 1 << 30])
+def test_robomimic_statistics_read_the_episodes_in_chunks(monkeypatch, chunk):
+    """host_episodes hands out every episode's rows in order, whatever the transfer size (one
+    episode per transfer, several, all), from torch tensors too."""
+    from robocache import _peer_norm
+
+    monkeypatch.setattr(_peer_norm, "HOST_CHUNK_BYTES", chunk)
+    rng = np.random.default_rng(16)
+    lens = [3, 1, 8, 2, 5]
+    ends = np.cumsum(lens)
+    x = rng.standard_normal((int(ends[-1]), 2, 2))
+    for src in (x, torch.from_numpy(x)):
+        parts = list(_peer_norm.host_episodes(src, ends))
+        assert [len(p) for p in parts] == lens
+        np.testing.assert_array_equal(np.concatenate(parts), x)
+        st = _peer_norm.robomimic_stats(parts)
+        want = rm_action_stats(x, ends)
+        for name in ("mean", "sqdiff", "min", "max"):
+            np.testing.assert_array_equal(st[name], want[name], err_msg=name)
+        assert st["n"] == want["n"] == x.shape[0]
+
+
 def test_peer_normalizers_take_given_stats_and_check_them():
     rng = np.random.default_rng(13)
     st, arrays = _peer_norm_store(rng, [10, 10])
