@@ -133,6 +133,12 @@ class TrajectoryDataset(torch.utils.data.Dataset):
     return_task: add "task", the samples' task strings (a list; LeRobot's item["task"], what
     language-conditioned policies read) from the task_index key and store.meta["tasks"];
     None (default) = when the store has them (LeRobot datasets with tasks).
+    goal_keys: output name -> store key; each sample also gets that key's frame at its
+    episode's goal row, the last frame an anchor may take: e - 1 - drop_n_last_frames, clamped
+    to the episode (robomimic's goal_mode="last": goal_keys={"goal_obs/<k>": "next_obs/<k>"},
+    with the robomimic mapping of seq_length to drop_n_last_frames). One frame, no time axis,
+    no mask. Low-dimensional goals are gathered once per frame when the dataset is made (the
+    key's size again); camera goals keep one int64 row per frame and read the store's frames.
     """
 
     def __init__(self, store: TrajectoryStore, delta_indices: Mapping | None = None,
@@ -143,7 +149,7 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                  normalize_eps: float = 1e-8,
                  image_transforms: Mapping[str, Callable] | None = None,
                  episodes=None, return_task: bool | None = None,
-                 keep_short_episodes: bool = False):
+                 keep_short_episodes: bool = False, goal_keys: Mapping[str, str] | None = None):
         if not isinstance(store, TrajectoryStore):
             raise TypeError(f"store: expected a robocache.TrajectoryStore, got "
                             f"{type(store).__name__}")
@@ -170,6 +176,8 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                 warnings.warn(f"{problem}\ndelta_timestamps are applied as frame offsets "
                               f"(d = round(dt * fps)), as LeRobot does", UserWarning,
                               stacklevel=2)
+        if keys is not None and isinstance(goal_keys, Mapping):  # goals are always returned
+            keys = [k for k in ([keys] if isinstance(keys, str) else keys) if k not in goal_keys]
         self._keys = self._select_keys(keys, names, deltas)
         self._deltas = {k: deltas[k] for k in self._keys if k in deltas}
         first = W.check_drop("drop_n_first_frames", drop_n_first_frames)
@@ -189,7 +197,14 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                 f"none (longest: {longest}): no anchors")
         self._drop = (first, last)
         self._task_of_anchor = self._anchor_tasks(return_task)
-        self._image_keys = tuple(k for k in self._keys if k in store.image_keys)
+        # goals: output name -> store key; their window sources (gathered values or rows)
+        self._store_key = self._check_goal_keys(goal_keys, names)
+        goal_sources = self._goal_sources(last)
+        for name, key in self._store_key.items():
+            sources[name] = store[key]
+        self._keys = self._keys + tuple(self._store_key)
+        self._image_keys = tuple(k for k in self._keys
+                                 if self._store_key.get(k, k) in store.image_keys)
         transforms = dict(image_transforms or {})
         for k in transforms:
             if k not in self._image_keys:
@@ -204,8 +219,8 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                 except (ValueError, TypeError) as exc:  # say which camera's transform it is
                     raise type(exc)(f"image_transforms[{k!r}]: {exc}") from None
         for k in self._image_keys:  # host-resident frames: the image kernel reads them raw
-            if k in store.host_keys and k not in transforms:
-                self._image_plans[k] = _images.make_plan(tuple(store[k].shape[1:]),
+            if self._store_key.get(k, k) in store.host_keys and k not in transforms:
+                self._image_plans[k] = _images.make_plan(tuple(sources[k].shape[1:]),
                                                          out_dtype="uint8", layout="BKHWC",
                                                          scale=None)
         self._host_frame_ptrs: dict[str, np.uint64] = {}
@@ -215,7 +230,13 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         for k in self._keys:
             src = sources[k]
             d = self._deltas.get(k)
-            if k in self._image_keys:
+            if k in goal_sources:  # the goal rows (camera keys) or frames, read at the anchor
+                g = goal_sources[k]
+                if k in self._image_keys:
+                    wkeys.append(WindowKey(k, g, None))  # int64 rows, copied as they are
+                    continue
+                src = g
+            elif k in self._image_keys:
                 wkeys.append(WindowKey(k, src, d, kind="rows"))
                 continue
             norm = self._norm.get(k)
@@ -274,6 +295,47 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         if self._task_of_anchor is not None:
             batch["task"] = self._task_of_anchor[idx].tolist()
         return batch
+
+    def _check_goal_keys(self, goal_keys, names) -> dict[str, str]:
+        if goal_keys is None:
+            return {}
+        if not isinstance(goal_keys, Mapping):
+            raise TypeError(f"goal_keys: expected a dict of output name -> store key, got "
+                            f"{type(goal_keys).__name__}")
+        taken = set(names) | set(META_KEYS) | {"task"}
+        out = {}
+        for name, key in goal_keys.items():
+            if not isinstance(name, str) or not name or name in taken \
+                    or name.endswith("_is_pad"):
+                raise ValueError(f"goal_keys: expected output names that are not store keys, "
+                                 f"masks, {list(META_KEYS)} or 'task', got {name!r}")
+            if key not in names:
+                raise ValueError(f"goal_keys[{name!r}]: expected a key of the store "
+                                 f"{list(names)}, got {key!r}")
+            out[name] = key
+        return out
+
+    def _goal_sources(self, drop_last: int) -> dict:
+        """Per goal output: an array [N, ...] indexed by frame (the window kernel reads it at
+        the anchor's clamped frame): the goal frame's values for low-dimensional keys, its row
+        (int64 [N]) for camera keys. Goal row of episode [s, e): clamp(e - 1 - drop_last)."""
+        if not self._store_key:
+            return {}
+        store = self._store
+        starts, ends = store.episode_starts, store.episode_ends
+        goal = np.clip(ends - 1 - drop_last, starts, ends - 1).astype(np.int64)
+        rows_host = np.repeat(goal, store.episode_lengths)
+        like = _table_placement(store) if store.is_cuda else None
+        rows = rows_host if like is None else _array.from_numpy(rows_host, like, "int64")
+        out = {}
+        for name, key in self._store_key.items():
+            if key in store.image_keys:
+                out[name] = rows
+            elif like is None:
+                out[name] = np.take(store[key], rows_host, axis=0)
+            else:
+                out[name] = store[key].index_select(0, rows)
+        return out
 
     def _select_keys(self, keys, names, deltas) -> tuple[str, ...]:
         if keys is None:
@@ -362,8 +424,9 @@ class TrajectoryDataset(torch.utils.data.Dataset):
 
     def _robomimic_stats_source(self, key: str, peer_mode: str, src):
         """robomimic normalizes next_obs (and goals) with the statistics of the observations:
-        "next_obs/<k>" is fitted on "obs/<k>" where the store has it (with the same feature
-        shape)."""
+        "next_obs/<k>" (or a goal read from it) is fitted on "obs/<k>" where the store has it
+        (with the same feature shape)."""
+        key = self._store_key.get(key, key)
         if peer_mode == "obs" and key.startswith("next_obs/"):
             obs_key = "obs/" + key[len("next_obs/"):]
             if obs_key in self._store.keys and \
@@ -379,12 +442,15 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                                 f"{type(st).__name__}")
             return st
         shipped = self._store.shipped_stats
-        if shipped is not None and key in shipped:
-            return shipped[key]
+        skey = self._store_key.get(key, key)
+        if shipped is not None and skey in shipped:
+            return shipped[skey]
         return self._computed_stats(key)
 
     def _computed_stats(self, key: str) -> dict:
-        """The store's own statistics of `key` (timestamps too, which are not a stored key)."""
+        """The store's own statistics of `key` (timestamps too, which are not a stored key; a
+        goal's are its store key's)."""
+        key = self._store_key.get(key, key)
         if key == "timestamp" and key not in self._store:
             from .stats import feature_stats
 
@@ -626,7 +692,7 @@ class TrajectoryDataset(torch.utils.data.Dataset):
     def _host_frames_ptr(self, key: str, like):
         """The device address of a host-resident (pinned) camera key, looked up once; None for
         frames in device memory."""
-        if key not in self._store.host_keys:
+        if self._store_key.get(key, key) not in self._store.host_keys:
             return None
         ptr = self._host_frame_ptrs.get(key)
         if ptr is None:

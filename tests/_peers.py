@@ -194,6 +194,15 @@ class RobomimicSequence:
         seq["pad_mask"] = pad_mask
         return seq
 
+    def goal(self, arrays, index):
+        # goal_mode="last": one frame (no sequence axis) at end_index_in_demo - 1
+        demo_id, _ = self[index]
+        demo_length = self._demo_id_to_demo_length[demo_id]
+        end_index_in_demo = demo_length - (0 if self.pad_seq_length else self.seq_length - 1)
+        goal, _ = self.get_sequence_from_demo(arrays, demo_id, end_index_in_demo - 1,
+                                              num_frames_to_stack=0, seq_length=1)
+        return {k: v[0] for k, v in goal.items()}
+
 
 # ---------------------------------------------------------------------------------------------
 # torch DistributedSampler's index arithmetic on a given epoch order

@@ -480,6 +480,65 @@ def test_robomimic_statistics_read_the_episodes_in_chunks(monkeypatch, chunk):
         assert st["n"] == want["n"] == x.shape[0]
 
 
+@pytest.mark.parametrize("fs, sl, pfs, psl", [
+    (1, 1, True, True), (2, 3, True, True), (3, 4, False, False), (1, 5, True, False),
+    (2, 2, False, True)])
+def test_robomimic_goal_obs(fs, sl, pfs, psl):
+    """goal_keys={"goal_obs/<k>": "next_obs/<k>"} == robomimic's goal_mode="last": each
+    sample's goal is next_obs at end_index_in_demo - 1 (the last anchor-able frame), camera keys
+    too; normalized (robomimic_obs) with the statistics of obs/<k>."""
+    rng = np.random.default_rng(fs * 10 + sl)
+    min_len = (1 if pfs else fs) + (0 if psl else sl - 1)
+    lens = [int(x) for x in rng.integers(min_len, min_len + 9, size=5)]
+    N = int(sum(lens))
+    arrays = {"obs/pos": rng.standard_normal((N, 3)), "next_obs/pos": rng.standard_normal((N, 3)),
+              "next_obs/cam": rng.integers(0, 256, (N, 4, 5, 3), dtype=np.uint8),
+              "actions": rng.standard_normal((N, 2)).astype(np.float32)}
+    st = rc.TrajectoryStore.from_arrays(arrays, episode_ends=np.cumsum(lens), device="cpu")
+    d = list(range(1 - fs, sl))
+    ds = rc.TrajectoryDataset(
+        st, delta_indices={"obs/pos": d, "actions": d}, drop_n_first_frames=0 if pfs else fs - 1,
+        drop_n_last_frames=0 if psl else sl - 1, dtype="keep",
+        goal_keys={"goal_obs/pos": "next_obs/pos", "goal_obs/cam": "next_obs/cam",
+                   "goal_raw": "next_obs/pos"},
+        normalize={"goal_obs/pos": "robomimic_obs"})
+    ref = RobomimicSequence(st.episode_ends, frame_stack=fs, seq_length=sl,
+                            pad_frame_stack=pfs, pad_seq_length=psl)
+    assert len(ds) == len(ref)
+    obs_stats = rm_obs_normalization_stats(arrays["obs/pos"], st.episode_ends)
+    batch = ds.__getitems__(range(len(ds)))
+    assert "goal_obs/pos_is_pad" not in batch and batch["goal_obs/cam"].shape == (len(ds), 4, 5, 3)
+    for i in range(len(ds)):
+        goal = ref.goal(arrays, i)
+        np.testing.assert_array_equal(batch["goal_raw"][i].numpy(), goal["next_obs/pos"])
+        np.testing.assert_array_equal(batch["goal_obs/cam"][i].numpy(), goal["next_obs/cam"])
+        np.testing.assert_array_equal(batch["goal_obs/pos"][i].numpy(),
+                                      rm_normalize_obs(goal["next_obs/pos"], obs_stats))
+
+
+def test_goal_keys_are_checked():
+    st = rc.TrajectoryStore.from_arrays({"x": np.zeros((6, 2), np.float32)}, episode_ends=[2, 6],
+                                        device="cpu")
+    for bad, match in (({"x": "x"}, "not store keys"), ({"index": "x"}, "not store keys"),
+                       ({"g_is_pad": "x"}, "not store keys"), ({"g": "y"}, r"goal_keys\['g'\]")):
+        with pytest.raises(ValueError, match=match):
+            rc.TrajectoryDataset(st, goal_keys=bad)
+    with pytest.raises(TypeError, match="goal_keys"):
+        rc.TrajectoryDataset(st, goal_keys=["x"])
+    with pytest.raises(ValueError, match="unknown key"):  # a goal is one frame: no offsets
+        rc.TrajectoryDataset(st, goal_keys={"g": "x"}, delta_indices={"g": [0, 1]})
+    # keys= may name the goal; negative drops read the episode's last frame
+    ds = rc.TrajectoryDataset(st, goal_keys={"g": "x"}, keys=["g"], drop_n_last_frames=-3)
+    assert ds.keys == ("g",)
+    st2 = rc.TrajectoryStore.from_arrays({"x": np.arange(6.0)[:, None]}, episode_ends=[2, 6],
+                                         device="cpu")
+    g = rc.TrajectoryDataset(st2, goal_keys={"g": "x"}, drop_n_last_frames=-3, dtype="keep")
+    b = g.__getitems__(range(len(g)))  # anchors past the ends: still their episode's last frame
+    assert (b["index"].numpy() >= 6).any()
+    np.testing.assert_array_equal(b["g"].numpy()[:, 0],
+                                  np.where(b["episode_index"].numpy() == 0, 1.0, 5.0))
+
+
 def test_peer_normalizers_take_given_stats_and_check_them():
     rng = np.random.default_rng(13)
     st, arrays = _peer_norm_store(rng, [10, 10])

@@ -137,7 +137,8 @@ def test_emulated_dataset_batch_equals_cpu_batch():
         ds = rc.TrajectoryDataset(
             st, delta_indices={"state": [-1, 0], "action": range(-1, 7), "cam": [-1, 0]},
             pad=pad, normalize={"state": "mean_std", "action": "quantiles", "grip": "limits",
-                                "pose": "robomimic_obs"},  # float64 arithmetic
+                                "pose": "robomimic_obs", "goal": "robomimic_obs"},
+            goal_keys={"goal": "pose", "goal_cam": "cam"},  # goal rows read at the anchor
             dtype={"state": "bfloat16"}, drop_n_first_frames=drops[0],
             drop_n_last_frames=drops[1])
         op = ds._op
@@ -270,7 +271,8 @@ def test_gpu_dataset_batches_equal_cpu(pad):
                                 "observation.images.top": [-0.1, 0.0]},
               pad=pad, drop_n_last_frames=3,
               normalize={"observation.state": "mean_std", "action": "min_max",
-                         "pose": "robomimic_obs"})  # float64 arithmetic, rounded once
+                         "pose": "robomimic_obs"},  # float64 arithmetic, rounded once
+              goal_keys={"goal": "pose", "goal_cam": "observation.images.top"})
     a, b = rc.TrajectoryDataset(cuda, **kw), rc.TrajectoryDataset(cpu, **kw)
     idx = np.random.default_rng(0).permutation(len(a))[:100]
     _assert_batches_equal(a.__getitems__(idx), b.__getitems__(idx))
