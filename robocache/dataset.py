@@ -176,9 +176,8 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                 warnings.warn(f"{problem}\ndelta_timestamps are applied as frame offsets "
                               f"(d = round(dt * fps)), as LeRobot does", UserWarning,
                               stacklevel=2)
-        if keys is not None and isinstance(goal_keys, Mapping):  # goals are always returned
-            keys = [k for k in ([keys] if isinstance(keys, str) else keys) if k not in goal_keys]
-        self._keys = self._select_keys(keys, names, deltas)
+        goal_names = tuple(goal_keys) if isinstance(goal_keys, Mapping) else ()
+        self._keys = self._select_keys(keys, names, deltas, goal_names)
         self._deltas = {k: deltas[k] for k in self._keys if k in deltas}
         first = W.check_drop("drop_n_first_frames", drop_n_first_frames)
         last = W.check_drop("drop_n_last_frames", drop_n_last_frames)
@@ -309,9 +308,10 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                     or name.endswith("_is_pad"):
                 raise ValueError(f"goal_keys: expected output names that are not store keys, "
                                  f"masks, {list(META_KEYS)} or 'task', got {name!r}")
-            if key not in names:
+            stored = [k for k in names if k in self._store.keys]
+            if key not in stored:
                 raise ValueError(f"goal_keys[{name!r}]: expected a key of the store "
-                                 f"{list(names)}, got {key!r}")
+                                 f"{stored}, got {key!r}")
             out[name] = key
         return out
 
@@ -337,12 +337,13 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                 out[name] = store[key].index_select(0, rows)
         return out
 
-    def _select_keys(self, keys, names, deltas) -> tuple[str, ...]:
+    def _select_keys(self, keys, names, deltas, goal_names=()) -> tuple[str, ...]:
+        """The store keys a sample returns (goals, always returned, are added after)."""
         if keys is None:
             return names
         if isinstance(keys, str):
             keys = [keys]
-        keys = list(keys)
+        keys = [k for k in keys if k not in goal_names]
         unknown = [k for k in keys if k not in names]
         if unknown:
             raise ValueError(f"keys: expected keys of the store {list(names)}, got unknown "

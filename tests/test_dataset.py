@@ -518,9 +518,12 @@ def test_robomimic_goal_obs(fs, sl, pfs, psl):
 
 def test_goal_keys_are_checked():
     st = rc.TrajectoryStore.from_arrays({"x": np.zeros((6, 2), np.float32)}, episode_ends=[2, 6],
+                                        fps=10, timestamps=[0, 0.1, 0, 0.1, 0.2, 0.3],
                                         device="cpu")
+    assert st.timestamps is not None  # "timestamp" is a dataset key, not a stored one
     for bad, match in (({"x": "x"}, "not store keys"), ({"index": "x"}, "not store keys"),
-                       ({"g_is_pad": "x"}, "not store keys"), ({"g": "y"}, r"goal_keys\['g'\]")):
+                       ({"g_is_pad": "x"}, "not store keys"), ({"g": "y"}, r"goal_keys\['g'\]"),
+                       ({"g": "timestamp"}, r"goal_keys\['g'\]")):
         with pytest.raises(ValueError, match=match):
             rc.TrajectoryDataset(st, goal_keys=bad)
     with pytest.raises(TypeError, match="goal_keys"):
