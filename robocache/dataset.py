@@ -214,7 +214,7 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         for k, t in transforms.items():
             if isinstance(t, ImageTransform):
                 try:
-                    self._image_plans[k] = t.plan(tuple(store[k].shape[1:]))
+                    self._image_plans[k] = t.plan(tuple(sources[k].shape[1:]))
                 except (ValueError, TypeError) as exc:  # say which camera's transform it is
                     raise type(exc)(f"image_transforms[{k!r}]: {exc}") from None
         for k in self._image_keys:  # host-resident frames: the image kernel reads them raw

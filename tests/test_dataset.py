@@ -508,6 +508,13 @@ def test_robomimic_goal_obs(fs, sl, pfs, psl):
     obs_stats = rm_obs_normalization_stats(arrays["obs/pos"], st.episode_ends)
     batch = ds.__getitems__(range(len(ds)))
     assert "goal_obs/pos_is_pad" not in batch and batch["goal_obs/cam"].shape == (len(ds), 4, 5, 3)
+    # a camera goal takes an image transform like any camera key: [0, 1] CHW frames
+    dt = rc.TrajectoryDataset(st, goal_keys={"g": "next_obs/cam"},
+                              image_transforms={"g": rc.ImageTransform()})
+    g = dt.__getitems__(range(len(dt)))["g"]
+    assert g.shape == (len(dt), 3, 4, 5) and g.dtype == torch.float32
+    last = arrays["next_obs/cam"][dt.anchors[:, 2] - 1]  # drop_n_last_frames=0: frame e - 1
+    np.testing.assert_array_equal(g.numpy(), np.moveaxis(last, -1, 1) / np.float32(255))
     for i in range(len(ds)):
         goal = ref.goal(arrays, i)
         np.testing.assert_array_equal(batch["goal_raw"][i].numpy(), goal["next_obs/pos"])
