@@ -515,6 +515,12 @@ def test_robomimic_goal_obs(fs, sl, pfs, psl):
     assert g.shape == (len(dt), 3, 4, 5) and g.dtype == torch.float32
     last = arrays["next_obs/cam"][dt.anchors[:, 2] - 1]  # drop_n_last_frames=0: frame e - 1
     np.testing.assert_array_equal(g.numpy(), np.moveaxis(last, -1, 1) / np.float32(255))
+    # the loader's batches carry the goals too
+    loader = rc.DataLoader(ds, batch_size=4, shuffle=True, seed=3)
+    order = loader.epoch_order(0)
+    for j, lb in enumerate(loader):
+        for k in ("goal_obs/pos", "goal_obs/cam", "goal_raw"):
+            np.testing.assert_array_equal(lb[k].numpy(), batch[k].numpy()[order[4 * j:4 * j + 4]])
     for i in range(len(ds)):
         goal = ref.goal(arrays, i)
         np.testing.assert_array_equal(batch["goal_raw"][i].numpy(), goal["next_obs/pos"])
