@@ -405,10 +405,16 @@ def _gpu_rows(tmp: Path, src, got: int, repeat: int, cold_files, t_disk) -> list
     rows.append({"name": "lerobot parquet -> GPU", "bytes": got, "seconds": t,
                  "GB/s": got / t / 1e9, "target_GB/s": 1.0})
 
+    ran: list[dict] = []  # what each upload of the last cache_to_gpu call ran (to_device)
+
     def cache_to_gpu(method, chunk):
         c = read_cache(tmp / "cache", verify=False, progress=False)
-        return [to_device(a, "cuda", method=method, chunk_bytes=chunk)
-                for a in [*c.arrays.values(), c.timestamps]]
+        ran.clear()
+        out = []
+        for a in [*c.arrays.values(), c.timestamps]:
+            ran.append({})
+            out.append(to_device(a, "cuda", method=method, chunk_bytes=chunk, report=ran[-1]))
+        return out
 
     # (method, settings, what): the shipped methods, then settings of the lanes that only this
     # benchmark runs (registration lanes, chunk and staging piece sizes)
@@ -435,7 +441,7 @@ def _gpu_rows(tmp: Path, src, got: int, repeat: int, cold_files, t_disk) -> list
                      "seconds": t, "GB/s": got / t / 1e9, "of_pinned_copy": t_pin / t,
                      "target_of_pinned_copy": 0.8, "method": method,
                      "registration_lanes": lanes, "chunk_MB": chunk_mb, "piece_MB": piece_mb,
-                     "submit": submit, "read": read})
+                     "submit": submit, "read": read, "ran": _what_ran(ran)})
     if t_disk is not None:  # from the disk: the page cache dropped before each run
         for method in ("staged", "mixed"):
             upload = synced(lambda m=method: cache_to_gpu(m, _upload.DEFAULT_CHUNK_BYTES))
@@ -443,6 +449,15 @@ def _gpu_rows(tmp: Path, src, got: int, repeat: int, cold_files, t_disk) -> list
             rows.append({"name": f"cold: own cache -> GPU ({method})", "bytes": got,
                          "seconds": t, "GB/s": got / t / 1e9, "of_disk_read": t_disk / t})
     return rows
+
+
+def _what_ran(reports: list[dict]) -> dict:
+    """What the uploads of one cache load ran, from to_device's reports: the staging lane's
+    submit and read ways (every way seen), registration lanes set up, bytes they moved."""
+    return {"submit": "/".join(sorted({r["submit"] for r in reports})),
+            "read": "/".join(sorted({r["read"] for r in reports})),
+            "registration_lanes": max((r["registration_lanes"] for r in reports), default=0),
+            "registered_GB": sum(r["registered_bytes"] for r in reports) / 1e9}
 
 
 @contextlib.contextmanager
@@ -483,6 +498,11 @@ def _print(rows: list[dict]) -> None:
             notes.append(f"{100 * r['of_pinned_copy']:.0f}% of pinned copy (target 80%)")
         if "target_GB/s" in r:
             notes.append(f"target >= {r['target_GB/s']} GB/s")
+        if "ran" in r:  # what ran, which a refused registration or a missing CuPy can change
+            ran = r["ran"]
+            notes.append(f"ran: {ran['submit']} submit, {ran['read']} fill, "
+                         f"{ran['registration_lanes']} registration lane(s) moving "
+                         f"{ran['registered_GB']:.2f} GB")
         print(f"{r['name']:{width}s} {r['bytes'] / 1e9:7.3f} {r['seconds']:8.3f} {r['GB/s']:7.2f}  "
               + "; ".join(notes))
 

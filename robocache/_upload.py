@@ -109,13 +109,15 @@ def check_device_memory(needed: int, device, what: str = "the upload") -> None:
 
 def to_device(array: np.ndarray, device, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
               progress: bool | None = None, workers: int | None = None, what: str | None = None,
-              method: str = "staged"):
+              method: str = "staged", report: dict | None = None):
     """Copy `array` to `device` as a torch tensor (same shape and dtype); on the CPU return
     `array` itself. A non-contiguous array is made contiguous on the host first. `method`:
     "staged" (pinned staging buffers), "registered" (the array's pages locked in place) or
     "mixed" (both lanes at once); see the module docstring. Chunks are whole pages (at least
     one) of `chunk_bytes`; `workers`: fill threads (default: one per core, at most
-    MAX_FILL_THREADS)."""
+    MAX_FILL_THREADS). `report`: a dict filled with what ran (the benchmarks' labels): "submit"
+    ("cupy" / "torch"), "read" ("pread" / "copy"), "registration_lanes" (set up) and
+    "registered_bytes" (moved by them; the staging lane moved the rest)."""
     if not isinstance(array, np.ndarray):
         raise TypeError(f"array: expected a NumPy array, got {type(array).__name__}")
     if not (isinstance(chunk_bytes, int) and chunk_bytes > 0):
@@ -142,10 +144,16 @@ def to_device(array: np.ndarray, device, *, chunk_bytes: int = DEFAULT_CHUNK_BYT
     registrars = _cuda_registrars(dst_bytes, dev, lanes)
     stager = _cuda_stager(dst_bytes, dev)
     with staging_region(src) as region:
+        if report is not None:
+            report.update(submit="cupy" if isinstance(stager, _CupyStaging) else "torch",
+                          read="copy" if region is None else "pread",
+                          registration_lanes=len(registrars), registered_bytes=0)
         try:
             with _progress.bar(nbytes, "uploading", progress=progress) as bar:
-                copy_in_lanes(src_bytes, chunk_bytes, stager, registrars, alongside, bar,
-                              workers, region)
+                registered = copy_in_lanes(src_bytes, chunk_bytes, stager, registrars,
+                                           alongside, bar, workers, region)
+            if report is not None:
+                report["registered_bytes"] = registered
         finally:
             # also on an error (a failing read of a memory-mapped file, Ctrl-C): `out` belongs
             # to the caller's stream in torch's allocator, which would hand its memory out again
@@ -218,7 +226,7 @@ class ChunkClaims:
 
 
 def copy_in_lanes(src: np.ndarray, chunk: int, stager, registrars, alongside: bool, bar,
-                  workers: int | None, region: FileRegion | None = None) -> None:
+                  workers: int | None, region: FileRegion | None = None) -> int:
     """Copy every byte of `src` (uint8, contiguous) to the output, chunk by chunk: one thread
     per registrar runs `registered_lane` from the front of the chunks; the `StagingLane`'s
     fill threads work from the back at the same time when `alongside`, and in any case
@@ -226,16 +234,18 @@ def copy_in_lanes(src: np.ndarray, chunk: int, stager, registrars, alongside: bo
     without registrars all of them, front to back). An error in any lane stops the others
     (their queued copies are waited for and their pages unlocked) and is raised here. `bar`
     is advanced from every lane's threads (a _progress.bar is safe for that). `region`: the
-    file that holds src's bytes, which the staging lane then reads instead of src's pages."""
+    file that holds src's bytes, which the staging lane then reads instead of src's pages.
+    Returns the bytes the registration lanes moved."""
     address = int(src.ctypes.data)
     spans = page_spans(address, len(src), chunk)
     claims = ChunkClaims(len(spans))
     workers = workers or min(MAX_FILL_THREADS, usable_cpus())
     errors: list[BaseException] = []
+    registered: list[int] = []  # bytes per finished registration lane
 
     def registration(ops) -> None:
         try:
-            registered_lane(spans, address, claims, ops, bar)
+            registered.append(registered_lane(spans, address, claims, ops, bar))
         except BaseException as exc:  # raised again in the calling thread
             errors.append(exc)
             claims.close()
@@ -257,6 +267,7 @@ def copy_in_lanes(src: np.ndarray, chunk: int, stager, registrars, alongside: bo
     # alone, in file order (a cold memory-mapped file reads ahead forwards); after the
     # registration lanes, the chunks they gave back and those between the lanes
     staging.run(claims.back if threads else claims.front, workers)
+    return sum(registered)
 
 
 def _join(threads, claims: ChunkClaims, stop_first: bool) -> None:
@@ -388,8 +399,8 @@ class FileRegion:
     def of(cls, array: np.ndarray) -> FileRegion | None:
         """The region of a C-contiguous `array` whose memory is a read-only np.memmap of a file
         (a view of one included), opened; None otherwise, and where the file at the memmap's
-        path is no longer the mapped one (replaced since it was mapped: same device and inode
-        as the mapping's /proc/self/map_files link, so Linux only)."""
+        path is no longer the mapped one (replaced since it was mapped: the same device and
+        inode as the mapping's, _mapped_file_id, so Linux only)."""
         root = array
         while isinstance(root, np.ndarray) and not isinstance(root.base, mmap.mmap):
             root = root.base
@@ -399,7 +410,7 @@ class FileRegion:
         delta = int(array.ctypes.data) - int(root.ctypes.data)
         if delta < 0 or delta + array.nbytes > root.nbytes:
             return None
-        mapped = _mapped_file_stat(root.base)
+        mapped = _mapped_file_id(root.base)
         if mapped is None:
             return None
         try:
@@ -407,7 +418,7 @@ class FileRegion:
         except OSError:
             return None
         st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != (mapped.st_dev, mapped.st_ino):
+        if (st.st_dev, st.st_ino) != mapped:
             os.close(fd)
             return None
         return cls(fd, int(root.offset) + delta, str(root.filename))
@@ -440,38 +451,59 @@ def staging_region(array: np.ndarray):
             region.close()
 
 
-def _mapped_file_stat(mm: mmap.mmap) -> os.stat_result | None:
-    """The stat of the file that `mm` maps, through /proc/self/map_files (the mapping's own link,
-    ~10 us; Linux); None where there is no such link (another system, or a mapping the kernel
-    merged with a neighbour)."""
+def _mapped_file_id(mm: mmap.mmap) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the file that `mm` maps (Linux): the stat of the mapping's own
+    /proc/self/map_files link (~10 us, but only for processes with CAP_SYS_ADMIN or
+    CAP_CHECKPOINT_RESTORE), else the device and inode columns of the /proc/self/maps line that
+    holds the mapping (any process; ~1 ms); None where neither says (another system, a file
+    system whose maps device is not its stat device)."""
     try:
         start = int(np.frombuffer(mm, np.uint8).ctypes.data)
     except (ValueError, TypeError, BufferError):  # closed or empty
         return None
     end = start + -(-len(mm) // _PAGE) * _PAGE
     try:
-        return os.stat(f"/proc/self/map_files/{start:x}-{end:x}")
-    except OSError:
+        st = os.stat(f"/proc/self/map_files/{start:x}-{end:x}")
+        return st.st_dev, st.st_ino
+    except OSError:  # EPERM without the capabilities; no link where the kernel merged maps
+        return _maps_file_id(start, end)
+
+
+def _maps_file_id(start: int, end: int) -> tuple[int, int] | None:
+    """(device, inode) of the /proc/self/maps line whose range holds [start, end)."""
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            for line in f:  # "lo-hi perms offset major:minor inode [path]"
+                fields = line.split()
+                lo, _, hi = fields[0].partition(b"-")
+                if int(lo, 16) <= start and end <= int(hi, 16):
+                    major, _, minor = fields[3].partition(b":")
+                    return os.makedev(int(major, 16), int(minor, 16)), int(fields[4])
+    except (OSError, ValueError, IndexError):
         return None
+    return None
 
 
-def registered_lane(spans, address: int, claims: ChunkClaims, ops, bar) -> None:
+def registered_lane(spans, address: int, claims: ChunkClaims, ops, bar) -> int:
     """For each chunk of the source at `address` (cut into `spans` by page_spans) that
     claims.front() hands out (until None): ops.register(page_lo, n) locks its pages (raising
     RegistrationRefused when the driver will not: the chunk is given back and the lane stops),
     ops.copy(offset, lo, n) queues the copy of its n bytes at lo to the output's
     byte `offset` and returns a handle, ops.wait(handle) waits for it, ops.unregister(page_lo)
     unlocks. At most REGISTERED_IN_FLIGHT chunks are locked at once; each is unlocked once its
-    copy is done, and every locked chunk is unlocked on any exit."""
+    copy is done, and every locked chunk is unlocked on any exit. Returns the bytes copied."""
     in_flight: deque = deque()
+    moved = 0
 
     def retire() -> None:
+        nonlocal moved
         handle, page_lo, n = in_flight.popleft()
         try:
             ops.wait(handle)
         finally:
             ops.unregister(page_lo)
         bar.update(n)
+        moved += n
 
     try:
         for c in iter(claims.front, None):
@@ -491,6 +523,7 @@ def registered_lane(spans, address: int, claims: ChunkClaims, ops, bar) -> None:
             in_flight.append((handle, page_lo, hi - lo))
         while in_flight:
             retire()
+        return moved
     finally:
         while in_flight:  # an error: let the queued copies finish, then unlock
             try:
@@ -664,6 +697,6 @@ def _cuda_registrars(dst_bytes, dev, lanes: int) -> list:
     for _ in range(lanes):
         try:
             registrars.append(_CudaRegisterOps(dst_bytes, dev))
-        except (ImportError, RegistrationRefused, RuntimeError):
-            break
+        except (ImportError, RegistrationRefused, RuntimeError, AttributeError, TypeError):
+            break  # AttributeError / TypeError: a CuPy that cannot wrap torch's stream
     return registrars

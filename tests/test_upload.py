@@ -423,7 +423,9 @@ def test_to_device_runs_the_lanes_of_each_method(cpu_as_cuda, monkeypatch, metho
     monkeypatch.setattr(_upload, "_cuda_registrars", registrars)
     monkeypatch.setattr(_upload, "_cuda_stager", stager)
     a = np.random.default_rng(5).standard_normal((3001, 7)).astype(np.float32)[1:]
-    out = _upload.to_device(a, "cuda", chunk_bytes=3 * PAGE, method=method, progress=False)
+    report = {}
+    out = _upload.to_device(a, "cuda", chunk_bytes=3 * PAGE, method=method, progress=False,
+                            report=report)
     assert out.dtype == torch.float32 and tuple(out.shape) == a.shape
     np.testing.assert_array_equal(out.numpy(), a)
     lanes, alongside = _upload.METHODS[method]
@@ -431,6 +433,12 @@ def test_to_device_runs_the_lanes_of_each_method(cpu_as_cuda, monkeypatch, metho
     assert all(r.copied and not r.locked for r in made["registrars"])
     if not alongside:  # the staging lane copies all or (no refusal here) nothing
         assert bool(made["stager"].copied) == (lanes == 0)
+    # the report says what ran: the bytes the registration lanes moved, the stager's ways
+    moved = sum(n for r in made["registrars"] for _off, n in r.copied)
+    assert report == {"submit": "torch", "read": "copy", "registration_lanes": lanes,
+                      "registered_bytes": moved}
+    lo, hi = {"staged": (0, 0), "registered": (a.nbytes, a.nbytes), "mixed": (1, a.nbytes)}[method]
+    assert lo <= moved <= hi
 
 
 @pytest.fixture
@@ -618,9 +626,12 @@ def test_runtime_staging_ops_on_a_host_stand_in(host_cuda, monkeypatch, tmp_path
     monkeypatch.setattr(_upload, "MIN_PARALLEL_BYTES", 1)
     monkeypatch.setattr(_upload, "STAGING_PIECE_BYTES", 3 * PAGE + 5)
     a = np.random.default_rng(10).integers(0, 255, (70_001,), dtype=np.uint8)
+    report = {}
     out = _upload.to_device(_memmapped(tmp_path, a), "cuda", chunk_bytes=4 * PAGE, workers=3,
-                            progress=False)
+                            progress=False, report=report)
     np.testing.assert_array_equal(out.numpy(), a)
+    assert report == {"submit": "cupy", "read": "pread", "registration_lanes": 0,
+                      "registered_bytes": 0}
     assert rt.staged >= 5 and rt.copies == 0 and not host_cuda.events  # no torch event
     assert len(rt.devices_entered) == 3  # once per fill worker
     assert sum(rt.recorded.values()) == rt.staged
@@ -663,10 +674,13 @@ def test_cuda_registration_ops_on_a_host_stand_in(host_cuda, monkeypatch, tmp_pa
     monkeypatch.setattr(_upload, "MIN_PARALLEL_BYTES", 1)
     monkeypatch.setattr(_upload, "STAGING_PIECE_BYTES", 2 * PAGE)
     a = np.random.default_rng(9).integers(-2**40, 2**40, (9_001, 5), dtype=np.int64)
+    report = {}
     out = _upload.to_device(_memmapped(tmp_path, a), "cuda", chunk_bytes=4 * PAGE, workers=2,
-                            method=method, progress=False)
+                            method=method, progress=False, report=report)
     np.testing.assert_array_equal(out.numpy(), a)
     assert rt.copies >= 1 and not rt.locked
+    assert report["submit"] == submit and report["registration_lanes"] == 1
+    assert 0 < report["registered_bytes"] <= a.nbytes
     staged = rt.staged if submit == "cupy" else sum(e.recorded for e in host_cuda.events)
     if refuse_at is not None:
         assert rt.copies <= refuse_at and staged >= 1  # the rest went through the staging
@@ -695,7 +709,31 @@ def test_memory_check_uses_free_plus_cached(monkeypatch):
 # --- the staging lane reading a memory-mapped file with pread ---------------------------------
 
 
-def test_file_region_of_memmaps_and_their_views(tmp_path):
+@pytest.fixture(params=["map_files", "maps"])
+def mapped_id(request, monkeypatch):
+    """How FileRegion identifies the mapped file: the stat of its /proc/self/map_files link
+    (processes with CAP_SYS_ADMIN, like root here), or - where that stat is refused (EPERM: an
+    ordinary user, root in a container) - its /proc/self/maps line. Yields the maps look-ups."""
+    used = []
+    if request.param == "maps":
+        real_stat, real_maps = os.stat, _upload._maps_file_id
+
+        def stat(path, *args, **kwargs):
+            if str(path).startswith("/proc/self/map_files/"):
+                raise PermissionError(1, "Operation not permitted", str(path))
+            return real_stat(path, *args, **kwargs)
+
+        def maps(start, end):
+            used.append(start)
+            return real_maps(start, end)
+
+        monkeypatch.setattr(os, "stat", stat)
+        monkeypatch.setattr(_upload, "_maps_file_id", maps)
+    yield used
+    assert bool(used) == (request.param == "maps")
+
+
+def test_file_region_of_memmaps_and_their_views(tmp_path, mapped_id):
     """A read-only memmap of a file, and contiguous views of one (slices, dtype views, NumPy's
     ascontiguousarray), read back the array's own bytes from the file; anything else - a
     strided view, copy-on-write or writable maps, plain arrays - has no region."""
@@ -733,7 +771,8 @@ def _counting_preads(monkeypatch):
     return calls
 
 
-def test_a_file_replaced_since_it_was_mapped_is_not_read(fake_staging, tmp_path, monkeypatch):
+def test_a_file_replaced_since_it_was_mapped_is_not_read(fake_staging, tmp_path, monkeypatch,
+                                                          mapped_id):
     """A memmap keeps the file it mapped; a new file at its path (e.g. the cache saved again
     meanwhile) is another inode, so the upload copies the mapped pages instead of reading it:
     the array's own bytes arrive, not the new file's."""
@@ -772,7 +811,8 @@ def test_staging_lane_reads_the_file_or_copies_the_pages(fake_staging, tmp_path,
         assert not calls and not closed
 
 
-def test_a_file_truncated_since_it_was_mapped_fails_cleanly(fake_staging, tmp_path, monkeypatch):
+def test_a_file_truncated_since_it_was_mapped_fails_cleanly(fake_staging, tmp_path, monkeypatch,
+                                                            mapped_id):
     """Touching a map past the end of its (since truncated) file kills the process (SIGBUS);
     read from the file, the upload fails with an error naming it, and the file is closed."""
     a = np.arange(400_000, dtype=np.float32)
