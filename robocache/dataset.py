@@ -225,6 +225,7 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         self._host_frame_ptrs: dict[str, np.uint64] = {}
         self._calls = 0  # random-draw batch counter of direct __getitems__ calls
         self._norm = self._resolve_norm(normalize, stats, normalize_eps, sources)
+        dtype = self._check_dtype(dtype)
         wkeys = []
         for k in self._keys:
             src = sources[k]
@@ -250,6 +251,7 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         # the order of a sample's entries: each key with its mask, then the anchor's indices
         self._order = [n for k in self._keys for n in (k, f"{k}_is_pad")
                        if n == k or k in self._deltas] + list(META_KEYS)
+        self._check_output_names()
 
     # -----------------------------------------------------------------------------------------
     # construction helpers
@@ -294,6 +296,19 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         if self._task_of_anchor is not None:
             batch["task"] = self._task_of_anchor[idx].tolist()
         return batch
+
+    def _check_output_names(self) -> None:
+        """Every entry of a sample once: a store key named like another key's mask ("x_is_pad")
+        or like the task strings ("task") would be overwritten by them."""
+        names = self._order + (["task"] if self._task_of_anchor is not None else [])
+        seen: set[str] = set()
+        for n in names:
+            if n in seen:
+                what = ("the task strings (or pass return_task=False)" if n == "task"
+                        else f"the is_pad mask of {n[:-len('_is_pad')]!r}")
+                raise ValueError(f"keys: the store key {n!r} has the name of {what}; leave it "
+                                 f"out with keys=[...]")
+            seen.add(n)
 
     def _check_goal_keys(self, goal_keys, names) -> dict[str, str]:
         if goal_keys is None:
@@ -458,21 +473,37 @@ class TrajectoryDataset(torch.utils.data.Dataset):
             return feature_stats(self._store.timestamps)
         return self._store.stats([key])[key]
 
-    def _out_dtype(self, key: str, src, dtype, norm) -> str | None:
-        in_dt = _array.dtype_name(src)
-        if isinstance(dtype, Mapping):  # torch / NumPy dtypes are accepted as well as names
-            dtype = {k: _array.dtype_name_of(v) for k, v in dtype.items()}
-        elif dtype is not None:
-            dtype = _array.dtype_name_of(dtype)
-        want = dtype.get(key) if isinstance(dtype, Mapping) else dtype
+    def _check_dtype(self, dtype):
+        """The dtype argument as names (torch / NumPy dtypes are accepted as well as names):
+        None, one name, or a dict of dataset key -> name; each a float dtype or "keep"."""
+        if dtype is None:
+            return None
         if isinstance(dtype, Mapping):
+            dtype = {k: _array.dtype_name_of(v) for k, v in dtype.items()}
             for k in dtype:
                 if k not in self._keys:
                     raise ValueError(f"dtype: expected keys of the dataset {list(self._keys)}, "
                                      f"got {k!r}")
-        elif dtype is not None and not isinstance(dtype, str):
-            raise TypeError(f"dtype: expected a dtype name or a dict of key -> name, got "
-                            f"{type(dtype).__name__}")
+                if k in self._image_keys:
+                    raise ValueError(f"dtype[{k!r}]: a camera key's dtype is its image "
+                                     f"transform's (out_dtype), not set here")
+            wants = list(dtype.values())
+        else:
+            dtype = _array.dtype_name_of(dtype)
+            if not isinstance(dtype, str):
+                raise TypeError(f"dtype: expected a dtype name or a dict of key -> name, got "
+                                f"{type(dtype).__name__}")
+            wants = [dtype]
+        for want in wants:
+            if want != "keep" and want not in OUT_FLOAT:
+                raise ValueError(f"dtype: expected one of {list(OUT_FLOAT)} or 'keep', got "
+                                 f"{want!r}")
+        return dtype
+
+    def _out_dtype(self, key: str, src, dtype, norm) -> str | None:
+        """The output dtype of a (non-camera) key from the checked dtype argument."""
+        in_dt = _array.dtype_name(src)
+        want = dtype.get(key) if isinstance(dtype, Mapping) else dtype
         floating = in_dt in OUT_FLOAT
         if want == "keep":
             if norm is None:
@@ -482,9 +513,6 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                                  f"{in_dt} key; use a float dtype")
             return in_dt
         if want is not None:
-            if want not in OUT_FLOAT:
-                raise ValueError(f"dtype: expected one of {list(OUT_FLOAT)} or 'keep', got "
-                                 f"{want!r}")
             if floating or norm is not None or isinstance(dtype, Mapping):
                 return want
             return None

@@ -20,7 +20,7 @@ import numpy as np
 from . import _array, _progress, _runtime
 from . import stats as _stats
 from ._errors import BackendUnavailableError, DeviceMemoryError
-from .formats.source import TrajectorySource
+from .formats.source import TrajectorySource, default_image_keys, image_key_tuple
 from .windows import check_episode_ends, episode_starts
 
 ARRAY_DTYPES = tuple(_array.ITEMSIZE)
@@ -135,7 +135,8 @@ class TrajectoryStore:
         fps: frames per second (needed by delta_timestamps). timestamps: float [N], seconds
         within each episode. device: "cpu", "cuda", "cuda:N", or None (CUDA when usable).
         stats: shipped statistics (key -> {"mean", "std", ...}), used by normalize= when the
-        dataset gets none. image_keys: camera-frame keys (default: uint8 arrays of rank >= 3).
+        dataset gets none. image_keys: camera-frame keys, uint8 [N, H, W(, C)] (default None:
+        every uint8 array of rank >= 3; [] for none).
         frames_on_host: on a CUDA device, keep the camera keys in pinned host memory, read by
         the image kernel over the bus (for frame stores larger than free GPU memory).
         """
@@ -144,7 +145,7 @@ class TrajectoryStore:
                             f"{type(arrays).__name__}")
         source = TrajectorySource(arrays=dict(arrays), episode_ends=episode_ends, fps=fps,
                                   timestamps=timestamps, stats=None if stats is None
-                                  else dict(stats), image_keys=tuple(image_keys or ()))
+                                  else dict(stats), image_keys=image_key_tuple(image_keys))
         return cls.from_source(source, device=device, progress=progress,
                                frames_on_host=frames_on_host)
 
@@ -172,6 +173,8 @@ class TrajectoryStore:
             if dt not in ARRAY_DTYPES:
                 raise TypeError(f"arrays[{key!r}]: expected a numeric dtype in "
                                 f"{list(ARRAY_DTYPES)}, got {dt}")
+            if isinstance(x, np.ndarray) and not x.dtype.isnative:  # e.g. '>f4' from a file
+                x = x.astype(x.dtype.newbyteorder("="))  # the kernels and torch read native
             if x.ndim < 1:
                 raise ValueError(f"arrays[{key!r}]: expected an array [N, *feature], got a "
                                  "scalar")
@@ -201,25 +204,24 @@ class TrajectoryStore:
             ts = ts.astype(np.float64)
             if not np.isfinite(ts).all():
                 raise ValueError("timestamps: expected finite timestamps, got NaN or inf")
-        image_keys = tuple(source.image_keys)
+        image_keys = (default_image_keys(checked) if source.image_keys is None
+                      else tuple(source.image_keys))
         for k in image_keys:
             if k not in checked:
                 raise ValueError(f"image_keys: expected keys of arrays {list(checked)}, got "
                                  f"{k!r}")
-        if not image_keys:  # default: uint8 arrays [N, H, W(, C)]
-            image_keys = tuple(k for k, x in checked.items()
-                               if _array.dtype_name(x) == "uint8" and x.ndim >= 3)
+            x = checked[k]
+            if _array.dtype_name(x) != "uint8" or x.ndim < 3:
+                raise TypeError(f"image_keys: expected camera frames, uint8 [N, H, W(, C)], got "
+                                f"{k!r} of dtype {_array.dtype_name(x)} and shape "
+                                f"{tuple(x.shape)} (keep it an ordinary key)")
         shipped = _check_stats("stats", source.stats, checked) if source.stats else None
 
         dev = resolve_device(device)
         _require_device(dev)
         if not isinstance(frames_on_host, bool):
             raise TypeError(f"frames_on_host: expected a bool, got {frames_on_host!r}")
-        host_keys = image_keys if frames_on_host and dev != "cpu" else ()
-        for k in host_keys:
-            if _array.dtype_name(checked[k]) != "uint8":
-                raise TypeError(f"frames_on_host: expected uint8 camera keys, got {k!r} of dtype "
-                                f"{_array.dtype_name(checked[k])}")
+        host_keys = image_keys if frames_on_host and dev != "cpu" else ()  # uint8, checked
         placed = _place(checked, ts, dev, progress, host_keys)
         return cls(arrays=placed[0], episode_ends=ends, fps=fps, timestamps=placed[1],
                    device=dev, shipped_stats=shipped, image_keys=image_keys,

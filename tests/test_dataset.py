@@ -529,6 +529,35 @@ def test_robomimic_goal_obs(fs, sl, pfs, psl):
                                       rm_normalize_obs(goal["next_obs/pos"], obs_stats))
 
 
+def test_store_keys_named_like_outputs_are_refused():
+    """A store key that a sample's mask or task strings would overwrite is an error naming it
+    (leaving it out with keys= works); a dtype argument is checked with camera keys alone."""
+    s = rc.TrajectoryStore.from_arrays({"action": np.arange(6, dtype=np.float32),
+                                        "action_is_pad": np.full(6, 7)}, [3, 6], device="cpu")
+    with pytest.raises(ValueError, match="store key 'action_is_pad' has the name of the is_pad "
+                                         "mask of 'action'"):
+        rc.TrajectoryDataset(s, delta_indices={"action": [-1, 0]})
+    ok = rc.TrajectoryDataset(s, delta_indices={"action": [-1, 0]}, keys=["action"])
+    assert ok[0]["action_is_pad"].dtype == torch.bool
+    assert rc.TrajectoryDataset(s)[0]["action_is_pad"] == 7  # no offsets on action: no mask
+    t = rc.TrajectoryStore.from_arrays({"task_index": np.zeros(6, np.int64),
+                                        "task": np.ones(6, np.float32)}, [3, 6], device="cpu")
+    t.meta["tasks"] = ["pick"]
+    with pytest.raises(ValueError, match="'task' has the name of the task strings"):
+        rc.TrajectoryDataset(t)
+    assert rc.TrajectoryDataset(t, return_task=False)[0]["task"] == 1.0
+    cams = rc.TrajectoryStore.from_arrays({"cam": np.zeros((4, 2, 2, 3), np.uint8)}, [4],
+                                          device="cpu")
+    with pytest.raises(TypeError, match="dtype: expected a dtype name"):
+        rc.TrajectoryDataset(cams, dtype=5)
+    with pytest.raises(ValueError, match=r"dtype: expected keys of the dataset \['cam'\]"):
+        rc.TrajectoryDataset(cams, dtype={"zz": "float16"})
+    with pytest.raises(ValueError, match=r"dtype\['cam'\]: a camera key's dtype"):
+        rc.TrajectoryDataset(cams, dtype={"cam": "float16"})
+    with pytest.raises(ValueError, match="dtype: expected one of"):
+        rc.TrajectoryDataset(cams, dtype="int8")
+
+
 def test_goal_keys_are_checked():
     st = rc.TrajectoryStore.from_arrays({"x": np.zeros((6, 2), np.float32)}, episode_ends=[2, 6],
                                         fps=10, timestamps=[0, 0.1, 0, 0.1, 0.2, 0.3],

@@ -121,6 +121,44 @@ def test_bad_inputs():
         mk({"a": a}, episode_ends=[9], image_keys=["cam"], device="cpu")
 
 
+def test_image_keys_are_uint8_frames_named_or_detected():
+    """image_keys: None detects uint8 arrays of rank >= 3, [] turns detection off, one name is
+    one key; a named key that is not uint8 frames is refused (the image kernel reads bytes)."""
+    grid = np.zeros((4, 3, 2), np.uint8)
+    mk = rc.TrajectoryStore.from_arrays
+    assert mk({"grid": grid}, [4], device="cpu").image_keys == ("grid",)
+    off = mk({"grid": grid}, [4], device="cpu", image_keys=[])
+    assert off.image_keys == ()
+    ds = rc.TrajectoryDataset(off, normalize={"grid": "min_max"})  # an ordinary key now
+    assert ds[0]["grid"].shape == (3, 2)
+    assert mk({"grid": grid, "g2": grid}, [4], device="cpu", image_keys="grid").image_keys == \
+        ("grid",)
+    for bad in (np.zeros((4, 8, 8, 1), np.float32), np.zeros((4, 8), np.uint8)):
+        with pytest.raises(TypeError, match="image_keys: expected camera frames, uint8"):
+            mk({"depth": bad}, [4], image_keys=["depth"], device="cpu")
+    with pytest.raises(TypeError, match="image_keys: expected None, a key name"):
+        mk({"grid": grid}, [4], image_keys=3, device="cpu")
+
+
+def test_arrays_in_another_byte_order_are_read_natively(tmp_path):
+    """Big-endian arrays (an HDF5 or zarr file written so) are stored in native order: batches,
+    torch and the kernels see the right values; a cache written from them loads the same."""
+    x = np.arange(10, dtype=">f4")[:, None] * 1.5
+    i = np.arange(10, dtype=">i4")
+    st = rc.TrajectoryStore.from_arrays({"x": x, "i": i}, [4, 10], device="cpu")
+    assert st["x"].dtype.isnative and st["i"].dtype == np.int32
+    ds = rc.TrajectoryDataset(st, delta_indices={"x": [-1, 0]}, dtype="keep")
+    b = ds.__getitems__(range(len(ds)))
+    np.testing.assert_array_equal(b["i"].numpy(), np.arange(10))
+    np.testing.assert_array_equal(b["x"].numpy()[:, 1, 0], np.arange(10) * 1.5)
+    st.save(tmp_path / "c")
+    rc.formats.write_cache(tmp_path / "be", {"x": x, "i": i}, episode_ends=[4, 10])
+    for d in ("c", "be"):
+        back = rc.TrajectoryStore.load(tmp_path / d, device="cpu")
+        np.testing.assert_array_equal(back["i"], np.arange(10))
+        assert back["i"].dtype.isnative
+
+
 def test_cuda_without_gpu_is_a_clear_error(monkeypatch):
     if rc.cuda_available():
         pytest.skip("a GPU is present")
@@ -270,7 +308,8 @@ def test_frames_on_host_keep_camera_bytes_out_of_device_memory(monkeypatch):
     cpu = rc.TrajectoryStore.from_arrays(arrays, episode_ends=[20, 50], device="cpu",
                                          frames_on_host=True)
     assert cpu.host_keys == ()  # a CPU store keeps everything on the host anyway
-    with pytest.raises(TypeError, match="frames_on_host"):
+    with pytest.raises(TypeError, match=r"image_keys: expected camera frames, uint8 .* 'cam' "
+                                        r"of dtype float32"):  # any device, host frames or not
         rc.TrajectoryStore.from_arrays({"cam": cam.astype(np.float32)}, episode_ends=[50],
                                        image_keys=["cam"], device="cuda:0", frames_on_host=True)
     with pytest.raises(TypeError, match="frames_on_host"):

@@ -39,7 +39,7 @@ from .._cpus import usable_cpus
 from .._errors import DatasetFormatError
 from .._version import __version__
 from . import _paths
-from .source import TrajectorySource
+from .source import TrajectorySource, default_image_keys, image_key_tuple
 
 FORMAT = "robocache-cache"
 FORMAT_VERSION = 1
@@ -52,7 +52,7 @@ _HASH_BLOCK = 8 << 20
 # writing
 
 def write_cache(directory, source, *, episode_ends=None, fps=None, timestamps=None, stats=None,
-                image_keys=(), meta=None, overwrite: bool = False,
+                image_keys=None, meta=None, overwrite: bool = False,
                 progress: bool | None = None) -> Path:
     """Write `source` (a TrajectorySource, or a mapping key -> array [N, ...] with
     episode_ends and the other keyword fields) as a cache in `directory`. Arrays may be NumPy,
@@ -60,8 +60,8 @@ def write_cache(directory, source, *, episode_ends=None, fps=None, timestamps=No
     if isinstance(source, TrajectorySource):
         given = {"episode_ends": episode_ends, "fps": fps, "timestamps": timestamps,
                  "stats": stats, "meta": meta}
-        extra = [k for k, v in given.items() if v is not None] + (["image_keys"] if image_keys
-                                                                   else [])
+        extra = [k for k, v in given.items() if v is not None] + (
+            [] if image_keys is None else ["image_keys"])
         if extra:
             raise TypeError(f"write_cache: {extra} come from the TrajectorySource; pass them only "
                             f"with a mapping of arrays")
@@ -75,6 +75,10 @@ def write_cache(directory, source, *, episode_ends=None, fps=None, timestamps=No
     else:
         raise TypeError(f"source: expected a TrajectorySource or a mapping of arrays, got "
                         f"{type(source).__name__}")
+    # the manifest names the camera keys (None: those that look like camera frames)
+    image_keys = image_key_tuple(image_keys)
+    if image_keys is None:
+        image_keys = default_image_keys(arrays)
     plan = _plan(arrays, episode_ends, fps, timestamps, stats, image_keys, meta)
     target = Path(os.fspath(directory)).expanduser().absolute()
     _check_target(target, overwrite)
@@ -285,7 +289,8 @@ def read_cache(directory, verify: bool = True, progress: bool | None = None) -> 
         ends = np.asarray(manifest["episode_ends"], dtype=np.int64)
         fps = manifest.get("fps")
         ts_entry = manifest.get("timestamps")
-        image_keys = tuple(manifest.get("image_keys", ()))
+        image_keys = manifest.get("image_keys")  # absent: detected by the store
+        image_keys = None if image_keys is None else tuple(image_keys)
         stats_json = manifest.get("stats") or {}
         meta = manifest.get("meta") or {}
     except (KeyError, TypeError, ValueError) as exc:

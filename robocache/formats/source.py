@@ -16,7 +16,8 @@ class TrajectorySource:
     fps:          frames per second, when the format knows it
     timestamps:   float64 [N] per-frame times in seconds within each episode, when known
     stats:        key -> {"mean", "std", "min", "max", "count", "q01", ...: arrays}, when shipped
-    image_keys:   the keys that hold camera frames
+    image_keys:   the keys that hold camera frames (uint8 [N, H, W(, C)]); None: those that
+                  look like them (default_image_keys)
     meta:         format-specific extras (tasks, robot type, source path...)
     """
 
@@ -25,5 +26,26 @@ class TrajectorySource:
     fps: float | None = None
     timestamps: np.ndarray | None = None
     stats: dict[str, dict[str, np.ndarray]] | None = None
-    image_keys: tuple[str, ...] = ()
+    image_keys: tuple[str, ...] | None = None
     meta: dict = field(default_factory=dict)
+
+
+def default_image_keys(arrays) -> tuple[str, ...]:
+    """The keys of `arrays` that look like camera frames: uint8 of rank >= 3 ([N, H, W(, C)])."""
+    from .. import _array
+
+    return tuple(k for k, x in arrays.items()
+                 if _array.dtype_name(x) == "uint8" and len(x.shape) >= 3)
+
+
+def image_key_tuple(image_keys) -> tuple[str, ...] | None:
+    """`image_keys` as given by a user: None (detect), one key name, or an iterable of names."""
+    if image_keys is None:
+        return None
+    if isinstance(image_keys, str):
+        return (image_keys,)
+    try:
+        return tuple(image_keys)
+    except TypeError:
+        raise TypeError(f"image_keys: expected None, a key name or a list of key names, got "
+                        f"{type(image_keys).__name__}") from None
