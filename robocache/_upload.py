@@ -401,15 +401,10 @@ class FileRegion:
         (a view of one included), opened; None otherwise, and where the file at the memmap's
         path is no longer the mapped one (replaced since it was mapped: the same device and
         inode as the mapping's, _mapped_file_id, so Linux only)."""
-        root = array
-        while isinstance(root, np.ndarray) and not isinstance(root.base, mmap.mmap):
-            root = root.base
-        if (not isinstance(root, np.memmap) or root.mode != "r" or not root.filename
-                or not array.flags.c_contiguous):
+        found = memmap_root(array)
+        if found is None or found[0].mode != "r":
             return None
-        delta = int(array.ctypes.data) - int(root.ctypes.data)
-        if delta < 0 or delta + array.nbytes > root.nbytes:
-            return None
+        root, delta = found
         mapped = _mapped_file_id(root.base)
         if mapped is None:
             return None
@@ -437,6 +432,20 @@ class FileRegion:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def memmap_root(array: np.ndarray) -> tuple[np.memmap, int] | None:
+    """(the np.memmap of a file whose memory the C-contiguous `array` is, the byte offset of
+    array's first byte in it); None for anything else (a strided view, a plain array)."""
+    root = array
+    while isinstance(root, np.ndarray) and not isinstance(root.base, mmap.mmap):
+        root = root.base
+    if not isinstance(root, np.memmap) or not root.filename or not array.flags.c_contiguous:
+        return None
+    delta = int(array.ctypes.data) - int(root.ctypes.data)
+    if delta < 0 or delta + array.nbytes > root.nbytes:
+        return None
+    return root, delta
 
 
 @contextlib.contextmanager

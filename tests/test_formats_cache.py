@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import robocache as rc
 from robocache._errors import DatasetFormatError
 from robocache.formats import TrajectorySource, read_cache, write_cache
 from robocache.formats import cache as cache_mod
@@ -68,6 +69,30 @@ def test_round_trip_memory_maps(tmp_path):
     assert len(manifest["arrays"]["action"]["sha256"]) == 64
     assert manifest["timestamps"]["file"] == "timestamps.npy"
     assert [p.name for p in tmp_path.iterdir()] == ["c"]  # no temporary directories left
+
+
+def test_a_cpu_load_hands_out_private_pages(tmp_path):
+    """A store loaded on the CPU maps the files copy-on-write: a custom image transform that
+    writes into the frames it is handed changes its own pages (a write into a read-only map
+    killed the process), torch does not warn, and the cache stays as written."""
+    import warnings
+
+    src = make_source()
+    out = write_cache(tmp_path / "c", src, progress=False)
+    store = rc.TrajectoryStore.load(out, device="cpu", progress=False)
+    key = "observation.images.top"
+    assert store[key].flags.writeable and not store[key].flags.owndata  # mapped, not copied
+
+    def scribble(frames, rows, is_pad):
+        frames[:] = 7
+        return frames.index_select(0, rows.reshape(-1))
+
+    ds = rc.TrajectoryDataset(store, image_transforms={key: scribble})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert (ds[0][key] == 7).all()
+    again = rc.TrajectoryStore.load(out, device="cpu", verify=True, progress=False)
+    np.testing.assert_array_equal(again[key], src.arrays[key])
 
 
 def test_from_a_mapping(tmp_path):
@@ -205,6 +230,9 @@ def test_newer_format_version_refused(cache):
     (lambda m: m.update(episode_ends=[3, 4, 8]), "episode_ends"),
     (lambda m: m.pop("num_frames"), "malformed manifest"),
     (lambda m: m["stats"]["action"]["mean"].update(shape=[5]), "malformed stats"),
+    (lambda m: m.update(fps="abc"), r"malformed manifest .*fps is 'abc'"),
+    (lambda m: m.update(fps=True), "malformed manifest"),
+    (lambda m: m.update(episode_ends=[3.5, 4, 9]), "malformed manifest .*non-integers"),
 ])
 def test_malformed_manifest(cache, edit, match):
     m = json.loads((cache / "manifest.json").read_text())

@@ -286,8 +286,14 @@ def read_cache(directory, verify: bool = True, progress: bool | None = None) -> 
         n = int(manifest["num_frames"])
         keys = list(manifest["keys"])
         entries = {k: manifest["arrays"][k] for k in keys}
-        ends = np.asarray(manifest["episode_ends"], dtype=np.int64)
+        raw_ends = list(manifest["episode_ends"])
+        if not all(isinstance(e, int) and not isinstance(e, bool) for e in raw_ends):
+            raise ValueError(f"episode_ends holds non-integers {raw_ends[:5]}")
+        ends = np.asarray(raw_ends, dtype=np.int64)
         fps = manifest.get("fps")
+        if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float))
+                                or not math.isfinite(fps) or fps <= 0):
+            raise ValueError(f"fps is {fps!r}, not a positive number")
         ts_entry = manifest.get("timestamps")
         image_keys = manifest.get("image_keys")  # absent: detected by the store
         image_keys = None if image_keys is None else tuple(image_keys)
