@@ -330,6 +330,15 @@ def test_bad_inputs():
     call(f, idx, shift=1)                     # a cached plan must not let shift=True through
     with pytest.raises(ValueError, match="shift"):
         call(f, idx, shift=True)
+    for kw, match in (({"scale": 1e300}, r"scale: expected a number in \[1e-30, 1e30\]"),
+                      ({"scale": 1e-50}, "scale"), ({"std": 1e-45}, "float32 inverse"),
+                      ({"mean": 1e39}, "values float32 holds")):  # float32 would overflow
+        with pytest.raises(ValueError, match=match):
+            call(f, idx, **kw)
+    for ok, bad in (((4, 4), (4.0, 4.0)), ([3, 3], [3.0, 3.0])):  # nor floats in a pair
+        call(f, idx, crop=ok)
+        with pytest.raises(TypeError, match="crop: expected an int or a pair of ints"):
+            call(f, idx, crop=bad)
 
 
 def test_unchecked_indices_are_clamped_not_read_out_of_bounds():
@@ -705,7 +714,7 @@ def test_exact_division_only_for_plain_float_outputs():
     assert images.make_plan(shape, scale=1 / 127.5).divisor == 127.5
     assert images.make_plan(shape, mean=0.0, std=1.0).exact      # the identity normalisation
     for kw in (dict(mean=0.5), dict(std=0.5), dict(brightness=0.2), dict(contrast=0.2),
-               dict(out_dtype="uint8"), dict(scale=1e-31)):
+               dict(out_dtype="uint8")):
         plan = images.make_plan(shape, **kw)
         assert not plan.exact and plan.kernel.endswith(", false>"), kw
     frames = np.full((1, 8, 8, 3), 129, np.uint8)

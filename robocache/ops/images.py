@@ -179,7 +179,11 @@ def _per_channel(name: str, value, C: int, default: float) -> np.ndarray:
         V.fail(name, f"a scalar or {C} values (one per channel)", f"{arr.size} values")
     if not np.isfinite(arr).all():
         V.fail(name, "finite values", "NaN or inf")
-    return arr.astype(np.float32)
+    with np.errstate(over="ignore"):
+        arr32 = arr.astype(np.float32)
+    if not np.isfinite(arr32).all():
+        V.fail(name, "values float32 holds (|x| < 3.4e38)", repr(arr.tolist()))
+    return arr32
 
 
 def _jitter_range(name: str, value) -> tuple[float, float] | None:
@@ -235,16 +239,20 @@ def make_plan(frame_shape, *, crop=None, crop_mode: str = "center", per_frame_cr
         V.fail("scale", "'auto', None or a positive number", repr(scale), TypeError)
     if not (np.isfinite(scale) and scale > 0):
         V.fail("scale", "a finite number > 0", repr(scale))
+    if not 1e-30 <= scale <= 1e30:  # its float32, its inverse and 255 times it stay normal
+        V.fail("scale", "a number in [1e-30, 1e30]", repr(scale))
     mean_a = _per_channel("mean", mean, C, 0.0)
     std_a = _per_channel("std", std, C, 1.0)
     if (std_a <= 0).any():
         V.fail("std", "values > 0", repr(std_a.tolist()))
-    inv_std = np.float32(1.0) / std_a
+    with np.errstate(over="ignore", divide="ignore"):
+        inv_std = np.float32(1.0) / std_a
+    if not np.isfinite(inv_std).all():
+        V.fail("std", "values whose float32 inverse is finite (>= 3e-39)", repr(std_a.tolist()))
     brightness = _jitter_range("brightness", brightness)
     contrast = _jitter_range("contrast", contrast)
     plain = (out_dtype != "uint8" and brightness is None and contrast is None
-             and not mean_a.any() and (std_a == 1).all()
-             and 1e-30 <= scale <= 1e30)  # 1 / scale and its inverse normal float32s
+             and not mean_a.any() and (std_a == 1).all())
     return ImagePlan(
         frame_shape=(H, W, C), crop=(ch, cw), crop_random=crop_mode == "random",
         center=(int(round((H - ch) / 2.0)), int(round((W - cw) / 2.0))), shift=int(shift),
@@ -370,6 +378,14 @@ def crop_resize_normalize(frames, indices, *, zero_mask=None, crop=None, crop_mo
     return out[:, 0] if squeeze else out
 
 
+def _deep_type(value):
+    """type(value), with the element types of a tuple or list (equal values of other types
+    must not share a memoised plan: make_plan refuses some of them)."""
+    if isinstance(value, (tuple, list)):
+        return (type(value), *map(_deep_type, value))
+    return type(value)
+
+
 def _hashable(value):
     if isinstance(value, list):
         return tuple(value)
@@ -396,6 +412,9 @@ def _plan_for(frame_shape, **kw) -> ImagePlan:
     values = tuple(kw.values())
     types = tuple(map(type, values))
     if _PLAIN_TYPES.issuperset(types):
+        # a tuple's element types too: crop=(4.0, 4.0) must not hit the entry of (4, 4)
+        types = tuple(_deep_type(v) if t is tuple else t for v, t in zip(values, types,
+                                                                          strict=True))
         key = (frame_shape, tuple(kw), values, types)
         try:
             plan = _PLANS.get(key)
@@ -414,7 +433,7 @@ def _plan_for(frame_shape, **kw) -> ImagePlan:
 def _plan_for_items(frame_shape, kw: dict) -> ImagePlan:
     try:
         # the type is part of the key: shift=True must not hit the entry of shift=1
-        items = tuple((k, type(v), _hashable(v)) for k, v in kw.items())
+        items = tuple((k, _deep_type(v), _hashable(v)) for k, v in kw.items())
         hash(items)
     except TypeError:
         return make_plan(frame_shape, **kw)
