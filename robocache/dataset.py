@@ -585,6 +585,9 @@ class TrajectoryDataset(torch.utils.data.Dataset):
             return np.zeros(0, np.int64)
         if idx.dtype == np.bool_ or not np.issubdtype(idx.dtype, np.integer):
             raise TypeError(f"indices: expected integers, got dtype {idx.dtype}")
+        if idx.dtype.kind == "u" and int(idx.max()) >= len(self):  # before int64 would wrap
+            raise IndexError(f"indices: expected values in [{-len(self)}, {len(self)}), got "
+                             f"{int(idx.max())}")
         idx = idx.astype(np.int64).reshape(-1)
         n = len(self)
         bad = (idx < -n) | (idx >= n)

@@ -218,6 +218,8 @@ class DataLoader:
         """int64 dataset indices of this rank's epoch, in order (a host array). For a custom
         sampler / batch_sampler: what it yields now."""
         epoch = self._epoch if epoch is None else epoch
+        if not _is_int(epoch) or epoch < 0:
+            raise ValueError(f"epoch: expected an int >= 0, got {epoch!r}")
         order, _ = self._plan(epoch)
         return order
 
@@ -231,7 +233,7 @@ class DataLoader:
             return self.dataset._check_indices(order), bounds
         n = len(self.dataset)
         if self.sampler is not None:
-            order = self.dataset._check_indices(np.fromiter(iter(self.sampler), dtype=np.int64))
+            order = self.dataset._check_indices(np.asarray(list(self.sampler)))
         elif self.sampling == "episode":
             order = self._episode_draws(epoch, n)
         elif self.shuffle:
@@ -331,6 +333,13 @@ class DataLoader:
             if state[k] != mine[k]:
                 raise ValueError(f"state[{k!r}]: expected {mine[k]!r} (this loader's), got "
                                  f"{state[k]!r}: the state belongs to another configuration")
+        for k in ("seed", "epoch", "batches_done"):
+            if not _is_int(state[k]) or state[k] < 0 or (k == "seed" and state[k] >= 2**64):
+                raise ValueError(f"state[{k!r}]: expected an int >= 0"
+                                 f"{' below 2**64' if k == 'seed' else ''}, got {state[k]!r}")
+        if state["batches_done"] > len(self):
+            raise ValueError(f"state['batches_done']: expected at most {len(self)} (the "
+                             f"batches of an epoch), got {state['batches_done']}")
         self.seed = int(state["seed"])
         self._epoch = int(state["epoch"])
         self._position = int(state["batches_done"])

@@ -267,6 +267,30 @@ def test_seed_out_of_range_and_incomplete_state_are_named_up_front():
             rc.DataLoader(ds, batch_size=2, shuffle=True, seed=bad)
     with pytest.raises(ValueError, match="without"):
         rc.DataLoader(ds, batch_size=2).load_state_dict({"version": 1})
+    loader = rc.DataLoader(ds, batch_size=4, shuffle=True, seed=1)  # 3 batches an epoch
+    for edit, match in (({"batches_done": -3}, r"state\['batches_done'\]: expected an int >= 0"),
+                        ({"batches_done": 4}, r"expected at most 3 \(the batches of an epoch\)"),
+                        ({"epoch": -1}, r"state\['epoch'\]"), ({"seed": 1.5}, r"state\['seed'\]"),
+                        ({"seed": 2**64}, "below 2")):
+        with pytest.raises(ValueError, match=match):
+            loader.load_state_dict({**loader.state_dict(), **edit})
+    loader.load_state_dict({**loader.state_dict(), "batches_done": 3})  # the epoch's end
+    assert list(loader) == []
+    with pytest.raises(ValueError, match="epoch: expected an int >= 0"):
+        loader.epoch_order(-1)
+
+
+def test_indices_beyond_int64_are_out_of_range_not_wrapped():
+    store = rc.TrajectoryStore.from_arrays({"x": np.arange(10.0)[:, None]}, [4, 10])
+    ds = rc.TrajectoryDataset(store)
+    big = np.array([2**64 - 1], np.uint64)  # as int64: -1, the last sample
+    with pytest.raises(IndexError, match="indices: expected values in"):
+        ds.__getitems__(big)
+    with pytest.raises(IndexError, match="indices: expected values in"):
+        list(rc.DataLoader(ds, sampler=big))
+    with pytest.raises(TypeError, match="indices: expected integers"):
+        list(rc.DataLoader(ds, sampler=[1.5]))
+    assert ds.__getitems__(np.array([9], np.uint64))["index"].tolist() == [9]
 
 
 def test_repr_says_what_the_loader_does():
