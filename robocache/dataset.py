@@ -46,7 +46,7 @@ from . import windows as W
 from .ops import _random
 from .ops import images as _images
 from .ops.images import ImageTransform
-from .ops.windows import META_KEYS, OUT_FLOAT, WindowKey, WindowOp
+from .ops.windows import MAX_KEYS, META_KEYS, OUT_FLOAT, WindowKey, WindowOp
 from .store import TrajectoryStore
 
 PAD_MODES = ("edge", "zero")
@@ -246,6 +246,10 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                                    norm_b=None if norm is None else norm["b"],
                                    norm_f64=norm is not None and norm.get("f64", False)))
         self._sources = sources
+        if len(wkeys) > MAX_KEYS:  # the batch kernel's limit, kept on the NumPy path too
+            raise ValueError(f"keys: expected at most {MAX_KEYS} keys per dataset (the batch "
+                             f"kernel's descriptor), got {len(wkeys)}; choose the ones to "
+                             f"return with keys=[...]")
         like = _table_placement(store) if store.is_cuda else None  # where the tables go
         self._op = WindowOp(wkeys, self._anchors, zero_pad=pad == "zero", like=like)
         # the order of a sample's entries: each key with its mask, then the anchor's indices

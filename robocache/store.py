@@ -144,6 +144,11 @@ class TrajectoryStore:
         if not isinstance(arrays, Mapping):
             raise TypeError(f"arrays: expected a dict of key -> array, got "
                             f"{type(arrays).__name__}")
+        if isinstance(stats, Mapping):  # a misspelt key would leave its statistics unused
+            unknown = [k for k in stats if k not in arrays and k != "timestamp"]
+            if unknown:
+                raise ValueError(f"stats: expected keys of arrays {list(arrays)} (or "
+                                 f"'timestamp'), got {unknown}")
         source = TrajectorySource(arrays=dict(arrays), episode_ends=episode_ends, fps=fps,
                                   timestamps=timestamps, stats=None if stats is None
                                   else dict(stats), image_keys=image_key_tuple(image_keys))

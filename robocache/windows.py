@@ -242,8 +242,8 @@ def resolve_deltas(keys, delta_indices=None, delta_timestamps=None, fps=None,
                                      f"seconds, got {v!r}")
             lists[key] = [float(v) for v in values]
         check_delta_timestamps(lists, fps, tolerance_s)
-        return {k: np.array([round(d * fps) for d in v], dtype=np.int64)
-                for k, v in lists.items()}
+        out = {k: [round(d * fps) for d in v] for k, v in lists.items()}
+        return {k: _offsets("delta_timestamps", k, v) for k, v in out.items()}
     _check_keys("delta_indices", delta_indices, keys)
     out = {}
     for key, values in delta_indices.items():
@@ -252,8 +252,19 @@ def resolve_deltas(keys, delta_indices=None, delta_timestamps=None, fps=None,
             if isinstance(v, bool) or not isinstance(v, numbers.Integral):
                 raise TypeError(f"delta_indices[{key!r}]: expected integer frame offsets, got "
                                 f"{v!r}")
-        out[key] = np.array([int(v) for v in values], dtype=np.int64)
+        out[key] = _offsets("delta_indices", key, [int(v) for v in values])
     return out
+
+
+MAX_OFFSET = 2**31 - 1  # the batch kernel's int32 offsets; the NumPy path keeps the same limit
+
+
+def _offsets(name: str, key, values: list[int]) -> np.ndarray:
+    big = [v for v in values if abs(v) > MAX_OFFSET]
+    if big:
+        raise ValueError(f"{name}[{key!r}]: expected frame offsets within +-{MAX_OFFSET}, got "
+                         f"{big[0]}")
+    return np.array(values, dtype=np.int64)
 
 
 def timestamps_off_grid(timestamps: np.ndarray, ends: np.ndarray, fps: float,

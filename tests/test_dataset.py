@@ -558,6 +558,28 @@ def test_store_keys_named_like_outputs_are_refused():
         rc.TrajectoryDataset(cams, dtype="int8")
 
 
+def test_key_count_and_offset_limits_are_said_up_front():
+    """At most MAX_KEYS keys a dataset (keys= picks them) and frame offsets within int32 (the
+    batch kernel's), on every backend, with errors that name the argument."""
+    from robocache.ops.windows import MAX_KEYS
+
+    many = rc.TrajectoryStore.from_arrays(
+        {f"k{i}": np.zeros((5, 1), np.float32) for i in range(MAX_KEYS + 1)}, [5], device="cpu")
+    with pytest.raises(ValueError, match=rf"at most {MAX_KEYS} keys .*got {MAX_KEYS + 1}; "
+                                         r"choose the ones to return with keys="):
+        rc.TrajectoryDataset(many)
+    assert len(rc.TrajectoryDataset(many, keys=["k0", "k5"])[0]) == 2 + 3
+    st = rc.TrajectoryStore.from_arrays({"x": np.zeros((5, 1), np.float32)}, [5], fps=10,
+                                        timestamps=np.arange(5) / 10, device="cpu")
+    for kw in ({"delta_indices": {"x": [0, 2**63]}}, {"delta_indices": {"x": [-2**31]}},
+               {"delta_timestamps": {"x": [0.0, 1e12]}}):
+        with pytest.raises(ValueError, match=r"delta_(indices|timestamps)\['x'\]: expected frame "
+                                             r"offsets within"):
+            rc.TrajectoryDataset(st, **kw)
+    ok = rc.TrajectoryDataset(st, delta_indices={"x": [-(2**31 - 1), 2**31 - 1]})
+    assert ok[0]["x_is_pad"].tolist() == [True, True]
+
+
 def test_goal_keys_are_checked():
     st = rc.TrajectoryStore.from_arrays({"x": np.zeros((6, 2), np.float32)}, episode_ends=[2, 6],
                                         fps=10, timestamps=[0, 0.1, 0, 0.1, 0.2, 0.3],

@@ -147,6 +147,11 @@ def test_overwrite_rules(tmp_path):
     (tmp_path / "empty").mkdir()
     write_cache(tmp_path / "empty", src2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "empty", "mine"]
+    with pytest.raises(TypeError, match="overwrite: expected True or False, got 'no'"):
+        write_cache(tmp_path / "c", src2, overwrite="no")  # a truthy string replaced it
+    assert_same(src2, read_cache(tmp_path / "c"))
+    with pytest.raises(TypeError, match="verify: expected True or False"):
+        read_cache(tmp_path / "c", verify="yes")
 
 
 def test_failed_write_leaves_nothing_half_written(tmp_path, monkeypatch):

@@ -119,6 +119,10 @@ def test_bad_inputs():
         mk({"a": a}, episode_ends=[9], device="tpu")
     with pytest.raises(ValueError, match="image_keys"):
         mk({"a": a}, episode_ends=[9], image_keys=["cam"], device="cpu")
+    with pytest.raises(ValueError, match=r"stats: expected keys of arrays \['a'\].*\['aa'\]"):
+        mk({"a": a}, episode_ends=[9], stats={"aa": {"mean": [0, 0]}}, device="cpu")
+    assert mk({"a": a}, episode_ends=[9], stats={"timestamp": {"mean": [0.0]}},
+              device="cpu").shipped_stats["timestamp"]["mean"].tolist() == [0.0]
 
 
 def test_image_keys_are_uint8_frames_named_or_detected():

@@ -79,6 +79,8 @@ def write_cache(directory, source, *, episode_ends=None, fps=None, timestamps=No
     image_keys = image_key_tuple(image_keys)
     if image_keys is None:
         image_keys = default_image_keys(arrays)
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"overwrite: expected True or False, got {overwrite!r}")
     plan = _plan(arrays, episode_ends, fps, timestamps, stats, image_keys, meta)
     target = Path(os.fspath(directory)).expanduser().absolute()
     _check_target(target, overwrite)
@@ -262,6 +264,8 @@ def _replace(tmp: Path, target: Path) -> None:
 def read_cache(directory, verify: bool = True, progress: bool | None = None) -> TrajectorySource:
     """Open the cache in `directory`: arrays are read-only memory maps of its .npy files.
     verify=True checks every file's SHA-256 against the manifest first (reads every byte)."""
+    if not isinstance(verify, bool):
+        raise TypeError(f"verify: expected True or False, got {verify!r}")
     root = _paths.root_dir(directory, "directory")
     mpath = root / MANIFEST
     try:
