@@ -604,6 +604,12 @@ def test_goal_keys_are_checked():
     assert (b["index"].numpy() >= 6).any()
     np.testing.assert_array_equal(b["g"].numpy()[:, 0],
                                   np.where(b["episode_index"].numpy() == 0, 1.0, 5.0))
+    # LeRobot's modes normalize a goal with its store key's statistics (computed or shipped)
+    st2.stats()  # computed: mean 2.5, population std of 0..5
+    n = rc.TrajectoryDataset(st2, goal_keys={"g": "x"}, normalize={"g": "mean_std"})
+    want = (np.float32([1.0, 5.0]) - np.float32(2.5)) / (np.float32(np.std(np.arange(6.0)))
+                                                         + np.float32(1e-8))
+    np.testing.assert_array_equal(n.__getitems__([0, 5])["g"].numpy()[:, 0], want)
 
 
 def test_peer_normalizers_take_given_stats_and_check_them():
