@@ -449,12 +449,15 @@ def host_cuda(cpu_as_cuda, monkeypatch):
     the pinned buffers ((address, bytes))."""
     torch = cpu_as_cuda
     entered, events, pinned = [], [], []
+    handles = iter(range(100, 1 << 30))
 
-    class Stream:
-        cuda_stream = 7
-
-        def __init__(self, device=None):
+    class Stream:  # each a handle of its own; the caller's (default) stream is 0
+        def __init__(self, device=None, handle=None):
+            self.cuda_stream = next(handles) if handle is None else handle
             self.synchronized = False
+
+        def __cuda_stream__(self):  # the protocol CuPy's Stream.from_external reads
+            return (0, self.cuda_stream)
 
         def wait_stream(self, other):
             pass
@@ -490,7 +493,8 @@ def host_cuda(cpu_as_cuda, monkeypatch):
     monkeypatch.setattr(torch.cuda, "Stream", Stream)
     monkeypatch.setattr(torch.cuda, "Event", Event)
     monkeypatch.setattr(torch.cuda, "stream", stream_context)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    default = Stream(handle=0)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: default)
     monkeypatch.setattr(torch, "empty", empty)
     return types.SimpleNamespace(entered=entered, events=events, pinned=pinned, Stream=Stream)
 
@@ -522,8 +526,8 @@ def test_torch_staging_ops_on_a_host_stand_in(host_cuda, monkeypatch, tmp_path):
 class HostRuntime:
     """CuPy's runtime calls that _CudaRegisterOps and _CupyStaging make, on the host: page
     locking recorded (the k-th registration refused when asked), copies made with memmove
-    from locked pages or pinned buffers only, on the expected stream, events recorded before
-    they are waited for."""
+    from locked pages or pinned buffers only, never on the caller's stream (handle 0), the
+    streams of each kind recorded, events recorded before they are waited for."""
 
     cudaDevAttrHostRegisterReadOnlySupported = 1
     cudaDevAttrAsyncEngineCount = 2
@@ -532,9 +536,11 @@ class HostRuntime:
     class CUDARuntimeError(RuntimeError):
         pass
 
-    def __init__(self, refuse_at=None, pinned=(), stream=7, reachable=True):
+    def __init__(self, refuse_at=None, pinned=(), reachable=True):
         self.locked: dict[int, int] = {}
-        self.pinned, self.stream, self.reachable = pinned, stream, reachable
+        self.pinned, self.reachable = pinned, reachable
+        self.staging_streams: set[int] = set()  # streams of copies from pinned buffers
+        self.registered_streams: set[int] = set()  # streams of copies from locked pages
         self.registrations = self.copies = self.staged = 0
         self.refuse_at = refuse_at
         self.started = threading.Event()  # set at the first registration
@@ -564,16 +570,19 @@ class HostRuntime:
         inside = [p <= src and src + n <= p + m for p, m in self.locked.items()]
         from_pinned = any(p <= src and src + n <= p + m for p, m in self.pinned)
         assert any(inside) or from_pinned, "a copy from memory neither locked nor pinned"
+        assert stream != 0, "a copy queued on the caller's stream"
         with self._lock:
-            if from_pinned:  # the staging lane's: on the side stream it was given
-                assert stream == self.stream
+            if from_pinned:  # the staging lane's
+                self.staging_streams.add(stream)
                 self.staged += 1
             else:
+                self.registered_streams.add(stream)
                 self.copies += 1
         ctypes.memmove(dst, src, n)
 
     def eventRecord(self, event, stream):
-        assert stream == self.stream
+        assert stream in self.staging_streams | self.registered_streams, \
+            "an event recorded on a stream no copy went to"
         with self._lock:
             self.recorded[event] = self.recorded.get(event, 0) + 1
 
@@ -606,7 +615,8 @@ def host_cupy(rt: HostRuntime):
         def __exit__(self, *exc):
             pass
 
-    stream = types.SimpleNamespace(from_external=lambda s: types.SimpleNamespace(ptr=rt.stream))
+    stream = types.SimpleNamespace(  # CuPy reads the __cuda_stream__ protocol of torch's
+        from_external=lambda s: types.SimpleNamespace(ptr=s.__cuda_stream__()[1]))
     return types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=rt, Event=Event,
                                                             Device=Device, Stream=stream))
 
@@ -633,6 +643,7 @@ def test_runtime_staging_ops_on_a_host_stand_in(host_cuda, monkeypatch, tmp_path
     assert report == {"submit": "cupy", "read": "pread", "registration_lanes": 0,
                       "registered_bytes": 0}
     assert rt.staged >= 5 and rt.copies == 0 and not host_cuda.events  # no torch event
+    assert len(rt.staging_streams) == 1  # one side stream for every fill thread
     assert len(rt.devices_entered) == 3  # once per fill worker
     assert sum(rt.recorded.values()) == rt.staged
 
@@ -679,11 +690,27 @@ def test_cuda_registration_ops_on_a_host_stand_in(host_cuda, monkeypatch, tmp_pa
                             method=method, progress=False, report=report)
     np.testing.assert_array_equal(out.numpy(), a)
     assert rt.copies >= 1 and not rt.locked
+    assert len(rt.registered_streams) == 1 and not rt.registered_streams & rt.staging_streams
     assert report["submit"] == submit and report["registration_lanes"] == 1
     assert 0 < report["registered_bytes"] <= a.nbytes
     staged = rt.staged if submit == "cupy" else sum(e.recorded for e in host_cuda.events)
     if refuse_at is not None:
         assert rt.copies <= refuse_at and staged >= 1  # the rest went through the staging
+
+
+def test_registration_falls_back_where_cupy_cannot_wrap_the_stream(host_cuda, monkeypatch,
+                                                                   tmp_path):
+    """A torch without the __cuda_stream__ protocol (CuPy's from_external then raises
+    AttributeError): no registration lane, the staging lane copies everything."""
+    rt = HostRuntime(pinned=host_cuda.pinned)
+    monkeypatch.setitem(sys.modules, "cupy", host_cupy(rt))
+    monkeypatch.delattr(host_cuda.Stream, "__cuda_stream__")
+    a = np.arange(20_000, dtype=np.int32)
+    report = {}
+    out = _upload.to_device(_memmapped(tmp_path, a), "cuda", method="registered",
+                            progress=False, report=report)
+    np.testing.assert_array_equal(out.numpy(), a)
+    assert report["registration_lanes"] == 0 and rt.copies == 0 and rt.staged >= 1
 
 
 def test_method_is_checked():
