@@ -51,7 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import _array, _progress
+from . import _array, _mapped, _progress
 from ._cpus import usable_cpus
 from ._errors import DeviceMemoryError
 
@@ -400,12 +400,12 @@ class FileRegion:
         """The region of a C-contiguous `array` whose memory is a read-only np.memmap of a file
         (a view of one included), opened; None otherwise, and where the file at the memmap's
         path is no longer the mapped one (replaced since it was mapped: the same device and
-        inode as the mapping's, _mapped_file_id, so Linux only)."""
-        found = memmap_root(array)
+        inode as the mapping's, _mapped.mapped_file_id, so Linux only)."""
+        found = _mapped.memmap_root(array)
         if found is None or found[0].mode != "r":
             return None
         root, delta = found
-        mapped = _mapped_file_id(root.base)
+        mapped = _mapped.mapped_file_id(root.base)
         if mapped is None:
             return None
         try:
@@ -434,20 +434,6 @@ class FileRegion:
         os.close(self.fd)
 
 
-def memmap_root(array: np.ndarray) -> tuple[np.memmap, int] | None:
-    """(the np.memmap of a file whose memory the C-contiguous `array` is, the byte offset of
-    array's first byte in it); None for anything else (a strided view, a plain array)."""
-    root = array
-    while isinstance(root, np.ndarray) and not isinstance(root.base, mmap.mmap):
-        root = root.base
-    if not isinstance(root, np.memmap) or not root.filename or not array.flags.c_contiguous:
-        return None
-    delta = int(array.ctypes.data) - int(root.ctypes.data)
-    if delta < 0 or delta + array.nbytes > root.nbytes:
-        return None
-    return root, delta
-
-
 @contextlib.contextmanager
 def staging_region(array: np.ndarray):
     """The FileRegion the staging lane reads `array`'s pieces from (STAGING_READ "pread"), or
@@ -458,39 +444,6 @@ def staging_region(array: np.ndarray):
     finally:
         if region is not None:
             region.close()
-
-
-def _mapped_file_id(mm: mmap.mmap) -> tuple[int, int] | None:
-    """(st_dev, st_ino) of the file that `mm` maps (Linux): the stat of the mapping's own
-    /proc/self/map_files link (~10 us, but only for processes with CAP_SYS_ADMIN or
-    CAP_CHECKPOINT_RESTORE), else the device and inode columns of the /proc/self/maps line that
-    holds the mapping (any process; ~1 ms); None where neither says (another system, a file
-    system whose maps device is not its stat device)."""
-    try:
-        start = int(np.frombuffer(mm, np.uint8).ctypes.data)
-    except (ValueError, TypeError, BufferError):  # closed or empty
-        return None
-    end = start + -(-len(mm) // _PAGE) * _PAGE
-    try:
-        st = os.stat(f"/proc/self/map_files/{start:x}-{end:x}")
-        return st.st_dev, st.st_ino
-    except OSError:  # EPERM without the capabilities; no link where the kernel merged maps
-        return _maps_file_id(start, end)
-
-
-def _maps_file_id(start: int, end: int) -> tuple[int, int] | None:
-    """(device, inode) of the /proc/self/maps line whose range holds [start, end)."""
-    try:
-        with open("/proc/self/maps", "rb") as f:
-            for line in f:  # "lo-hi perms offset major:minor inode [path]"
-                fields = line.split()
-                lo, _, hi = fields[0].partition(b"-")
-                if int(lo, 16) <= start and end <= int(hi, 16):
-                    major, _, minor = fields[3].partition(b":")
-                    return os.makedev(int(major, 16), int(minor, 16)), int(fields[4])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
 
 
 def registered_lane(spans, address: int, claims: ChunkClaims, ops, bar) -> int:

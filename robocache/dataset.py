@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from . import _array, _peer_norm
+from . import _array, _mapped, _peer_norm
 from . import windows as W
 from .ops import _random
 from .ops import images as _images
@@ -223,6 +223,7 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                                                          out_dtype="uint8", layout="BKHWC",
                                                          scale=None)
         self._host_frame_ptrs: dict[str, np.uint64] = {}
+        self._private_frames: dict[str, np.ndarray | None] = {}  # see _frames
         self._calls = 0  # random-draw batch counter of direct __getitems__ calls
         self._norm = self._resolve_norm(normalize, stats, normalize_eps, sources)
         dtype = self._check_dtype(dtype)
@@ -421,7 +422,7 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         these peers fit."""
         library, peer_mode = PEER_NORM_MODES[mode]
         F = int(np.prod(src.shape[1:], dtype=np.int64))
-        if stats is not None and key in stats:
+        if self._given_stats_key(key, stats) is not None:
             given = self._stats_for(key, stats)
             need = ("min", "max") if peer_mode in ("limits", "min_max") else ("mean", "std")
             _check_stats_present(key, mode, given, need)
@@ -454,11 +455,21 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                 return self._store[obs_key]
         return src
 
+    def _given_stats_key(self, key: str, stats) -> str | None:
+        """The entry of the user's stats= for `key`: its own, else (a goal) its store key's."""
+        if stats is None:
+            return None
+        for k in (key, self._store_key.get(key, key)):
+            if k in stats:
+                return k
+        return None
+
     def _stats_for(self, key: str, stats) -> dict:
-        if stats is not None and key in stats:
-            st = stats[key]
+        given = self._given_stats_key(key, stats)
+        if given is not None:
+            st = stats[given]
             if not isinstance(st, Mapping):
-                raise TypeError(f"stats[{key!r}]: expected a dict of stat -> array, got "
+                raise TypeError(f"stats[{given!r}]: expected a dict of stat -> array, got "
                                 f"{type(st).__name__}")
             return st
         shipped = self._store.shipped_stats
@@ -736,8 +747,23 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         return ptr
 
     def _frames(self, key: str):
+        """The frames of `key` as a tensor for a custom image transform. A loaded cache's
+        frames are a read-only map, which a transform writing into its input would crash the
+        process through: they are handed out as private copy-on-write pages of the same file
+        (nothing copied up front, the cache unchanged)."""
         src = self._sources[key]
-        return torch.from_numpy(src) if isinstance(src, np.ndarray) else src
+        if not isinstance(src, np.ndarray):
+            return src
+        if not src.flags.writeable:
+            if key not in self._private_frames:  # looked up once
+                self._private_frames[key] = _mapped.private_view(src)
+            view = self._private_frames[key]
+            if view is None:  # not a map (a read-only array of the caller's): writes are safe
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+                    return torch.from_numpy(src)
+            src = view
+        return torch.from_numpy(src)
 
 
 def gather_frames(frames, rows, zero_mask=None):

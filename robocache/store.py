@@ -13,7 +13,6 @@ CUDA store is made or used.
 from __future__ import annotations
 
 import numbers
-import os
 from collections.abc import Mapping
 
 import numpy as np
@@ -210,8 +209,9 @@ class TrajectoryStore:
             ts = ts.astype(np.float64)
             if not np.isfinite(ts).all():
                 raise ValueError("timestamps: expected finite timestamps, got NaN or inf")
-        image_keys = (default_image_keys(checked) if source.image_keys is None
-                      else tuple(source.image_keys))
+        image_keys = image_key_tuple(source.image_keys)
+        if image_keys is None:
+            image_keys = default_image_keys(checked)
         for k in image_keys:
             if k not in checked:
                 raise ValueError(f"image_keys: expected keys of arrays {list(checked)}, got "
@@ -442,8 +442,7 @@ def _place(arrays: dict, timestamps, device: str, progress, host_keys=()):
     robocache._progress (None: a bar after ~1 s on a terminal, True, False, or a bar object).
     `host_keys` stay on the host in pinned (page-locked) memory, as torch CPU tensors."""
     if device == "cpu":
-        out = {key: _copy_on_write(np.ascontiguousarray(_host_view(key, x)))
-               for key, x in arrays.items()}
+        out = {key: np.ascontiguousarray(_host_view(key, x)) for key, x in arrays.items()}
         ts = None if timestamps is None else np.ascontiguousarray(timestamps, dtype=np.float64)
         return out, ts
     import torch
@@ -468,27 +467,6 @@ def _place(arrays: dict, timestamps, device: str, progress, host_keys=()):
         ts = None if timestamps is None else \
             _upload(np.asarray(timestamps, np.float64), device, bar)
     return out, ts
-
-
-def _copy_on_write(x: np.ndarray) -> np.ndarray:
-    """A read-only memory map of a file (a loaded cache) as a private copy-on-write map of the
-    same pages: nothing is copied, and code that writes into the frames it is handed (a custom
-    image transform) changes its own pages instead of crashing the process (a write to a
-    read-only map is a segfault; torch.from_numpy also warns about one). The file never
-    changes."""
-    from ._upload import _mapped_file_id, memmap_root
-
-    found = None if x.flags.writeable else memmap_root(x)
-    if found is None or x.nbytes == 0:
-        return x
-    root, delta = found
-    with open(root.filename, "rb") as f:  # the file mapped, not one written there since
-        st = os.fstat(f.fileno())
-        if (st.st_dev, st.st_ino) != _mapped_file_id(root.base):
-            return x
-        private = np.memmap(f, dtype=np.uint8, mode="c", offset=root.offset + delta,
-                            shape=(x.nbytes,))
-    return private.view(x.dtype).reshape(x.shape)
 
 
 def _pinned(host: np.ndarray):

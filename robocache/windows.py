@@ -237,7 +237,7 @@ def resolve_deltas(keys, delta_indices=None, delta_timestamps=None, fps=None,
             values = _delta_list("delta_timestamps", key, values)
             for v in values:
                 if (isinstance(v, bool) or not isinstance(v, numbers.Real)
-                        or not math.isfinite(v)):
+                        or not math.isfinite(v) or not math.isfinite(v * fps)):
                     raise ValueError(f"delta_timestamps[{key!r}]: expected finite numbers of "
                                      f"seconds, got {v!r}")
             lists[key] = [float(v) for v in values]

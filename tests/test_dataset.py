@@ -610,6 +610,14 @@ def test_goal_keys_are_checked():
     want = (np.float32([1.0, 5.0]) - np.float32(2.5)) / (np.float32(np.std(np.arange(6.0)))
                                                          + np.float32(1e-8))
     np.testing.assert_array_equal(n.__getitems__([0, 5])["g"].numpy()[:, 0], want)
+    # statistics given for the store key serve its goals too (a goal's own entry first)
+    given = {"x": {"mean": [100.0], "std": [2.0]}}
+    for mode, a in (("mean_std", 100.0), ("gaussian", 0.5)):  # gaussian: a = 1 / std
+        g2 = rc.TrajectoryDataset(st2, goal_keys={"g": "x"}, normalize={"g": mode}, stats=given)
+        assert g2.normalization["g"]["a"].tolist() == [a]
+    own = rc.TrajectoryDataset(st2, goal_keys={"g": "x"}, normalize={"g": "mean_std"},
+                               stats={**given, "g": {"mean": [7.0], "std": [1.0]}})
+    assert own.normalization["g"]["a"].tolist() == [7.0]
 
 
 def test_peer_normalizers_take_given_stats_and_check_them():

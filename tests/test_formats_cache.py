@@ -71,17 +71,32 @@ def test_round_trip_memory_maps(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["c"]  # no temporary directories left
 
 
-def test_a_cpu_load_hands_out_private_pages(tmp_path):
-    """A store loaded on the CPU maps the files copy-on-write: a custom image transform that
-    writes into the frames it is handed changes its own pages (a write into a read-only map
-    killed the process), torch does not warn, and the cache stays as written."""
+@pytest.mark.parametrize("lookup", ["map_files", "maps"])
+def test_a_transform_writing_into_loaded_frames_gets_private_pages(tmp_path, monkeypatch,
+                                                                   lookup):
+    """A custom image transform that writes into the frames of a loaded cache (a read-only map:
+    a write killed the process) gets private copy-on-write pages of the file: no crash, no
+    torch warning, the cache as written, the store's own arrays still the read-only map. The
+    mapped file is found through /proc/self/map_files or, where its stat is refused (EPERM
+    without CAP_SYS_ADMIN), through /proc/self/maps."""
+    import os
     import warnings
 
+    from robocache import _mapped
+
+    if lookup == "maps":
+        real_stat = os.stat
+        monkeypatch.setattr(os, "stat", lambda p, *a, **k: (_ for _ in ()).throw(
+            PermissionError(1, "denied", p)) if str(p).startswith("/proc/self/map_files/")
+            else real_stat(p, *a, **k))
     src = make_source()
     out = write_cache(tmp_path / "c", src, progress=False)
     store = rc.TrajectoryStore.load(out, device="cpu", progress=False)
     key = "observation.images.top"
-    assert store[key].flags.writeable and not store[key].flags.owndata  # mapped, not copied
+    assert not store[key].flags.writeable
+    view = _mapped.private_view(store[key])
+    assert view is not None and view.flags.writeable
+    np.testing.assert_array_equal(view, src.arrays[key])
 
     def scribble(frames, rows, is_pad):
         frames[:] = 7
@@ -91,8 +106,21 @@ def test_a_cpu_load_hands_out_private_pages(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert (ds[0][key] == 7).all()
+    np.testing.assert_array_equal(store[key], src.arrays[key])  # the store's map: unchanged
     again = rc.TrajectoryStore.load(out, device="cpu", verify=True, progress=False)
     np.testing.assert_array_equal(again[key], src.arrays[key])
+
+
+def test_no_private_view_where_the_file_is_gone_or_not_mapped(tmp_path):
+    from robocache import _mapped
+
+    a = np.arange(5000, dtype=np.int32)
+    np.save(tmp_path / "a.npy", a)
+    m = np.load(tmp_path / "a.npy", mmap_mode="r")
+    assert _mapped.private_view(m[10:]) is not None
+    assert _mapped.private_view(a) is None and _mapped.private_view(m[::2]) is None
+    (tmp_path / "a.npy").unlink()  # the read-only map still shows the file
+    assert _mapped.private_view(m) is None and m[4999] == 4999
 
 
 def test_from_a_mapping(tmp_path):
@@ -221,8 +249,28 @@ def test_newer_format_version_refused(cache):
     m["format_version"] = cache_mod.FORMAT_VERSION + 1
     m["created_by"] = "robocache 9.0.0"
     (cache / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(DatasetFormatError, match="format version 2 by robocache 9.0.0.*upgrade"):
+    with pytest.raises(DatasetFormatError, match=rf"format version {cache_mod.FORMAT_VERSION + 1} "
+                                                 r"by robocache 9.0.0.*upgrade"):
         read_cache(cache)
+
+
+def test_camera_keys_of_a_version_1_manifest_are_detected(tmp_path):
+    """Version 1 wrote image_keys=[] for "detect them" (write_cache's old default); version 2
+    names exactly the camera keys, [] for none. write_cache refuses camera keys that are not
+    uint8 frames, which the store would refuse to load."""
+    src = make_source()
+    for version, image_keys, want in ((1, [], ("observation.images.top",)), (2, [], ()),
+                                      (2, ["observation.images.top"],
+                                       ("observation.images.top",))):
+        out = write_cache(tmp_path / f"c{version}{len(image_keys)}", src, progress=False)
+        m = json.loads((out / "manifest.json").read_text())
+        m.update(format_version=version, image_keys=image_keys)
+        (out / "manifest.json").write_text(json.dumps(m))
+        assert rc.TrajectoryStore.load(out, device="cpu").image_keys == want
+    with pytest.raises(TypeError, match=r"image_keys: expected camera frames, uint8 .*'depth'"):
+        write_cache(tmp_path / "d", {"depth": np.zeros((4, 2, 2), np.float32)},
+                    episode_ends=[4], image_keys=["depth"])
+    assert not (tmp_path / "d").exists()
 
 
 @pytest.mark.parametrize("edit, match", [

@@ -15,7 +15,7 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from robocache import _progress, _runtime, _upload
+from robocache import _mapped, _progress, _runtime, _upload
 from robocache._errors import DeviceMemoryError
 
 gpu = pytest.mark.gpu
@@ -743,7 +743,7 @@ def mapped_id(request, monkeypatch):
     ordinary user, root in a container) - its /proc/self/maps line. Yields the maps look-ups."""
     used = []
     if request.param == "maps":
-        real_stat, real_maps = os.stat, _upload._maps_file_id
+        real_stat, real_maps = os.stat, _mapped.maps_file_id
 
         def stat(path, *args, **kwargs):
             if str(path).startswith("/proc/self/map_files/"):
@@ -755,7 +755,7 @@ def mapped_id(request, monkeypatch):
             return real_maps(start, end)
 
         monkeypatch.setattr(os, "stat", stat)
-        monkeypatch.setattr(_upload, "_maps_file_id", maps)
+        monkeypatch.setattr(_mapped, "maps_file_id", maps)
     yield used
     assert bool(used) == (request.param == "maps")
 

@@ -1,11 +1,13 @@
 """RoboCache's own on-disk cache: one .npy file per key plus manifest.json.
 
 directory/
-  manifest.json        {"format": "robocache-cache", "format_version": 1, "num_frames": N,
+  manifest.json        {"format": "robocache-cache", "format_version": 2, "num_frames": N,
                         "keys": [...], "arrays": {key: {file, dtype, shape, nbytes, sha256}},
                         "episode_ends": [...], "fps": float | null,
                         "timestamps": {file, dtype, shape, nbytes, sha256} | null,
-                        "image_keys": [...], "stats": {key: {stat: {dtype, shape, data}}},
+                        "image_keys": [...] (exactly the camera keys; in version 1 an
+                        empty list meant "detect them"),
+                        "stats": {key: {stat: {dtype, shape, data}}},
                         "meta": {...}, "created_by": "robocache <version>"}
   000-observation.state.npy, 001-action.npy, ..., timestamps.npy
 
@@ -42,7 +44,7 @@ from . import _paths
 from .source import TrajectorySource, default_image_keys, image_key_tuple
 
 FORMAT = "robocache-cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: "image_keys" names exactly the camera keys ([] = none)
 MANIFEST = "manifest.json"
 _FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.npy$")
 _HASH_BLOCK = 8 << 20
@@ -141,6 +143,10 @@ def _plan(arrays, episode_ends, fps, timestamps, stats, image_keys, meta) -> dic
     missing = [k for k in image_keys if k not in arrays]
     if missing:
         raise ValueError(f"image_keys: {missing} are not keys of arrays")
+    for key, _file, arr in entries:  # what the store will accept as camera frames
+        if key in image_keys and (arr.dtype != np.uint8 or arr.ndim < 3):
+            raise TypeError(f"image_keys: expected camera frames, uint8 [N, H, W(, C)], got "
+                            f"{key!r} of dtype {arr.dtype} and shape {arr.shape}")
     return {"n": n, "ends": ends, "entries": entries, "timestamps": ts,
             "fps": None if fps is None else float(fps), "stats": stats_json,
             "image_keys": list(image_keys), "meta": meta_json}
@@ -299,8 +305,9 @@ def read_cache(directory, verify: bool = True, progress: bool | None = None) -> 
                                 or not math.isfinite(fps) or fps <= 0):
             raise ValueError(f"fps is {fps!r}, not a positive number")
         ts_entry = manifest.get("timestamps")
-        image_keys = manifest.get("image_keys")  # absent: detected by the store
-        image_keys = None if image_keys is None else tuple(image_keys)
+        image_keys = manifest.get("image_keys")  # absent (or [] in version 1): detected
+        image_keys = None if not image_keys and (image_keys is None or version < 2) \
+            else tuple(image_keys)
         stats_json = manifest.get("stats") or {}
         meta = manifest.get("meta") or {}
     except (KeyError, TypeError, ValueError) as exc:

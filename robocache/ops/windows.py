@@ -212,7 +212,7 @@ class WindowOp:
             off += k.K
             desc["in_code"][i] = DTYPE_CODES[k.in_dtype]
             desc["out_code"][i] = -1 if k.out_dtype is None else DTYPE_CODES[k.out_dtype]
-            desc["norm"][i] = NORM_CODES[k.norm] | (NORM_F64 if k.norm_f64 else 0)
+            desc["norm"][i] = NORM_CODES[k.norm] | (NORM_F64 if k.norm and k.norm_f64 else 0)
             if k.norm is not None:
                 na = up(np.ascontiguousarray(k.norm_a, np.float32).reshape(-1), "float32")
                 nb = up(np.ascontiguousarray(k.norm_b, np.float32).reshape(-1), "float32")
