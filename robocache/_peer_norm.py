@@ -48,9 +48,12 @@ def diffusion_policy_stats(x) -> dict:
 
     x = np.asarray(x)
     last = int(x.shape[-1]) if x.ndim > 1 else 1
+    F = int(np.prod(x.shape[1:], dtype=np.int64))
+    if F == 0:  # a feature with no elements: nothing to fit
+        empty = np.zeros(0, np.float32)
+        return {"min": empty, "max": empty, "mean": empty, "std": empty, "reps": 0}
     host = x if x.dtype.kind in "biuf" else x.astype(np.float32)  # bfloat16 (ml_dtypes)
     data = torch.from_numpy(np.ascontiguousarray(host)).type(torch.float32).reshape(-1, last)
-    F = int(np.prod(x.shape[1:], dtype=np.int64))
     return {"min": data.min(axis=0)[0].numpy(), "max": data.max(axis=0)[0].numpy(),
             "mean": data.mean(axis=0).numpy(), "std": data.std(axis=0).numpy(),
             "reps": F // last}

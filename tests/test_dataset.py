@@ -1030,6 +1030,18 @@ def test_keys_without_offsets_read_the_clamped_anchor_outside_the_episode(pad):
         assert (b["state"].numpy()[outside] == 0).all()
 
 
+def test_every_normalizer_takes_a_feature_with_no_elements():
+    st = rc.TrajectoryStore.from_arrays({"e": np.zeros((6, 0), np.float32),
+                                         "e2": np.zeros((6, 3, 0)), "x": np.arange(6.0)},
+                                        [3, 6], device="cpu")
+    modes = ["mean_std", "min_max", "quantiles", "limits", "gaussian", "robomimic_min_max",
+             "robomimic_gaussian", "robomimic_obs"]
+    for mode in modes:
+        ds = rc.TrajectoryDataset(st, normalize={"e": mode, "e2": mode}, delta_indices={"e": [0, 1]})
+        b = ds.__getitems__(range(len(ds)))
+        assert b["e"].shape == (6, 2, 0) and b["e2"].shape == (6, 3, 0), mode
+
+
 def test_peer_normalizers_on_timestamps():
     st = rc.TrajectoryStore.from_arrays({"state": np.zeros((6, 1), np.float32)},
                                         episode_ends=[2, 6], fps=10, device="cpu",
