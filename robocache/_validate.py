@@ -91,3 +91,15 @@ def check_out(out, like, shape: tuple, dtype: str) -> None:
     contiguous = out.is_contiguous() if lib == "torch" else out.flags.c_contiguous
     if not contiguous:
         fail("out", "a C-contiguous array", "a non-contiguous one")
+
+
+def check_no_overlap(out, nbytes: int, inputs) -> None:
+    """`out` ([address, address + nbytes)) shares no byte with the inputs' (address, nbytes):
+    an op that zeroes or writes its output before reading would read its own writes."""
+    if nbytes:
+        lo = _array.address(out)
+        hi = lo + nbytes
+        for a, n in inputs:
+            if a < hi and lo < a + n:
+                fail("out", "an array that overlaps none of the inputs",
+                     "one that shares memory with an input")

@@ -335,6 +335,12 @@ def test_bad_inputs():
                       ({"mean": 1e39}, "values float32 holds")):  # float32 would overflow
         with pytest.raises(ValueError, match=match):
             call(f, idx, **kw)
+    # the kernel's exact float pixel indices and int32 window origins
+    with pytest.raises(ValueError, match=r"resize: expected output and crop sides below 2\*\*23"):
+        images.make_plan((4, 4, 1), resize=(2**23, 1))
+    images.make_plan((4, 4, 1), resize=(2**23 - 1, 1))
+    with pytest.raises(ValueError, match="shift: expected frame sides plus twice the shift"):
+        images.make_plan((2**31 - 1, 1, 1), crop=1, crop_mode="random", shift=2**30 - 1)
     for ok, bad in (((4, 4), (4.0, 4.0)), ([3, 3], [3.0, 3.0])):  # nor floats in a pair
         call(f, idx, crop=ok)
         with pytest.raises(TypeError, match="crop: expected an int or a pair of ints"):

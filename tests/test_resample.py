@@ -211,6 +211,21 @@ def test_mixed_libraries_are_rejected():
         rc.resample(data, torch.zeros(1, 3, dtype=torch.float64), np.zeros((1, 2)))
 
 
+def test_sizes_beyond_the_kernels_int32_are_refused_on_every_backend():
+    """B, S, T, D (and a fused row's width) are int32 in the kernels: beyond that a clear
+    error naming the argument, not NumPy's OverflowError from packing the launch."""
+    wide = np.lib.stride_tricks.as_strided(np.zeros(1, np.float16), shape=(1, 2, 2**31),
+                                           strides=(0, 0, 0))  # no memory behind it
+    times = np.array([[0.0, 1.0]])
+    with pytest.raises(ValueError, match=r"data: expected batch, samples and features below "
+                                         r"2\*\*31 each"):
+        rc.resample(wide, times, np.array([[0.5]]))
+    half = np.lib.stride_tricks.as_strided(np.zeros(1, np.float16), shape=(1, 2, 2**30),
+                                           strides=(0, 0, 0))
+    with pytest.raises(ValueError, match="streams: expected features adding up to less than"):
+        rc.fuse([(half, times), (half, times)], np.array([[0.5]]))
+
+
 def test_unsupported_array_type_is_a_type_error():
     with pytest.raises(TypeError, match="data"):
         rc.resample({"not": "an array"}, np.zeros(3), np.zeros(3))

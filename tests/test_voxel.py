@@ -301,6 +301,22 @@ def test_unchecked_out_of_range_batch_points_are_dropped():
     assert int(dropped) == 2 and got.sum() == 1 and got[0, 4, 0, 0] == 1
 
 
+def test_out_sharing_memory_with_the_inputs_is_refused():
+    """The grid is zeroed before the points (or features) are read: an out over them would
+    give wrong grids on the device path, so every path refuses it."""
+    buf = np.zeros(64, np.float32)
+    pts = buf[:12].reshape(4, 3)
+    pts[:] = [[0.1, 0.1, 0.1], [0.6, 0.1, 0.1], [0.1, 0.6, 0.1], [0.1, 0.1, 0.6]]
+    grid = dict(grid_min=0.0, voxel_size=0.5, grid_size=(2, 2, 3))
+    with pytest.raises(ValueError, match="out: expected an array that overlaps none"):
+        rc.voxelize(pts, mode="count", out=buf[:12].view(np.int32).reshape(2, 2, 3), **grid)
+    feats = buf[20:28].reshape(4, 2)
+    with pytest.raises(ValueError, match="overlaps none"):
+        rc.voxelize(pts, mode="max", features=feats, out=buf[20:44].reshape(2, 2, 3, 2), **grid)
+    got = rc.voxelize(pts, mode="count", out=np.zeros((2, 2, 3), np.int32), **grid)
+    assert got.sum() == 4
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_out_is_reused_and_zeroed(mode):
     rng = np.random.default_rng(8)
@@ -500,6 +516,13 @@ def test_hot_path_on_emulator_matches_numpy_and_checks_out(emulated_cuda, monkey
         rc.voxelize(pts, mode="count", out=torch.zeros(3, 3, 3, dtype=torch.int32), **GRID)
     with pytest.raises(TypeError, match="out: expected dtype int32"):
         rc.voxelize(pts, mode="count", out=torch.zeros(want.shape, dtype=torch.uint8), **GRID)
+    # an out sharing the points' memory: the memset would wipe them before the launch reads
+    shared = torch.zeros(int(np.prod(want.shape)) + pts.numel(), dtype=torch.int32)
+    pts_in = shared[:pts.numel()].view(torch.float32).reshape(pts.shape)
+    pts_in.copy_(pts)
+    with pytest.raises(ValueError, match="out: expected an array that overlaps none"):
+        rc.voxelize(pts_in, mode="count", out=shared[:int(np.prod(want.shape))].reshape(
+            want.shape), **GRID)
     assert len(emulated_cuda) == n
     other = dict(GRID, voxel_size=0.5)  # other grid numbers: checked, then their own entry
     np.testing.assert_array_equal(rc.voxelize(pts, mode="count", **other).numpy(),

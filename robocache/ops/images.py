@@ -80,6 +80,7 @@ PIXELS_PER_THREAD = 8
 CROP_PIXELS_PER_THREAD = 16
 RUN_WIDTH = 4  # pixels per work item of the wide-store kernels (images.cu, V = 4)
 _I32_MAX = 2**31 - 1
+_EXACT_INDEX = 2**23  # images.cu's rc_small_to_float: integers below it as exact floats
 
 # Purposes of the random draws (RC_IMG_* in images.cu).
 CROP_Y, CROP_X, SHIFT_Y, SHIFT_X, BRIGHTNESS, CONTRAST = 1, 2, 3, 4, 5, 6
@@ -226,9 +227,15 @@ def make_plan(frame_shape, *, crop=None, crop_mode: str = "center", per_frame_cr
         shift = 0
     if isinstance(shift, bool) or not isinstance(shift, (int, np.integer)) or not 0 <= shift < 2**30:
         V.fail("shift", "None or an int in [0, 2**30) (pixels of edge padding)", repr(shift))
+    if max(H, W) + 2 * int(shift) > _I32_MAX:  # the kernel's int32 window origins
+        V.fail("shift", f"frame sides plus twice the shift within {_I32_MAX}",
+               f"shift {shift} on a {H}x{W} frame")
     h, w = (ch, cw) if resize is None else _pair("resize", resize, minimum=1)
     if C * h * w > _I32_MAX:
         V.fail("resize", f"at most {_I32_MAX} output elements per image", f"{C}x{h}x{w}")
+    if resize is not None and max(h, w, ch, cw) >= _EXACT_INDEX:
+        V.fail("resize", "output and crop sides below 2**23 (the kernel's exact float pixel "
+               "indices)", f"resize {(h, w)} of a {(ch, cw)} crop")
     if isinstance(scale, str):
         if scale != "auto":
             V.fail("scale", "'auto', None or a positive number", repr(scale))

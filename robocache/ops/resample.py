@@ -3,10 +3,15 @@
 Semantics (both backends): for a target time t, i = the last source index with src[i] <= t.
 - "linear": before the first source time -> the first row; at or after the last -> the last row;
   otherwise row i + w * (row i+1 - row i) with w = (t - src[i]) / (src[i+1] - src[i]).
-  Identical to numpy.interp per feature (at a duplicated timestamp the last sample wins).
+  numpy.interp's rows and weights per feature (at a duplicated timestamp the last sample wins).
+  The NumPy backend computes in float64 and rounds once to the data's dtype; the CUDA kernel
+  computes in float32 for float32 / float16 / bfloat16 data (an ulp or two from the NumPy
+  backend's value; rows whose difference overflows float32, |x| above ~1.7e38, give inf) and in
+  float64 for float64 data. Unlike numpy.interp, a NaN or inf in a neighbouring row spreads
+  into the result even at w = 0 (numpy.interp returns the sample itself at its own time).
 - "nearest": the closer of rows i and i+1; a tie goes to the earlier row. Clamped at both ends.
 - "previous": zero-order hold, row max(i, 0).
-nearest / previous copy values exactly; linear rounds once to the data's dtype.
+nearest / previous copy values exactly.
 """
 
 from __future__ import annotations
@@ -160,7 +165,18 @@ def _check_resample(data, src_times, tgt_times, method) -> tuple[bool, str, str]
     V.check_dim("tgt_times", tgt_times, 0, B, "batch size of data")
     if S == 0:
         V.fail("data", "at least one source sample (S >= 1)", f"shape {tuple(data.shape)}")
+    _check_int32("data", (B, S, D), "batch, samples and features")
+    _check_int32("tgt_times", tgt_times.shape, "batch and target times")
     return squeeze, dtype, tdtype
+
+
+_I32_MAX = 2**31 - 1  # the kernels' int32 sizes; the NumPy backend keeps the same limits
+
+
+def _check_int32(name: str, sizes, what: str) -> None:
+    if max(int(n) for n in sizes) > _I32_MAX:
+        V.fail(name, f"{what} below 2**31 each (the kernels' int32 sizes)",
+               f"shape {tuple(int(n) for n in sizes)}")
 
 
 def _fuse_key(streams, tgt_times, method, key_of):
@@ -226,9 +242,15 @@ def _check_fuse(streams, tgt_times, method, check_times: bool):
         V.check_dim(f"streams[{k}] times", t, 1, d.shape[1], f"samples of streams[{k}] data")
         if d.shape[1] == 0:
             V.fail(f"streams[{k}] data", "at least one sample", f"shape {tuple(d.shape)}")
+        _check_int32(f"streams[{k}] data", d.shape, "batch, samples and features")
         if check_times:
             V.check_times(f"streams[{k}] times", t)
         checked.append((d, t))
+    _check_int32("tgt_times", tgt_times.shape, "batch and target times")
+    width = sum(int(d.shape[2]) for d, _ in checked)
+    if width > _I32_MAX:
+        V.fail("streams", "features adding up to less than 2**31 (the fused row's int32 width)",
+               f"{width}")
     if check_times:
         V.check_times_finite("tgt_times", tgt_times)
     return checked, tgt_times, (squeeze, dtype, tdtype)
@@ -306,18 +328,7 @@ class _Output:
         `inputs`: the inputs' (address, nbytes)."""
         if self.key is None or _array.device_key(out) != self.key:
             V.check_out(out, like, self.shape, self.dtype)
-        _check_no_overlap(out, self.nbytes, inputs)
-
-
-def _check_no_overlap(out, nbytes: int, inputs) -> None:
-    """`out` ([address, address + nbytes)) shares no byte with the inputs' (address, nbytes)."""
-    if nbytes:
-        lo = _array.address(out)
-        hi = lo + nbytes
-        for a, n in inputs:
-            if a < hi and lo < a + n:
-                V.fail("out", "an array that overlaps none of the inputs",
-                       "one that shares memory with an input")
+        V.check_no_overlap(out, self.nbytes, inputs)
 
 
 def _into(out, result, inputs):
@@ -325,7 +336,7 @@ def _into(out, result, inputs):
     if out is None:
         return result
     V.check_out(out, result, tuple(result.shape), _array.dtype_name(result))
-    _check_no_overlap(out, _array.nbytes(result),
+    V.check_no_overlap(out, _array.nbytes(result),
                       [(_array.address(x), _array.nbytes(x)) for x in inputs])
     if _array.library(out) == "torch":
         out.copy_(result)

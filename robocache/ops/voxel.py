@@ -149,6 +149,9 @@ def voxelize(points, *, grid_min, voxel_size, grid_size, mode: str = "occupancy"
     shape = grid.shape(F)
     if out is not None:
         V.check_out(out, points, shape, dtype)
+        V.check_no_overlap(out, _array.nbytes(out), [
+            (_array.address(x), _array.nbytes(x)) for x in (points, feats, bidx)
+            if x is not None])
     if _array.is_device(points):
         if hot_key is not None and None not in hot_key and mode in ("occupancy", "count"):
             hot = _HotCount(points, grid, mode)  # contiguous points: later calls launch at once
@@ -477,14 +480,18 @@ class _HotCount:
         self.args = ArgBlock(VOXEL_SCATTER_DTYPE, ("pts", "bidx", "out", "dropped"), n=self.n,
                              g=grid.desc(False))
         self.address = _array.address_getter(points)
+        self.points_nbytes = _array.nbytes(points)
         self.blocks = (_blocks(self.n),)
         self.out_key = _array.device_key_of(points, self.shape, self.dtype)
+        self.out_nbytes = int(np.prod(self.shape, dtype=np.int64)) * _array.ITEMSIZE[self.dtype]
 
     def __call__(self, points, out, want_dropped: bool):
         if out is None:
             out = self.alloc(self.shape, self.dtype)
-        elif _array.device_key(out) != self.out_key:
-            V.check_out(out, points, self.shape, self.dtype)  # raises: the key says it differs
+        else:
+            if _array.device_key(out) != self.out_key:
+                V.check_out(out, points, self.shape, self.dtype)  # raises: the key differs
+            V.check_no_overlap(out, self.out_nbytes, [(self.address(points), self.points_nbytes)])
         dropped = _array.zeros(points, (), "int64") if want_dropped else None
         _array.zero_(out)
         if self.n:
