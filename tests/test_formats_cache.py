@@ -175,9 +175,29 @@ def test_overwrite_rules(tmp_path):
     (tmp_path / "empty").mkdir()
     write_cache(tmp_path / "empty", src2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "empty", "mine"]
+    # a directory with any manifest.json, or a cache beside files of the user's: not replaced
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "precious.txt").write_text("x")
+    (tmp_path / "p" / "manifest.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="which are not a RoboCache cache's"):
+        write_cache(tmp_path / "p", src2, overwrite=True)
+    assert (tmp_path / "p" / "precious.txt").exists()
+    (tmp_path / "c" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"\['notes.txt'\]"):
+        write_cache(tmp_path / "c", src2, overwrite=True)
+    (tmp_path / "c" / "notes.txt").unlink()
+    # through a symbolic link: written where it points, the link kept
+    (tmp_path / "link").symlink_to(tmp_path / "c")
+    write_cache(tmp_path / "link", make_source(seed=5), overwrite=True)
+    assert (tmp_path / "link").is_symlink()
+    assert_same(make_source(seed=5), read_cache(tmp_path / "c"))
+    (tmp_path / "dangling").symlink_to(tmp_path / "new")
+    write_cache(tmp_path / "dangling", src2)
+    assert_same(src2, read_cache(tmp_path / "new"))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing left over
     with pytest.raises(TypeError, match="overwrite: expected True or False, got 'no'"):
         write_cache(tmp_path / "c", src2, overwrite="no")  # a truthy string replaced it
-    assert_same(src2, read_cache(tmp_path / "c"))
+    assert_same(make_source(seed=5), read_cache(tmp_path / "c"))
     with pytest.raises(TypeError, match="verify: expected True or False"):
         read_cache(tmp_path / "c", verify="yes")
 
@@ -286,6 +306,14 @@ def test_camera_keys_of_a_version_1_manifest_are_detected(tmp_path):
     (lambda m: m.update(fps="abc"), r"malformed manifest .*fps is 'abc'"),
     (lambda m: m.update(fps=True), "malformed manifest"),
     (lambda m: m.update(episode_ends=[3.5, 4, 9]), "malformed manifest .*non-integers"),
+    (lambda m: m.update(stats={"a": 5}), "malformed manifest .*stats"),
+    (lambda m: m.update(meta=[1, 2]), "malformed manifest .*meta is a list"),
+    (lambda m: m["arrays"]["action"].update(shape=None), "expected a dtype name and a list"),
+    (lambda m: m["stats"]["action"]["mean"].update(dtype="object"), "not numbers"),
+    (lambda m: m.update(format_version=True), "not a version number"),
+    (lambda m: m.update(num_frames="9"), "malformed manifest .*num_frames"),
+    (lambda m: m.update(num_frames=9.5), "malformed manifest .*num_frames"),
+    (lambda m: m.update(image_keys="img"), "malformed manifest .*image_keys"),
 ])
 def test_malformed_manifest(cache, edit, match):
     m = json.loads((cache / "manifest.json").read_text())

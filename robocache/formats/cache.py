@@ -84,7 +84,8 @@ def write_cache(directory, source, *, episode_ends=None, fps=None, timestamps=No
     if not isinstance(overwrite, bool):
         raise TypeError(f"overwrite: expected True or False, got {overwrite!r}")
     plan = _plan(arrays, episode_ends, fps, timestamps, stats, image_keys, meta)
-    target = Path(os.fspath(directory)).expanduser().absolute()
+    # through a symbolic link: the cache goes where it points (the link stays)
+    target = Path(os.path.realpath(Path(os.fspath(directory)).expanduser()))
     _check_target(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
@@ -179,9 +180,30 @@ def _check_target(target: Path, overwrite: bool) -> None:
     if not (target / MANIFEST).is_file():
         raise FileExistsError(f"directory: {str(target)!r} is not empty and holds no "
                               f"{MANIFEST}; refusing to replace something that is not a cache")
+    other = _not_cache_files(target)
+    if other:
+        raise FileExistsError(f"directory: {str(target)!r} holds {other[:5]}, which are not "
+                              f"a RoboCache cache's; refusing to replace it")
     if not overwrite:
         raise FileExistsError(f"directory: {str(target)!r} already holds a cache; pass "
                               f"overwrite=True to replace it")
+
+
+def _not_cache_files(target: Path) -> list[str]:
+    """The entries of `target` that a cache it might be does not account for: all of them
+    when its manifest is not a RoboCache manifest, else those the manifest does not name."""
+    names = sorted(p.name for p in target.iterdir())
+    try:
+        with open(target / MANIFEST, encoding="utf-8") as f:
+            manifest = json.load(f)
+        ours = {MANIFEST, manifest.get("timestamps", {}).get("file") if isinstance(
+            manifest.get("timestamps"), dict) else None}
+        ours |= {e.get("file") for e in manifest["arrays"].values()}
+        if manifest.get("format") != FORMAT:
+            return names
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return names
+    return [n for n in names if n not in ours]
 
 
 class _HashingWriter:
@@ -285,7 +307,7 @@ def read_cache(directory, verify: bool = True, progress: bool | None = None) -> 
         raise DatasetFormatError(f"{mpath}: not a RoboCache cache manifest (format "
                                  f"{manifest.get('format') if isinstance(manifest, dict) else None!r})")
     version = manifest.get("format_version")
-    if not isinstance(version, int) or version < 1:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise DatasetFormatError(f"{mpath}: format_version {version!r} is not a version number")
     if version > FORMAT_VERSION:
         raise DatasetFormatError(
@@ -293,8 +315,12 @@ def read_cache(directory, verify: bool = True, progress: bool | None = None) -> 
             f"{manifest.get('created_by', 'a newer RoboCache')}; this RoboCache ({__version__}) "
             f"reads versions up to {FORMAT_VERSION}: upgrade robocache or rebuild the cache")
     try:
-        n = int(manifest["num_frames"])
-        keys = list(manifest["keys"])
+        n = manifest["num_frames"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"num_frames is {n!r}, not a count")
+        keys = manifest["keys"]
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise ValueError(f"keys is {keys!r:.80}, not a list of names")
         entries = {k: manifest["arrays"][k] for k in keys}
         raw_ends = list(manifest["episode_ends"])
         if not all(isinstance(e, int) and not isinstance(e, bool) for e in raw_ends):
@@ -306,10 +332,19 @@ def read_cache(directory, verify: bool = True, progress: bool | None = None) -> 
             raise ValueError(f"fps is {fps!r}, not a positive number")
         ts_entry = manifest.get("timestamps")
         image_keys = manifest.get("image_keys")  # absent (or [] in version 1): detected
+        if image_keys is not None and (not isinstance(image_keys, list) or not all(
+                isinstance(k, str) for k in image_keys)):
+            raise ValueError(f"image_keys is {image_keys!r:.80}, not a list of names")
         image_keys = None if not image_keys and (image_keys is None or version < 2) \
             else tuple(image_keys)
         stats_json = manifest.get("stats") or {}
         meta = manifest.get("meta") or {}
+        if not isinstance(stats_json, dict) or not all(
+                isinstance(v, dict) and all(isinstance(e, dict) for e in v.values())
+                for v in stats_json.values()):
+            raise ValueError("stats is not an object of key -> {stat: {dtype, shape, data}}")
+        if not isinstance(meta, dict):
+            raise ValueError(f"meta is a {type(meta).__name__}, not an object")
     except (KeyError, TypeError, ValueError) as exc:
         raise DatasetFormatError(f"{mpath}: malformed manifest ({type(exc).__name__}: "
                                  f"{exc})") from None
@@ -338,8 +373,12 @@ def read_cache(directory, verify: bool = True, progress: bool | None = None) -> 
     stats = {}
     try:
         for key, per in stats_json.items():
-            stats[key] = {name: np.asarray(s["data"], dtype=np.dtype(s["dtype"])).reshape(
-                s["shape"]) for name, s in per.items()}
+            stats[key] = {}
+            for name, s in per.items():
+                dt = np.dtype(s["dtype"])
+                if dt.kind not in "biuf":  # numbers only (an "object" dtype would take anything)
+                    raise ValueError(f"stats[{key!r}][{name!r}] has dtype {dt}, not numbers")
+                stats[key][name] = np.asarray(s["data"], dtype=dt).reshape(s["shape"])
     except (KeyError, TypeError, ValueError) as exc:
         raise DatasetFormatError(f"{mpath}: malformed stats ({exc})") from None
     return TrajectorySource(arrays=arrays, episode_ends=ends,
@@ -392,6 +431,10 @@ def _verify(checked, progress) -> None:
 def _load(path: Path, entry: dict, key) -> np.ndarray:
     dtype = entry.get("dtype")
     shape = entry.get("shape")
+    if not isinstance(dtype, str) or not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise DatasetFormatError(f"{path}: the manifest's entry has dtype {dtype!r} and shape "
+                                 f"{shape!r}; expected a dtype name and a list of ints")
     stored = "uint16" if dtype == "bfloat16" else dtype
     try:
         with open(path, "rb") as f:
