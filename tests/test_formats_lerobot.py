@@ -126,6 +126,33 @@ def test_v21_round_trip_and_aggregated_stats(v21):
         assert src.stats[k]["count"].tolist() == [sum(LENGTHS)]
 
 
+def test_v21_stats_come_from_the_episodes_as_lerobot_loads_them(v21, tmp_path):
+    """LeRobot 0.3 aggregates v2.1's episodes_stats.jsonl (aggregate_feature_stats, step for
+    step here) and ignores a meta/stats.json beside it; a null statistic is an error."""
+    import shutil
+
+    root = tmp_path / "v21"
+    shutil.copytree(v21[0], root)  # the fixture is shared: edit a copy
+    rows = [json.loads(line) for line in (root / "meta/episodes_stats.jsonl").read_text().splitlines()]
+    k = "action"
+    means = np.stack([np.asarray(r["stats"][k]["mean"], np.float64) for r in rows])
+    variances = np.stack([np.asarray(r["stats"][k]["std"], np.float64) ** 2 for r in rows])
+    counts = np.stack([np.asarray(r["stats"][k]["count"]) for r in rows])
+    total = counts.sum(axis=0)
+    mean = (means * counts).sum(axis=0) / total
+    std = np.sqrt(((variances + (means - mean) ** 2) * counts).sum(axis=0) / total)
+    (root / "meta/stats.json").write_text(json.dumps({k: {"mean": [100.0] * means.shape[1]}}))
+    src = read_lerobot(root, progress=False)
+    np.testing.assert_array_equal(src.stats[k]["mean"], mean)  # the same bits
+    np.testing.assert_array_equal(src.stats[k]["std"], std)
+    (root / "meta/stats.json").unlink()
+    rows[0]["stats"][k]["mean"][0] = None
+    (root / "meta/episodes_stats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DatasetFormatError, match=r"episodes_stats.jsonl: entry 0 action/mean: "
+                                                 r"expected numbers, got null"):
+        read_lerobot(root, progress=False)
+
+
 @pytest.mark.parametrize("version", ["v3.0", "v2.1"])
 def test_many_row_groups_read_in_parallel_tasks(tmp_path, monkeypatch, version):
     from robocache.formats import lerobot
@@ -296,6 +323,16 @@ def test_missing_column_names_file_and_column(small):
     t = pq.read_table(f)
     pq.write_table(t.drop_columns(["action"]), f)
     with pytest.raises(DatasetFormatError, match=r"file-001.parquet: missing column 'action'"):
+        read_lerobot(small)
+
+
+def test_episodes_in_one_video_file_need_their_start_times(small):
+    """Several episodes in one mp4 are found by videos/<key>/from_timestamp (LeRobot reads it
+    too): without the column every episode would decode the file's first frames."""
+    f = next((small / "meta/episodes").glob("chunk-*/file-*.parquet"))
+    t = pq.read_table(f)
+    pq.write_table(t.drop_columns([f"videos/{TOP}/from_timestamp"]), f)
+    with pytest.raises(DatasetFormatError, match=rf"missing column 'videos/{TOP}/from_timestamp'"):
         read_lerobot(small)
 
 

@@ -314,8 +314,9 @@ class _V3(_Layout):
             f = _paths.inside(root, str(f.relative_to(root)), "meta/episodes")
             names = _schema(f).names
             need = ["episode_index", "dataset_from_index", "dataset_to_index"]
-            for k in video_keys:
-                need += [f"videos/{k}/chunk_index", f"videos/{k}/file_index"]
+            for k in video_keys:  # from_timestamp: where each episode starts in its file
+                need += [f"videos/{k}/chunk_index", f"videos/{k}/file_index",
+                         f"videos/{k}/from_timestamp"]
             for col in need:
                 if col not in names:
                     raise DatasetFormatError(f"{f}: missing column {col!r}")
@@ -378,7 +379,7 @@ class _V3(_Layout):
                                               "meta/info.json video_path")
         for k in video_keys:
             chunk, fidx = cat[f"videos/{k}/chunk_index"], cat[f"videos/{k}/file_index"]
-            start = cat.get(f"videos/{k}/from_timestamp", np.zeros(len(chunk)))
+            start = cat[f"videos/{k}/from_timestamp"]
             groups: dict[tuple[int, int], list[int]] = {}
             for e, pair in enumerate(zip(chunk.tolist(), fidx.tolist(), strict=True)):
                 groups.setdefault(pair, []).append(e)
@@ -604,6 +605,8 @@ def _run(fn, items, bar, workers: int = MAX_WORKERS) -> list:
 # stats and tasks
 
 def _as_float(value, where: str) -> np.ndarray:
+    if _holds_null(value):  # NumPy would turn a JSON null into NaN
+        raise DatasetFormatError(f"{where}: expected numbers, got null in {str(value)[:80]}")
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
@@ -612,7 +615,18 @@ def _as_float(value, where: str) -> np.ndarray:
     return arr
 
 
+def _holds_null(value) -> bool:
+    if value is None:
+        return True
+    return isinstance(value, list) and any(_holds_null(v) for v in value)
+
+
 def _load_stats(root: Path, version: str, selected: list[str]) -> dict:
+    """The dataset's statistics as LeRobot loads them: v2.1 aggregates meta/episodes_stats.jsonl
+    (LeRobot 0.3 ignores a stats.json there), v2.0 and v3.0 read meta/stats.json."""
+    eps_path = _paths.inside(root, "meta/episodes_stats.jsonl", "meta/episodes_stats.jsonl")
+    if version.startswith("v2.1") and eps_path.is_file():
+        return _aggregate(eps_path, selected)
     path = _paths.inside(root, "meta/stats.json", "meta/stats.json")
     if path.is_file():
         raw = _read_json(path, "stats")
@@ -627,15 +641,14 @@ def _load_stats(root: Path, version: str, selected: list[str]) -> dict:
                 raise DatasetFormatError(f"{path}: stats of {k!r} must be an object")
             stats[k] = {s: _as_float(v, f"{path}: {k}/{s}") for s, v in per.items()}
         return stats
-    eps_path = _paths.inside(root, "meta/episodes_stats.jsonl", "meta/episodes_stats.jsonl")
     if version.startswith("v2") and eps_path.is_file():
         return _aggregate(eps_path, selected)
     return {}
 
 
 def _aggregate(path: Path, selected: list[str]) -> dict:
-    """Per-episode stats (v2.1) -> dataset stats, as LeRobot's aggregate_stats does:
-    count-weighted mean, pooled variance, min of mins, max of maxes."""
+    """Per-episode stats (v2.1) -> dataset stats, as LeRobot's aggregate_feature_stats computes
+    them, step for step: count-weighted mean, pooled variance, min of mins, max of maxes."""
     per_key: dict[str, list[dict]] = {}
     for i, row in enumerate(_read_jsonl(path, "per-episode stats")):
         st = row.get("stats")
@@ -654,19 +667,24 @@ def _aggregate(path: Path, selected: list[str]) -> dict:
     stats = {}
     for k, items in per_key.items():
         try:
-            counts = np.stack([it["count"].reshape(-1)[0] for it in items])
+            if any(it["count"].shape != (1,) for it in items):
+                raise ValueError("a count is not one number")
+            counts = np.stack([it["count"] for it in items])  # [E, 1]
+            if not (counts > 0).all():
+                raise ValueError("a count is not positive")
             means = np.stack([it["mean"] for it in items])
-            stds = np.stack([it["std"] for it in items])
-            w = (counts / counts.sum()).reshape((-1,) + (1,) * (means.ndim - 1))
-            mean = (w * means).sum(0)
-            var = (w * (stds ** 2 + (means - mean) ** 2)).sum(0)
+            variances = np.stack([it["std"] ** 2 for it in items])
+            total = counts.sum(axis=0)
+            while counts.ndim < means.ndim:
+                counts = np.expand_dims(counts, axis=-1)
+            mean = (means * counts).sum(axis=0) / total
+            var = ((variances + (means - mean) ** 2) * counts).sum(axis=0) / total
             stats[k] = {"mean": mean, "std": np.sqrt(var),
-                        "min": np.stack([it["min"] for it in items]).min(0),
-                        "max": np.stack([it["max"] for it in items]).max(0),
-                        "count": np.asarray([counts.sum()], dtype=np.float64)}
+                        "min": np.min(np.stack([it["min"] for it in items]), axis=0),
+                        "max": np.max(np.stack([it["max"] for it in items]), axis=0),
+                        "count": total}
         except ValueError as exc:
-            raise DatasetFormatError(f"{path}: stats of {k!r} have inconsistent shapes "
-                                     f"({exc})") from None
+            raise DatasetFormatError(f"{path}: stats of {k!r} are inconsistent ({exc})") from None
     return stats
 
 
