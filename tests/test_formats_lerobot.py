@@ -78,6 +78,22 @@ def test_v3_task_strings_of_any_arrow_string_type(tmp_path, text_type):
     assert src.meta["tasks"] == ["push", "reach"]
 
 
+@pytest.mark.parametrize("index, match", [([0, 0], "a task_index appears twice"),
+                                          ([0, 10**9], "task_index 1000000000 for 2 tasks")])
+def test_task_tables_with_repeated_or_huge_indices_are_refused(tmp_path, index, match):
+    """A repeated task_index would keep one task silently; a huge one would make a list of
+    10**9 entries."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "ds"
+    write_lerobot(root, make_episodes([3, 2], seed=3), version="v3.0")
+    pq.write_table(pa.table({"task_index": pa.array(index, pa.int64()),
+                             "task": pa.array(["reach", "push"])}), root / "meta/tasks.parquet")
+    with pytest.raises(DatasetFormatError, match=match):
+        read_lerobot(root, progress=False)
+
+
 @pytest.fixture(scope="module")
 def v21(tmp_path_factory):
     root = tmp_path_factory.mktemp("v21")

@@ -697,6 +697,9 @@ def _is_text(pa, t) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t) or is_view(t)
 
 
+MAX_TASK_INDEX = 1 << 24  # task tables are lists by index: no 10**9 entries for a typo
+
+
 def _load_tasks(root: Path, version: str) -> list:
     """Task strings by task_index (None where an index is unused)."""
     import pyarrow as pa
@@ -717,18 +720,25 @@ def _load_tasks(root: Path, version: str) -> list:
         if not names:
             raise DatasetFormatError(f"{path}: no column of task strings")
         found = dict(zip(idx.tolist(), table.column(names[0]).to_pylist(), strict=True))
+        if len(found) != len(idx):
+            raise DatasetFormatError(f"{path}: a task_index appears twice")
     else:
         path = _paths.inside(root, "meta/tasks.jsonl", "meta/tasks.jsonl")
         if not path.is_file():
             return []
         for i, row in enumerate(_read_jsonl(path, "task table")):
             t, s = row.get("task_index"), row.get("task")
-            if not isinstance(t, int) or not isinstance(s, str):
+            if isinstance(t, bool) or not isinstance(t, int) or not isinstance(s, str):
                 raise DatasetFormatError(f"{path}: entry {i} needs an integer task_index and a "
                                          f"task string")
+            if t in found:
+                raise DatasetFormatError(f"{path}: entry {i} repeats task_index {t}")
             found[t] = s
     if not found:
         return []
     if min(found) < 0:
         raise DatasetFormatError(f"{path}: negative task_index")
+    if max(found) >= MAX_TASK_INDEX:  # the table is a list by task_index
+        raise DatasetFormatError(f"{path}: task_index {max(found)} for {len(found)} tasks "
+                                 f"(expected indices below {MAX_TASK_INDEX})")
     return [found.get(i) for i in range(max(found) + 1)]
