@@ -498,3 +498,18 @@ def test_float_column_into_an_int_feature_is_refused(small):
     pq.write_table(t.set_column(i, "task_index", pa.array(np.zeros(4), pa.float64())), f)
     with pytest.raises(DatasetFormatError, match="does not cast"):
         read_lerobot(small, keys=["task_index"])
+
+
+def test_integers_outside_the_declared_dtype_are_refused_not_wrapped():
+    from robocache.formats import _arrow
+
+    out = np.zeros((2, 2), np.int64)
+    big = pa.array([[2**63 + 5, 1], [0, 1]], pa.list_(pa.uint64(), 2))
+    with pytest.raises(DatasetFormatError, match=r"stored as uint64 with values in \[0, "
+                                                 r"9223372036854775813\], outside the declared"):
+        _arrow.column_into(out, big, "x")
+    _arrow.column_into(out, pa.array([[7, 1], [0, 2]], pa.list_(pa.uint64(), 2)), "x")
+    assert out.tolist() == [[7, 1], [0, 2]]  # in range: read as before
+    neg = pa.array([-1, 3], pa.int16())
+    with pytest.raises(DatasetFormatError, match="outside the declared uint8"):
+        _arrow.column_into(np.zeros(2, np.uint8), neg, "y")

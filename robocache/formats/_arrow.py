@@ -78,6 +78,13 @@ def column_into(out: np.ndarray, column, where: str) -> None:
         if per_row != width:
             raise DatasetFormatError(f"{where}: {per_row} values per row, expected {width} "
                                      f"(shape {list(out.shape[1:]) or [1]} from meta/info.json)")
+        if (values.dtype.kind in "iu" and out.dtype.kind in "iu" and values.size
+                and not np.can_cast(values.dtype, out.dtype, "safe")):  # no silent wrap
+            info = np.iinfo(out.dtype)
+            lo, hi = int(values.min()), int(values.max())
+            if lo < info.min or hi > info.max:
+                raise DatasetFormatError(f"{where}: stored as {values.dtype} with values in "
+                                         f"[{lo}, {hi}], outside the declared {out.dtype}")
         try:
             np.copyto(rows[pos:pos + n], values.reshape(n, width), casting="same_kind")
         except TypeError:
