@@ -149,6 +149,41 @@ def test_external_link_refused(tmp_path):
         read_robomimic(tmp_path / "d.hdf5")
 
 
+def test_linked_demos_and_masks_are_checked_not_followed(tmp_path):
+    """A demo that is a dangling soft link or an external link, and a mask/ group kept in
+    another file, are errors naming them (a raw KeyError, or another file opened)."""
+    for how, match in (("soft", r"data/demo_2 is a dangling link"),
+                       ("external", r"data/demo_2 is an external link to other.hdf5")):
+        path = tmp_path / f"{how}.hdf5"
+        write_robomimic(path)
+        with h5py.File(path, "a") as f:
+            del f["data/demo_2"]
+            f["data/demo_2"] = (h5py.SoftLink("/nowhere") if how == "soft"
+                                else h5py.ExternalLink("other.hdf5", "/data/demo_0"))
+        with pytest.raises(DatasetFormatError, match=match):
+            read_robomimic(path)
+    path = tmp_path / "mask.hdf5"
+    write_robomimic(path)
+    with h5py.File(tmp_path / "masks.hdf5", "w") as f:
+        f.create_dataset("mask/train", data=np.array([b"demo_0"]))
+    with h5py.File(path, "a") as f:
+        f["mask"] = h5py.ExternalLink("masks.hdf5", "/mask")
+    with pytest.raises(DatasetFormatError, match="mask is an external link"):
+        read_robomimic(path, filter_key="train")
+
+
+def test_odd_num_samples_and_control_freq(tmp_path):
+    path = tmp_path / "d.hdf5"
+    write_robomimic(path)
+    with h5py.File(path, "a") as f:
+        f["data"].attrs["env_args"] = json.dumps({"env_kwargs": {"control_freq": 0}})
+    assert read_robomimic(path).fps is None  # optional: not a rate, not an error
+    with h5py.File(path, "a") as f:
+        f["data/demo_0"].attrs["num_samples"] = "abc"
+    with pytest.raises(DatasetFormatError, match=r"data/demo_0 has num_samples='abc', not a "):
+        read_robomimic(path)
+
+
 def test_external_storage_refused(tmp_path):
     write_robomimic(tmp_path / "d.hdf5")
     raw = tmp_path / "raw.bin"

@@ -48,7 +48,9 @@ def read_robomimic(path, obs_keys=None, filter_key: str | None = None,
     with f:
         data = _group(f, "data", p)
         demos = _demos(f, data, filter_key, p)
-        first = _group(data, f"{demos[0]}", p, "data/")
+        # every demo through _group: a soft or external link is checked, never followed blindly
+        groups = {d: _group(data, d, p, "data/") for d in demos}
+        first = groups[demos[0]]
         obs_group = _group(first, "obs", p, f"data/{demos[0]}/")
         if obs_keys is None:
             obs_names = sorted(obs_group.keys())
@@ -68,21 +70,27 @@ def read_robomimic(path, obs_keys=None, filter_key: str | None = None,
             fields += [(f"next_obs/{k}", f"next_obs/{k}") for k in obs_names]
         fields.append(("actions", "actions"))
         for opt in ("rewards", "dones"):
-            have = [d for d in demos if opt in data[d]]
+            have = [d for d in demos if opt in groups[d]]
             if len(have) == len(demos):
                 fields.append((opt, opt))
             elif have:
-                missing = next(d for d in demos if opt not in data[d])
+                missing = next(d for d in demos if opt not in groups[d])
                 raise DatasetFormatError(f"{p}: data/{missing} has no {opt!r} but data/{have[0]} "
                                          f"does (every demo or none must)")
         lengths = []
         for d in demos:
-            grp = _group(data, d, p, "data/")
+            grp = groups[d]
             L = _dataset(grp, "actions", p, f"data/{d}/").shape[0]
             ns = grp.attrs.get("num_samples")
-            if ns is not None and int(ns) != L:
-                raise DatasetFormatError(f"{p}: data/{d} has num_samples={int(ns)} but {L} "
-                                         f"actions")
+            if ns is not None:
+                try:
+                    ns = int(np.asarray(ns).item())
+                except (TypeError, ValueError):
+                    raise DatasetFormatError(f"{p}: data/{d} has num_samples={ns!r:.40}, not a "
+                                             f"number") from None
+                if ns != L:
+                    raise DatasetFormatError(f"{p}: data/{d} has num_samples={ns} but {L} "
+                                             f"actions")
             lengths.append(L)
         lengths = np.asarray(lengths, dtype=np.int64)
         if (lengths == 0).any():
@@ -102,7 +110,7 @@ def read_robomimic(path, obs_keys=None, filter_key: str | None = None,
         with _progress.bar(total, "reading hdf5", progress=progress) as bar:
             start = 0
             for d, L in zip(demos, lengths.tolist(), strict=True):
-                grp = data[d]
+                grp = groups[d]
                 for key, rel in fields:
                     where = f"data/{d}/{rel}"
                     ds = _dataset(grp, rel, p, f"data/{d}/")
@@ -121,11 +129,13 @@ def read_robomimic(path, obs_keys=None, filter_key: str | None = None,
                     bar.update(dst[start:start + L].nbytes)
                 start += L
         env_args = _env_args(data, p)
-    fps = None
+    fps = None  # optional: a control_freq that is not a positive number is not a rate
     try:
         fps = float(env_args["env_kwargs"]["control_freq"])
     except (KeyError, TypeError, ValueError):
         pass
+    if fps is not None and not (np.isfinite(fps) and fps > 0):
+        fps = None
     return TrajectorySource(
         arrays=out, episode_ends=ends, fps=fps,
         image_keys=tuple(k for k, a in out.items()
@@ -192,7 +202,7 @@ def _demos(f, data, filter_key, p: Path) -> list[str]:
     if filter_key is not None:
         if not isinstance(filter_key, str) or not filter_key or "/" in filter_key:
             raise ValueError(f"filter_key: expected a name under mask/, got {filter_key!r}")
-        mask = f.get("mask")
+        mask = _group(f, "mask", p) if f.get("mask", getlink=True) is not None else None
         if mask is None or filter_key not in mask:
             have = sorted(mask.keys()) if mask is not None else []
             raise ValueError(f"filter_key: {filter_key!r} is not in mask/ of {p} "
