@@ -223,10 +223,7 @@ class TrajectoryStore:
                                 f"{tuple(x.shape)} (keep it an ordinary key)")
         shipped = _check_stats("stats", source.stats, checked) if source.stats else None
 
-        dev = resolve_device(device)
-        _require_device(dev)
-        if not isinstance(frames_on_host, bool):
-            raise TypeError(f"frames_on_host: expected a bool, got {frames_on_host!r}")
+        dev = _check_placement(device, frames_on_host)
         host_keys = image_keys if frames_on_host and dev != "cpu" else ()  # uint8, checked
         placed = _place(checked, ts, dev, progress, host_keys)
         return cls(arrays=placed[0], episode_ends=ends, fps=fps, timestamps=placed[1],
@@ -242,6 +239,8 @@ class TrajectoryStore:
         `keys` loads only those features (unused cameras are never decoded)."""
         from .formats.lerobot import read_lerobot
 
+        _check_placement(device, frames_on_host)  # before reading (and decoding)
+
         source = read_lerobot(root, keys=keys, video_backend=video_backend,
                               tolerance_s=tolerance_s, progress=progress)
         return cls.from_source(source, device=device, progress=progress,
@@ -252,6 +251,8 @@ class TrajectoryStore:
                   frames_on_host: bool = False) -> TrajectoryStore:
         """A diffusion_policy ReplayBuffer zarr store (data/<key>, meta/episode_ends)."""
         from .formats.zarr import read_zarr
+
+        _check_placement(device, frames_on_host)
 
         return cls.from_source(read_zarr(path, keys=keys, progress=progress), device=device,
                                progress=progress, frames_on_host=frames_on_host)
@@ -264,6 +265,8 @@ class TrajectoryStore:
         "next_obs/<key>" with next_obs=True); demos in numeric order; `filter_key` selects
         mask/<filter_key>."""
         from .formats.robomimic import read_robomimic
+
+        _check_placement(device, frames_on_host)
 
         source = read_robomimic(path, obs_keys=obs_keys, filter_key=filter_key,
                                 progress=progress, next_obs=next_obs)
@@ -285,6 +288,7 @@ class TrajectoryStore:
         through pinned buffers; a newer format version or a failed checksum is refused."""
         from .formats.cache import read_cache
 
+        _check_placement(device, frames_on_host)
         return cls.from_source(read_cache(directory, verify=verify, progress=progress),
                                device=device, progress=progress, frames_on_host=frames_on_host)
 
@@ -419,6 +423,15 @@ class TrajectoryStore:
                 self._stats_cache[k] = _stats.feature_stats(x, image=k in self._image_keys)
             out[k] = {name: v.copy() for name, v in self._stats_cache[k].items()}
         return out
+
+
+def _check_placement(device, frames_on_host) -> str:
+    """The resolved device, checked with frames_on_host - by the readers before they read."""
+    dev = resolve_device(device)
+    _require_device(dev)
+    if not isinstance(frames_on_host, bool):
+        raise TypeError(f"frames_on_host: expected a bool, got {frames_on_host!r}")
+    return dev
 
 
 def _check_stats(name: str, stats, arrays) -> dict:

@@ -132,3 +132,14 @@ def test_save_and_load_round_trip(tmp_path):
     npy.write_bytes(bytes(raw))
     with pytest.raises(DatasetFormatError, match="checksum|sha256"):
         rc.TrajectoryStore.load(out, device="cpu", progress=False)
+
+
+@pytest.mark.parametrize("reader", ["from_lerobot", "from_zarr", "from_robomimic", "load"])
+def test_device_and_frames_on_host_are_checked_before_reading(tmp_path, reader):
+    """A bad device or frames_on_host is said before a reader reads (or decodes) anything: the
+    path here does not even exist."""
+    make = getattr(rc.TrajectoryStore, reader)
+    with pytest.raises(ValueError, match="device: expected 'cpu', 'cuda' or 'cuda:N', got 'gpu'"):
+        make(tmp_path / "nothing", device="gpu")
+    with pytest.raises(TypeError, match="frames_on_host: expected a bool"):
+        make(tmp_path / "nothing", frames_on_host="yes")
