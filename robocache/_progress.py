@@ -53,7 +53,10 @@ def bar(total: int | float, desc: str, *, unit: str = "B", progress=None):
     """A context manager with .update(n); silent per the rules above."""
     if progress is False:
         return _Silent()
-    if progress is not None and progress is not True and hasattr(progress, "update"):
+    if progress is not None and progress is not True:
+        if not hasattr(progress, "update"):  # "yes", 1: not a choice this takes
+            raise TypeError(f"progress: expected None, True, False or a bar with update(n), "
+                            f"got {progress!r:.60}")
         return _Shared(progress, owned=False)
     try:
         from tqdm import tqdm

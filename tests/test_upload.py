@@ -991,6 +991,9 @@ def test_progress_can_be_a_caller_owned_bar():
     assert b.n == 42 and not b.closed
     with _progress.bar(100, "x", progress=False) as inner:
         inner.update(1)
+    for bad in ("yes", 1):  # neither a choice nor a bar: said, not taken as True
+        with pytest.raises(TypeError, match="progress: expected None, True, False or a bar"):
+            _progress.bar(100, "x", progress=bad)
 
 
 def test_progress_bars_count_every_update_from_several_threads():
