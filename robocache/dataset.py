@@ -224,6 +224,8 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                                                          scale=None)
         self._host_frame_ptrs: dict[str, np.uint64] = {}
         self._private_frames: dict[str, np.ndarray | None] = {}  # see _frames
+        self._episode_ids = _stored_ids(store)  # see _stored_episode_ids
+        self._episode_ids_on: dict = {}
         self._calls = 0  # random-draw batch counter of direct __getitems__ calls
         self._norm = self._resolve_norm(normalize, stats, normalize_eps, sources)
         dtype = self._check_dtype(dtype)
@@ -655,12 +657,15 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         idx (their windows may be built by this batch's launch)."""
         builder = self._op.batch_builder(self._order, reuse, batch_size)
         names = self._order
-        if not self._image_keys:
+        if not self._image_keys and self._episode_ids is None:
             def build(offset: int, count: int, draw, ahead: int = 0) -> WindowBatch:
                 return WindowBatch(zip(names, builder(offset, count, ahead), strict=False))
         else:
             def build(offset: int, count: int, draw, ahead: int = 0) -> WindowBatch:
                 batch = WindowBatch(zip(names, builder(offset, count, ahead), strict=False))
+                self._stored_episode_ids(batch)
+                if not self._image_keys:
+                    return batch
                 return self._finish_images(batch, draw, builder.kept_with_last_set())
         return builder, build
 
@@ -685,7 +690,20 @@ class TrajectoryDataset(torch.utils.data.Dataset):
             batch = WindowBatch((n, _to_torch(raw[n])) for n in self._order)
         else:
             batch = WindowBatch((n, raw[n]) for n in self._order)
+        self._stored_episode_ids(batch)
         return self._finish_images(batch, draw) if self._image_keys else batch
+
+    def _stored_episode_ids(self, batch: WindowBatch) -> None:
+        """batch["episode_index"]: the dataset's own episode ids where they are not 0..E-1 (a
+        LeRobot dataset's episode_index column, as LeRobot returns it); the kernel writes the
+        store's position of the episode."""
+        if self._episode_ids is not None:
+            ep = batch["episode_index"]
+            ids = self._episode_ids_on.get(ep.device)
+            if ids is None:
+                ids = self._episode_ids_on[ep.device] = torch.from_numpy(
+                    self._episode_ids).to(ep.device)
+            batch["episode_index"] = ids[ep]
 
     def _finish_images(self, batch: WindowBatch, draw: tuple[int, int, int],
                        kept: dict | None = None) -> WindowBatch:
@@ -773,6 +791,19 @@ def gather_frames(frames, rows, zero_mask=None):
     if zero_mask is not None:  # masked_fill_ rather than out[mask] = 0: no device sync
         out.masked_fill_(zero_mask.reshape(*zero_mask.shape, *([1] * (frames.ndim - 1))), 0)
     return out
+
+
+def _stored_ids(store) -> np.ndarray | None:
+    """int64 [E]: the episode ids a reader kept in store.meta["episode_index"], when they are
+    not simply 0..E-1 (None then, and for stores without them)."""
+    ids = store.meta.get("episode_index")
+    if not isinstance(ids, (list, tuple, np.ndarray)) or len(ids) != store.num_episodes:
+        return None
+    try:
+        arr = np.asarray(ids, dtype=np.int64)
+    except (TypeError, ValueError):
+        return None
+    return None if np.array_equal(arr, np.arange(store.num_episodes)) else arr
 
 
 def _with_meta(names, store) -> tuple[str, ...]:

@@ -580,6 +580,23 @@ def test_key_count_and_offset_limits_are_said_up_front():
     assert ok[0]["x_is_pad"].tolist() == [True, True]
 
 
+def test_episode_index_is_the_datasets_own_id():
+    """A LeRobot dataset whose episode ids are not 0..E-1 (store.meta["episode_index"]) gets
+    them in batches, as LeRobot returns its episode_index column; on the loader's path too."""
+    st = rc.TrajectoryStore.from_arrays({"x": np.arange(9.0)}, [2, 3, 7, 9], device="cpu")
+    st.meta["episode_index"] = [0, 2, 5, 9]
+    ds = rc.TrajectoryDataset(st, delta_indices={"x": [-1, 0]})
+    want = np.repeat([0, 2, 5, 9], [2, 1, 4, 2])
+    assert ds.__getitems__(range(9))["episode_index"].tolist() == want.tolist()
+    assert ds[3]["episode_index"] == 5 and ds[3]["frame_index"] == 0
+    loader = rc.DataLoader(ds, batch_size=4, shuffle=True, seed=2)
+    order = loader.epoch_order(0)
+    got = np.concatenate([b["episode_index"].numpy() for b in loader])
+    np.testing.assert_array_equal(got, want[order])
+    st.meta["episode_index"] = [0, 1, 2, 3]  # the positions themselves: nothing to map
+    assert rc.TrajectoryDataset(st)._episode_ids is None
+
+
 def test_goal_keys_are_checked():
     st = rc.TrajectoryStore.from_arrays({"x": np.zeros((6, 2), np.float32)}, episode_ends=[2, 6],
                                         fps=10, timestamps=[0, 0.1, 0, 0.1, 0.2, 0.3],
