@@ -170,6 +170,17 @@ def _cmd_demo(args) -> int:
     return result if isinstance(result, int) else 0
 
 
+def _jobs(text: str) -> int:
+    """--jobs: 0 (one per CPU) or a positive count."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 (one per CPU) or more, got {n}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m robocache", description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -196,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only this kernel module (repeatable)")
     p.add_argument("--ptxas", action="store_true",
                    help="with --check: print ptxas' register and spill report")
-    p.add_argument("-j", "--jobs", type=int, default=0,
+    p.add_argument("-j", "--jobs", type=_jobs, default=0,
                    help="with --check: parallel compiles (default: CPU count)")
     p.add_argument("--device", type=int, action="append",
                    help="without --check: warm the cache for this device (default: current)")

@@ -158,3 +158,11 @@ def test_demo(monkeypatch, capsys):
 def test_no_command_prints_help():
     out = rc()
     assert out.returncode == 2 and "selftest" in out.stdout
+
+
+def test_compile_jobs_must_be_a_count(capsys):
+    for bad in ("-3", "many"):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["compile", "--check", "--jobs", bad])
+        assert exc.value.code == 2
+        assert "argument -j/--jobs: expected" in capsys.readouterr().err

@@ -500,6 +500,11 @@ def test_float_column_into_an_int_feature_is_refused(small):
         read_lerobot(small, keys=["task_index"])
 
 
+def test_an_empty_keys_list_is_said_plainly(small):
+    with pytest.raises(ValueError, match="keys: expected at least one feature .*empty list"):
+        read_lerobot(small, keys=[])
+
+
 def test_integers_outside_the_declared_dtype_are_refused_not_wrapped():
     from robocache.formats import _arrow
 

@@ -197,6 +197,9 @@ def _select(features: dict, keys) -> list[str]:
                              f"numeric, video or image")
     if len(set(keys)) != len(keys):
         raise ValueError(f"keys: expected distinct names, got {keys}")
+    if not keys:
+        raise ValueError(f"keys: expected at least one feature (None for all), got an empty "
+                         f"list; features: {sorted(usable)}")
     return keys
 
 
