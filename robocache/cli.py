@@ -46,8 +46,10 @@ def _modules(names):
     if names:
         known = {m.source for m in mods}
         unknown = sorted(set(names) - known)
-        if unknown:
-            raise SystemExit(f"--module: expected names among {sorted(known)}, got {unknown}")
+        if unknown:  # a usage error: exit status 2, as argparse's
+            print(f"python -m robocache compile: error: --module: expected names among "
+                  f"{sorted(known)}, got {unknown}", file=sys.stderr)
+            raise SystemExit(2)
         mods = tuple(m for m in mods if m.source in names)
     return mods
 
@@ -214,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_compile)
 
     p = sub.add_parser("bench", help="run the benchmarks (source checkout only); further "
-                       "arguments go to benchmarks/run_all.py")
+                       "arguments go to benchmarks/run_all.py", add_help=False)  # --help too
     p.set_defaults(fn=_cmd_bench)  # every further argument goes to benchmarks/run_all.py
 
     p = sub.add_parser("demo", help="run the demo")
@@ -227,8 +229,9 @@ def main(argv=None) -> int:
     args, extra = ap.parse_known_args(argv)
     if args.command == "bench":
         args.args = extra
-    elif extra:
-        ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    elif extra:  # said by the command's own parser, with its usage
+        sub = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction))
+        (sub.choices.get(args.command) or ap).error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         ap.print_help()
         return 2

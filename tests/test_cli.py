@@ -106,7 +106,15 @@ def test_compile_check_reports_nvrtc_errors(monkeypatch, tmp_path, capsys):
 
 def test_compile_check_unknown_module():
     out = rc("compile", "--check", "--module", "nope.cu")
-    assert out.returncode != 0 and "nope.cu" in out.stderr
+    assert out.returncode == 2 and "nope.cu" in out.stderr  # a usage error, as argparse's
+
+
+def test_unknown_arguments_get_the_commands_usage_and_bench_forwards_help():
+    out = rc("info", "--bogus")
+    assert out.returncode == 2 and "usage: python -m robocache info" in out.stderr
+    assert "unrecognized arguments: --bogus" in out.stderr
+    out = rc("bench", "--help")  # run_all.py's own help, as documented
+    assert out.returncode == 0 and "run_all.py" in out.stdout and "--quick" in out.stdout
 
 
 def test_compile_warm_without_gpu():
