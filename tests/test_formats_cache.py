@@ -384,3 +384,20 @@ def test_many_files_written_in_parallel_read_back(tmp_path):
 class _NoBar:
     def update(self, n):
         pass
+
+
+def test_the_write_bar_counts_the_arrays_bytes_to_its_total(tmp_path):
+    """The bar's total is the arrays' bytes; the .npy headers written before them are not
+    counted (it overshot its total)."""
+    class Bar:
+        n = 0
+
+        def update(self, k):
+            self.n += k
+
+    bar = Bar()
+    arrays = {"x": np.arange(1000.0), "y": np.zeros((1000, 3), np.float32),
+              "e": np.zeros((1000, 0))}
+    write_cache(tmp_path / "c", arrays, episode_ends=[1000], timestamps=np.arange(1000) / 10,
+                progress=bar)
+    assert bar.n == sum(a.nbytes for a in arrays.values()) + 8000

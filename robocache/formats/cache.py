@@ -207,15 +207,23 @@ def _not_cache_files(target: Path) -> list[str]:
 
 
 class _HashingWriter:
-    """What np.lib.format.write_array writes to: the file, a SHA-256 and a progress bar."""
+    """What np.lib.format.write_array writes to: the file, a SHA-256 and a progress bar, which
+    counts the array's bytes (the bar's total) and not the header written before them."""
 
-    def __init__(self, f, bar):
+    def __init__(self, f, bar, data_bytes: int):
         self.f, self.bar, self.hash = f, bar, hashlib.sha256()
+        self.header_seen = False  # write_array writes magic + header in its first call
+        self.data_bytes = data_bytes
 
     def write(self, b) -> int:
         self.hash.update(b)
         n = self.f.write(b)
-        self.bar.update(len(b))
+        if not self.header_seen:
+            self.header_seen = True
+            return n
+        counted = min(len(b), self.data_bytes)
+        self.data_bytes -= counted
+        self.bar.update(counted)
         return n
 
 
@@ -224,7 +232,7 @@ def _write_npy(path: Path, arr: np.ndarray, bar) -> dict:
     if dtype == "bfloat16":  # no NumPy dtype descr for it: stored as its bits
         arr = arr.view(np.uint16)
     with open(path, "wb") as f:
-        w = _HashingWriter(f, bar)
+        w = _HashingWriter(f, bar, int(arr.nbytes))
         np.lib.format.write_array(w, np.ascontiguousarray(arr), allow_pickle=False)
         f.flush()
         os.fsync(f.fileno())
