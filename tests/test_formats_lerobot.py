@@ -379,6 +379,7 @@ def test_bad_info_json(small):
 @pytest.mark.parametrize("change, match", [
     ({"codebase_version": "v1.6"}, "codebase_version"),
     ({"fps": 0}, "fps"),
+    ({"fps": float("inf")}, "info.json: fps must be a positive number"),
     ({"features": {"action": {"dtype": "float32", "shape": [-1]}}}, "shape"),
     ({"total_frames": 999}, "total_frames"),
 ])

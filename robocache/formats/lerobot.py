@@ -163,7 +163,7 @@ def _load_info(root: Path) -> dict:
         raise DatasetFormatError(f"{path}: codebase_version {version!r} is not supported "
                                  f"(expected 'v3.x', 'v2.1' or 'v2.0')")
     fps = info.get("fps")
-    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps < float("inf"):
         raise DatasetFormatError(f"{path}: fps must be a positive number, got {fps!r}")
     feats = info.get("features")
     if not isinstance(feats, dict) or not feats:
@@ -397,7 +397,7 @@ class _V2(_Layout):
         data_tpl = _paths.check_template(info.get("data_path"), V2_DATA_FIELDS,
                                          "meta/info.json data_path")
         chunks_size = info.get("chunks_size", V3_DEFAULT_CHUNKS_SIZE)
-        if not isinstance(chunks_size, int) or chunks_size <= 0:
+        if isinstance(chunks_size, bool) or not isinstance(chunks_size, int) or chunks_size <= 0:
             raise DatasetFormatError(f"{root / 'meta/info.json'}: chunks_size must be a positive "
                                      f"integer, got {chunks_size!r}")
         path = _paths.inside(root, "meta/episodes.jsonl", "meta/episodes.jsonl")
@@ -406,7 +406,8 @@ class _V2(_Layout):
         ids, lengths = [], []
         for i, r in enumerate(rows):
             e, n = r.get("episode_index"), r.get("length")
-            if not (isinstance(e, int) and isinstance(n, int) and e >= 0 and n > 0):
+            if not (isinstance(e, int) and isinstance(n, int) and e >= 0 and n > 0) \
+                    or isinstance(e, bool) or isinstance(n, bool):
                 raise DatasetFormatError(f"{path}: entry {i} needs integer episode_index >= 0 and "
                                          f"length > 0, got {e!r} and {n!r}")
             ids.append(e)
