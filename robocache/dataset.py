@@ -119,8 +119,9 @@ class TrajectoryDataset(torch.utils.data.Dataset):
     statistics of "obs/<k>", as robomimic); stats:
     key -> {stat: array} to use instead of the store's shipped or computed statistics. keys:
     which store keys to return (default all). dtype: output dtype of floating / normalized keys
-    (str), or per key (dict; "keep" copies the store's dtype). episodes: sample only these episodes - episode indices
-    (LeRobot's `episodes=`) or a bool mask over the store's episodes (diffusion_policy's
+    (str), or per key (dict; "keep" copies the store's dtype). episodes: sample only these
+    episodes - episode indices (LeRobot's `episodes=`: the dataset's own episode ids where a
+    LeRobot store keeps ids other than 0..E-1) or a bool mask over the store's episodes (diffusion_policy's
     `episode_mask`, e.g. a train / validation split of one store); windows still pad at their
     own episode's edges, `index` / `episode_index` stay the store's, and normalization statistics
     stay the whole store's (as LeRobot's meta/stats.json and diffusion_policy's normalizer).
@@ -181,7 +182,9 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         self._deltas = {k: deltas[k] for k in self._keys if k in deltas}
         first = W.check_drop("drop_n_first_frames", drop_n_first_frames)
         last = W.check_drop("drop_n_last_frames", drop_n_last_frames)
-        chosen = W.check_episodes(episodes, store.num_episodes)
+        self._episode_ids = _stored_ids(store)  # see _stored_episode_ids
+        self._episode_ids_on: dict = {}
+        chosen = W.check_episodes(episodes, store.num_episodes, self._episode_ids)
         if not isinstance(keep_short_episodes, bool):
             raise TypeError(f"keep_short_episodes: expected True or False, got "
                             f"{keep_short_episodes!r}")
@@ -224,8 +227,6 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                                                          scale=None)
         self._host_frame_ptrs: dict[str, np.uint64] = {}
         self._private_frames: dict[str, np.ndarray | None] = {}  # see _frames
-        self._episode_ids = _stored_ids(store)  # see _stored_episode_ids
-        self._episode_ids_on: dict = {}
         self._calls = 0  # random-draw batch counter of direct __getitems__ calls
         self._norm = self._resolve_norm(normalize, stats, normalize_eps, sources)
         dtype = self._check_dtype(dtype)
@@ -386,6 +387,13 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         if stats is not None and not isinstance(stats, Mapping):
             raise TypeError(f"stats: expected a dict of key -> {{stat: array}}, got "
                             f"{type(stats).__name__}")
+        if stats is not None:  # a misspelt key would leave its statistics unused, silently
+            known = set(self._keys) | set(self._store.keys) | set(META_KEYS) | {"timestamp"}
+            unknown = [k for k in stats if k not in known]
+            if unknown:
+                raise ValueError(f"stats: expected keys of the dataset or its store "
+                                 f"{sorted(set(self._keys) | set(self._store.keys))}, got "
+                                 f"{unknown}")
         out = {}
         for key, mode in normalize.items():
             if key not in self._keys:

@@ -200,12 +200,19 @@ class DataLoader:
         Forwarded to a sampler / batch_sampler that has set_epoch (e.g. DistributedSampler)."""
         if not _is_int(epoch) or epoch < 0:
             raise ValueError(f"epoch: expected an int >= 0, got {epoch!r}")
+        if not (self._resume is not None and int(epoch) == self._epoch):
+            # a resume point loaded for this very epoch survives (load_state_dict, then the
+            # training loop's set_epoch(epoch)); any other epoch starts at its first batch
+            self._position = 0
+            self._resume = None
         self._epoch = int(epoch)
-        self._position = 0
-        self._resume = None
+        self._forward_epoch()
+
+    def _forward_epoch(self) -> None:
+        """The epoch to a sampler / batch_sampler that has set_epoch (DistributedSampler)."""
         for s in (self.sampler, self.batch_sampler):
             if s is not None and hasattr(s, "set_epoch"):
-                s.set_epoch(epoch)
+                s.set_epoch(self._epoch)
 
     @property
     def epoch(self) -> int:
@@ -225,8 +232,8 @@ class DataLoader:
 
     def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """(order int64 [M], batch bounds int64 [num_batches + 1]) of this rank's epoch."""
-        if self.batch_sampler is not None:
-            batches = [np.asarray(list(b), dtype=np.int64).reshape(-1)
+        if self.batch_sampler is not None:  # each batch checked as __getitems__ checks it
+            batches = [self.dataset._check_indices(np.asarray(list(b)).reshape(-1))
                        for b in self.batch_sampler]
             order = np.concatenate(batches) if batches else np.zeros(0, np.int64)
             bounds = np.concatenate([[0], np.cumsum([b.size for b in batches])]).astype(np.int64)
@@ -344,3 +351,4 @@ class DataLoader:
         self._epoch = int(state["epoch"])
         self._position = int(state["batches_done"])
         self._resume = self._position
+        self._forward_epoch()  # a DistributedSampler draws the saved epoch's order

@@ -89,11 +89,14 @@ def _host_values(seq) -> np.ndarray:
     return _array.to_numpy(seq)
 
 
-def check_episodes(episodes, num_episodes: int) -> np.ndarray | None:
+def check_episodes(episodes, num_episodes: int, ids: np.ndarray | None = None
+                   ) -> np.ndarray | None:
     """bool [E] mask of the episodes a dataset samples from, or None for all of them.
 
     episodes: episode indices (ints in [0, E), each at most once, any order - LeRobot's
-    `episodes=`) or a bool mask of length E (diffusion_policy's `episode_mask`)."""
+    `episodes=`) or a bool mask of length E (diffusion_policy's `episode_mask`). `ids`: the
+    dataset's own episode ids where they are not 0..E-1 (a LeRobot dataset's episode_index
+    column); integer `episodes` then name those ids, as LeRobot's `episodes=` does."""
     if episodes is None:
         return None
     if isinstance(episodes, (str, bytes, Mapping)) or not isinstance(episodes, Iterable):
@@ -116,6 +119,14 @@ def check_episodes(episodes, num_episodes: int) -> np.ndarray | None:
     if values.size == 0:
         raise ValueError("episodes: expected at least one episode index, got none")
     values = values.astype(np.int64)
+    if ids is not None:  # ids -> positions
+        position = {int(e): i for i, e in enumerate(ids.tolist())}
+        unknown = [int(v) for v in values if int(v) not in position]
+        if unknown:
+            raise ValueError(f"episodes: expected episode ids of the dataset "
+                             f"({ids.tolist()[:8]}{' ...' if ids.size > 8 else ''}), got "
+                             f"{unknown[0]}")
+        values = np.array([position[int(v)] for v in values], dtype=np.int64)
     bad = (values < 0) | (values >= num_episodes)
     if bad.any():
         raise ValueError(f"episodes: expected episode indices in [0, {num_episodes}), got "

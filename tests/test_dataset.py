@@ -593,8 +593,28 @@ def test_episode_index_is_the_datasets_own_id():
     order = loader.epoch_order(0)
     got = np.concatenate([b["episode_index"].numpy() for b in loader])
     np.testing.assert_array_equal(got, want[order])
+    # episodes= names those ids, as LeRobot's episodes= does
+    sub = rc.TrajectoryDataset(st, episodes=[9, 2])
+    assert sorted(set(sub.__getitems__(range(len(sub)))["episode_index"].tolist())) == [2, 9]
+    with pytest.raises(ValueError, match=r"episodes: expected episode ids of the dataset "
+                                         r"\(\[0, 2, 5, 9\]\), got 1"):
+        rc.TrajectoryDataset(st, episodes=[1])
     st.meta["episode_index"] = [0, 1, 2, 3]  # the positions themselves: nothing to map
     assert rc.TrajectoryDataset(st)._episode_ids is None
+
+
+def test_every_masked_key_has_a_mask_of_its_own_and_stats_keys_are_checked():
+    """Keys with equal offsets get separate is_pad arrays (an in-place edit of one changed
+    the other's); a misspelt stats= key is an error."""
+    st = rc.TrajectoryStore.from_arrays({"x": np.arange(20.0), "y": np.arange(20.0)}, [10, 20],
+                                        device="cpu")
+    ds = rc.TrajectoryDataset(st, delta_indices={"x": [-1, 0], "y": [-1, 0]})
+    b = ds.__getitems__([0, 1])
+    b["x_is_pad"][:] = True
+    assert b["y_is_pad"].tolist() == [[True, False], [False, False]]
+    with pytest.raises(ValueError, match=r"stats: expected keys of the dataset or its store .*"
+                                         r"\['X'\]"):
+        rc.TrajectoryDataset(st, normalize={"x": "mean_std"}, stats={"X": {"mean": 0, "std": 1}})
 
 
 def test_goal_keys_are_checked():

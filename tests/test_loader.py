@@ -280,6 +280,54 @@ def test_seed_out_of_range_and_incomplete_state_are_named_up_front():
         loader.epoch_order(-1)
 
 
+def test_a_loaded_position_survives_set_epoch_of_its_epoch_and_reaches_the_sampler():
+    """The usual resume: load_state_dict, then the training loop's set_epoch(epoch) - the
+    loaded position stays (another epoch starts at its first batch), and a sampler with
+    set_epoch (DistributedSampler) gets the saved epoch."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    store = rc.TrajectoryStore.from_arrays({"x": np.arange(20.0)[:, None]}, [10, 20])
+    ds = rc.TrajectoryDataset(store)
+    a = rc.DataLoader(ds, batch_size=4, shuffle=True, seed=0)
+    a.set_epoch(2)
+    it = iter(a)
+    seen = [next(it)["index"].tolist() for _ in range(2)]
+    rest = [b["index"].tolist() for b in it]
+    b = rc.DataLoader(ds, batch_size=4, shuffle=True, seed=0)
+    b.set_epoch(2)
+    it = iter(b)
+    next(it), next(it)
+    state = b.state_dict()
+    c = rc.DataLoader(ds, batch_size=4, shuffle=True, seed=0)
+    c.load_state_dict(state)
+    c.set_epoch(2)
+    assert [x["index"].tolist() for x in c] == rest and len(seen) == 2
+    d = rc.DataLoader(ds, batch_size=4, shuffle=True, seed=0)
+    d.load_state_dict(state)
+    d.set_epoch(3)  # another epoch: from its first batch
+    assert len(list(d)) == 5
+    sampler = DistributedSampler(ds, num_replicas=1, rank=0, seed=0)
+    e = rc.DataLoader(ds, batch_size=4, sampler=sampler)
+    e.set_epoch(3)
+    it = iter(e)
+    next(it)
+    state = e.state_dict()  # epoch 3, one batch done
+    want = [x["index"].tolist() for x in it]
+    f = rc.DataLoader(ds, batch_size=4, sampler=DistributedSampler(ds, num_replicas=1, rank=0,
+                                                                   seed=0))
+    f.load_state_dict(state)
+    assert f.sampler.epoch == 3 and [x["index"].tolist() for x in f] == want
+
+
+def test_batch_sampler_values_are_checked_like_indices():
+    store = rc.TrajectoryStore.from_arrays({"x": np.arange(10.0)[:, None]}, [4, 10])
+    ds = rc.TrajectoryDataset(store)
+    for bad in ([[0.9, 2.7]], [[True, False]]):
+        with pytest.raises(TypeError, match="indices: expected integers"):
+            list(rc.DataLoader(ds, batch_sampler=bad))
+    assert [b["index"].tolist() for b in rc.DataLoader(ds, batch_sampler=[[3, -1]])] == [[3, 9]]
+
+
 def test_indices_beyond_int64_are_out_of_range_not_wrapped():
     store = rc.TrajectoryStore.from_arrays({"x": np.arange(10.0)[:, None]}, [4, 10])
     ds = rc.TrajectoryDataset(store)

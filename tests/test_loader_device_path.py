@@ -226,9 +226,11 @@ def test_builder_refuses_unknown_entries_and_host_ops():
         dev._op.batch_builder(["state", "nope"])
     with pytest.raises(RuntimeError, match="device tables"):
         host._op.batch_builder(["state"])
-    # a key sharing another key's mask reads the owner's mask array
-    assert dev._op.resolve_name("grip_is_pad") == "action_is_pad"
+    # every key with offsets has a mask array of its own, also with another key's offsets
+    assert dev._op.resolve_name("grip_is_pad") == "grip_is_pad"
     assert dev._op.resolve_name("state_is_pad") == "state_is_pad"
+    with pytest.raises(KeyError, match="nope_is_pad"):
+        dev._op.resolve_name("nope_is_pad")
 
 
 @pytest.mark.parametrize("reuse", [0, 2])

@@ -148,6 +148,8 @@ def test_emulated_dataset_batch_equals_cpu_batch():
             got = ds._finish(dev.run_cuda(idx), torch_from_numpy=True)
         want = ds.__getitems__(idx)
         assert set(got) == set(want)
+        # equal offsets, separate masks (the kernel writes each key's own)
+        assert got["state_is_pad"].data_ptr() != got["cam_is_pad"].data_ptr()
         for k in want:
             assert got[k].dtype == want[k].dtype, k
             assert (got[k] == want[k]).all(), k

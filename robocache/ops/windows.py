@@ -7,7 +7,7 @@ For a batch of dataset indices it returns, per key (rules in windows.py and wind
 
   key                values [B, K, *feature] ([B, *feature] without offsets), or for "rows" keys
                      the clamped source rows int64 [B, K] that another op (camera frames) reads
-  key + "_is_pad"    bool [B, K]; keys with equal offsets share one mask array
+  key + "_is_pad"    bool [B, K], one array per key
   index, episode_index, frame_index   int64 [B]: a, the segment id, a - s
 
 The NumPy path is vectorized over samples (one fancy-index gather per key). The CUDA path is ONE
@@ -112,13 +112,10 @@ class WindowOp:
         self.keys = list(keys)
         self.anchors = np.ascontiguousarray(anchors, dtype=np.int64)
         self.zero_pad = bool(zero_pad)
-        # keys with equal offsets share one is_pad mask: owner name per offsets tuple
+        # every key with offsets writes an is_pad mask of its own (keys with equal offsets once
+        # shared one array, which an in-place edit of one key's mask changed for the others)
         self._dkeys = [_deltas_key(k.deltas) for k in self.keys]
-        self.mask_owner: dict[str, str] = {}
-        owners: dict[tuple, str] = {}
-        for k in self.keys:
-            if k.deltas is not None:
-                self.mask_owner[k.name] = owners.setdefault(_deltas_key(k.deltas), k.name)
+        self._masked = {k.name for k in self.keys if k.deltas is not None}
         self._host_src = None
         self._like = like
         self._desc = None
@@ -129,31 +126,24 @@ class WindowOp:
     # output layout
 
     def output_spec(self, B: int) -> dict[str, tuple[tuple[int, ...], str]]:
-        """name -> (shape, dtype) of every array a batch of B samples returns (shared masks once)."""
+        """name -> (shape, dtype) of every array a batch of B samples returns."""
         spec = {m: ((B,), "int64") for m in META_KEYS}
         for k in self.keys:
             lead = (B,) if k.deltas is None else (B, k.K)
             spec[k.name] = ((*lead, *k.feature_shape) if k.kind == "values" else lead,
                             k.result_dtype)
-            if k.deltas is not None and self.mask_owner[k.name] == k.name:
+            if k.deltas is not None:
                 spec[f"{k.name}_is_pad"] = ((B, k.K), "bool")
         return spec
 
     def resolve_name(self, name: str) -> str:
-        """The output array behind a batch entry (a key sharing its mask names the owner's)."""
-        if name.endswith("_is_pad"):
-            key = name[: -len("_is_pad")]
-            if key in self.mask_owner:
-                return f"{self.mask_owner[key]}_is_pad"
+        """The output array behind a batch entry: the entry itself (a KeyError for a name this
+        op does not write)."""
+        if name.endswith("_is_pad") and name[: -len("_is_pad")] in self._masked:
+            return name
         if name in META_KEYS or any(k.name == name for k in self.keys):
             return name
         raise KeyError(f"{name!r} is not an output of this WindowOp")
-
-    def _share_masks(self, out: dict) -> dict:
-        for name, owner in self.mask_owner.items():
-            if owner != name:
-                out[f"{name}_is_pad"] = out[f"{owner}_is_pad"]
-        return out
 
     # -----------------------------------------------------------------------------------------
     # NumPy path
@@ -175,14 +165,14 @@ class WindowOp:
             if dk not in cache:
                 cache[dk] = _rows(tab, k.deltas)
             rows, pad = cache[dk]
-            if pad is not None and self.mask_owner[k.name] == k.name:
-                out[f"{k.name}_is_pad"] = pad
+            if pad is not None:  # a mask of its own per key, also where the offsets are equal
+                out[f"{k.name}_is_pad"] = pad.copy()
             if k.kind == "rows":
                 out[k.name] = rows.copy()
                 continue
             # np.take is ~4x faster than fancy indexing for row gathers
             out[k.name] = _convert(k, np.take(src, rows, axis=0), pad if self.zero_pad else None)
-        return self._share_masks(out)
+        return out
 
     # -----------------------------------------------------------------------------------------
     # CUDA path
@@ -228,7 +218,7 @@ class WindowOp:
                 seg_kind.append(SEG_ROWS)
                 seg_key.append(i)
                 widths.append(rows)
-            if k.deltas is not None and self.mask_owner[k.name] == k.name:
+            if k.deltas is not None:
                 seg_kind.append(SEG_MASK)
                 seg_key.append(i)
                 widths.append(k.K)
@@ -250,7 +240,7 @@ class WindowOp:
         self._out_slots = [(i, k.name) for i, k in enumerate(self.keys)
                            if not (k.kind == "values" and k.F == 0)]
         self._mask_slots = [(i, f"{k.name}_is_pad") for i, k in enumerate(self.keys)
-                            if k.deltas is not None and self.mask_owner[k.name] == k.name]
+                            if k.deltas is not None]
         self._alloc = _array.allocator(like)
         self._ptr = _array.address_getter(like)
         # everything per-batch launches need that does not change between batches
@@ -330,7 +320,7 @@ class WindowOp:
              np.uint64(ptr(out["index"])), np.uint64(ptr(out["episode_index"])),
              np.uint64(ptr(out["frame_index"])), np.int64(B)),
             like=self.d_anchors)
-        return self._share_masks(out)
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
