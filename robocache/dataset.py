@@ -217,12 +217,12 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         for k, t in transforms.items():
             if isinstance(t, ImageTransform):
                 try:
-                    self._image_plans[k] = t.plan(tuple(sources[k].shape[1:]))
+                    self._image_plans[k] = t.plan(_frame_shape(sources[k]))
                 except (ValueError, TypeError) as exc:  # say which camera's transform it is
                     raise type(exc)(f"image_transforms[{k!r}]: {exc}") from None
         for k in self._image_keys:  # host-resident frames: the image kernel reads them raw
             if self._store_key.get(k, k) in store.host_keys and k not in transforms:
-                self._image_plans[k] = _images.make_plan(tuple(sources[k].shape[1:]),
+                self._image_plans[k] = _images.make_plan(_frame_shape(sources[k]),
                                                          out_dtype="uint8", layout="BKHWC",
                                                          scale=None)
         self._host_frame_ptrs: dict[str, np.uint64] = {}
@@ -746,6 +746,8 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         rows2 = rows if rows.ndim == 2 else rows.reshape(-1, 1)
         mask2 = None if zero_mask is None else zero_mask.reshape(rows2.shape)
         src = self._sources[key]
+        if src.ndim == 3:  # grey frames [N, H, W]: the same bytes as [N, H, W, 1]
+            src = src.reshape(*src.shape, 1)
         if isinstance(src, np.ndarray):
             out = _images.apply_numpy(plan, src, rows2.numpy(),
                                       None if mask2 is None else mask2.numpy(), rand)
@@ -799,6 +801,12 @@ def gather_frames(frames, rows, zero_mask=None):
     if zero_mask is not None:  # masked_fill_ rather than out[mask] = 0: no device sync
         out.masked_fill_(zero_mask.reshape(*zero_mask.shape, *([1] * (frames.ndim - 1))), 0)
     return out
+
+
+def _frame_shape(frames) -> tuple[int, ...]:
+    """(H, W, C) of a camera key's frames; grey frames [N, H, W] have C = 1."""
+    shape = tuple(int(s) for s in frames.shape[1:])
+    return (*shape, 1) if len(shape) == 2 else shape
 
 
 def _stored_ids(store) -> np.ndarray | None:

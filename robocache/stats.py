@@ -2,7 +2,8 @@
 
 The names and shapes are LeRobot's (meta/stats.json): every statistic has the feature's shape,
 except "count" = [number of frames]. Low-dimensional keys reduce over frames (axis 0); image keys
-([N, H, W, C], channels last) reduce over frames and pixels, giving one value per channel.
+([N, H, W, C], channels last) reduce over frames and pixels, giving one value per channel; a
+camera key without a channel axis ([N, H, W], grey) gives one value.
 
 Accumulation is float64 on the array's own device (NumPy on the host, torch ops for torch CUDA
 tensors; the store never copies a key to the host to describe it). std is the population standard
@@ -31,8 +32,10 @@ _CHUNK_ELEMS = 1 << 25  # float64 elements per pass on the device (256 MiB)
 
 
 def reduce_axes(x, image: bool) -> tuple[int, ...]:
-    if image and x.ndim >= 3:
+    if image and x.ndim >= 4:
         return tuple(range(x.ndim - 1))  # frames and pixels; one value per channel
+    if image and x.ndim == 3:
+        return (0, 1, 2)  # [N, H, W]: one grey channel, one value
     return (0,)
 
 

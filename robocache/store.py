@@ -381,8 +381,11 @@ class TrajectoryStore:
 
     @property
     def shipped_stats(self) -> dict | None:
-        """Statistics that came with the data (e.g. LeRobot's meta/stats.json), or None."""
-        return self._shipped
+        """Statistics that came with the data (e.g. LeRobot's meta/stats.json), or None: a copy
+        (changing it does not change what normalization uses)."""
+        if self._shipped is None:
+            return None
+        return {k: {s: v.copy() for s, v in per.items()} for k, per in self._shipped.items()}
 
     @property
     def nbytes(self) -> int:
@@ -443,8 +446,8 @@ def _check_stats(name: str, stats, arrays) -> dict:
         if not isinstance(d, Mapping):
             raise TypeError(f"{name}[{key!r}]: expected a dict of stat -> array, got "
                             f"{type(d).__name__}")
-        out[key] = {s: np.asarray(_array.to_numpy(_array.as_array(f"{name}[{key!r}][{s!r}]", v)))
-                    for s, v in d.items()}
+        out[key] = {s: np.array(_array.to_numpy(_array.as_array(f"{name}[{key!r}][{s!r}]", v)))
+                    for s, v in d.items()}  # copies: the caller's arrays may change later
     return out
 
 

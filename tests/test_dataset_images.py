@@ -65,6 +65,34 @@ def test_loader_random_crops_follow_seed_epoch_and_batch(rng):
     assert a[0].dtype == np.float32 and a[0].shape[1:] == (2, 3, 6, 6)
 
 
+def test_grey_camera_frames_take_image_transforms_and_have_one_statistic(rng):
+    """A camera key without a channel axis ([N, H, W], as the store accepts) is one grey
+    channel: its transform equals the op on [N, H, W, 1], its statistics are one value."""
+    grey = rng.integers(0, 256, (40, 12, 16), dtype=np.uint8)
+    st = rc.TrajectoryStore.from_arrays({"g": grey}, [10, 25, 40], device="cpu")
+    assert st.image_keys == ("g",)
+    mean = st.stats()["g"]["mean"]
+    assert mean.shape == () and mean == grey.astype(np.float64).mean()
+    ds = rc.TrajectoryDataset(st, delta_indices={"g": [-1, 0]},
+                              image_transforms={"g": rc.ImageTransform(crop=8, resize=6)})
+    got = ds.__getitems__([0, 5])["g"]
+    want = rc.crop_resize_normalize(grey[..., None], np.array([[0, 0], [4, 5]]), crop=8,
+                                    resize=6)
+    assert got.shape == (2, 2, 1, 6, 6)
+    np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_shipped_stats_are_the_stores_own():
+    m = np.zeros(2)
+    st = rc.TrajectoryStore.from_arrays({"s": np.arange(8.0).reshape(4, 2)}, [4], device="cpu",
+                                        stats={"s": {"mean": m, "std": np.ones(2)}})
+    m[:] = 100  # the caller's array changes later: the store kept a copy
+    st.shipped_stats["s"]["mean"][:] = 7  # and hands out copies
+    assert st.shipped_stats["s"]["mean"].tolist() == [0.0, 0.0]
+    ds = rc.TrajectoryDataset(st, normalize={"s": "mean_std"})
+    np.testing.assert_allclose(ds[1]["s"].numpy(), [2.0, 3.0], rtol=1e-6)
+
+
 def test_anchor_only_camera_key_and_unknown_options(rng):
     store, frames, _ = _store(rng)
     ds = rc.TrajectoryDataset(store, delta_indices={"state": [0]}, keys=["cam", "state"],

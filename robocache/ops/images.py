@@ -9,9 +9,11 @@ frames (-1, or True in `zero_mask`, writes an all-zero image). For output image 
            `shift` s adds a random offset in [-s, s] per axis and rows/columns outside the frame
            repeat the edge (DrQ: pad by s with edge replication, then random-crop back to size).
            One origin per sample (all K frames alike) unless per_frame_crop.
-3. resize  to (h, w) by bilinear interpolation exactly as torch.nn.functional.interpolate(
-           mode="bilinear", align_corners=False, antialias=False) on the float values 0..255,
-           computed in float32; no resize when (h, w) == (ch, cw).
+3. resize  to (h, w) by bilinear interpolation with torch.nn.functional.interpolate's taps and
+           weights (mode="bilinear", align_corners=False, antialias=False) on the float values
+           0..255 in float32, each product and sum rounded on its own (torch's CPU kernel
+           groups them otherwise: within 1-2 float32 ulps of it); no resize when
+           (h, w) == (ch, cw).
 4. scale   v * scale (1/255 by default for float outputs, 1 for uint8 outputs); for float
            outputs with no mean/std and no jitter, v / (1 / scale) rounded once instead, so the
            default gives frames / 255 bit for bit as torch and NumPy compute it (the [0, 1]
