@@ -389,11 +389,13 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                             f"{type(stats).__name__}")
         if stats is not None:  # a misspelt key would leave its statistics unused, silently
             known = set(self._keys) | set(self._store.keys) | set(META_KEYS) | {"timestamp"}
-            unknown = [k for k in stats if k not in known]
-            if unknown:
-                raise ValueError(f"stats: expected keys of the dataset or its store "
-                                 f"{sorted(set(self._keys) | set(self._store.keys))}, got "
-                                 f"{unknown}")
+            unknown = [k for k in stats if k not in known]  # or features not loaded (LeRobot's
+            missed = [k for k in normalize                   # whole stats.json): said only
+                      if self._given_stats_key(k, stats) is None]  # where a key finds none
+            if unknown and missed:
+                warnings.warn(f"stats: no entry for {missed} (normalized with the store's "
+                              f"statistics); stats has keys that are not the dataset's or its "
+                              f"store's: {unknown[:8]} - misspelt?", UserWarning, stacklevel=3)
         out = {}
         for key, mode in normalize.items():
             if key not in self._keys:
@@ -746,6 +748,7 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         rows2 = rows if rows.ndim == 2 else rows.reshape(-1, 1)
         mask2 = None if zero_mask is None else zero_mask.reshape(rows2.shape)
         src = self._sources[key]
+        grey_raw = src.ndim == 3 and key not in self._transforms  # [N, H, W] gathered as is
         if src.ndim == 3:  # grey frames [N, H, W]: the same bytes as [N, H, W, 1]
             src = src.reshape(*src.shape, 1)
         if isinstance(src, np.ndarray):
@@ -762,6 +765,8 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                     kept[key] = out
             _images.apply_cuda(plan, src, rows2, mask2, out, rand,
                                frames_ptr=self._host_frames_ptr(key, rows2))
+        if grey_raw:  # the raw host plan's HWC with C = 1: the frames' own [.., H, W]
+            out = out[..., 0]
         return out if rows.ndim == 2 else out[:, 0]
 
     def _host_frames_ptr(self, key: str, like):

@@ -298,18 +298,20 @@ def test_host_resident_frames_read_by_the_image_kernel(monkeypatch, pad, reuse):
     n = int(ends[-1])
     arrays = {"cam": rng.integers(0, 256, (n, 12, 16, 3), dtype=np.uint8),
               "top": rng.integers(0, 256, (n, 5, 7, 1), dtype=np.uint8),
+              "grey": rng.integers(0, 256, (n, 5, 7), dtype=np.uint8),  # no channel axis
               "state": rng.standard_normal((n, 4)).astype(np.float32)}
     st = rc.TrajectoryStore.from_arrays(arrays, episode_ends=ends, device="cpu")
-    st._host_keys = ("cam", "top")  # what a CUDA store with frames_on_host=True holds
+    st._host_keys = ("cam", "top", "grey")  # what a CUDA store with frames_on_host=True holds
     mapped = []
     monkeypatch.setattr(images, "_mapped_pointer",
                         lambda frames, like: mapped.append(1) or np.uint64(frames.data_ptr()))
-    kw = dict(delta_indices={"cam": [-1, 0], "top": [0, 1], "state": [0]}, pad=pad,
+    kw = dict(delta_indices={"cam": [-1, 0], "top": [0, 1], "grey": [-1, 0], "state": [0]},
+              pad=pad,
               image_transforms={"top": rc.ImageTransform(resize=(3, 3), out_dtype="float32")})
     dev = rc.TrajectoryDataset(st, **kw)
     st._host_keys = ()
     host = rc.TrajectoryDataset(st, **kw)
-    st._host_keys = ("cam", "top")
+    st._host_keys = ("cam", "top", "grey")
     dev._device_standin(torch.zeros(1))
     for k in st._host_keys:  # a CUDA store holds them as pinned torch CPU tensors
         dev._sources[k] = torch.from_numpy(arrays[k])
@@ -317,7 +319,7 @@ def test_host_resident_frames_read_by_the_image_kernel(monkeypatch, pad, reuse):
     b = rc.DataLoader(host, batch_size=4, shuffle=True, seed=6)
     for n_batch, (got, want) in enumerate(zip(a, b, strict=True)):
         _assert_batch_equal(_snapshot(got), want, f"batch {n_batch}")
-    assert len(mapped) == 2  # looked up once per key, not per batch
+    assert len(mapped) == 3  # looked up once per key, not per batch
 
 
 @pytest.mark.parametrize("R", [2, 3])
