@@ -20,7 +20,7 @@ import numpy as np
 from . import _array, _progress, _runtime
 from . import stats as _stats
 from ._errors import BackendUnavailableError, DeviceMemoryError
-from .formats.source import TrajectorySource, default_image_keys, image_key_tuple
+from .formats.source import TrajectorySource, check_image_key, default_image_keys, image_key_tuple
 from .windows import check_episode_ends, episode_starts
 
 ARRAY_DTYPES = tuple(_array.ITEMSIZE)
@@ -216,11 +216,7 @@ class TrajectoryStore:
             if k not in checked:
                 raise ValueError(f"image_keys: expected keys of arrays {list(checked)}, got "
                                  f"{k!r}")
-            x = checked[k]
-            if _array.dtype_name(x) != "uint8" or x.ndim < 3:
-                raise TypeError(f"image_keys: expected camera frames, uint8 [N, H, W(, C)], got "
-                                f"{k!r} of dtype {_array.dtype_name(x)} and shape "
-                                f"{tuple(x.shape)} (keep it an ordinary key)")
+            check_image_key(k, checked[k])
         shipped = _check_stats("stats", source.stats, checked) if source.stats else None
 
         dev = _check_placement(device, frames_on_host)

@@ -41,7 +41,7 @@ from .._cpus import usable_cpus
 from .._errors import DatasetFormatError
 from .._version import __version__
 from . import _paths
-from .source import TrajectorySource, default_image_keys, image_key_tuple
+from .source import TrajectorySource, check_image_key, default_image_keys, image_key_tuple
 
 FORMAT = "robocache-cache"
 FORMAT_VERSION = 2  # 2: "image_keys" names exactly the camera keys ([] = none)
@@ -145,9 +145,8 @@ def _plan(arrays, episode_ends, fps, timestamps, stats, image_keys, meta) -> dic
     if missing:
         raise ValueError(f"image_keys: {missing} are not keys of arrays")
     for key, _file, arr in entries:  # what the store will accept as camera frames
-        if key in image_keys and (arr.dtype != np.uint8 or arr.ndim < 3):
-            raise TypeError(f"image_keys: expected camera frames, uint8 [N, H, W(, C)], got "
-                            f"{key!r} of dtype {arr.dtype} and shape {arr.shape}")
+        if key in image_keys:
+            check_image_key(key, arr)
     return {"n": n, "ends": ends, "entries": entries, "timestamps": ts,
             "fps": None if fps is None else float(fps), "stats": stats_json,
             "image_keys": list(image_keys), "meta": meta_json}

@@ -30,12 +30,26 @@ class TrajectorySource:
     meta: dict = field(default_factory=dict)
 
 
-def default_image_keys(arrays) -> tuple[str, ...]:
-    """The keys of `arrays` that look like camera frames: uint8 of rank >= 3 ([N, H, W(, C)])."""
+def is_camera_frames(x) -> bool:
+    """Whether array `x` can be a camera key: uint8 of rank >= 3 ([N, H, W(, C)])."""
     from .. import _array
 
-    return tuple(k for k, x in arrays.items()
-                 if _array.dtype_name(x) == "uint8" and len(x.shape) >= 3)
+    return _array.dtype_name(x) == "uint8" and len(x.shape) >= 3
+
+
+def default_image_keys(arrays) -> tuple[str, ...]:
+    """The keys of `arrays` that look like camera frames (is_camera_frames)."""
+    return tuple(k for k, x in arrays.items() if is_camera_frames(x))
+
+
+def check_image_key(key: str, x) -> None:
+    """A key named as camera frames must be them (the image kernel reads uint8 bytes)."""
+    from .. import _array
+
+    if not is_camera_frames(x):
+        raise TypeError(f"image_keys: expected camera frames, uint8 [N, H, W(, C)], got {key!r} "
+                        f"of dtype {_array.dtype_name(x)} and shape {tuple(x.shape)} (keep it "
+                        f"an ordinary key)")
 
 
 def image_key_tuple(image_keys) -> tuple[str, ...] | None:
