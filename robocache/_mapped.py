@@ -67,6 +67,24 @@ def maps_file_id(start: int, end: int) -> tuple[int, int] | None:
     return None
 
 
+def open_mapped_file(root: np.memmap) -> int | None:
+    """A read-only descriptor of the file `root` maps, or None where there is none to open: the
+    path gone or unreadable, or another file there now (replaced since it was mapped: not the
+    device and inode of the mapping, mapped_file_id)."""
+    mapped = mapped_file_id(root.base)
+    if mapped is None:
+        return None
+    try:
+        fd = os.open(root.filename, os.O_RDONLY)
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != mapped:
+        os.close(fd)
+        return None
+    return fd
+
+
 def private_view(x: np.ndarray) -> np.ndarray | None:
     """A writable copy-on-write view of the file pages a read-only memmap `x` (or a C-contiguous
     view of one) shows, or None where there is none to make (not a memmap of a file, the file
@@ -75,20 +93,18 @@ def private_view(x: np.ndarray) -> np.ndarray | None:
     if found is None or x.nbytes == 0:
         return None
     root, delta = found
-    mapped = mapped_file_id(root.base)
-    if mapped is None:
+    fd = open_mapped_file(root)
+    if fd is None:
         return None
     start = int(root.offset) + delta
     aligned = start - start % mmap.ALLOCATIONGRANULARITY
     try:
-        with open(root.filename, "rb") as f:  # the file mapped, not one written there since
-            st = os.fstat(f.fileno())
-            if (st.st_dev, st.st_ino) != mapped:
-                return None
-            mm = mmap.mmap(f.fileno(), start - aligned + x.nbytes, offset=aligned,
-                           flags=mmap.MAP_PRIVATE | MAP_NORESERVE,
-                           prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        mm = mmap.mmap(fd, start - aligned + x.nbytes, offset=aligned,
+                       flags=mmap.MAP_PRIVATE | MAP_NORESERVE,
+                       prot=mmap.PROT_READ | mmap.PROT_WRITE)
     except (OSError, ValueError, AttributeError):  # AttributeError: no MAP_PRIVATE (Windows)
         return None
+    finally:
+        os.close(fd)  # the mapping keeps the file
     out = np.frombuffer(mm, dtype=np.uint8, count=x.nbytes, offset=start - aligned)
     return out.view(x.dtype).reshape(x.shape)

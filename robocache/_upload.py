@@ -399,22 +399,13 @@ class FileRegion:
     def of(cls, array: np.ndarray) -> FileRegion | None:
         """The region of a C-contiguous `array` whose memory is a read-only np.memmap of a file
         (a view of one included), opened; None otherwise, and where the file at the memmap's
-        path is no longer the mapped one (replaced since it was mapped: the same device and
-        inode as the mapping's, _mapped.mapped_file_id, so Linux only)."""
+        path is no longer the mapped one (_mapped.open_mapped_file; Linux only)."""
         found = _mapped.memmap_root(array)
         if found is None or found[0].mode != "r":
             return None
         root, delta = found
-        mapped = _mapped.mapped_file_id(root.base)
-        if mapped is None:
-            return None
-        try:
-            fd = os.open(root.filename, os.O_RDONLY)
-        except OSError:
-            return None
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != mapped:
-            os.close(fd)
+        fd = _mapped.open_mapped_file(root)
+        if fd is None:
             return None
         return cls(fd, int(root.offset) + delta, str(root.filename))
 
