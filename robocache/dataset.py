@@ -201,7 +201,8 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         self._task_of_anchor = self._anchor_tasks(return_task)
         # goals: output name -> store key; their window sources (gathered values or rows)
         self._store_key = self._check_goal_keys(goal_keys, names)
-        goal_sources = self._goal_sources(last)
+        like = _table_placement(store) if store.is_cuda else None  # where the tables go
+        goal_sources = self._goal_sources(last, like)
         for name, key in self._store_key.items():
             sources[name] = store[key]
         self._keys = self._keys + tuple(self._store_key)
@@ -254,7 +255,6 @@ class TrajectoryDataset(torch.utils.data.Dataset):
             raise ValueError(f"keys: expected at most {MAX_KEYS} keys per dataset (the batch "
                              f"kernel's descriptor), got {len(wkeys)}; choose the ones to "
                              f"return with keys=[...]")
-        like = _table_placement(store) if store.is_cuda else None  # where the tables go
         self._op = WindowOp(wkeys, self._anchors, zero_pad=pad == "zero", like=like)
         # the order of a sample's entries: each key with its mask, then the anchor's indices
         self._order = [n for k in self._keys for n in (k, f"{k}_is_pad")
@@ -325,30 +325,30 @@ class TrajectoryDataset(torch.utils.data.Dataset):
             raise TypeError(f"goal_keys: expected a dict of output name -> store key, got "
                             f"{type(goal_keys).__name__}")
         taken = set(names) | set(META_KEYS) | {"task"}
+        stored = [k for k in names if k in self._store.keys]
         out = {}
         for name, key in goal_keys.items():
             if not isinstance(name, str) or not name or name in taken \
                     or name.endswith("_is_pad"):
                 raise ValueError(f"goal_keys: expected output names that are not store keys, "
                                  f"masks, {list(META_KEYS)} or 'task', got {name!r}")
-            stored = [k for k in names if k in self._store.keys]
             if key not in stored:
                 raise ValueError(f"goal_keys[{name!r}]: expected a key of the store "
                                  f"{stored}, got {key!r}")
             out[name] = key
         return out
 
-    def _goal_sources(self, drop_last: int) -> dict:
+    def _goal_sources(self, drop_last: int, like) -> dict:
         """Per goal output: an array [N, ...] indexed by frame (the window kernel reads it at
         the anchor's clamped frame): the goal frame's values for low-dimensional keys, its row
-        (int64 [N]) for camera keys. Goal row of episode [s, e): clamp(e - 1 - drop_last)."""
+        (int64 [N]) for camera keys, next to `like` (the tables' placement; None: the host).
+        Goal row of episode [s, e): clamp(e - 1 - drop_last)."""
         if not self._store_key:
             return {}
         store = self._store
         starts, ends = store.episode_starts, store.episode_ends
         goal = np.clip(ends - 1 - drop_last, starts, ends - 1).astype(np.int64)
         rows_host = np.repeat(goal, store.episode_lengths)
-        like = _table_placement(store) if store.is_cuda else None
         rows = rows_host if like is None else _array.from_numpy(rows_host, like, "int64")
         out = {}
         for name, key in self._store_key.items():
