@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import ml_dtypes
 import numpy as np
@@ -222,6 +223,122 @@ def test_failed_write_leaves_nothing_half_written(tmp_path, monkeypatch):
         write_cache(tmp_path / "new", make_source(seed=4))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
     assert_same(good, read_cache(tmp_path / "c"))  # the old cache is intact
+
+
+class _Hook:
+    """A progress= bar that runs `action` at its first update: another process's save, made
+    to land at a chosen moment of a read or a write."""
+
+    def __init__(self, action):
+        self.action, self.fired = action, False
+
+    def update(self, n):
+        if not self.fired:
+            self.fired = True
+            self.action()
+
+
+def test_a_save_during_a_read_never_mixes_two_caches(tmp_path):
+    """The manifest and the files are opened in one directory: a cache replaced after they were
+    opened is still read whole (the files hashed are the files mapped), never the old manifest
+    with the new arrays."""
+    old = make_source(lengths=(3, 1, 5), seed=1)
+    new = make_source(lengths=(2, 2, 2, 3), seed=2)
+    write_cache(tmp_path / "c", old)
+    hook = _Hook(lambda: write_cache(tmp_path / "c", new, overwrite=True))
+    got = read_cache(tmp_path / "c", verify=True, progress=hook)
+    assert hook.fired
+    assert_same(old, got)
+    assert_same(new, read_cache(tmp_path / "c"))
+
+
+def test_a_cache_replaced_before_its_files_are_opened_is_read_again(tmp_path, monkeypatch):
+    """Replaced between the manifest and the files: the files are gone from the directory the
+    read holds, so it starts again and reads the new cache whole."""
+    old, new = make_source(seed=1), make_source(lengths=(4, 5), seed=2)
+    write_cache(tmp_path / "c", old)
+    real, calls = cache_mod._entry_path, []
+
+    def entry_path(*a):
+        calls.append(1)
+        if len(calls) == 1:
+            write_cache(tmp_path / "c", new, overwrite=True)
+        return real(*a)
+
+    monkeypatch.setattr(cache_mod, "_entry_path", entry_path)
+    assert_same(new, read_cache(tmp_path / "c"))
+    calls.clear()
+    monkeypatch.setattr(cache_mod, "_READ_ATTEMPTS", 1)
+    with pytest.raises(DatasetFormatError, match="replaced by another save 1 times"):
+        read_cache(tmp_path / "c")
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_files_that_appear_during_a_save_are_never_replaced(tmp_path, overwrite):
+    """The target is checked again when the cache is moved there: a directory of the user's
+    files that appeared while the cache was written is refused, and nothing of it is removed."""
+    def users_files():
+        (tmp_path / "c").mkdir()
+        (tmp_path / "c" / "thesis.tex").write_text("keep me")
+
+    with pytest.raises(FileExistsError, match="not a cache"):
+        write_cache(tmp_path / "c", make_source(), overwrite=overwrite,
+                    progress=_Hook(users_files))
+    assert [p.name for p in (tmp_path / "c").iterdir()] == ["thesis.tex"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_a_cache_saved_meanwhile_is_kept_without_overwrite(tmp_path):
+    """Two saves to one directory: with overwrite=False only the first to finish lands; the
+    other raises and leaves it whole."""
+    first = make_source(seed=1)
+    hook = _Hook(lambda: write_cache(tmp_path / "c", first))
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        write_cache(tmp_path / "c", make_source(seed=2), progress=hook)
+    assert_same(first, read_cache(tmp_path / "c"))
+    second = make_source(lengths=(1, 1), seed=3)  # with overwrite=True the later one lands
+    hook = _Hook(lambda: write_cache(tmp_path / "c", make_source(seed=4), overwrite=True))
+    write_cache(tmp_path / "c", second, overwrite=True, progress=hook)
+    assert_same(second, read_cache(tmp_path / "c"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_replacement_without_an_atomic_exchange(tmp_path, monkeypatch):
+    """Where renameat2 is missing the old cache is renamed away, the new one in."""
+    monkeypatch.setattr(cache_mod, "_exchange", lambda a, b: False)
+    write_cache(tmp_path / "c", make_source(seed=1))
+    src2 = make_source(lengths=(2, 2), seed=2)
+    write_cache(tmp_path / "c", src2, overwrite=True)
+    assert_same(src2, read_cache(tmp_path / "c"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_an_abandoned_save_is_cleaned_up_by_the_next(tmp_path):
+    """A save killed midway leaves its scratch directory; the next save to the same target
+    removes it when its process is gone and it holds only a cache's files - not one of a live
+    process, not one holding anything else, not another target's."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    host = cache_mod._host_tag()
+
+    def scratch(name, pid, files):
+        d = tmp_path / f".{name}.tmp-{host}-{pid}-{len(files)}{len(list(tmp_path.iterdir()))}" \
+                       f"0123456789"
+        d.mkdir()
+        for f in files:
+            (d / f).write_bytes(b"x")
+        return d
+
+    abandoned = scratch("c", dead, ["000-a.npy", "manifest.json"])
+    live = scratch("c", os.getpid(), ["000-a.npy"])
+    foreign = scratch("c", dead, ["000-a.npy", "notes.txt"])
+    other_target = scratch("d", dead, ["000-a.npy"])
+    write_cache(tmp_path / "c", make_source())
+    assert not abandoned.exists()
+    assert live.exists() and foreign.exists() and other_target.exists()
 
 
 @pytest.fixture

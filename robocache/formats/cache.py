@@ -13,21 +13,30 @@ directory/
 
 `write_cache` writes everything into a temporary directory beside the target, fsyncs it and
 renames it into place, so a reader never sees a half-written cache (an existing cache is
-replaced only with overwrite=True, and a directory that is not a cache never). The SHA-256 of
-every file is computed while it is written. `read_cache` memory-maps the .npy files
-(np.load(mmap_mode="r", allow_pickle=False): nothing is copied and nothing is unpickled), checks
-each header against the manifest and, with verify=True, every checksum (files hashed in
-parallel); it refuses a manifest of a newer format version.
+replaced only with overwrite=True - swapped out atomically and checked again to be a cache -
+and a directory that is not a cache never, also when it appears while the cache is written). A
+save killed midway leaves its temporary directory, which the next save to the same target
+removes. The SHA-256 of every file is computed while it is written. `read_cache` memory-maps
+the .npy files (what np.load(mmap_mode="r", allow_pickle=False) maps: nothing is copied and
+nothing is unpickled), checks each header against the manifest and, with verify=True, every
+checksum (files hashed in parallel); it refuses a manifest of a newer format version. It opens
+the manifest and every file through one descriptor of the directory, so a save landing during
+the read never mixes two caches.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import hashlib
 import json
 import math
 import os
 import re
 import shutil
+import socket
+import stat
 import tokenize
 import uuid
 from collections.abc import Mapping
@@ -88,11 +97,12 @@ def write_cache(directory, source, *, episode_ends=None, fps=None, timestamps=No
     target = Path(os.path.realpath(Path(os.fspath(directory)).expanduser()))
     _check_target(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
+    _remove_abandoned(target)
+    tmp = _scratch_dir(target, "tmp")
     tmp.mkdir()
     try:
         _write_all(tmp, plan, progress)
-        _replace(tmp, target)
+        _replace(tmp, target, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -276,21 +286,110 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _replace(tmp: Path, target: Path) -> None:
-    if target.exists() and any(target.iterdir()):
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
-        os.rename(target, old)
+def _scratch_dir(target: Path, kind: str) -> Path:
+    """A sibling of `target` for a save in progress ("tmp": the new cache being written; "old":
+    the cache it replaces, about to be removed), named after this host and process so that a
+    later save can tell an abandoned one (its process killed) from one still running."""
+    return target.parent / (f".{target.name}.{kind}-{_host_tag()}-{os.getpid()}-"
+                            f"{uuid.uuid4().hex[:12]}")
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:64] or "host"
+
+
+def _remove_abandoned(target: Path) -> None:
+    """Remove the scratch directories of saves to `target` whose process (on this host) is
+    gone - a save killed before it could clean up - when they hold nothing but a cache's files."""
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(?:tmp|old)-"
+                         rf"{re.escape(_host_tag())}-(\d+)-[0-9a-f]{{12}}$")
+    try:
+        siblings = list(os.scandir(target.parent))
+    except OSError:
+        return
+    for entry in siblings:
+        m = pattern.match(entry.name)
+        if not m or not entry.is_dir(follow_symlinks=False) or _process_alive(int(m.group(1))):
+            continue
         try:
-            os.rename(tmp, target)
-        except BaseException:
-            os.rename(old, target)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        if target.exists():
-            target.rmdir()
+            names = os.listdir(entry.path)
+        except OSError:
+            continue
+        if all(n == MANIFEST or _FILE.match(n) for n in names):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: someone else's live process
+        return True
+    return True
+
+
+def _replace(tmp: Path, target: Path, overwrite: bool) -> None:
+    """Move the finished cache `tmp` to `target`. Into nothing or an empty directory it is one
+    rename, which the system refuses when `target` is (by now) a non-empty directory - another
+    save's cache, or files that appeared since _check_target - so overwrite=False never replaces
+    anything. With overwrite=True an existing cache is swapped out atomically (renameat2
+    RENAME_EXCHANGE), checked again to be a cache (put back if it no longer is), and removed."""
+    try:
         os.rename(tmp, target)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        _check_target(target, overwrite)  # FileExistsError unless a cache and overwrite=True
+        _swap_in(tmp, target)
     _fsync_dir(target.parent)
+
+
+def _swap_in(tmp: Path, target: Path) -> None:
+    if _exchange(tmp, target):
+        old = tmp  # now holds what was at target
+        if not (old / MANIFEST).is_file() or _not_cache_files(old):
+            _exchange(tmp, target)  # replaced by something else since the check: put it back
+            raise FileExistsError(f"directory: {str(target)!r} changed while the cache was "
+                                  f"written and no longer holds a cache; refusing to replace it")
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    # no atomic exchange here: rename the old cache away, the new one in (a reader between the
+    # two renames sees no cache and retries)
+    old = _scratch_dir(target, "old")
+    try:
+        os.rename(target, old)
+    except FileNotFoundError:  # another save moved it away first
+        os.rename(tmp, target)
+        return
+    try:
+        os.rename(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.rename(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where the system or
+    file system has no such call."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_fdcwd = -100
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b),
+                   ctypes.c_uint(_RENAME_EXCHANGE))
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,15 +397,68 @@ def _replace(tmp: Path, target: Path) -> None:
 
 def read_cache(directory, verify: bool = True, progress: bool | None = None) -> TrajectorySource:
     """Open the cache in `directory`: arrays are read-only memory maps of its .npy files.
-    verify=True checks every file's SHA-256 against the manifest first (reads every byte)."""
+    verify=True checks every file's SHA-256 against the manifest first (reads every byte).
+
+    The manifest and every file are opened through one descriptor of the directory, so they all
+    come from the same cache even while another process saves over it (a save renames a whole
+    new directory into place): the files hashed are the files mapped, and a cache replaced
+    during the read is read again (up to _READ_ATTEMPTS times)."""
     if not isinstance(verify, bool):
         raise TypeError(f"verify: expected True or False, got {verify!r}")
     root = _paths.root_dir(directory, "directory")
-    mpath = root / MANIFEST
+    for _ in range(_READ_ATTEMPTS):
+        try:
+            return _read_pinned(root, verify, progress)
+        except _Replaced:
+            continue
+    raise DatasetFormatError(f"{root}: replaced by another save {_READ_ATTEMPTS} times while it "
+                             f"was being read; load it again once the saves are done")
+
+
+_READ_ATTEMPTS = 5
+
+
+class _Replaced(Exception):
+    """The directory a read had pinned is no longer the cache at its path."""
+
+
+def _moved(root: Path, dfd: int) -> bool:
+    """Whether the directory open as `dfd` is no longer the one at `root` (removed or renamed
+    away by a save)."""
+    pinned = os.fstat(dfd)
     try:
-        with open(mpath, encoding="utf-8") as f:
+        now = os.stat(root)
+    except OSError:
+        return pinned.st_nlink == 0
+    return (now.st_dev, now.st_ino) != (pinned.st_dev, pinned.st_ino) or pinned.st_nlink == 0
+
+
+def _read_pinned(root: Path, verify: bool, progress) -> TrajectorySource:
+    try:
+        dfd = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except FileNotFoundError:
+        if root.is_dir():  # renamed away and back between the resolve and the open
+            raise _Replaced from None
+        raise FileNotFoundError(f"directory: expected a directory, got {str(root)!r} (nothing "
+                                f"there)") from None
+    try:
+        return _read_at(root, dfd, verify, progress)
+    finally:
+        os.close(dfd)
+
+
+def _read_at(root: Path, dfd: int, verify: bool, progress) -> TrajectorySource:
+    mpath = root / MANIFEST
+
+    def opener(name, flags):
+        return os.open(name, flags, dir_fd=dfd)
+
+    try:
+        with open(MANIFEST, encoding="utf-8", opener=opener) as f:
             manifest = json.load(f)
     except FileNotFoundError:
+        if _moved(root, dfd):
+            raise _Replaced from None
         raise DatasetFormatError(f"{mpath}: missing (not a RoboCache cache)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetFormatError(f"{mpath}: not valid JSON ({exc})") from None
@@ -362,21 +514,35 @@ def read_cache(directory, verify: bool = True, progress: bool | None = None) -> 
     files = [(k, e) for k, e in entries.items()]
     if ts_entry is not None:
         files.append((None, ts_entry))
-    checked = [(k, e, _entry_path(root, e, mpath, k)) for k, e in files]
-    if verify:
-        _verify(checked, progress)
-    arrays = {}
-    timestamps = None
-    for k, e, path in checked:
-        arr = _load(path, e, k)
-        if k is None:
-            timestamps = arr
-        else:
-            arrays[k] = arr
-        expect_rows = n
-        if arr.ndim < 1 or arr.shape[0] != expect_rows:
-            raise DatasetFormatError(f"{path}: {arr.shape[0] if arr.ndim else 0} rows, the "
-                                     f"manifest says num_frames={n}")
+    opened = []  # (key, entry, path, file): each file opened in the pinned directory
+    try:
+        for k, e in files:
+            path = _entry_path(root, e, mpath, k)
+            try:
+                f = open(e["file"], "rb", buffering=0, opener=opener)
+            except FileNotFoundError:
+                if _moved(root, dfd):
+                    raise _Replaced from None
+                raise DatasetFormatError(f"{path}: missing (listed in {MANIFEST})") from None
+            opened.append((k, e, path, f))
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise DatasetFormatError(f"{path}: not a regular file (listed in {MANIFEST})")
+        if verify:
+            _verify(opened, progress)
+        arrays = {}
+        timestamps = None
+        for k, e, path, f in opened:
+            arr = _load(path, e, k, f)
+            if k is None:
+                timestamps = arr
+            else:
+                arrays[k] = arr
+            if arr.ndim < 1 or arr.shape[0] != n:
+                raise DatasetFormatError(f"{path}: {arr.shape[0] if arr.ndim else 0} rows, the "
+                                         f"manifest says num_frames={n}")
+    finally:
+        for *_, f in opened:
+            f.close()  # the maps keep their files
     stats = {}
     try:
         for key, per in stats_json.items():
@@ -401,33 +567,31 @@ def _entry_path(root: Path, entry, mpath: Path, key) -> Path:
     name = entry.get("file")
     if not isinstance(name, str) or not _FILE.match(name):
         raise DatasetFormatError(f"{what}: file {name!r} is not a plain .npy file name")
-    path = _paths.inside(root, name, what)
-    if not path.is_file():
-        raise DatasetFormatError(f"{path}: missing (listed in {MANIFEST})")
-    return path
+    return _paths.inside(root, name, what)  # the file itself is opened in the pinned directory
 
 
-def _sha256(path: Path, bar) -> str:
+def _sha256(fd: int, bar) -> str:
     h = hashlib.sha256()
     buf = bytearray(_HASH_BLOCK)
     view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            got = f.readinto(view)
-            if not got:
-                break
-            h.update(view[:got])
-            bar.update(got)
+    at = 0
+    while True:
+        got = os.preadv(fd, [view], at)
+        if not got:
+            break
+        at += got
+        h.update(view[:got])
+        bar.update(got)
     return h.hexdigest()
 
 
-def _verify(checked, progress) -> None:
-    total = sum(p.stat().st_size for _, _, p in checked)
+def _verify(opened, progress) -> None:
+    total = sum(os.fstat(f.fileno()).st_size for *_, f in opened)
     with _progress.bar(total, "verifying cache", progress=progress) as bar:
-        workers = max(1, min(8, usable_cpus(), len(checked)))
+        workers = max(1, min(8, usable_cpus(), len(opened)))
         with ThreadPoolExecutor(workers) as pool:
-            digests = list(pool.map(lambda c: _sha256(c[2], bar), checked))
-    for (_, e, path), got in zip(checked, digests, strict=True):
+            digests = list(pool.map(lambda o: _sha256(o[3].fileno(), bar), opened))
+    for (_, e, path, _f), got in zip(opened, digests, strict=True):
         want = e.get("sha256")
         if got != want:
             raise DatasetFormatError(f"{path}: checksum mismatch (manifest sha256 {want}, file "
@@ -435,7 +599,15 @@ def _verify(checked, progress) -> None:
                                      f"cache was written")
 
 
-def _load(path: Path, entry: dict, key) -> np.ndarray:
+def _load(path: Path, entry: dict, key, file=None) -> np.ndarray:
+    """The array of one .npy file (`file`: that file opened, else `path` is opened): a read-only
+    memory map (an empty array is read), checked against the manifest's entry first."""
+    if file is None:
+        try:
+            with open(path, "rb", buffering=0) as f:
+                return _load(path, entry, key, f)
+        except FileNotFoundError:
+            raise DatasetFormatError(f"{path}: missing (listed in {MANIFEST})") from None
     dtype = entry.get("dtype")
     shape = entry.get("shape")
     if not isinstance(dtype, str) or not isinstance(shape, list) or not all(
@@ -443,11 +615,12 @@ def _load(path: Path, entry: dict, key) -> np.ndarray:
         raise DatasetFormatError(f"{path}: the manifest's entry has dtype {dtype!r} and shape "
                                  f"{shape!r}; expected a dtype name and a list of ints")
     stored = "uint16" if dtype == "bfloat16" else dtype
+    f = file
     try:
-        with open(path, "rb") as f:
-            major, minor = np.lib.format.read_magic(f)
-            hdr = (np.lib.format.read_array_header_1_0 if major == 1
-                   else np.lib.format.read_array_header_2_0)(f)
+        f.seek(0)
+        major, minor = np.lib.format.read_magic(f)
+        hdr = (np.lib.format.read_array_header_1_0 if major == 1
+               else np.lib.format.read_array_header_2_0)(f)
         fshape, fortran, fdtype = hdr
         if fdtype.hasobject:
             raise DatasetFormatError(f"{path}: holds Python objects (refused: no pickle)")
@@ -456,9 +629,11 @@ def _load(path: Path, entry: dict, key) -> np.ndarray:
                                      f"{', Fortran order' if fortran else ''}; the manifest says "
                                      f"{dtype}, {shape}")
         if math.prod(fshape) == 0:
-            arr = np.load(path, allow_pickle=False)
-        else:
-            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            arr = np.empty(fshape, dtype=fdtype)
+        else:  # what np.load(mmap_mode="r") maps, from this descriptor
+            arr = np.memmap(f, dtype=fdtype, mode="r", shape=tuple(fshape), order="C",
+                            offset=f.tell())
+            arr.filename = str(path)  # the file's own path (the map was opened by name in root)
     except DatasetFormatError:
         raise
     except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError) as exc:
