@@ -95,6 +95,48 @@ def test_matches_torch_reference(shape, kw):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("size", [(37, 29, 45, 56), (96, 128, 224, 224), (16, 66, 14, 61),
+                                  (480, 640, 84, 84), (5, 300, 7, 2)])
+def test_resize_weights_are_torchs(size):
+    """The taps' weights are torch's bits (the source index scale * (dst + 0.5) - 0.5 rounded
+    once, as ATen computes it in double): a frame whose only non-zero pixels are on even rows
+    and columns gives each output pixel one product of weights and a value, which equals torch's
+    F.interpolate to the bit (formed in one of the two orders torch's paths use); the full sums stay
+    within 3 float32 ulps (torch groups the four products otherwise). Rounding every step in
+    float32 put some weights 200+ ulps away."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    H, W, h, w = size
+    rng = np.random.default_rng(H * W)
+    frames = rng.integers(0, 256, (2, H, W, 3), dtype=np.uint8)
+    got = rc.crop_resize_normalize(frames, np.array([0, 1]), resize=(h, w), scale=None)
+    want = F.interpolate(torch.from_numpy(frames).permute(0, 3, 1, 2).float(), size=(h, w),
+                         mode="bilinear", align_corners=False).numpy()
+    assert got.shape == want.shape
+    ulps = np.abs(got - want) / np.spacing(np.abs(want).astype(np.float32))
+    assert ulps[want != 0].max() <= 3
+    y0, y1, ly = images._taps(np.float32(H) / np.float32(h), h, H)
+    x0, x1, lx = images._taps(np.float32(W) / np.float32(w), w, W)
+    wy = np.stack([np.float32(1) - ly, ly])  # [2, h]: the weights of rows y0, y1
+    wx = np.stack([np.float32(1) - lx, lx])
+    sparse = np.zeros_like(frames)
+    sparse[:, ::2, ::2] = frames[:, ::2, ::2]
+    want = F.interpolate(torch.from_numpy(sparse).permute(0, 3, 1, 2).float(), size=(h, w),
+                         mode="bilinear", align_corners=False).numpy()
+    # the one non-zero tap of each output pixel, times torch's product of its two weights
+    rows = np.where(y0 % 2 == 0, 0, 1)
+    cols = np.where(x0 % 2 == 0, 0, 1)
+    ys = np.where(rows == 0, y0, y1)
+    xs = np.where(cols == 0, x0, x1)
+    ry, rx = wy[rows, np.arange(h)][:, None], wx[cols, np.arange(w)][None, :]
+    v = sparse[:, ys][:, :, xs].astype(np.float32).transpose(0, 3, 1, 2)
+    # torch forms the product as (wy * wx) * v or as (v * wx) * wy, by path; at the last row /
+    # column both taps are one pixel (a sum), left out
+    same = ((want == (ry * rx) * v) | (want == (v * rx) * ry))
+    inner = (y0 != y1)[:, None] & (x0 != x1)[None, :]
+    assert inner.sum() > h * w // 2 and same[..., inner].all()
+
+
 def test_cameras_of_different_sizes_are_separate_calls():
     rng = np.random.default_rng(5)
     cams = {"top": _frames(rng, 7, 48, 64, 3), "wrist": _frames(rng, 7, 30, 30, 3),

@@ -99,10 +99,11 @@ RC_DEVICE float rc_byte_to_float(unsigned int word, int i) {
     return __uint_as_float(__byte_perm(word, 0x4B000000u, 0x7440u | (unsigned int)i)) - 8388608.f;
 }
 
-// torch's area_pixel_compute_source_index + guard_index_and_lambda (align_corners=False, linear),
-// each step rounded on its own as images.py's _taps computes it (dst, i: 0 <= . < 2^23).
+// torch's area_pixel_compute_source_index + guard_index_and_lambda (align_corners=False, linear).
+// torch computes scale * (dst + 0.5) - 0.5 in double and rounds once to float; dst + 0.5 is exact
+// in float (dst < 2^23), so one fused multiply-add gives the same rounding (images.py's _taps).
 RC_DEVICE void rc_linear_tap(float scale, int dst, int in_size, int& i0, int& i1, float& l1) {
-    float src = __fsub_rn(__fmul_rn(scale, __fadd_rn(rc_small_to_float(dst), 0.5f)), 0.5f);
+    float src = __fmaf_rn(scale, __fadd_rn(rc_small_to_float(dst), 0.5f), -0.5f);
     src = src < 0.f ? 0.f : src;
     int i = (int)src;                                    // src >= 0: truncation is floor
     i = i < in_size - 1 ? i : in_size - 1;
