@@ -265,10 +265,15 @@ def from_numpy(result: np.ndarray, like, dtype: str):
     import torch
 
     if dtype == "bfloat16":
-        out = torch.from_numpy(np.ascontiguousarray(result, dtype=np.float32))
+        out = torch.from_numpy(_c_order(result.astype(np.float32, copy=False)))
         return out.to(device=like.device, dtype=torch.bfloat16)
-    out = torch.from_numpy(np.ascontiguousarray(result.astype(np.dtype(dtype), copy=False)))
+    out = torch.from_numpy(_c_order(result.astype(np.dtype(dtype), copy=False)))
     return out.to(like.device)
+
+
+def _c_order(a: np.ndarray) -> np.ndarray:
+    """`a` in C order, its shape kept (np.ascontiguousarray makes a 0-d array 1-d)."""
+    return a if a.flags.c_contiguous else a.copy(order="C")
 
 
 def empty(like, shape: tuple[int, ...], dtype: str):

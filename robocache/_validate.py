@@ -8,11 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from . import _array
 
 
 def fail(name: str, expected: str, got: object, exc: type[Exception] = ValueError):
     raise exc(f"{name}: expected {expected}, got {got}")
+
+
+def check_flag(name: str, value) -> None:
+    """A True / False argument (a NumPy bool too): "no" or None are not taken for a choice."""
+    if value is True or value is False or isinstance(value, np.bool_):
+        return
+    fail(name, "True or False", repr(value), TypeError)
 
 
 def check_rank(name: str, x, ranks: Sequence[int]) -> None:

@@ -116,7 +116,8 @@ class TrajectoryDataset(torch.utils.data.Dataset):
     "robomimic_gaussian" (robomimic's action normalization) or "robomimic_obs" (robomimic's
     observation normalization, hdf5_normalize_obs; float64 keys in float64 arithmetic as
     robomimic's NumPy computes them, rounded once to the output dtype; "next_obs/<k>" with the
-    statistics of "obs/<k>", as robomimic); stats:
+    statistics of "obs/<k>", as robomimic); "identity" leaves a key as it is (a key listed for
+    normalization by a config that wants none for it); stats:
     key -> {stat: array} to use instead of the store's shipped or computed statistics. keys:
     which store keys to return (default all). dtype: output dtype of floating / normalized keys
     (str), or per key (dict; "keep" copies the store's dtype). episodes: sample only these

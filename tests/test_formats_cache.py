@@ -431,6 +431,10 @@ def test_camera_keys_of_a_version_1_manifest_are_detected(tmp_path):
     (lambda m: m.update(num_frames="9"), "malformed manifest .*num_frames"),
     (lambda m: m.update(num_frames=9.5), "malformed manifest .*num_frames"),
     (lambda m: m.update(image_keys="img"), "malformed manifest .*image_keys"),
+    (lambda m: m.update(image_keys=["nope"]), r"image_keys names \['nope'\], which are not"),
+    (lambda m: m.update(image_keys=["action"]), r"manifest.json: image_keys: expected camera"),
+    (lambda m: m.update(keys=[]), "malformed manifest .*at least one key"),
+    (lambda m: m.update(episode_ends=[3, 4, 2**70]), "malformed manifest .*not frame counts"),
 ])
 def test_malformed_manifest(cache, edit, match):
     m = json.loads((cache / "manifest.json").read_text())
@@ -518,3 +522,24 @@ def test_the_write_bar_counts_the_arrays_bytes_to_its_total(tmp_path):
     write_cache(tmp_path / "c", arrays, episode_ends=[1000], timestamps=np.arange(1000) / 10,
                 progress=bar)
     assert bar.n == sum(a.nbytes for a in arrays.values()) + 8000
+
+
+def test_timestamps_of_another_shape_refused(cache):
+    m = json.loads((cache / "manifest.json").read_text())
+    np.save(cache / m["timestamps"]["file"], np.zeros((9, 1)))
+    m["timestamps"]["shape"] = [9, 1]
+    (cache / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DatasetFormatError, match=r"timestamps.npy: timestamps of shape \(9, 1\)"):
+        read_cache(cache, verify=False)
+
+
+def test_bfloat16_stats_round_trip(tmp_path):
+    """Statistics a store holds in bfloat16 (e.g. shipped as torch bf16 tensors) are saved and
+    read back as bfloat16, bit for bit."""
+    src = make_source()
+    mean = np.array([1.5, -2.25, 3e-3], dtype=ml_dtypes.bfloat16)
+    src.stats["bf"] = {"mean": mean, "max": mean.reshape(1, 3)}
+    got = read_cache(write_cache(tmp_path / "c", src), verify=True)
+    for name, want in src.stats["bf"].items():
+        assert got.stats["bf"][name].dtype == want.dtype and got.stats["bf"][name].shape == want.shape
+        np.testing.assert_array_equal(got.stats["bf"][name].view(np.uint16), want.view(np.uint16))

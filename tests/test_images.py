@@ -769,3 +769,10 @@ def test_exact_division_only_for_plain_float_outputs():
     normalised = images.apply_numpy(images.make_plan(shape, std=2.0), frames, np.zeros((1, 1),
                                     np.int64), None, np.uint64(0))
     assert normalised[0, 0, 0, 0, 0] == np.float32(129) * np.float32(1 / 255) * np.float32(0.5)
+
+
+@pytest.mark.parametrize("bad", ["no", None])
+def test_check_indices_is_true_or_false(bad):
+    frames = np.zeros((2, 4, 4, 3), np.uint8)
+    with pytest.raises(TypeError, match=rf"check_indices: expected True or False, got {bad!r}"):
+        rc.crop_resize_normalize(frames, np.array([0]), check_indices=bad)

@@ -243,3 +243,21 @@ def test_fuse_bad_input():
         rc.fuse([(np.zeros((4, 2)), t[:3])], t)
     with pytest.raises(ValueError, match=r"streams\[0\]"):
         rc.fuse([np.zeros((4, 2))], t)
+
+
+@pytest.mark.parametrize("bad", ["no", None, 0])
+def test_check_times_is_true_or_false(bad):
+    """A string or None is not taken for a choice ("no" ran the checks, None skipped them)."""
+    d, s, t = np.zeros((1, 3, 2), np.float32), np.arange(3.0)[None], np.arange(2.0)[None]
+    with pytest.raises(TypeError, match=rf"check_times: expected True or False, got {bad!r}"):
+        rc.resample(d, s, t, check_times=bad)
+    with pytest.raises(TypeError, match=rf"check_times: expected True or False, got {bad!r}"):
+        rc.fuse([(d, s)], t, check_times=bad)
+
+
+def test_fuse_streams_errors_say_what_came():
+    t = np.arange(2.0)
+    with pytest.raises(ValueError, match="non-empty list .*got an empty list"):
+        rc.fuse([], t)
+    with pytest.raises(TypeError, match="streams: expected a list .*got a NoneType"):
+        rc.fuse(None, t)

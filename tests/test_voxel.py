@@ -574,3 +574,30 @@ def test_cuda_mean_is_bitwise_reproducible(cupy):
     for _ in range(3):
         b = rc.voxelize(pts, mode="mean", features=feats, **GRID)
         assert bool((a.view(cupy.uint32) == b.view(cupy.uint32)).all())
+
+
+def test_dropped_is_0_d_in_every_library():
+    """`dropped` is a 0-d int64 array in the points' library (torch CPU tensors too: NumPy's
+    ascontiguousarray made it [1] there)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    pts = (rng.random((50, 3)) * 3 - 1).astype(np.float32)
+    want = int(((pts < 0) | (pts >= 1)).any(axis=1).sum())
+    for x in (pts, torch.from_numpy(pts)):
+        _, dropped = rc.voxelize(x, grid_min=0.0, voxel_size=0.25, grid_size=4,
+                                 return_dropped=True)
+        *_, dropped2 = rc.points_to_voxel_coords(x, grid_min=0.0, voxel_size=0.25, grid_size=4,
+                                                 return_dropped=True)
+        for d in (dropped, dropped2):
+            assert tuple(d.shape) == () and int(d) == want and type(d) is type(x)
+
+
+@pytest.mark.parametrize("flag", ["return_dropped", "check_batch_index"])
+@pytest.mark.parametrize("bad", ["no", None, 1])
+def test_flags_are_true_or_false(flag, bad):
+    pts = np.zeros((3, 3), np.float32)
+    for op in (rc.voxelize, rc.points_to_voxel_coords):
+        with pytest.raises(TypeError, match=rf"{flag}: expected True or False, got {bad!r}"):
+            op(pts, grid_min=0.0, voxel_size=1.0, grid_size=2, **{flag: bad})
+    got = rc.voxelize(pts, grid_min=0.0, voxel_size=1.0, grid_size=2, return_dropped=np.True_)
+    assert isinstance(got, tuple)

@@ -143,10 +143,11 @@ def _plan(arrays, episode_ends, fps, timestamps, stats, image_keys, meta) -> dic
         stats_json[str(key)] = {}
         for name, v in per.items():
             a = np.asarray(v if isinstance(v, (int, float, list, tuple)) else _array.to_numpy(v))
-            if a.dtype.kind not in "biuf":
+            if a.dtype.kind not in "biuf" and a.dtype.name != "bfloat16":
                 raise ValueError(f"stats[{key!r}][{name!r}]: expected numbers, got {a.dtype}")
+            data = a.astype(np.float32) if a.dtype.name == "bfloat16" else a  # exact in JSON
             stats_json[str(key)][str(name)] = {"dtype": a.dtype.name, "shape": list(a.shape),
-                                               "data": a.reshape(-1).tolist()}
+                                               "data": data.reshape(-1).tolist()}
     try:
         meta_json = json.loads(json.dumps(meta or {}, default=_jsonable))
     except (TypeError, ValueError) as exc:
@@ -484,6 +485,11 @@ def _read_at(root: Path, dfd: int, verify: bool, progress) -> TrajectorySource:
         raw_ends = list(manifest["episode_ends"])
         if not all(isinstance(e, int) and not isinstance(e, bool) for e in raw_ends):
             raise ValueError(f"episode_ends holds non-integers {raw_ends[:5]}")
+        if not keys:
+            raise ValueError("keys is [], a cache holds at least one key")
+        if any(not 0 < e < 2**63 for e in raw_ends):
+            raise ValueError(f"episode_ends holds {[e for e in raw_ends if not 0 < e < 2**63][:3]}"
+                             f", not frame counts")
         ends = np.asarray(raw_ends, dtype=np.int64)
         fps = manifest.get("fps")
         if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float))
@@ -494,6 +500,9 @@ def _read_at(root: Path, dfd: int, verify: bool, progress) -> TrajectorySource:
         if image_keys is not None and (not isinstance(image_keys, list) or not all(
                 isinstance(k, str) for k in image_keys)):
             raise ValueError(f"image_keys is {image_keys!r:.80}, not a list of names")
+        if image_keys and not set(image_keys) <= set(keys):
+            raise ValueError(f"image_keys names {sorted(set(image_keys) - set(keys))}, which are "
+                             f"not among its keys")
         image_keys = None if not image_keys and (image_keys is None or version < 2) \
             else tuple(image_keys)
         stats_json = manifest.get("stats") or {}
@@ -540,6 +549,14 @@ def _read_at(root: Path, dfd: int, verify: bool, progress) -> TrajectorySource:
             if arr.ndim < 1 or arr.shape[0] != n:
                 raise DatasetFormatError(f"{path}: {arr.shape[0] if arr.ndim else 0} rows, the "
                                          f"manifest says num_frames={n}")
+            if k is None and arr.ndim != 1:
+                raise DatasetFormatError(f"{path}: timestamps of shape {arr.shape}; expected "
+                                         f"one per frame, ({n},)")
+            if k is not None and image_keys and k in image_keys:
+                try:
+                    check_image_key(k, arr)
+                except TypeError as exc:
+                    raise DatasetFormatError(f"{mpath}: {exc}") from None
     finally:
         for *_, f in opened:
             f.close()  # the maps keep their files
@@ -548,10 +565,15 @@ def _read_at(root: Path, dfd: int, verify: bool, progress) -> TrajectorySource:
         for key, per in stats_json.items():
             stats[key] = {}
             for name, s in per.items():
-                dt = np.dtype(s["dtype"])
-                if dt.kind not in "biuf":  # numbers only (an "object" dtype would take anything)
-                    raise ValueError(f"stats[{key!r}][{name!r}] has dtype {dt}, not numbers")
-                stats[key][name] = np.asarray(s["data"], dtype=dt).reshape(s["shape"])
+                if s["dtype"] == "bfloat16":  # written as float32 values, exact
+                    dt = _array.numpy_dtype("bfloat16")
+                    value = np.asarray(s["data"], dtype=np.float32).astype(dt)
+                else:
+                    dt = np.dtype(s["dtype"])
+                    if dt.kind not in "biuf":  # numbers only (an "object" dtype takes anything)
+                        raise ValueError(f"stats[{key!r}][{name!r}] has dtype {dt}, not numbers")
+                    value = np.asarray(s["data"], dtype=dt)
+                stats[key][name] = value.reshape(s["shape"])
     except (KeyError, TypeError, ValueError) as exc:
         raise DatasetFormatError(f"{mpath}: malformed stats ({exc})") from None
     return TrajectorySource(arrays=arrays, episode_ends=ends,

@@ -326,8 +326,10 @@ def crop_resize_normalize(frames, indices, *, zero_mask=None, crop=None, crop_mo
     backend, unless `device="cuda[:i]"` asks for host-resident frames (pinned host memory read
     by the kernel over the bus; output on that device). `check_indices` verifies
     -1 <= indices < N before any launch (one reduction and synchronisation on a GPU); with False,
-    out-of-range rows are clamped to N-1 and never read past the frames.
+    rows >= N are clamped to N-1 and every negative row gives a zero image (as -1 does), and
+    nothing is read past the frames.
     """
+    V.check_flag("check_indices", check_indices)
     frames = _array.as_array("frames", frames)
     indices = _array.as_array("indices", indices)
     V.check_rank("frames", frames, (4,))

@@ -42,6 +42,7 @@ def resample(data, src_times, tgt_times, method: str = "linear", *, check_times:
     already checked may pass False. `out`: an array to write the result into and return
     (the result's library, device, shape and dtype, C-contiguous, not overlapping the inputs).
     """
+    V.check_flag("check_times", check_times)
     hot_key = (method, _array.device_key(data), _array.device_key(src_times),
                _array.device_key(tgt_times)) if type(method) is str else None
     hot = None if hot_key is None else _HOT.get(hot_key)
@@ -86,6 +87,7 @@ def fuse(streams, tgt_times, method: str = "linear", *, check_times: bool = True
     All streams share one dtype and one time dtype; 2-D streams ([S_k,D_k] with [S_k] times and
     [T] targets) give [T, sum D_k]. `check_times` and `out` as in resample.
     """
+    V.check_flag("check_times", check_times)
     hk = _fuse_key(streams, tgt_times, method, _array.device_key)
     hot = None if hk is None else _HOT.get(hk)
     if hot is not None:  # contiguous device arrays of a signature seen before: launch
@@ -201,8 +203,11 @@ def _fuse_key(streams, tgt_times, method, key_of):
 def _check_fuse(streams, tgt_times, method, check_times: bool):
     """fuse's argument checks: (streams as squeezed (data, times) arrays, target times,
     (squeeze, data dtype, time dtype)), or the error."""
-    if not isinstance(streams, (list, tuple)) or len(streams) == 0:
-        V.fail("streams", "a non-empty list of (data, times) pairs", repr(type(streams).__name__))
+    if not isinstance(streams, (list, tuple)):
+        V.fail("streams", "a list of (data, times) pairs", f"a {type(streams).__name__}",
+               TypeError)
+    if len(streams) == 0:
+        V.fail("streams", "a non-empty list of (data, times) pairs", "an empty list")
     if len(streams) > MAX_STREAMS:
         V.fail("streams", f"at most {MAX_STREAMS} streams", f"{len(streams)}")
     V.check_choice("method", method, tuple(METHODS))

@@ -127,6 +127,8 @@ def voxelize(points, *, grid_min, voxel_size, grid_size, mode: str = "occupancy"
     Returns the grid, or (grid, dropped) with `return_dropped`. See the module docstring for the
     exact voxel rule, dropping, empty-voxel values and the error bound of "mean".
     """
+    V.check_flag("return_dropped", return_dropped)
+    V.check_flag("check_batch_index", check_batch_index)
     hot_key = None
     if features is None and batch_index is None and batch_size is None \
             and type(mode) is str:  # the plain count / occupancy call of a training loop
@@ -184,6 +186,8 @@ def points_to_voxel_coords(points, *, grid_min, voxel_size, grid_size, batch_ind
     Arguments and dropping rules as in voxelize. On a GPU the number of voxels M is read back to
     the host (one synchronisation) to allocate the outputs.
     """
+    V.check_flag("return_dropped", return_dropped)
+    V.check_flag("check_batch_index", check_batch_index)
     points, bidx, grid = _check_inputs(points, grid_min, voxel_size, grid_size, batch_index,
                                        batch_size, check_batch_index)
     if _array.is_device(points):
