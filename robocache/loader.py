@@ -9,11 +9,27 @@ numpy.random.Generator(PCG64([seed, epoch])):
     least one anchor, then an anchor uniformly within it (torchrl SliceSampler-like: short
     episodes are sampled as often as long ones);
   a sampler / batch_sampler argument: whatever it yields (materialized once per epoch when it has
-    a length).
+    a length; one without a length, e.g. an endless sampler, is read STREAM_BATCHES batches at a
+    time, as torch streams it, and the loader has no len() either).
 Under torch.distributed the order is then sharded exactly like DistributedSampler: without
-drop_last it is padded to a multiple of world_size by repeating its head, with drop_last its tail
+drop_last it is padded to a multiple of world_size by repeating its head (so with len(dataset)
+not a multiple of world_size, a few samples are in two ranks' shards), with drop_last its tail
 is cut; rank r takes order[r::world_size]. The same (seed, epoch) gives the same order on CPU and
-CUDA stores, on every rank.
+CUDA stores, on every rank. A sampler / batch_sampler chooses a rank's samples itself (e.g.
+DistributedSampler(rank=...)): rank= / world_size= are refused with one.
+
+iter(loader) is an iterator of its own, as torch's: it takes the loader's epoch (and a loaded
+resume point) when it is made, has len() (the batches it has left) and keeps its epoch's order
+while other iterators of the same loader run (on a CUDA store each has its own index array; the
+builder is pointed back at it when another iterator built last, so the hot path stays one
+identity check per batch). The loader's epoch and position (state_dict) follow the iterator
+that last handed out a batch; one that runs to its end advances the epoch by one and forwards
+it to a sampler / batch_sampler with set_epoch (DistributedSampler). With reuse_outputs=R,
+iterators run in turn share the ring: the last R batches handed out, by any of them, stay valid.
+
+batch_size=None turns batching off, as in torch: every item is one sample, a dict without the
+batch dimension (dataset[i]), collate_fn applied to each; drop_last and reuse_outputs are
+refused with it. Samples are still built CHUNK samples per batch launch.
 
 On a CUDA store the order is uploaded once per epoch; batch b reads its indices from that device
 array at offset b * batch_size, and ONE kernel launch builds the whole batch, every low-dimensional
@@ -49,6 +65,8 @@ the store's device). collate_fn, when given, is applied to each batched dict.
 
 from __future__ import annotations
 
+import collections
+import itertools
 import math
 import numbers
 
@@ -59,10 +77,21 @@ from .dataset import TrajectoryDataset
 
 SAMPLING = ("frame", "episode")
 STATE_VERSION = 1
+STREAM_BATCHES = 64  # batches read at a time from a sampler / batch_sampler without a length
+CHUNK = 64           # samples built per batch with batch_size=None (one sample per item)
 
 
 def _is_int(x) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _has_len(x) -> bool:
+    """Whether len(x) works (torch's test: a sampler whose __len__ raises TypeError has none)."""
+    try:
+        len(x)
+    except TypeError:
+        return False
+    return True
 
 
 def _dist_info(rank, world_size) -> tuple[int, int]:
@@ -102,9 +131,12 @@ class DataLoader:
     """Batches of a TrajectoryDataset on the store's device (see the module docstring).
 
     seed: the base of every epoch's order (default: drawn from `generator`, or from torch's
-    global RNG like torch's RandomSampler; 0 under torch.distributed, like DistributedSampler).
+    global RNG like torch's RandomSampler; 0 under torch.distributed, like DistributedSampler,
+    whatever `generator` each rank passes: every rank must draw the same order to shard it).
     sampling: "frame" (uniform over anchors) or "episode" (uniform over episodes).
-    rank / world_size: this process's shard (default: from the torch.distributed process group).
+    batch_size: samples per batch; None turns batching off (one sample per item, as torch).
+    rank / world_size: this process's shard (default: from the torch.distributed process group);
+    refused with a sampler / batch_sampler, which choose the rank's samples themselves.
     reuse_outputs: 0 gives fresh tensors every batch; R >= 2 cycles 2R preallocated output
     sets on a CUDA store: the last R batches handed out stay valid (see the module docstring).
     """
@@ -126,11 +158,24 @@ class DataLoader:
                 raise ValueError("batch_sampler: expected no batch_size, shuffle, sampler or "
                                  "drop_last with it (they are mutually exclusive, as in torch)")
             batch_size = None
+        elif batch_size is None:  # torch's automatic batching off: one sample per item
+            if drop_last:
+                raise ValueError("drop_last: batch_size=None turns batching off (one sample per "
+                                 "item, as in torch); expected drop_last=False with it")
+            if reuse_outputs:
+                raise ValueError("reuse_outputs: batch_size=None hands out single samples (views "
+                                 "of shared batches); expected reuse_outputs=0 with it")
         elif not _is_int(batch_size) or batch_size < 1:
-            raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+            raise ValueError(f"batch_size: expected an int >= 1 or None, got {batch_size!r}")
         if sampler is not None and shuffle:
             raise ValueError("sampler: expected no shuffle=True with a sampler (mutually "
                              "exclusive, as in torch)")
+        if (sampler is not None or batch_sampler is not None) and (
+                rank is not None or world_size is not None):
+            raise ValueError(f"rank / world_size: a sampler / batch_sampler chooses this "
+                             f"process's samples itself (e.g. DistributedSampler(rank=..., "
+                             f"num_replicas=...)); expected rank=None and world_size=None with "
+                             f"it, got rank={rank!r}, world_size={world_size!r}")
         if sampling not in SAMPLING:
             raise ValueError(f"sampling: expected one of {list(SAMPLING)}, got {sampling!r}")
         if sampling == "episode":
@@ -152,7 +197,7 @@ class DataLoader:
         if seed is not None and not 0 <= seed < 2**64:  # PCG64 and the image draws' key
             raise ValueError(f"seed: expected an int in [0, 2**64), got {seed!r}")
         self.dataset = dataset
-        self.batch_size = batch_size
+        self.batch_size = None if batch_size is None else int(batch_size)
         self.shuffle = bool(shuffle) or sampling == "episode"
         self.sampler = sampler
         self.batch_sampler = batch_sampler
@@ -173,10 +218,10 @@ class DataLoader:
         custom = sampler is not None or batch_sampler is not None
         self.rank, self.world_size = (0, 1) if custom else _dist_info(rank, world_size)
         if seed is None:
-            if generator is not None:
+            if self.world_size > 1:  # one order on every rank, as DistributedSampler(seed=0),
+                seed = 0             # whose order no DataLoader generator changes either
+            elif generator is not None:
                 seed = int(torch.empty((), dtype=torch.int64).random_(generator=generator).item())
-            elif self.world_size > 1:
-                seed = 0
             else:
                 seed = int(torch.empty((), dtype=torch.int64).random_().item())
         self.seed = int(seed)
@@ -223,15 +268,40 @@ class DataLoader:
 
     def epoch_order(self, epoch: int | None = None) -> np.ndarray:
         """int64 dataset indices of this rank's epoch, in order (a host array). For a custom
-        sampler / batch_sampler: what it yields now."""
+        sampler / batch_sampler: what it yields now (TypeError for one without a length: its
+        order is streamed, never drawn whole)."""
         epoch = self._epoch if epoch is None else epoch
         if not _is_int(epoch) or epoch < 0:
             raise ValueError(f"epoch: expected an int >= 0, got {epoch!r}")
+        if self._streamed():
+            raise TypeError(f"epoch_order: the {self._sampler_name()} has no length; its order "
+                            f"is streamed batch by batch, not drawn ahead")
         order, _ = self._plan(epoch)
         return order
 
+    @property
+    def _auto_collation(self) -> bool:
+        """Whether items are batches (torch's name): False for batch_size=None."""
+        return self.batch_sampler is not None or self.batch_size is not None
+
+    def _size(self) -> int | None:
+        """Samples per batch built: batch_size, CHUNK with batching off, None (a batch_sampler's
+        own sizes)."""
+        if self.batch_sampler is not None:
+            return None
+        return CHUNK if self.batch_size is None else self.batch_size
+
+    def _sampler_name(self) -> str:
+        return "batch_sampler" if self.batch_sampler is not None else "sampler"
+
+    def _streamed(self) -> bool:
+        """A sampler / batch_sampler without a length: read in pieces, never materialized."""
+        s = self.batch_sampler if self.batch_sampler is not None else self.sampler
+        return s is not None and not _has_len(s)
+
     def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """(order int64 [M], batch bounds int64 [num_batches + 1]) of this rank's epoch."""
+        """(order int64 [M], batch bounds int64 [num_batches + 1]) of this rank's epoch (batches
+        of _size() samples: CHUNK with batching off)."""
         if self.batch_sampler is not None:  # each batch checked as __getitems__ checks it
             batches = [self.dataset._check_indices(np.asarray(list(b)).reshape(-1))
                        for b in self.batch_sampler]
@@ -249,11 +319,51 @@ class DataLoader:
             order = np.arange(n, dtype=np.int64)
         if self.sampler is None:
             order = shard(order, self.rank, self.world_size, self.drop_last)
-        m = order.size
-        full = m // self.batch_size
-        nb = full if (self.drop_last or m % self.batch_size == 0) else full + 1
-        bounds = np.minimum(np.arange(nb + 1, dtype=np.int64) * self.batch_size, m)
-        return order, bounds
+        return order, self._bounds(order.size, self._size())
+
+    def _bounds(self, m: int, size: int) -> np.ndarray:
+        """Batch bounds of `m` indices cut into batches of `size` (drop_last: no partial one)."""
+        full = m // size
+        nb = full if (self.drop_last or m % size == 0) else full + 1
+        return np.minimum(np.arange(nb + 1, dtype=np.int64) * size, m)
+
+    def _pieces(self, epoch: int, start: int):
+        """This rank's epoch from batch `start` on, as pieces (order, bounds, b0, first, full):
+        batch b0 + i is order[bounds[i]:bounds[i + 1]] for i >= first, and its first `full`
+        batches are consecutive `size`-index slices of order (the device path fills them ahead).
+        One piece with a length; STREAM_BATCHES batches a piece from a sampler without one."""
+        if not self._streamed():
+            order, bounds = self._plan(epoch)
+            full = 0 if self.batch_sampler is not None else order.size // self._size()
+            yield order, bounds.tolist(), 0, start, full
+            return
+        check = self.dataset._check_indices
+        b0 = start
+        if self.batch_sampler is not None:
+            it = iter(self.batch_sampler)
+            collections.deque(itertools.islice(it, start), maxlen=0)  # batches done: skipped
+            while True:
+                batches = [check(np.asarray(list(b)).reshape(-1))
+                           for b in itertools.islice(it, STREAM_BATCHES)]
+                if not batches:
+                    return
+                order = np.concatenate(batches)
+                bounds = np.concatenate([[0], np.cumsum([b.size for b in batches])])
+                yield order, bounds.tolist(), b0, 0, 0
+                b0 += len(batches)
+        size = self._size()
+        it = iter(self.sampler)
+        collections.deque(itertools.islice(it, start * size), maxlen=0)
+        per = STREAM_BATCHES * size
+        while True:
+            order = check(np.asarray(list(itertools.islice(it, per))))
+            if order.size == 0:
+                return
+            bounds = self._bounds(order.size, size)
+            yield order, bounds.tolist(), b0, 0, order.size // size
+            b0 += bounds.size - 1
+            if order.size < per:  # the sampler ended
+                return
 
     def _episode_draws(self, epoch: int, n: int) -> np.ndarray:
         first, count = self.dataset.episode_anchor_ranges()
@@ -263,54 +373,77 @@ class DataLoader:
         return first[ep] + rng.integers(0, count[ep])
 
     def __len__(self) -> int:
+        """Batches of an epoch (samples with batch_size=None). TypeError for a sampler /
+        batch_sampler without a length, as torch's DataLoader."""
+        if self._streamed():
+            s = self.batch_sampler if self.batch_sampler is not None else self.sampler
+            raise TypeError(f"len(DataLoader): its {self._sampler_name()} "
+                            f"({type(s).__name__}) has no length, so the loader has none")
         if self.batch_sampler is not None:
             return len(self.batch_sampler)
         if self.sampler is not None:
             m = len(self.sampler)
         else:
             m = shard(np.arange(len(self.dataset)), 0, self.world_size, self.drop_last).size
+        if self.batch_size is None:
+            return m
         return m // self.batch_size if self.drop_last else -(-m // self.batch_size)
 
     # -----------------------------------------------------------------------------------------
     # iteration
 
-    def __iter__(self):
-        epoch = self._epoch
-        start = 0 if self._resume is None else self._resume
-        self._resume = None
-        order, bounds = self._plan(epoch)
+    def __iter__(self) -> _LoaderIter:
+        return _LoaderIter(self)
+
+    def _items(self, epoch: int, start: int):
+        """The items (batches, or samples with batching off) of `epoch` from item `start` on."""
+        collate = self.collate_fn
+        if self._auto_collation:
+            for batch in self._batches(epoch, start):
+                yield batch if collate is None else collate(batch)
+            return
+        skip = start % CHUNK  # samples of the first chunk handed out before a resume
+        for batch in self._batches(epoch, start // CHUNK):
+            for j in range(skip, len(batch["index"])):  # "index": in every batch
+                sample = {k: v[j] for k, v in batch.items()}  # dataset[i]: no batch dim
+                yield sample if collate is None else collate(sample)
+            skip = 0
+
+    def _batches(self, epoch: int, start: int):
+        """The batches of `epoch` from batch `start` on (before collate_fn)."""
         ds = self.dataset
-        seed, collate = self.seed, self.collate_fn
-        bounds = bounds.tolist()
-        self._position = start
-        if ds._on_device:
-            builder, build = self._device_path(ds)
-            builder.bind(ds._op.upload_indices(order))  # once per epoch
-            # full batches other than a batch_sampler's are consecutive slices of the order:
-            # a launch may fill several (ops.windows.BatchBuilder)
-            full = 0 if self.batch_sampler is not None else order.size // self.batch_size
-            for b in range(start, len(bounds) - 1):
-                lo = bounds[b]
-                batch = build(lo, bounds[b + 1] - lo, (seed, epoch, b), max(0, full - 1 - b))
-                ds._add_tasks(batch, order[lo:bounds[b + 1]])
-                self._position = b + 1
-                yield batch if collate is None else collate(batch)
-        else:
-            for b in range(start, len(bounds) - 1):
-                batch = ds._batch_from_host(order[bounds[b]:bounds[b + 1]],
-                                            draw=(seed, epoch, b))
-                self._position = b + 1
-                yield batch if collate is None else collate(batch)
+        seed = self.seed
+        for order, bounds, b0, first, full in self._pieces(epoch, start):
+            if ds._on_device:
+                builder, build = self._device_path(ds)
+                idx = ds._op.upload_indices(order)  # once per epoch (per piece when streamed)
+                builder.bind(idx)
+                for i in range(first, len(bounds) - 1):
+                    if builder._idx is not idx:  # another iterator built last: back to ours
+                        builder.bind(idx)
+                    lo, hi = bounds[i], bounds[i + 1]
+                    # full batches are consecutive slices: a launch may fill several
+                    # (ops.windows.BatchBuilder)
+                    batch = build(lo, hi - lo, (seed, epoch, b0 + i), max(0, full - 1 - i))
+                    yield ds._add_tasks(batch, order[lo:hi])
+            else:
+                for i in range(first, len(bounds) - 1):
+                    yield ds._batch_from_host(order[bounds[i]:bounds[i + 1]],
+                                              draw=(seed, epoch, b0 + i))
+
+    def _end_epoch(self, epoch: int) -> None:
+        """An iteration of `epoch` ran to its end: the next one is epoch + 1, for the loader and
+        for a sampler with set_epoch (so a checkpoint's epoch is the sampler's too)."""
         self._epoch = epoch + 1
         self._position = 0
+        self._forward_epoch()
 
     def _device_path(self, ds):
         """The dataset's per-batch builder, kept across epochs (so reused outputs and pools
         survive them) while dataset, batch_size and reuse_outputs stay the same."""
-        key = (self.batch_size, self.reuse_outputs)
+        key = (self._size(), self.reuse_outputs)  # batch_size=None: batches of CHUNK
         if self._builder is None or self._builder[0] is not ds._op or self._builder[1] != key:
-            self._builder = (ds._op, key, *ds._device_batches(self.reuse_outputs,
-                                                              self.batch_size))
+            self._builder = (ds._op, key, *ds._device_batches(self.reuse_outputs, key[0]))
         return self._builder[2], self._builder[3]
 
     # -----------------------------------------------------------------------------------------
@@ -319,11 +452,13 @@ class DataLoader:
     def state_dict(self) -> dict:
         """Where the loader is: resume exactly with load_state_dict (same dataset and arguments;
         the seed travels in the state)."""
-        return {"version": STATE_VERSION, "seed": self.seed, "epoch": self._epoch,
-                "batches_done": self._position, "num_anchors": len(self.dataset),
-                "batch_size": self.batch_size, "drop_last": self.drop_last,
-                "shuffle": self.shuffle, "sampling": self.sampling,
-                "world_size": self.world_size, "rank": self.rank}
+        # plain Python ints / bools / str only: json- and torch.load(weights_only=True)-safe
+        return {"version": STATE_VERSION, "seed": int(self.seed), "epoch": int(self._epoch),
+                "batches_done": int(self._position), "num_anchors": len(self.dataset),
+                "batch_size": None if self.batch_size is None else int(self.batch_size),
+                "drop_last": self.drop_last,
+                "shuffle": bool(self.shuffle), "sampling": self.sampling,
+                "world_size": int(self.world_size), "rank": int(self.rank)}
 
     def load_state_dict(self, state: dict) -> None:
         """The next iteration continues the saved epoch at the saved batch."""
@@ -344,7 +479,7 @@ class DataLoader:
             if not _is_int(state[k]) or state[k] < 0 or (k == "seed" and state[k] >= 2**64):
                 raise ValueError(f"state[{k!r}]: expected an int >= 0"
                                  f"{' below 2**64' if k == 'seed' else ''}, got {state[k]!r}")
-        if state["batches_done"] > len(self):
+        if not self._streamed() and state["batches_done"] > len(self):
             raise ValueError(f"state['batches_done']: expected at most {len(self)} (the "
                              f"batches of an epoch), got {state['batches_done']}")
         self.seed = int(state["seed"])
@@ -352,3 +487,44 @@ class DataLoader:
         self._position = int(state["batches_done"])
         self._resume = self._position
         self._forward_epoch()  # a DistributedSampler draws the saved epoch's order
+
+
+class _LoaderIter:
+    """One pass over a DataLoader (iter(loader)), as torch's iterator. Its epoch and start (a
+    loaded resume point) are taken when it is made, its order is drawn at its first item, and
+    both stay its own while other iterators of the loader run; len() is the number of items it
+    has left (TypeError for a sampler without a length)."""
+
+    def __init__(self, loader: DataLoader):
+        epoch = loader._epoch
+        start = 0 if loader._resume is None else loader._resume
+        loader._resume = None
+        loader._position = start
+        self._loader, self._epoch, self._done = loader, epoch, start
+        self._total = None if loader._streamed() else len(loader)
+        self._items = loader._items(epoch, start)
+        self._ended = False
+
+    def __iter__(self) -> _LoaderIter:
+        return self
+
+    def __len__(self) -> int:
+        if self._total is None:
+            raise TypeError(f"len(DataLoader iterator): its {self._loader._sampler_name()} has "
+                            f"no length")
+        return max(0, self._total - self._done)
+
+    def __next__(self):
+        try:
+            item = next(self._items)
+        except StopIteration:
+            if not self._ended:
+                self._ended = True
+                self._loader._end_epoch(self._epoch)
+            raise
+        except BaseException:
+            self._ended = True  # a pass broken by an error does not complete its epoch
+            raise
+        self._done += 1
+        self._loader._position = self._done
+        return item

@@ -162,8 +162,9 @@ def test_samplers_batch_samplers_and_collate():
     dsampler = torch.utils.data.DistributedSampler(ds, num_replicas=2, rank=1, seed=4)
     dl = rc.DataLoader(ds, batch_size=4, sampler=dsampler)
     dl.set_epoch(3)  # forwarded to the sampler
-    dsampler.set_epoch(3)
-    np.testing.assert_array_equal(_indices(dl), _anchor_frames(ds, list(dsampler)))
+    want = _anchor_frames(ds, list(dsampler))  # epoch 3's (the pass ends at epoch 4)
+    np.testing.assert_array_equal(_indices(dl), want)
+    assert dsampler.epoch == 4
     dl = rc.DataLoader(ds, batch_size=4, collate_fn=lambda b: b["a"].sum())
     assert all(x.ndim == 0 for x in dl)
 
@@ -195,7 +196,13 @@ def test_explicit_ranks_get_disjoint_equal_shards():
     perm = np.random.Generator(np.random.PCG64([2, 0])).permutation(n)
     dl = rc.DataLoader(ds, batch_size=100, shuffle=True, seed=2, rank=1, world_size=3)
     np.testing.assert_array_equal(_indices(dl), _anchor_frames(ds, perm[1::3]))
-    assert rc.DataLoader(ds, shuffle=True, rank=0, world_size=2).seed == 0  # like DistributedSampler
+    # like DistributedSampler: seed 0 on every rank, whatever generator each rank passes (a
+    # per-rank generator seeded the orders apart, and the shards overlapped)
+    assert rc.DataLoader(ds, shuffle=True, rank=0, world_size=2).seed == 0
+    parts = [_indices(rc.DataLoader(ds, batch_size=5, shuffle=True, rank=r, world_size=3,
+                                    generator=torch.Generator().manual_seed(1234 + r)))
+             for r in range(3)]
+    assert sorted(np.concatenate(parts).tolist()) == ds.anchors[:, 0].tolist()
 
 
 def test_two_process_gloo_run_covers_every_anchor_once(tmp_path):
@@ -224,7 +231,7 @@ def test_two_process_gloo_run_covers_every_anchor_once(tmp_path):
 
 def test_bad_loader_arguments():
     ds = _dataset()
-    for bs in (0, -1, True, 2.0, None):
+    for bs in (0, -1, True, 2.0):
         with pytest.raises(ValueError, match="batch_size"):
             rc.DataLoader(ds, batch_size=bs)
     with pytest.raises(ValueError, match="batch_sampler"):
@@ -345,3 +352,233 @@ def test_repr_says_what_the_loader_does():
     store = rc.TrajectoryStore.from_arrays({"x": np.arange(10.0)[:, None]}, [4, 10])
     r = repr(rc.DataLoader(rc.TrajectoryDataset(store), batch_size=3, shuffle=True, seed=7))
     assert r.startswith("DataLoader(10 anchors, batch_size=3, shuffle=True") and "seed=7" in r
+
+
+# ---------------------------------------------------------------------------------------------
+# samplers without a length, batching off, iterators, sampler epochs, rank with a sampler, state
+
+
+class _Endless(torch.utils.data.Sampler):
+    """An endless random sampler with no __len__ (a step-based training loop's); fails once a
+    reader has pulled more than `limit` indices, so a loader that drains it fails, not hangs."""
+
+    def __init__(self, n, seed=0, limit=10_000):
+        self.n, self.seed, self.limit, self.pulled = n, seed, limit, 0
+
+    def __iter__(self):
+        g = np.random.default_rng(self.seed)
+        while True:
+            for i in g.permutation(self.n).tolist():
+                self.pulled += 1
+                assert self.pulled <= self.limit, "the sampler was drained"
+                yield i
+
+
+class _Unsized(torch.utils.data.Sampler):
+    """A finite sampler without __len__ (a generator of `count` random indices)."""
+
+    def __init__(self, n, count, seed=0):
+        self.n, self.count, self.seed = n, count, seed
+
+    def __iter__(self):
+        yield from np.random.default_rng(self.seed).integers(0, self.n, self.count).tolist()
+
+
+def _assert_items_equal(got, want, what=""):
+    assert list(got) == list(want), what
+    for k, v in want.items():
+        if isinstance(v, torch.Tensor):
+            assert got[k].shape == v.shape and torch.equal(got[k], v), (what, k)
+        else:
+            assert got[k] == v, (what, k)
+
+
+def test_a_sampler_without_length_is_streamed_like_torch(monkeypatch):
+    from itertools import islice
+
+    from robocache import loader as L
+
+    # pieces of 3 batches: several per check
+    monkeypatch.setattr(L, "STREAM_BATCHES", 3, raising=False)
+    ds = _dataset()
+    endless = _Endless(len(ds), seed=1, limit=200)
+    dl = rc.DataLoader(ds, batch_size=4, sampler=endless)
+    ref = torch.utils.data.DataLoader(ds, batch_size=4, sampler=_Endless(len(ds), seed=1))
+    got = list(islice(dl, 20))  # more than an epoch of the dataset, 7 pieces
+    for n, (g, w) in enumerate(zip(got, islice(ref, 20), strict=True)):
+        _assert_items_equal(g, w, f"batch {n}")
+    assert endless.pulled <= 4 * 3 * 7  # read piece by piece, not drained
+    for what in (lambda: len(dl), lambda: len(iter(dl)), lambda: dl.epoch_order()):
+        with pytest.raises(TypeError, match="no length"):
+            what()
+    # a finite one: the partial last batch (or none with drop_last), resume mid-stream
+    for drop_last in (False, True):
+        s = _Unsized(len(ds), 30, seed=2)
+        dl = rc.DataLoader(ds, batch_size=4, sampler=s, drop_last=drop_last)
+        ref = list(torch.utils.data.DataLoader(ds, batch_size=4, sampler=s,
+                                               drop_last=drop_last))
+        got = list(dl)
+        assert len(got) == len(ref) == (7 if drop_last else 8) and dl.epoch == 1
+        for n, (g, w) in enumerate(zip(got, ref, strict=True)):
+            _assert_items_equal(g, w, f"drop_last={drop_last} batch {n}")
+        it = iter(dl)
+        for _ in range(5):
+            next(it)
+        dl2 = rc.DataLoader(ds, batch_size=4, sampler=s, drop_last=drop_last)
+        dl2.load_state_dict(dl.state_dict())
+        rest = list(dl2)
+        assert len(rest) == len(ref) - 5
+        for n, (g, w) in enumerate(zip(rest, ref[5:], strict=True)):
+            _assert_items_equal(g, w, f"resumed batch {n + 5}")
+    # a batch_sampler without a length
+    bs = torch.utils.data.BatchSampler(_Unsized(len(ds), 25, seed=3), 3, False)
+    ref = list(torch.utils.data.DataLoader(ds, batch_sampler=bs))
+    got = list(rc.DataLoader(ds, batch_sampler=bs))
+    assert len(got) == len(ref) == 9
+    for n, (g, w) in enumerate(zip(got, ref, strict=True)):
+        _assert_items_equal(g, w, f"batch_sampler batch {n}")
+    with pytest.raises(TypeError, match="batch_sampler"):
+        len(rc.DataLoader(ds, batch_sampler=bs))
+
+
+def test_batch_size_none_yields_single_samples_like_torch():
+    ds = _dataset()
+    got = list(rc.DataLoader(ds, batch_size=None))
+    ref = list(torch.utils.data.DataLoader(ds, batch_size=None))
+    assert len(got) == len(ref) == len(ds) == len(rc.DataLoader(ds, batch_size=None))
+    for n, (g, w) in enumerate(zip(got, ref, strict=True)):
+        assert g["a"].shape == (3, 2)  # no batch dimension
+        _assert_items_equal(g, w, f"sample {n}")
+    # shuffled, sharded, sampler, collate_fn: each item is dataset[i] of the order
+    for kw in (dict(shuffle=True, seed=4), dict(shuffle=True, seed=4, rank=1, world_size=2),
+               dict(sampler=[5, 0, 38, 5]),
+               dict(shuffle=True, seed=5, collate_fn=lambda s: s["f"] * 10)):
+        dl = rc.DataLoader(ds, batch_size=None, **kw)
+        got = list(dl)
+        order = dl.epoch_order(0)
+        assert len(got) == len(order) == len(dl)
+        for n, (g, i) in enumerate(zip(got, order.tolist(), strict=True)):
+            if "collate_fn" in kw:
+                assert g.ndim == 0 and int(g) == 10 * int(ds[i]["f"]), n
+            else:
+                _assert_items_equal(g, ds[i], f"{kw} sample {n}")
+    for bad in (dict(drop_last=True), dict(reuse_outputs=2)):
+        with pytest.raises(ValueError, match="batch_size=None"):
+            rc.DataLoader(ds, batch_size=None, **bad)
+
+
+@pytest.mark.parametrize("chunk", [64, 5])
+def test_batch_size_none_resumes_mid_chunk(monkeypatch, chunk):
+    from robocache import loader as L
+
+    monkeypatch.setattr(L, "CHUNK", chunk, raising=False)
+    big = _dataset(lens=(40, 3, 35, 50))  # 128 samples: two chunks of 64
+    full = [int(s["index"]) for s in rc.DataLoader(big, batch_size=None, shuffle=True, seed=3)]
+    for stop in (0, 1, chunk - 1, chunk, 70, len(big)):
+        dl = rc.DataLoader(big, batch_size=None, shuffle=True, seed=3)
+        it = iter(dl)
+        head = [int(next(it)["index"]) for _ in range(stop)]
+        assert len(it) == len(big) - stop
+        dl2 = rc.DataLoader(big, batch_size=None, shuffle=True)
+        dl2.load_state_dict(dl.state_dict())
+        assert head + [int(s["index"]) for s in dl2] == full, stop
+
+
+def test_iterator_has_len_and_keeps_its_own_order():
+    ds = _dataset()
+    dl = rc.DataLoader(ds, batch_size=4, shuffle=True, seed=8)
+    it = iter(dl)
+    assert len(it) == len(dl) == 10
+    next(it), next(it)
+    assert len(it) == 8 and len(list(it)) == 8 and len(it) == 0
+    # resumed: len counts the batches left; a batch_sampler's iterator has its length too
+    it = iter(dl)
+    next(it)
+    dl.load_state_dict(dl.state_dict())
+    assert len(iter(dl)) == 9
+    assert len(iter(rc.DataLoader(ds, batch_sampler=[[1, 2], [3]]))) == 2
+    # two live iterators of one loader, in two epochs, each with its own order
+    dl = rc.DataLoader(ds, batch_size=4, shuffle=True, seed=8)
+    old = iter(dl)
+    first = next(old)
+    dl.set_epoch(5)
+    new = iter(dl)
+    got_new = [next(new)]
+    got_old = [first]
+    for a, b in zip(old, new, strict=False):
+        got_old.append(a)
+        got_new.append(b)
+    got_new += list(new)
+    np.testing.assert_array_equal(_indices(got_old), _anchor_frames(ds, dl.epoch_order(0)))
+    np.testing.assert_array_equal(_indices(got_new), _anchor_frames(ds, dl.epoch_order(5)))
+    # a pass broken by an error does not complete (advance) its epoch
+    dl = rc.DataLoader(ds, batch_size=4, sampler=[0, len(ds)])
+    it = iter(dl)
+    with pytest.raises(IndexError):
+        next(it)
+    assert list(it) == [] and dl.epoch == 0
+
+
+def test_a_completed_epoch_reaches_the_sampler_so_resume_is_exact():
+    """No set_epoch calls: the loader advances its epoch after each full pass and tells a
+    DistributedSampler, so a checkpoint taken mid-epoch resumes with the same batches."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    ds = _dataset()
+
+    def loader():
+        return rc.DataLoader(ds, batch_size=4, sampler=DistributedSampler(
+            ds, num_replicas=2, rank=0, shuffle=True, seed=1))
+
+    dl = loader()
+    epochs, state = [], None
+    for epoch in range(3):
+        batches = []
+        for n, b in enumerate(dl):
+            batches.append(_indices([b]))
+            if epoch == 2 and n == 1:
+                state = dl.state_dict()
+        epochs.append(np.concatenate(batches))
+        assert dl.epoch == dl.sampler.epoch == epoch + 1
+    assert not np.array_equal(epochs[1], epochs[2])  # the sampler's order changes per epoch
+    for epoch in (1, 2):
+        s = DistributedSampler(ds, num_replicas=2, rank=0, shuffle=True, seed=1)
+        s.set_epoch(epoch)
+        np.testing.assert_array_equal(epochs[epoch], _anchor_frames(ds, list(s)))
+    dl2 = loader()
+    dl2.load_state_dict(state)
+    np.testing.assert_array_equal(_indices(dl2), epochs[2][8:])
+
+
+def test_rank_and_world_size_are_refused_with_a_sampler():
+    ds = _dataset()
+    for kw in (dict(sampler=range(10), batch_size=4), dict(batch_sampler=[[0, 1], [2]])):
+        for dist in (dict(rank=1, world_size=2), dict(rank=7, world_size=2), dict(rank=0),
+                     dict(world_size=1)):
+            with pytest.raises(ValueError, match="rank / world_size: a sampler"):
+                rc.DataLoader(ds, **kw, **dist)
+        dl = rc.DataLoader(ds, **kw)  # the sampler decides: the whole of it
+        assert (dl.rank, dl.world_size) == (0, 1) and len(_indices(dl)) in (10, 3)
+
+
+def test_state_dict_holds_plain_python_values():
+    import io
+    import json
+
+    ds = _dataset()
+    dl = rc.DataLoader(ds, batch_size=np.int64(4), shuffle=np.bool_(True), seed=np.uint64(3))
+    it = iter(dl)
+    next(it)
+    state = dl.state_dict()
+    assert all(type(v) in (int, bool, str) for v in state.values()), state
+    assert json.loads(json.dumps(state)) == state
+    buf = io.BytesIO()
+    torch.save({"loader": state}, buf)
+    buf.seek(0)
+    back = torch.load(buf, weights_only=True)["loader"]
+    assert back == state
+    dl2 = rc.DataLoader(ds, batch_size=4, shuffle=True)
+    dl2.load_state_dict(back)
+    np.testing.assert_array_equal(_indices(dl2), _indices(list(it)))
+    none = rc.DataLoader(ds, batch_size=None).state_dict()
+    assert none["batch_size"] is None and json.loads(json.dumps(none)) == none

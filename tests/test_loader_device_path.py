@@ -360,3 +360,99 @@ def test_reused_outputs_recycle_transformed_frames_too(monkeypatch, R):
     assert all(ptrs[i] == ptrs[i + 2 * R] for i in range(full - 2 * R))
     if n % 4:
         assert ptrs[-1] not in ptrs[:full]  # ... and fresh frames for the partial batch
+
+
+class _Orders(torch.utils.data.Sampler):
+    """A sampler whose every iter() yields another random order (a RandomSampler's behaviour),
+    the k-th one = order(k). It has no length (the loader streams it); _SizedOrders has one."""
+
+    def __init__(self, n):
+        self.n, self.calls = n, 0
+
+    def order(self, k):
+        return np.random.default_rng(100 + k).permutation(self.n)
+
+    def __iter__(self):
+        self.calls += 1
+        return iter(self.order(self.calls - 1).tolist())
+
+
+class _SizedOrders(_Orders):
+    def __len__(self):
+        return self.n
+
+
+@pytest.mark.parametrize("reuse", [0, 2])
+def test_two_live_iterators_keep_their_own_orders_on_the_device_path(monkeypatch, reuse):
+    """An older iterator still in use after a newer one started (a peek at one batch, another
+    epoch) keeps reading its own order: the builder is pointed back at its index array."""
+    monkeypatch.setattr(OW, "SLAB_BYTES", 1 << 20)  # one launch fills many batches ahead
+    dev, host = _datasets()
+    for how in ("epoch", "sampler"):
+        kw = dict(batch_size=3, reuse_outputs=reuse)
+        if how == "epoch":
+            a = rc.DataLoader(dev, shuffle=True, seed=3, **kw)
+            orders = [a.epoch_order(0), a.epoch_order(5)]
+        else:
+            sampler = _SizedOrders(len(dev))
+            a = rc.DataLoader(dev, sampler=sampler, **kw)
+            orders = [sampler.order(0), sampler.order(1)]
+        want = [[host.__getitems__(o[i:i + 3]) for i in range(0, len(o), 3)] for o in orders]
+        old = iter(a)
+        got_old = [_snapshot(next(old)), _snapshot(next(old))]
+        if how == "epoch":
+            a.set_epoch(5)
+        new = iter(a)
+        got_new = [_snapshot(next(new))]  # the peek: another order
+        for x, y in zip(old, new, strict=False):  # both in turn
+            got_old.append(_snapshot(x))
+            got_new.append(_snapshot(y))
+        got_old += [_snapshot(x) for x in old]
+        got_new += [_snapshot(x) for x in new]
+        for name, got, w in (("old", got_old, want[0]), ("new", got_new, want[1])):
+            assert len(got) == len(w), (how, name)
+            for n, (g, x) in enumerate(zip(got, w, strict=True)):
+                _assert_batch_equal(g, x, f"{how}: {name} iterator batch {n}")
+    # one iterator alone binds once per epoch: no re-binding per batch
+    a = rc.DataLoader(dev, batch_size=3, shuffle=True, seed=3, reuse_outputs=reuse)
+    list(a)
+    builder = a._builder[2]
+    gen, launches = builder._gen, builder.launches
+    assert len(list(a)) == len(a) == 15
+    assert builder._gen == gen + 1
+    assert builder.launches - launches < 15  # and fill-ahead still builds several per launch
+
+
+@pytest.mark.parametrize("reuse", [0, 2])
+def test_streamed_sampler_and_single_samples_on_the_device_path(monkeypatch, reuse):
+    """A sampler without a length, read a few batches at a time (an index array per piece),
+    and batch_size=None (samples cut from batches of CHUNK), equal to the NumPy backend."""
+    from itertools import islice
+
+    from robocache import loader as L
+
+    monkeypatch.setattr(L, "STREAM_BATCHES", 4, raising=False)
+    dev, host = _datasets()
+    a = rc.DataLoader(dev, batch_size=3, sampler=_Orders(len(dev)),
+                      reuse_outputs=reuse)
+    b = rc.DataLoader(host, batch_size=3, sampler=_Orders(len(dev)))
+    with pytest.raises(TypeError):
+        len(a)
+    for epoch in range(2):
+        n = 0
+        for got, want in zip(a, b, strict=True):
+            _assert_batch_equal(_snapshot(got), want, f"epoch {epoch} batch {n}")
+            n += 1
+        assert n == -(-len(dev) // 3) and a.epoch == epoch + 1
+    monkeypatch.setattr(L, "CHUNK", 5, raising=False)
+    a = rc.DataLoader(dev, batch_size=None, shuffle=True, seed=2)
+    b = rc.DataLoader(host, batch_size=None, shuffle=True, seed=2)
+    held = list(a)  # samples are views of fresh batches: valid while held
+    want = list(b)
+    assert len(held) == len(want) == len(dev) == len(a)
+    for n, (g, w) in enumerate(zip(held, want, strict=True)):
+        _assert_batch_equal(g, w, f"sample {n}")
+        assert g["state"].shape == (2, 3)
+    got = list(islice(rc.DataLoader(dev, batch_size=None, sampler=[4, 1, 4]), 3))
+    for i, g in zip([4, 1, 4], got, strict=True):
+        _assert_batch_equal(g, host[i], f"dataset[{i}]")
