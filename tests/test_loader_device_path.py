@@ -137,6 +137,24 @@ def test_a_stream_change_starts_a_new_pool():
     _assert_batch_equal(after[1], host.__getitems__(order[24:28]), "new ring")
 
 
+def test_every_index_array_is_marked_on_every_stream_that_reads_it(monkeypatch):
+    """A new epoch's index array read on a stream whose pool already exists (a ring kept across
+    epochs) is marked there too: the mark was made only with a new pool, so the array's memory
+    could be handed out again while that stream's kernels still read it."""
+    dev, _ = _datasets()
+    builder, build = dev._device_batches(reuse=2, batch_size=4)
+    marks = []
+    monkeypatch.setattr(builder, "_mark_stream_use",
+                        lambda stream: (marks.append((builder._gen, stream)),
+                                        builder._streams_used.add(stream)))
+    builder._stream = lambda: 7  # every batch on side stream 7
+    for epoch in range(3):
+        builder.bind(dev._op.upload_indices(np.arange(len(dev))))
+        for j in range(3):  # the ring of 2R = 4 sets outlives the epochs
+            build(4 * j, 4, (0, epoch, j))
+    assert marks == [(1, 7), (2, 7), (3, 7)]  # once per index array and stream
+
+
 def test_fill_ahead_builds_several_batches_per_launch(monkeypatch):
     # ~3 sets per fresh pool: a launch fills the rest of its pool, so an epoch of F full batches
     # and one partial batch takes ceil(F / sets) + 1 launches, and every batch is still right

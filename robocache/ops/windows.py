@@ -476,10 +476,10 @@ class BatchBuilder:
         `ahead`: how many batches after this one read idx[offset + count * i : ... + count],
         i = 1..ahead, and may be filled by this call's launch."""
         stream = self._stream()
+        if stream not in self._streams_used:  # first batch of this index array on this stream
+            self._mark_stream_use(stream)
         pool = self._pools.get(count)
         if pool is None or pool.next == pool.count or pool.stream != stream:
-            if stream not in self._streams_used:
-                self._mark_stream_use(stream)
             pool = self._new_pool(count, stream)
         j = pool.next
         pool.next = 0 if (pool.ring and j + 1 == pool.count) else j + 1  # a ring never ends
