@@ -69,6 +69,7 @@ import collections
 import itertools
 import math
 import numbers
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -392,7 +393,8 @@ class DataLoader:
     # -----------------------------------------------------------------------------------------
     # iteration
 
-    def __iter__(self) -> _LoaderIter:
+    def __iter__(self) -> Iterator:
+        """A pass over the loader: an iterator of its own, with len() (_LoaderIter)."""
         return _LoaderIter(self)
 
     def _items(self, epoch: int, start: int):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -149,7 +150,8 @@ def test_v21_stats_come_from_the_episodes_as_lerobot_loads_them(v21, tmp_path):
 
     root = tmp_path / "v21"
     shutil.copytree(v21[0], root)  # the fixture is shared: edit a copy
-    rows = [json.loads(line) for line in (root / "meta/episodes_stats.jsonl").read_text().splitlines()]
+    lines = (root / "meta/episodes_stats.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
     k = "action"
     means = np.stack([np.asarray(r["stats"][k]["mean"], np.float64) for r in rows])
     variances = np.stack([np.asarray(r["stats"][k]["std"], np.float64) ** 2 for r in rows])
@@ -401,6 +403,75 @@ def test_data_path_may_not_leave_the_root(small, template):
         read_lerobot(small)
 
 
+@pytest.mark.parametrize("field, template, bad", [
+    # a field nested in the spec: str.format evaluates its attribute access
+    ("data_path", "data/chunk-{chunk_index:{file_index.__class__.__mro__}}/"
+                  "file-{file_index:03d}.parquet", "{chunk_index}"),
+    # a width that builds a path of 200 MB
+    ("data_path", "data/chunk-{chunk_index:0200000000d}/file-{file_index:03d}.parquet",
+     "{chunk_index}"),
+    # specs str.format refuses for the field's type, a conversion
+    ("data_path", "data/chunk-{chunk_index:s}/file-{file_index:03d}.parquet", "{chunk_index}"),
+    ("data_path", "data/chunk-{chunk_index!r}/file-{file_index:03d}.parquet", "{chunk_index}"),
+    ("data_path", "data/chunk-{chunk_index:03d}/file-{file_index:>9}.parquet", "{file_index}"),
+    ("video_path", "videos/{video_key:d}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4",
+     "{video_key}"),
+    ("video_path", "videos/{video_key:>300}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4",
+     "{video_key}"),
+])
+def test_path_template_format_specs_are_plain_integer_widths(small, field, template, bad):
+    """Only what LeRobot writes: {x:03d}-like widths on the integer fields, {video_key} bare;
+    anything else is refused when info.json is read, naming it and the template, never
+    evaluated nor turned into a path."""
+    edit_info(small, **{field: template})
+    with pytest.raises(DatasetFormatError, match=rf"meta/info.json: {field}: path template .*"
+                                                 rf"{re.escape(bad)}") as err:
+        read_lerobot(small, keys=[TOP])
+    assert len(str(err.value)) < 1000
+
+
+@pytest.mark.parametrize("version, field, template", [
+    ("v2.1", "data_path", "data/chunk-{episode_chunk:03d}/episode_{episode_index:q}.parquet"),
+    ("v2.1", "video_path", "videos/chunk-{episode_chunk:03d}/{video_key!s}/"
+                           "episode_{episode_index:06d}.mp4"),
+])
+def test_v2_path_template_format_specs(tmp_path, version, field, template):
+    eps = make_episodes([2, 3], seed=12, cameras={TOP: (4, 6)}, extra=False)
+    write_lerobot(tmp_path, eps, version=version, video_keys=(TOP,))
+    edit_info(tmp_path, **{field: template})
+    with pytest.raises(DatasetFormatError, match=rf"meta/info.json: {field}: path template"):
+        read_lerobot(tmp_path)
+
+
+def test_path_templates_lerobot_writes_are_accepted():
+    from _lerobot_writer import V2_DATA, V2_VIDEO, V3_DATA, V3_VIDEO
+
+    from robocache.formats import _paths
+    from robocache.formats import lerobot as lr
+
+
+    for tpl, allowed in [(V3_DATA, lr.V3_DATA_FIELDS), (V3_VIDEO, lr.V3_VIDEO_FIELDS),
+                         (V2_DATA, lr.V2_DATA_FIELDS), (V2_VIDEO, lr.V2_VIDEO_FIELDS),
+                         ("data/{chunk_index}/{file_index:6d}-{file_index:010d}.parquet",
+                          lr.V3_DATA_FIELDS)]:
+        assert _paths.check_template(tpl, allowed, "t", text_fields=lr.TEXT_FIELDS) == tpl
+
+
+@pytest.mark.parametrize("shape, error, match", [
+    ([2**62, 4], DatasetFormatError, "more than any array can hold"),
+    # over 2**60 bytes: more than any address space, whatever the overcommit policy
+    ([2**55], MemoryError, r"cannot allocate shape \[10, 36028797018963968\] of float32: "
+                           r"1,441,151,880,758,558,720 bytes \(1.2 EiB\)"),
+], ids=["past-intp", "past-address-space"])
+def test_huge_declared_shape_names_info_json_and_feature(small, shape, error, match):
+    info = json.loads((small / "meta/info.json").read_text())
+    info["features"]["observation.state"]["shape"] = shape
+    (small / "meta/info.json").write_text(json.dumps(info))
+    with pytest.raises(error, match=r"meta/info.json: feature 'observation.state' x 10 frames "
+                                    r"in .*meta/episodes: .*" + match):
+        read_lerobot(small, keys=["observation.state"])
+
+
 def test_video_path_may_not_leave_the_root(small):
     edit_info(small, video_path="../{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4")
     with pytest.raises(DatasetFormatError, match="video_path"):
@@ -519,3 +590,132 @@ def test_integers_outside_the_declared_dtype_are_refused_not_wrapped():
     neg = pa.array([-1, 3], pa.int16())
     with pytest.raises(DatasetFormatError, match="outside the declared uint8"):
         _arrow.column_into(np.zeros(2, np.uint8), neg, "y")
+
+
+# --- image features: PNG / JPEG bytes in parquet ---------------------------------------------
+
+def png_header(w: int, h: int) -> bytes:
+    """A PNG of signature, IHDR and IEND only: a size, no pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IEND", b""))
+
+
+def jpeg_header(w: int, h: int) -> bytes:
+    """SOI, a comment, a baseline frame header of 3 components, EOI: a size, no scan."""
+    comment = b"\xff\xfe" + (2 + 5).to_bytes(2, "big") + b"hello"
+    sof = (b"\xff\xc0" + (8 + 3 * 3).to_bytes(2, "big") + bytes([8]) + h.to_bytes(2, "big")
+           + w.to_bytes(2, "big") + bytes([3, 1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1]))
+    return b"\xff\xd8" + comment + sof + b"\xff\xd9"
+
+
+def encode_jpeg_pyav(img: np.ndarray) -> bytes:
+    import av
+
+    ctx = av.CodecContext.create("mjpeg", "w")
+    ctx.width, ctx.height, ctx.pix_fmt = img.shape[1], img.shape[0], "yuvj420p"
+    ctx.time_base = 1
+    fr = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24").reformat(
+        format="yuvj420p")
+    return b"".join(bytes(p) for p in ctx.encode(fr) + ctx.encode(None))
+
+
+def smooth_image(h, w, seed=0):
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([(xx * 4 + seed * 9) % 256, (yy * 5) % 256, ((xx + yy) * 2) % 256], -1)
+    img[2:5, 3 + seed:9 + seed] = [255, 0, 0]  # a saturated block: sharp colour edges
+    return img.astype(np.uint8)
+
+
+def test_image_size_comes_from_the_header_before_anything_is_decoded():
+    """A small file whose header declares a huge picture is refused from its header: no
+    decoder runs (a PNG of 0.7 MB can say 16000x16000, 750 MB of RGB)."""
+    from _lerobot_writer import encode_png
+
+    from robocache.formats import _video
+
+    img = smooth_image(6, 10)
+    assert _video.image_size(encode_png(img)) == (10, 6)
+    assert _video.image_size(encode_jpeg_pyav(img)) == (10, 6)
+    assert _video.image_size(png_header(7, 3)) == (7, 3)
+    assert _video.image_size(jpeg_header(7, 3)) == (7, 3)
+    for unknown in (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0", jpeg_header(7, 0),
+                    b"\xff\xd8\xff\xda\x00\x02", b"GIF89a"):
+        assert _video.image_size(unknown) is None  # the decoder finds out
+    for bomb in (png_header(16000, 16000), jpeg_header(16000, 16000)):
+        with pytest.raises(DatasetFormatError, match=r"k row 0: image is 16000x16000, "
+                                                     r"meta/info.json declares 10x6"):
+            _video.decode_image(bomb, (6, 10, 3), "k row 0")
+
+
+def jpeg_dataset(root, *, exif_turn=False):
+    """A v3 dataset whose image feature holds JPEGs as `datasets.Image` stores a PIL image read
+    from a JPEG file (PIL's defaults: quality 75, 4:2:0 chroma); with exif_turn, each stored a
+    quarter turn back with EXIF orientation 6. Returns the JPEG bytes of every row."""
+    import io
+
+    from PIL import Image
+
+    eps = make_episodes([3, 2], seed=13, images={SIDE: (12, 16)}, extra=False)
+    for e in eps:
+        for t in range(len(e[SIDE])):
+            e[SIDE][t] = smooth_image(12, 16, seed=t)
+    write_lerobot(root, eps, image_keys=(SIDE,))
+    stored = []
+    for p in sorted((root / "data").glob("*/*.parquet")):
+        t = pq.read_table(p)
+        i = t.schema.get_field_index(SIDE)
+        new = []
+        for cell in t.column(i).to_pylist():
+            im = Image.open(io.BytesIO(cell["bytes"])).convert("RGB")
+            b, kw = io.BytesIO(), {}
+            if exif_turn:
+                im = im.transpose(Image.Transpose.ROTATE_90)
+                exif = Image.Exif()
+                exif[0x0112] = 6
+                kw["exif"] = exif.tobytes()
+            im.save(b, format="JPEG", **kw)
+            new.append({"bytes": b.getvalue(), "path": None})
+            stored.append(b.getvalue())
+        pq.write_table(t.set_column(i, t.schema.field(i),
+                                    pa.array(new, type=t.schema.field(i).type)), p)
+    return stored
+
+
+@pytest.mark.parametrize("exif_turn", [False, True])
+def test_jpeg_image_features_decode_as_lerobot_decodes_them(tmp_path, exif_turn):
+    """LeRobot decodes image features with PIL (datasets.Image: open, load, exif_transpose);
+    FFmpeg upsamples 4:2:0 chroma differently (tens of levels at colour edges)."""
+    pytest.importorskip("PIL", reason="Pillow decodes image features as LeRobot does")
+    import io
+
+    from PIL import Image, ImageOps
+
+    stored = jpeg_dataset(tmp_path, exif_turn=exif_turn)
+    src = read_lerobot(tmp_path, keys=[SIDE], progress=False)
+    want = np.stack([np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(b))))
+                     for b in stored])
+    assert src.arrays[SIDE].shape == want.shape == (5, 12, 16, 3)
+    np.testing.assert_array_equal(src.arrays[SIDE], want)
+
+
+def test_without_pillow_images_decode_with_pyav(v3, monkeypatch):
+    """Pillow is optional: without it PNGs decode exactly through PyAV, JPEGs closely."""
+    from robocache.formats import _video
+
+    monkeypatch.setattr(_video, "_pil", lambda: None)
+    root, eps = v3
+    src = read_lerobot(root, keys=[SIDE], progress=False)  # PNGs
+    np.testing.assert_array_equal(src.arrays[SIDE], expected(eps, SIDE))
+    img = smooth_image(12, 16)
+    got = _video.decode_image(encode_jpeg_pyav(img), (12, 16, 3), "k")
+    assert got.shape == (12, 16, 3)
+    assert np.abs(got.astype(int) - img).mean() < 12
+    grey = _video.decode_image(encode_jpeg_pyav(img), (12, 16, 1), "k")
+    assert grey.shape == (12, 16, 1)

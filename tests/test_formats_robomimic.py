@@ -172,6 +172,54 @@ def test_linked_demos_and_masks_are_checked_not_followed(tmp_path):
         read_robomimic(path, filter_key="train")
 
 
+def test_soft_links_must_resolve_inside_the_file(tmp_path):
+    """A soft link whose path passes through an external link reads another file: refused,
+    naming the link and its path; a soft link that stays in the file is followed."""
+    path = tmp_path / "d.hdf5"
+    demos = write_robomimic(path, lengths={0: 4, 1: 2})
+    with h5py.File(tmp_path / "secret.hdf5", "w") as f:
+        f["a"] = np.full((4, 7), 1234.5)
+        f.create_group("g")
+    with h5py.File(path, "a") as f:
+        f.move("data/demo_0/actions", "stash")
+        f["data/demo_0/actions"] = h5py.SoftLink("/stash")
+    np.testing.assert_array_equal(read_robomimic(path).arrays["actions"][:4], demos[0]["actions"])
+    with h5py.File(path, "a") as f:
+        f["ext"] = h5py.ExternalLink("secret.hdf5", "/")
+        del f["data/demo_0/actions"]
+        f["data/demo_0/actions"] = h5py.SoftLink("/ext/a")
+    with pytest.raises(DatasetFormatError, match=r"d.hdf5: data/demo_0/actions is a link to "
+                                                 r"'/ext/a', which resolves through an external "
+                                                 r"link to .*secret.hdf5"):
+        read_robomimic(path)
+    with h5py.File(path, "a") as f:  # a group: the demo itself
+        del f["data/demo_0/actions"]
+        f["data/demo_0/actions"] = h5py.SoftLink("/stash")
+        del f["data/demo_1"]
+        f["data/demo_1"] = h5py.SoftLink("/ext/g")
+    with pytest.raises(DatasetFormatError, match=r"data/demo_1 is a link to '/ext/g'"):
+        read_robomimic(path)
+
+
+@pytest.mark.parametrize("shape, error, match", [
+    ((4, 2**62, 4), DatasetFormatError, r"more than any array can hold"),
+    ((4, 2**58), MemoryError, r"cannot allocate shape \[4, 288230376151711744\] of uint8: "
+                              r"1,152,921,504,606,846,976 bytes \(1.0 EiB\)"),
+], ids=["past-intp", "past-address-space"])
+def test_huge_declared_shape_names_file_and_dataset(tmp_path, shape, error, match):
+    """A dataset declaring a shape no array can have (chunked, nothing written: a small file)
+    is an error naming the file, the dataset, the shape and the bytes, not NumPy's bare one."""
+    path = tmp_path / "d.hdf5"
+    write_robomimic(path, lengths={0: 4})
+    with h5py.File(path, "a") as f:
+        del f["data/demo_0/obs/object"]
+        f["data/demo_0/obs"].create_dataset("object", shape=shape, dtype="f4" if len(shape) == 3
+                                            else "u1", chunks=(1, 1024, 4)[:len(shape)])
+    with pytest.raises(error, match=r"d.hdf5: data/demo_0/obs/object \(4 samples in all "
+                                    r"demos\).*" + match):
+        read_robomimic(path, obs_keys=["object"])
+
+
 def test_odd_num_samples_and_control_freq(tmp_path):
     path = tmp_path / "d.hdf5"
     write_robomimic(path)

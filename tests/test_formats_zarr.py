@@ -225,3 +225,21 @@ def test_non_numeric_array_refused(tmp_path):
     s[:] = np.array(["a", "b", "c"])
     with pytest.raises(DatasetFormatError, match="data/names has dtype"):
         read_zarr(tmp_path / "rb.zarr")
+
+
+@pytest.mark.parametrize("shape, error, match", [
+    ([7, 2**61], DatasetFormatError, r"shape \[7, 2305843009213693952\] of float64: "
+                                     r"[0-9,]+ bytes \(112.0 EiB\), more than any array can hold"),
+    # over 2**60 bytes: more than any address space, whatever the overcommit policy
+    ([7, 2**57], MemoryError, r"cannot allocate shape \[7, 144115188075855872\] of float64"),
+], ids=["past-intp", "past-address-space"])
+def test_huge_declared_shape_names_the_array(tmp_path, shape, error, match):
+    """A shape in .zarray that no array can have (nothing written: a small store) is an error
+    naming the store and the array, not NumPy's bare 'array is too big'."""
+    write_replay_buffer(tmp_path / "rb.zarr", make_data([3, 4]), [3, 4], zarr_format=2)
+    meta = tmp_path / "rb.zarr/data/action/.zarray"
+    za = json.loads(meta.read_text())
+    za["shape"], za["chunks"] = shape, [4, 2**20]
+    meta.write_text(json.dumps(za))
+    with pytest.raises(error, match=r"rb.zarr: data/action \(7 rows to read\): .*" + match):
+        read_zarr(tmp_path / "rb.zarr", keys=["action"], progress=False)

@@ -93,7 +93,7 @@ def test_fuse_checks_each_signature_and_every_calls_times(rng):
         rc.fuse([(d1, t1), (d2.astype(np.float64), t2)], tgt)
     with pytest.raises(ValueError, match=r"streams\[0\]: expected a \(data, times\) pair"):
         rc.fuse([(d1, t1, t1)], tgt)
-    with pytest.raises(ValueError, match="non-empty list"):
+    with pytest.raises(TypeError, match="expected a list .*got a generator"):
         rc.fuse(((d, t) for d, t in [(d1, t1)]), tgt)  # a generator is not consumed twice
     lists = rc.fuse([(d1.tolist(), t1.tolist())], tgt.tolist())  # lists: the full path
     np.testing.assert_allclose(lists, want[..., :2], rtol=1e-6)

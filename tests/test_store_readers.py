@@ -106,7 +106,8 @@ def test_lerobot_demo_camera_through_image_transform():
                               image_transforms={"observation.images.top": tf})
     batch = next(iter(rc.DataLoader(ds, batch_size=8, shuffle=True, seed=0)))
     img = batch["observation.images.top"]
-    assert tuple(img.shape) == (8, 2, 3, 56, 56) and 0.0 <= float(img.min()) <= float(img.max()) <= 1.0
+    assert tuple(img.shape) == (8, 2, 3, 56, 56)
+    assert 0.0 <= float(img.min()) <= float(img.max()) <= 1.0
 
 
 def test_save_and_load_round_trip(tmp_path):

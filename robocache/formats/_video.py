@@ -8,11 +8,22 @@ tolerance_s from every frame raises an error naming the key, the episode and the
 Frames are converted to RGB only when some row needs them, and decoding stops once the last
 query is served.
 
-`decode_image` decodes one PNG / JPEG image (LeRobot "image" features stored in parquet).
+`decode_image` decodes one PNG / JPEG image (LeRobot "image" features stored in parquet) the
+way LeRobot does: with Pillow, as `datasets.Image` does (Image.open, load, exif_transpose when
+the picture has an EXIF orientation), converted to RGB / L only when its mode is not already the
+one the feature's channels need. Without Pillow (an optional import here; LeRobot's users always
+have it) PyAV / FFmpeg decodes it instead: PNGs come out the same, but JPEGs differ, by a level
+or two and, where the JPEG subsamples its colour (4:2:0 / 4:2:2, the default of most encoders),
+by tens of levels at sharp colour edges (FFmpeg upsamples the chroma differently from libjpeg),
+and an EXIF orientation is not applied. Either way the picture's size is read from the PNG IHDR
+/ JPEG SOF header first, and a size other than the declared one is refused before anything is
+decoded (a small file can declare a picture of gigabytes).
 """
 
 from __future__ import annotations
 
+import functools
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,17 +182,82 @@ def _decode_torchcodec(path: Path, q: Queries, out: np.ndarray, key: str, tol: f
             bar.update(len(sel))
 
 
-def decode_image(data: bytes, shape: tuple[int, int, int], where: str) -> np.ndarray:
-    """One PNG or JPEG image -> uint8 [H, W, C]."""
-    import av
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers: C0..CF but DHT (C4), JPG (C8) and DAC (CC)
+JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+EXIF_ORIENTATION = 0x0112
 
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR or a JPEG's start-of-frame header; None where the
+    header does not say (the decoder then finds out, and the size is checked after it)."""
+    if data[:8] == PNG_MAGIC:
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            return None
+        w, h = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        return (w, h) if w and h else None
+    if data[:2] != b"\xff\xd8":
+        return None
+    i, n = 2, len(data)
+    while i + 4 <= n:  # marker segments up to the frame header (no entropy-coded data yet)
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+            continue
+        if marker in (0xD8, 0xD9, 0xDA):  # SOI, EOI or scan data before any frame header
+            return None
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if marker in JPEG_SOF:
+            if length < 7 or i + 9 > n:
+                return None
+            h = int.from_bytes(data[i + 5:i + 7], "big")
+            w = int.from_bytes(data[i + 7:i + 9], "big")
+            return (w, h) if w and h else None  # height 0: a DNL marker gives it later
+        if length < 2:
+            return None
+        i += 2 + length
+    return None
+
+
+@functools.cache
+def _pil():
+    """Pillow's Image and ImageOps modules, or None where Pillow is not installed."""
+    try:
+        from PIL import Image, ImageOps
+    except ImportError:
+        return None
+    return Image, ImageOps
+
+
+def _wrong_size(where: str, w: int, h: int, W: int, H: int) -> DatasetFormatError:
+    return DatasetFormatError(f"{where}: image is {w}x{h}, meta/info.json declares {W}x{H} "
+                              f"(width x height)")
+
+
+def decode_image(data: bytes, shape: tuple[int, int, int], where: str) -> np.ndarray:
+    """One PNG or JPEG image -> uint8 [H, W, C] (C: 3, RGB, or 1, grey)."""
     H, W, C = shape
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
+    fmt = _pixel_format(C, where)
+    if data[:8] == PNG_MAGIC:
         codec = "png"
     elif data[:3] == b"\xff\xd8\xff":
         codec = "mjpeg"
     else:
         raise DatasetFormatError(f"{where}: image bytes are neither PNG nor JPEG")
+    size = image_size(data)
+    # (H, W) too: an EXIF orientation can turn the picture a quarter
+    if size is not None and size not in ((W, H), (H, W)):
+        raise _wrong_size(where, *size, W, H)
+    pil = _pil()
+    if pil is not None:
+        return _decode_pil(pil, data, shape, where)
+    import av
+
     try:
         ctx = av.CodecContext.create(codec, "r")
         frames = ctx.decode(av.Packet(data)) + ctx.decode(None)
@@ -191,6 +267,25 @@ def decode_image(data: bytes, shape: tuple[int, int, int], where: str) -> np.nda
         raise DatasetFormatError(f"{where}: image decodes to no picture (truncated?)")
     frame = frames[0]
     if (frame.height, frame.width) != (H, W):
-        raise DatasetFormatError(f"{where}: image is {frame.width}x{frame.height}, "
-                                 f"meta/info.json declares {W}x{H} (width x height)")
-    return frame.to_ndarray(format=_pixel_format(C, where)).reshape(H, W, C)
+        raise _wrong_size(where, frame.width, frame.height, W, H)
+    return frame.to_ndarray(format=fmt).reshape(H, W, C)
+
+
+def _decode_pil(pil, data: bytes, shape: tuple[int, int, int], where: str) -> np.ndarray:
+    """datasets.Image.decode_example's steps, then the feature's mode (LeRobot's ToTensor
+    takes the picture's own mode: RGB for colour, L for grey)."""
+    Image, ImageOps = pil
+    H, W, C = shape
+    try:
+        img = Image.open(io.BytesIO(data), formats=["PNG", "JPEG"])
+        img.load()
+        if img.getexif().get(EXIF_ORIENTATION) is not None:
+            img = ImageOps.exif_transpose(img)
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        raise DatasetFormatError(f"{where}: cannot decode image: {exc}") from None
+    if img.size != (W, H):
+        raise _wrong_size(where, *img.size, W, H)
+    mode = "RGB" if C == 3 else "L"
+    if img.mode != mode:
+        img = img.convert(mode)
+    return np.asarray(img).reshape(H, W, C)

@@ -22,16 +22,24 @@ What comes back (a TrajectorySource), keys named as LeRobot's features:
   own __getitem__ returns;
 - "video" features decoded once into uint8 [N, H, W, C], each row's frame being the one nearest
   its timestamp (+ the episode's from_timestamp in v3) within tolerance_s; "image" features
-  (PNG/JPEG bytes in parquet) decoded the same way;
+  (PNG/JPEG bytes in parquet) decoded with Pillow as LeRobot's datasets.Image does, or, where
+  Pillow is not installed, with PyAV (JPEGs then differ from LeRobot's, by tens of levels at
+  colour edges of chroma-subsampled ones: see _video), each refused from its header when its
+  size is not the declared one;
 - timestamps (float64), fps, episode bounds from the episode metadata, stats.json as float64
   arrays (v2.1 without stats.json: episodes_stats.jsonl aggregated: mean, std, min, max, count).
 keys=None loads every numeric, video and image feature except the per-frame bookkeeping
 columns (timestamp, frame_index, episode_index, index), which can still be asked for by name.
+info.json's data_path / video_path templates may use only their layout's fields, the integer
+ones bare or with a zero-filled width ({chunk_index:03d}, {episode_index:06d}), {video_key}
+bare: what LeRobot writes. Arrays are sized from info.json's shapes and the episode metadata's
+frame count; a size no array can have is an error naming both.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -50,6 +58,7 @@ V3_DATA_FIELDS = {"chunk_index", "file_index"}
 V3_VIDEO_FIELDS = {"video_key", "chunk_index", "file_index"}
 V2_DATA_FIELDS = {"episode_chunk", "episode_index"}
 V2_VIDEO_FIELDS = {"episode_chunk", "episode_index", "video_key"}
+TEXT_FIELDS = frozenset({"video_key"})  # the template fields that are strings, not integers
 V3_DEFAULT_CHUNKS_SIZE = 1000
 MAX_WORKERS = 8
 
@@ -98,9 +107,12 @@ def read_lerobot(root, keys=None, video_backend: str | None = None, tolerance_s:
     first = layout.data_files[0][0] if layout.data_files else None
     schema = _schema(first) if first is not None else None
     out: dict[str, np.ndarray] = {}
+    # the shapes come from info.json, the frame count from the episode metadata
+    frames = f"{n} frames in {root / layout.episodes_file}"
     for k in selected:
-        out[k] = _allocate(k, features[k], n, schema, first)
-    timestamps = np.empty(n, dtype=np.float64)
+        out[k] = _allocate(k, features[k], n, schema, first,
+                           f"{root / 'meta/info.json'}: feature {k!r} x {frames}")
+    timestamps = _paths.empty((n,), np.float64, f"timestamps of {frames}")
 
     _read_tables(root, layout, features, selected, out, timestamps, n, progress)
     _decode_videos(layout, features, video_keys, out, timestamps, tolerance_s,
@@ -260,11 +272,12 @@ def _hwc(name: str, ft: dict) -> tuple[int, int, int]:
     return shape[0], shape[1], shape[2]
 
 
-def _allocate(name: str, ft: dict, n: int, schema, first: Path | None) -> np.ndarray:
+def _allocate(name: str, ft: dict, n: int, schema, first: Path | None,
+              where: str) -> np.ndarray:
     from . import _arrow
 
     if ft["dtype"] in ("video", "image"):
-        return np.empty((n, *_hwc(name, ft)), dtype=np.uint8)
+        return _paths.empty((n, *_hwc(name, ft)), np.uint8, where)
     dtype = np.dtype(ft["dtype"])
     if dtype.kind in "iu" and dtype.itemsize < 8:
         # LeRobot hands every integer feature out as int64 (torch.tensor of Python ints in
@@ -277,11 +290,11 @@ def _allocate(name: str, ft: dict, n: int, schema, first: Path | None) -> np.nda
             raise DatasetFormatError(f"{first}: missing column {name!r} (a feature in "
                                      f"meta/info.json)")
         if not _arrow.is_list_type(schema.field(idx).type):
-            if int(np.prod(shape)) != 1:
+            if math.prod(shape) != 1:  # exact: np.prod wraps around on huge shapes
                 raise DatasetFormatError(f"{first}: column {name!r} holds one value per row but "
                                          f"meta/info.json declares shape {list(shape)}")
-            return np.empty(n, dtype=dtype)
-    return np.empty((n, *shape), dtype=dtype)
+            return _paths.empty((n,), dtype, where)
+    return _paths.empty((n, *shape), dtype, where)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,7 +312,7 @@ class _Layout:
 class _V3(_Layout):
     def __init__(self, root: Path, info: dict, video_keys: list[str]):
         data_tpl = _paths.check_template(info.get("data_path"), V3_DATA_FIELDS,
-                                         "meta/info.json data_path")
+                                         f"{root / 'meta/info.json'}: data_path")
         ep_dir = _paths.inside(root, "meta/episodes", "meta/episodes")
         files = sorted(ep_dir.glob("chunk-*/file-*.parquet")) if ep_dir.is_dir() else []
         if not files:
@@ -379,7 +392,8 @@ class _V3(_Layout):
         self.videos = {}
         if video_keys:
             video_tpl = _paths.check_template(info.get("video_path"), V3_VIDEO_FIELDS,
-                                              "meta/info.json video_path")
+                                              f"{root / 'meta/info.json'}: video_path",
+                                              text_fields=TEXT_FIELDS)
         for k in video_keys:
             chunk, fidx = cat[f"videos/{k}/chunk_index"], cat[f"videos/{k}/file_index"]
             start = cat[f"videos/{k}/from_timestamp"]
@@ -395,7 +409,7 @@ class _V3(_Layout):
 class _V2(_Layout):
     def __init__(self, root: Path, info: dict, video_keys: list[str]):
         data_tpl = _paths.check_template(info.get("data_path"), V2_DATA_FIELDS,
-                                         "meta/info.json data_path")
+                                         f"{root / 'meta/info.json'}: data_path")
         chunks_size = info.get("chunks_size", V3_DEFAULT_CHUNKS_SIZE)
         if isinstance(chunks_size, bool) or not isinstance(chunks_size, int) or chunks_size <= 0:
             raise DatasetFormatError(f"{root / 'meta/info.json'}: chunks_size must be a positive "
@@ -428,7 +442,8 @@ class _V2(_Layout):
         self.videos = {}
         if video_keys:
             video_tpl = _paths.check_template(info.get("video_path"), V2_VIDEO_FIELDS,
-                                              "meta/info.json video_path")
+                                              f"{root / 'meta/info.json'}: video_path",
+                                              text_fields=TEXT_FIELDS)
         for k in video_keys:
             self.videos[k] = [
                 (_paths.inside(root, video_tpl.format(episode_chunk=e // chunks_size,

@@ -11,8 +11,9 @@ Demos are taken in numeric order (demo_2 before demo_10), as robomimic sorts the
 named by mask/<filter_key> when one is given. Keys come back as "obs/<key>", "actions",
 "rewards", "dones" (rewards and dones when every demo has them), and "next_obs/<key>" with
 next_obs=True. Each dataset is read straight
-into its rows of one preallocated array. External links, external storage and virtual datasets
-(which would read files outside this one) are refused.
+into its rows of one preallocated array. External links, soft links whose path passes through
+one, external storage and virtual datasets (which would read files outside this one) are
+refused.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 
 from .. import _progress
 from .._errors import DatasetFormatError
+from . import _paths
 from .source import TrajectorySource
 
 DEMO = re.compile(r"^demo_(\d+)$")
@@ -105,7 +107,8 @@ def read_robomimic(path, obs_keys=None, filter_key: str | None = None,
             if dt.kind not in "biuf":
                 raise DatasetFormatError(f"{p}: data/{demos[0]}/{rel} has dtype {dt}; expected "
                                          f"numbers")
-            out[key] = np.empty((n, *ds0.shape[1:]), dtype=dt)
+            out[key] = _paths.empty((n, *ds0.shape[1:]), dt,
+                                    f"{p}: data/{demos[0]}/{rel} ({n} samples in all demos)")
         total = sum(a.nbytes for a in out.values())
         with _progress.bar(total, "reading hdf5", progress=progress) as bar:
             start = 0
@@ -167,9 +170,16 @@ def _get(group, name: str, p: Path, where: str):
         raise DatasetFormatError(f"{p}: {where} is an external link to "
                                  f"{link.filename}:{link.path} (outside this file)")
     try:
-        return _safe(group[name], p, where)
+        obj = group[name]
     except KeyError:
         raise DatasetFormatError(f"{p}: {where} is a dangling link") from None
+    # a soft link's path may pass through an external link: what it resolves to must be in the
+    # file `group` is in (every group handed out here was checked the same way, from the root)
+    if obj.id.fileno != group.id.fileno:
+        target = link.path if isinstance(link, h5py.SoftLink) else name
+        raise DatasetFormatError(f"{p}: {where} is a link to {target!r}, which resolves through "
+                                 f"an external link to {obj.file.filename!r} (outside this file)")
+    return _safe(obj, p, where)
 
 
 def _walk(parent, name: str, p: Path, prefix: str, kind, what: str):

@@ -59,7 +59,7 @@ def read_zarr(path, keys=None, progress: bool | None = None) -> TrajectorySource
             dt = np.dtype(arr.dtype)
             if dt.kind not in "biuf":
                 raise DatasetFormatError(f"{p}: data/{k} has dtype {dt}; expected numbers")
-            out[k] = np.empty((n, *arr.shape[1:]), dtype=dt)
+            out[k] = _paths.empty((n, *arr.shape[1:]), dt, f"{p}: data/{k} ({n} rows to read)")
         total = sum(a.nbytes for a in out.values())
         with _progress.bar(total, "reading zarr", progress=progress) as bar:
             wrap = _out_buffer(zarr)
@@ -224,6 +224,6 @@ def _read_rows(wrap, arr, out: np.ndarray, key: str, p: Path, bar) -> None:
         except MemoryError:
             raise
         except Exception as exc:  # zarr / numcodecs raise many types for a corrupt chunk
-            raise DatasetFormatError(f"{p}: cannot read data/{key} rows [{a}, {b}) ({type(exc).__name__}: "
-                                     f"{exc})") from exc
+            raise DatasetFormatError(f"{p}: cannot read data/{key} rows [{a}, {b}) "
+                                     f"({type(exc).__name__}: {exc})") from exc
         bar.update(out[a:b].nbytes)
