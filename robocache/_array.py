@@ -109,7 +109,11 @@ def device_key_with_host_standins(x):
 def as_array(name: str, x):
     """Accept arrays of the three libraries; turn lists/tuples/scalars into NumPy arrays."""
     if isinstance(x, (list, tuple, int, float)):
-        return np.asarray(x)
+        try:
+            return np.asarray(x)
+        except ValueError as exc:  # ragged nesting
+            raise ValueError(f"{name}: expected a rectangular nested list of numbers ({exc})") \
+                from None
     try:
         library(x)
     except TypeError:

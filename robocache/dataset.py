@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import numbers
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -209,6 +209,10 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         self._keys = self._keys + tuple(self._store_key)
         self._image_keys = tuple(k for k in self._keys
                                  if self._store_key.get(k, k) in store.image_keys)
+        if image_transforms is not None and not isinstance(image_transforms, Mapping):
+            raise TypeError(f"image_transforms: expected a dict of camera key -> transform "
+                            f"(e.g. {{{(self._image_keys or ('<camera key>',))[0]!r}: "
+                            f"rc.ImageTransform(...)}}), got {type(image_transforms).__name__}")
         transforms = dict(image_transforms or {})
         for k in transforms:
             if k not in self._image_keys:
@@ -367,6 +371,8 @@ class TrajectoryDataset(torch.utils.data.Dataset):
             return names
         if isinstance(keys, str):
             keys = [keys]
+        if not isinstance(keys, Iterable):
+            raise TypeError(f"keys: expected a list of store keys, got {type(keys).__name__}")
         keys = [k for k in keys if k not in goal_names]
         unknown = [k for k in keys if k not in names]
         if unknown:
@@ -378,6 +384,9 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         return tuple(dict.fromkeys(keys))
 
     def _resolve_norm(self, normalize, stats, eps, sources) -> dict[str, dict]:
+        if stats is not None and not isinstance(stats, Mapping):  # also without normalize=
+            raise TypeError(f"stats: expected a dict of key -> {{stat: array}}, got "
+                            f"{type(stats).__name__}")
         if normalize is None:
             return {}
         if not isinstance(normalize, Mapping):
@@ -385,14 +394,12 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                             f"{type(normalize).__name__}")
         if (isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps >= 0):
             raise ValueError(f"normalize_eps: expected a number >= 0, got {eps!r}")
-        if stats is not None and not isinstance(stats, Mapping):
-            raise TypeError(f"stats: expected a dict of key -> {{stat: array}}, got "
-                            f"{type(stats).__name__}")
         if stats is not None:  # a misspelt key would leave its statistics unused, silently
             known = set(self._keys) | set(self._store.keys) | set(META_KEYS) | {"timestamp"}
             unknown = [k for k in stats if k not in known]  # or features not loaded (LeRobot's
-            missed = [k for k in normalize                   # whole stats.json): said only
-                      if self._given_stats_key(k, stats) is None]  # where a key finds none
+            missed = [k for k, m in normalize.items()        # whole stats.json): said only
+                      if self._given_stats_key(k, stats, str(getattr(m, "value", m)).lower())
+                      is None]  # where a key finds none
             if unknown and missed:
                 warnings.warn(f"stats: no entry for {missed} (normalized with the store's "
                               f"statistics); stats has keys that are not the dataset's or its "
@@ -435,8 +442,8 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         these peers fit."""
         library, peer_mode = PEER_NORM_MODES[mode]
         F = int(np.prod(src.shape[1:], dtype=np.int64))
-        if self._given_stats_key(key, stats) is not None:
-            given = self._stats_for(key, stats)
+        if self._given_stats_key(key, stats, mode) is not None:
+            given = self._stats_for(key, stats, mode)
             need = ("min", "max") if peer_mode in ("limits", "min_max") else ("mean", "std")
             _check_stats_present(key, mode, given, need)
             # used as given, one per feature (no pooling, no ddof correction)
@@ -468,17 +475,24 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                 return self._store[obs_key]
         return src
 
-    def _given_stats_key(self, key: str, stats) -> str | None:
-        """The entry of the user's stats= for `key`: its own, else (a goal) its store key's."""
+    def _given_stats_key(self, key: str, stats, mode=None) -> str | None:
+        """The entry of the user's stats= for `key`: its own, else (a goal) its store key's,
+        else with mode "robomimic_obs" for "next_obs/<k>" (or a goal read from it) that of
+        "obs/<k>", whose statistics robomimic normalizes next_obs and goals with."""
         if stats is None:
             return None
-        for k in (key, self._store_key.get(key, key)):
+        skey = self._store_key.get(key, key)
+        for k in (key, skey):
             if k in stats:
                 return k
+        if mode == "robomimic_obs" and skey.startswith("next_obs/"):
+            obs_key = "obs/" + skey[len("next_obs/"):]
+            if obs_key in stats:
+                return obs_key
         return None
 
-    def _stats_for(self, key: str, stats) -> dict:
-        given = self._given_stats_key(key, stats)
+    def _stats_for(self, key: str, stats, mode=None) -> dict:
+        given = self._given_stats_key(key, stats, mode)
         if given is not None:
             st = stats[given]
             if not isinstance(st, Mapping):

@@ -143,6 +143,9 @@ class TrajectoryStore:
         if not isinstance(arrays, Mapping):
             raise TypeError(f"arrays: expected a dict of key -> array, got "
                             f"{type(arrays).__name__}")
+        if stats is not None and not isinstance(stats, Mapping):
+            raise TypeError(f"stats: expected a dict of key -> {{stat: array}}, got "
+                            f"{type(stats).__name__}")
         if isinstance(stats, Mapping):  # a misspelt key would leave its statistics unused
             unknown = [k for k in stats if k not in arrays and k != "timestamp"]
             if unknown:

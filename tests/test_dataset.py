@@ -458,6 +458,32 @@ def test_robomimic_next_obs_normalized_with_the_observations_statistics():
                                   rm_normalize_obs(lone * 3, wide_stats))
 
 
+def test_robomimic_next_obs_and_goals_use_the_stats_given_for_obs():
+    """stats= given for "obs/<k>" (e.g. a train split's) serve "next_obs/<k>" and goals read
+    from it under "robomimic_obs", as robomimic uses one set of observation statistics: the same
+    raw frame comes out the same in all three (next_obs fell back to the store's own obs/<k>
+    statistics). An entry of next_obs/<k>'s own still wins."""
+    rng = np.random.default_rng(17)
+    obs = rng.standard_normal((10, 2)).astype(np.float32)
+    nxt = np.concatenate([obs[1:5], obs[4:5], obs[6:10], obs[9:10]])  # next_obs[t] = obs[t + 1]
+    st = rc.TrajectoryStore.from_arrays({"obs/x": obs, "next_obs/x": nxt}, [5, 10], device="cpu")
+    given = {"mean": np.array([100.0, -3.0]), "std": np.array([10.0, 0.5])}
+    modes = {"obs/x": "robomimic_obs", "next_obs/x": "robomimic_obs", "goal_obs/x": "ROBOMIMIC_OBS"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "no entry for ..." warning either
+        ds = rc.TrajectoryDataset(st, stats={"obs/x": given, "extra": given}, normalize=modes,
+                                  goal_keys={"goal_obs/x": "next_obs/x"})
+    for k in modes:
+        np.testing.assert_array_equal(ds.normalization[k]["a"], np.float32([100.0, -3.0]), k)
+        np.testing.assert_array_equal(ds.normalization[k]["b"],
+                                      np.float32([10.0, 0.5]) + np.float32(1e-3), k)
+    np.testing.assert_array_equal(ds[1]["obs/x"].numpy(), ds[0]["next_obs/x"].numpy())
+    own = {"mean": np.zeros(2), "std": np.ones(2)}
+    ds = rc.TrajectoryDataset(st, stats={"obs/x": given, "next_obs/x": own}, normalize=modes,
+                              goal_keys={"goal_obs/x": "next_obs/x"})
+    np.testing.assert_array_equal(ds.normalization["next_obs/x"]["a"], np.zeros(2, np.float32))
+
+
 @pytest.mark.parametrize("chunk", [1, 100, 1 << 30])
 def test_robomimic_statistics_read_the_episodes_in_chunks(monkeypatch, chunk):
     """host_episodes hands out every episode's rows in order, whatever the transfer size (one
@@ -922,6 +948,18 @@ def test_bad_dataset_arguments():
         mk(st, pad="reflect")
     with pytest.raises(ValueError, match="keys: expected keys"):
         mk(st, keys=["nope"])
+    with pytest.raises(TypeError, match="keys: expected a list of store keys, got int"):
+        mk(st, keys=5)
+    for zero_d in (np.array(1), torch.tensor(1)):  # iterable in name only
+        with pytest.raises(TypeError, match=r"delta_indices\['state'\]: .* of shape \(\)"):
+            mk(st, delta_indices={"state": zero_d})
+    with pytest.raises(TypeError, match=r"delta_timestamps\['a'\]: .* of shape \(\)"):
+        rc.TrajectoryDataset(rc.TrajectoryStore.from_arrays(
+            {"a": np.zeros((8, 1))}, episode_ends=[8], fps=10, device="cpu"),
+            delta_timestamps={"a": torch.tensor(0.1)})
+    for stats in (5, [1]):  # also without normalize=
+        with pytest.raises(TypeError, match="stats: expected a dict of key -> {stat: array}"):
+            mk(st, stats=stats)
     with pytest.raises(TypeError, match="store"):
         mk({"state": np.zeros(3)})
     with pytest.raises(ValueError, match="computed by the dataset"):

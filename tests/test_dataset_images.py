@@ -106,6 +106,11 @@ def test_anchor_only_camera_key_and_unknown_options(rng):
     with pytest.raises(ValueError, match="crop"):
         rc.TrajectoryDataset(store, delta_indices={"cam": [0]},
                              image_transforms={"cam": rc.ImageTransform(crop=(40, 40))})
+    # one transform, or a list, instead of {camera key: transform}: named, with an example
+    for bad in (rc.ImageTransform(crop=2), [rc.ImageTransform()]):
+        with pytest.raises(TypeError, match=r"image_transforms: expected a dict of camera key "
+                                            r"-> transform \(e.g. \{'cam': "):
+            rc.TrajectoryDataset(store, image_transforms=bad)
     # a one-argument transform (torchvision style) is named, with what was expected
     ds = rc.TrajectoryDataset(store, image_transforms={"cam": torch.nn.Identity()})
     with pytest.raises(TypeError, match=r"image_transforms\['cam'\]: expected .*fn\(frames"):

@@ -121,6 +121,12 @@ def test_bad_inputs():
         mk({"a": a}, episode_ends=[9], image_keys=["cam"], device="cpu")
     with pytest.raises(ValueError, match=r"stats: expected keys of arrays \['a'\].*\['aa'\]"):
         mk({"a": a}, episode_ends=[9], stats={"aa": {"mean": [0, 0]}}, device="cpu")
+    for stats in ("a", [1]):
+        with pytest.raises(TypeError, match="stats: expected a dict of key -> {stat: array}, "
+                                            f"got {type(stats).__name__}"):
+            mk({"a": a}, episode_ends=[9], stats=stats, device="cpu")
+    with pytest.raises(ValueError, match=r"arrays\['r'\]: expected a rectangular nested list"):
+        mk({"r": [[1, 2], [3]]}, episode_ends=[2], device="cpu")
     assert mk({"a": a}, episode_ends=[9], stats={"timestamp": {"mean": [0.0]}},
               device="cpu").shipped_stats["timestamp"]["mean"].tolist() == [0.0]
 
