@@ -26,6 +26,10 @@ the store, or transformed when `image_transforms[key]` is given:
   frame rows (int64 [B, K] or [B]) and `is_pad` the mask.
 A CUDA store made with frames_on_host=True keeps its camera keys in pinned host memory: the image
 kernel reads them over the bus (raw uint8 frames [B, K, H, W, C] without a transform).
+A LeRobot video key given exactly one offset comes out without the time axis ([B, H, W, C], or
+[B, C, h, w] transformed; a custom callable's output is left as it returns it), as LeRobotDataset
+returns it (it squeezes decoded video frames; its image keys stored in parquet and every other
+key keep the axis); its `_is_pad` keeps [B, 1].
 
 With torch's DataLoader, a CUDA store needs num_workers=0 (CUDA does not survive fork);
 robocache.DataLoader builds batches in the main process anyway.
@@ -231,6 +235,13 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                 self._image_plans[k] = _images.make_plan(_frame_shape(sources[k]),
                                                          out_dtype="uint8", layout="BKHWC",
                                                          scale=None)
+        # LeRobotDataset squeezes the time axis of a video key read at one offset (its frames
+        # .squeeze(0)); its image keys stored in parquet, and every other key, keep it
+        features = store.meta.get("features") if store.meta.get("format") == "lerobot" else None
+        self._squeezed = frozenset(
+            k for k in self._image_keys if len(self._deltas.get(k, ())) == 1
+            and isinstance(features, Mapping) and isinstance(features.get(k), Mapping)
+            and features[k].get("dtype") == "video")
         self._host_frame_ptrs: dict[str, np.uint64] = {}
         self._private_frames: dict[str, np.ndarray | None] = {}  # see _frames
         self._calls = 0  # random-draw batch counter of direct __getitems__ calls
@@ -740,12 +751,14 @@ class TrajectoryDataset(torch.utils.data.Dataset):
             zero_mask = mask if self._pad == "zero" else None
             plan = self._image_plans.get(k)
             if plan is not None:
-                batch[k] = self._transform_frames(k, plan, rows, zero_mask, draw, kept)
+                out = self._transform_frames(k, plan, rows, zero_mask, draw, kept)
+                batch[k] = out[:, 0] if k in self._squeezed else out
                 continue
             fn = self._transforms.get(k)
             frames = self._frames(k)
             if fn is None:
-                batch[k] = gather_frames(frames, rows, zero_mask)
+                out = gather_frames(frames, rows, zero_mask)
+                batch[k] = out[:, 0] if k in self._squeezed else out
                 continue
             try:
                 batch[k] = fn(frames, rows, mask)

@@ -7,7 +7,9 @@ import re
 
 import numpy as np
 import pytest
+import torch
 
+import robocache as rc
 from robocache._errors import DatasetFormatError
 from robocache.formats import TrajectorySource, read_lerobot
 
@@ -719,3 +721,34 @@ def test_without_pillow_images_decode_with_pyav(v3, monkeypatch):
     assert np.abs(got.astype(int) - img).mean() < 12
     grey = _video.decode_image(encode_jpeg_pyav(img), (12, 16, 1), "k")
     assert grey.shape == (12, 16, 1)
+
+
+def test_a_video_key_at_one_offset_has_no_time_axis_as_lerobot_returns_it(v3, tmp_path):
+    """LeRobotDataset squeezes the time axis of a video key read at one offset (frames
+    .squeeze(0)); its parquet image keys and every other key keep it, and so does RoboCache -
+    also through a saved cache, and with an image transform ([B, C, h, w])."""
+    pytest.importorskip("av")
+    root, _ = v3
+    store = rc.TrajectoryStore.from_lerobot(root, device="cpu", progress=False)
+    deltas = {TOP: [0], SIDE: [0], WRIST: [-1, 0], "action": [0]}
+    plain = rc.TrajectoryDataset(store, delta_indices={k: [0, 1] if k == TOP else v
+                                                       for k, v in deltas.items()})
+    idx = list(range(len(plain)))
+    want = plain.__getitems__(idx)
+    for st in (store, rc.TrajectoryStore.load(store.save(tmp_path / "c"), device="cpu")):
+        got = rc.TrajectoryDataset(st, delta_indices=deltas).__getitems__(idx)
+        B = len(idx)
+        assert tuple(got[TOP].shape) == (B, *CAMS[TOP], 3)  # video, one offset: squeezed
+        assert tuple(got[f"{TOP}_is_pad"].shape) == (B, 1)
+        assert tuple(got[SIDE].shape) == (B, 1, 6, 10, 3)  # a parquet image key keeps it
+        assert tuple(got[WRIST].shape) == (B, 2, *CAMS[WRIST], 3)
+        assert tuple(got["action"].shape)[:2] == (B, 1)
+        assert torch.equal(got[TOP], want[TOP][:, 0])
+    tf = rc.TrajectoryDataset(store, delta_indices=deltas,
+                              image_transforms={TOP: rc.ImageTransform()}).__getitems__(idx)
+    assert tuple(tf[TOP].shape) == (len(idx), 3, *CAMS[TOP])
+    assert torch.equal(tf[TOP], want[TOP][:, 0].permute(0, 3, 1, 2).float() / 255)
+    # a store that is not LeRobot's keeps the axis for every camera key
+    other = rc.TrajectoryStore.from_arrays({TOP: np.asarray(store[TOP])}, store.episode_ends,
+                                           device="cpu")
+    assert rc.TrajectoryDataset(other, delta_indices={TOP: [0]})[0][TOP].shape[0] == 1
