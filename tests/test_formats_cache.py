@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import ml_dtypes
 import numpy as np
@@ -301,6 +302,34 @@ def test_a_cache_saved_meanwhile_is_kept_without_overwrite(tmp_path):
     write_cache(tmp_path / "c", second, overwrite=True, progress=hook)
     assert_same(second, read_cache(tmp_path / "c"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_a_failed_swap_back_never_removes_what_was_at_the_target(tmp_path, monkeypatch):
+    """If putting the user's directory back fails after the exchange, the save's scratch
+    directory (now holding the user's files) is left where it is, not removed."""
+    write_cache(tmp_path / "c", make_source(seed=1))
+    real, calls = cache_mod._exchange, []
+
+    def exchange(a, b):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("swap back failed")
+        return real(a, b)
+
+    def users_files():  # the target's cache replaced by the user's files while writing
+        shutil.rmtree(tmp_path / "c")
+        (tmp_path / "c").mkdir()
+        (tmp_path / "c" / "thesis.tex").write_text("keep me")
+        (tmp_path / "c" / "manifest.json").write_text("{}")
+        (tmp_path / "c" / "000-a.npy").write_bytes(b"mine")
+
+    monkeypatch.setattr(cache_mod, "_exchange", exchange)
+    monkeypatch.setattr(cache_mod, "_check_target", lambda target, overwrite: None)  # raced
+    with pytest.raises(OSError, match="swap back failed"):
+        write_cache(tmp_path / "c", make_source(seed=2), overwrite=True,
+                    progress=_Hook(users_files))
+    kept = [p for p in tmp_path.iterdir() if (p / "thesis.tex").exists()]
+    assert len(kept) == 1 and (kept[0] / "thesis.tex").read_text() == "keep me"
 
 
 def test_replacement_without_an_atomic_exchange(tmp_path, monkeypatch):

@@ -104,9 +104,20 @@ def write_cache(directory, source, *, episode_ends=None, fps=None, timestamps=No
         _write_all(tmp, plan, progress)
         _replace(tmp, target, overwrite)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_scratch(tmp)
         raise
     return target
+
+
+def _remove_scratch(path: Path) -> None:
+    """Remove a save's scratch directory if it holds nothing but a cache's files (after a failed
+    swap it could hold what was at the target)."""
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return
+    if all(n == MANIFEST or _FILE.match(n) for n in names):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _plan(arrays, episode_ends, fps, timestamps, stats, image_keys, meta) -> dict:
@@ -312,12 +323,7 @@ def _remove_abandoned(target: Path) -> None:
         m = pattern.match(entry.name)
         if not m or not entry.is_dir(follow_symlinks=False) or _process_alive(int(m.group(1))):
             continue
-        try:
-            names = os.listdir(entry.path)
-        except OSError:
-            continue
-        if all(n == MANIFEST or _FILE.match(n) for n in names):
-            shutil.rmtree(entry.path, ignore_errors=True)
+        _remove_scratch(Path(entry.path))
 
 
 def _process_alive(pid: int) -> bool:
@@ -353,7 +359,7 @@ def _swap_in(tmp: Path, target: Path) -> None:
             _exchange(tmp, target)  # replaced by something else since the check: put it back
             raise FileExistsError(f"directory: {str(target)!r} changed while the cache was "
                                   f"written and no longer holds a cache; refusing to replace it")
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_scratch(old)
         return
     # no atomic exchange here: rename the old cache away, the new one in (a reader between the
     # two renames sees no cache and retries)
@@ -369,7 +375,7 @@ def _swap_in(tmp: Path, target: Path) -> None:
         with contextlib.suppress(OSError):
             os.rename(old, target)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    _remove_scratch(old)
 
 
 _RENAME_EXCHANGE = 2
