@@ -261,3 +261,31 @@ def test_fuse_streams_errors_say_what_came():
         rc.fuse([], t)
     with pytest.raises(TypeError, match="streams: expected a list .*got a NoneType"):
         rc.fuse(None, t)
+
+
+def test_float32_linear_error_is_bounded_by_the_neighbouring_samples():
+    """The CUDA kernel's float32 weight puts its linear result within ~3 ulps of the larger of
+    the two neighbouring samples from the NumPy backend's (float64 rounded once) - not within a
+    few ulps of a result near zero between samples of opposite sign (README, resample.py)."""
+    emulator = pytest.importorskip("emulator")
+    from robocache.ops import resample as R
+
+    rng = np.random.default_rng(1)
+    worst = 0.0
+    with emulator.emulated():
+        for tdt in ("float32", "float64"):
+            data = (rng.standard_normal((4, 2, 64)) * 4).astype(np.float32)
+            src = np.tile(np.array([[0.0, 3.0]], tdt), (4, 1))
+            tgt = rng.uniform(0, 3, (4, 33)).astype(tdt)
+            want = R._resample_numpy(data, src, tgt, 0)
+            got = R._resample_cuda(data, src, tgt, 0, "float32", tdt)
+            ulp = np.spacing(np.maximum(np.abs(data[:, 0]), np.abs(data[:, 1])))[:, None, :]
+            worst = max(worst, float((np.abs(got.astype(np.float64) - want) / ulp).max()))
+    assert worst <= 3
+    # near zero between samples of opposite sign the result itself is not a few ulps off
+    with emulator.emulated():
+        x = np.array([[[1.0], [-1.0]]], np.float32)
+        got = R._resample_cuda(x, np.array([[0.0, 3.0]], np.float32),
+                               np.array([[1.5000001]], np.float32), 0, "float32", "float32")
+    want = R._resample_numpy(x, np.array([[0.0, 3.0]]), np.array([[1.5000001]], np.float32), 0)
+    assert abs(float(got[0, 0, 0]) - float(want[0, 0, 0])) <= 3 * np.spacing(np.float32(1))

@@ -5,8 +5,9 @@ Semantics (both backends): for a target time t, i = the last source index with s
   otherwise row i + w * (row i+1 - row i) with w = (t - src[i]) / (src[i+1] - src[i]).
   numpy.interp's rows and weights per feature (at a duplicated timestamp the last sample wins).
   The NumPy backend computes in float64 and rounds once to the data's dtype; the CUDA kernel
-  computes in float32 for float32 / float16 / bfloat16 data (an ulp or two from the NumPy
-  backend's value; rows whose difference overflows float32, |x| above ~1.7e38, give inf) and in
+  computes in float32 for float32 / float16 / bfloat16 data (its weight is a float32: within ~3
+  ulps of the larger neighbouring row's magnitude from the NumPy backend's value, which near
+  zero between rows of opposite sign is not a few ulps of the result; rows whose difference overflows float32, |x| above ~1.7e38, give inf) and in
   float64 for float64 data. Unlike numpy.interp, a NaN or inf in a neighbouring row spreads
   into the result even at w = 0 (numpy.interp returns the sample itself at its own time).
 - "nearest": the closer of rows i and i+1; a tie goes to the earlier row. Clamped at both ends.
