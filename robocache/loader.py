@@ -23,8 +23,9 @@ resume point) when it is made, has len() (the batches it has left) and keeps its
 while other iterators of the same loader run (on a CUDA store each has its own index array; the
 builder is pointed back at it when another iterator built last, so the hot path stays one
 identity check per batch). The loader's epoch and position (state_dict) follow the iterator
-that last handed out a batch; one that runs to its end advances the epoch by one and forwards
-it to a sampler / batch_sampler with set_epoch (DistributedSampler). With reuse_outputs=R,
+made or handing out a batch last; when that one runs to its end it advances the epoch by one
+and forwards it to a sampler / batch_sampler with set_epoch (DistributedSampler); an older pass
+ending behind it changes nothing. With reuse_outputs=R,
 iterators run in turn share the ring: the last R batches handed out, by any of them, stay valid.
 
 batch_size=None turns batching off, as in torch: every item is one sample, a dict without the
@@ -87,10 +88,11 @@ def _is_int(x) -> bool:
 
 
 def _has_len(x) -> bool:
-    """Whether len(x) works (torch's test: a sampler whose __len__ raises TypeError has none)."""
+    """Whether len(x) works (a sampler whose __len__ raises TypeError or NotImplementedError
+    has none)."""
     try:
         len(x)
-    except TypeError:
+    except (TypeError, NotImplementedError):
         return False
     return True
 
@@ -231,6 +233,7 @@ class DataLoader:
         self._position = 0       # batches handed out in the current epoch
         self._resume = None      # batch to start the next iteration at (load_state_dict)
         self._builder = None  # (op, key, builder, build) of the device path: _device_path
+        self._current = None  # the iterator made or handing out a batch last (_LoaderIter)
 
     def __repr__(self) -> str:
         return (f"DataLoader({len(self.dataset)} anchors, batch_size={self.batch_size}, "
@@ -502,6 +505,7 @@ class _LoaderIter:
         start = 0 if loader._resume is None else loader._resume
         loader._resume = None
         loader._position = start
+        loader._current = self
         self._loader, self._epoch, self._done = loader, epoch, start
         self._total = None if loader._streamed() else len(loader)
         self._items = loader._items(epoch, start)
@@ -522,11 +526,13 @@ class _LoaderIter:
         except StopIteration:
             if not self._ended:
                 self._ended = True
-                self._loader._end_epoch(self._epoch)
+                if self._loader._current is self:  # not an older pass ending behind a newer one
+                    self._loader._end_epoch(self._epoch)
             raise
         except BaseException:
             self._ended = True  # a pass broken by an error does not complete its epoch
             raise
         self._done += 1
-        self._loader._position = self._done
+        loader = self._loader
+        loader._current, loader._epoch, loader._position = self, self._epoch, self._done
         return item

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 
 import ml_dtypes
 import numpy as np
@@ -344,8 +345,9 @@ def test_replacement_without_an_atomic_exchange(tmp_path, monkeypatch):
 
 def test_an_abandoned_save_is_cleaned_up_by_the_next(tmp_path):
     """A save killed midway leaves its scratch directory; the next save to the same target
-    removes it when its process is gone and it holds only a cache's files - not one of a live
-    process, not one holding anything else, not another target's."""
+    removes it when its process (this host, this PID namespace) is gone, nothing wrote to it for
+    ABANDONED_AFTER_S and it holds only a cache's files - not one of a live process, a recent
+    one, one of another PID namespace, one holding anything else, nor another target's."""
     import subprocess
     import sys
 
@@ -353,21 +355,26 @@ def test_an_abandoned_save_is_cleaned_up_by_the_next(tmp_path):
                           capture_output=True, text=True, check=True).stdout.strip()
     host = cache_mod._host_tag()
 
-    def scratch(name, pid, files):
-        d = tmp_path / f".{name}.tmp-{host}-{pid}-{len(files)}{len(list(tmp_path.iterdir()))}" \
+    def scratch(name, pid, files, age=3600.0, tag=host):
+        d = tmp_path / f".{name}.tmp-{tag}-{pid}-{len(files)}{len(list(tmp_path.iterdir()))}" \
                        f"0123456789"
         d.mkdir()
         for f in files:
             (d / f).write_bytes(b"x")
+        old = time.time() - age
+        for p in (*d.iterdir(), d):
+            os.utime(p, (old, old))
         return d
 
     abandoned = scratch("c", dead, ["000-a.npy", "manifest.json"])
     live = scratch("c", os.getpid(), ["000-a.npy"])
+    recent = scratch("c", dead, ["000-a.npy"], age=60.0)  # maybe a save in another container
+    other_ns = scratch("c", dead, ["000-a.npy"], tag=host.rsplit(".", 1)[0] + ".1")
     foreign = scratch("c", dead, ["000-a.npy", "notes.txt"])
     other_target = scratch("d", dead, ["000-a.npy"])
     write_cache(tmp_path / "c", make_source())
     assert not abandoned.exists()
-    assert live.exists() and foreign.exists() and other_target.exists()
+    assert all(d.exists() for d in (live, recent, other_ns, foreign, other_target))
 
 
 @pytest.fixture
@@ -572,3 +579,13 @@ def test_bfloat16_stats_round_trip(tmp_path):
     for name, want in src.stats["bf"].items():
         assert got.stats["bf"][name].dtype == want.dtype and got.stats["bf"][name].shape == want.shape
         np.testing.assert_array_equal(got.stats["bf"][name].view(np.uint16), want.view(np.uint16))
+
+
+def test_a_fifo_in_place_of_a_file_is_refused_not_waited_on(cache):
+    """A named pipe where the manifest names a file: refused at once (opening it for reading
+    would wait for a writer for ever)."""
+    f, _ = entry_file(cache, "action")
+    f.unlink()
+    os.mkfifo(f)
+    with pytest.raises(DatasetFormatError, match=r"001-action.npy: not a regular file"):
+        read_cache(cache, verify=False)

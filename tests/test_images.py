@@ -99,12 +99,15 @@ def test_matches_torch_reference(shape, kw):
                                   (480, 640, 84, 84), (5, 300, 7, 2)])
 def test_resize_weights_are_torchs(size):
     """The taps' weights are torch's bits (the source index scale * (dst + 0.5) - 0.5 rounded
-    once, as ATen computes it in double): a frame whose only non-zero pixels are on even rows
-    and columns gives each output pixel one product of weights and a value, which equals torch's
-    F.interpolate to the bit (formed in one of the two orders torch's paths use); the full sums stay
-    within 3 float32 ulps (torch groups the four products otherwise). Rounding every step in
-    float32 put some weights 200+ ulps away."""
+    once, a fused multiply-add, as torch's AVX2 / AVX-512 kernels compute it): a frame whose
+    only non-zero pixels are on even rows and columns gives each output pixel one product of
+    weights and a value, which equals torch's F.interpolate to the bit (formed in one of the
+    two orders torch's paths use); the full sums stay within 3 float32 ulps (torch groups the
+    four products otherwise). Rounding every step in float32 put some weights 200+ ulps away."""
     torch = pytest.importorskip("torch")
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        pytest.skip("torch's CPU kernels contract the source index into an FMA only in their "
+                    "AVX2 / AVX-512 builds")
     F = torch.nn.functional
     H, W, h, w = size
     rng = np.random.default_rng(H * W)

@@ -393,6 +393,33 @@ def _assert_items_equal(got, want, what=""):
             assert got[k] == v, (what, k)
 
 
+class _LenNotImplemented(torch.utils.data.Sampler):
+    """A sampler whose __len__ raises NotImplementedError (torch's base Sampler's own way to
+    have none): iterated as torch iterates it, never asked for its length."""
+
+    def __init__(self, order):
+        self.order = order
+
+    def __iter__(self):
+        return iter(self.order)
+
+    def __len__(self):
+        raise NotImplementedError
+
+
+def test_a_sampler_whose_len_is_not_implemented_is_streamed():
+    ds = _dataset()
+    order = [3, 1, 2, 0, 7]
+    dl = rc.DataLoader(ds, batch_size=2, sampler=_LenNotImplemented(order))
+    ref = torch.utils.data.DataLoader(ds, batch_size=2, sampler=_LenNotImplemented(order))
+    got, want = [b for b in dl], [b for b in ref]  # list(ref) asks torch for its len
+    assert len(got) == len(want) == 3
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g["f"], w["f"])
+    with pytest.raises(TypeError, match="has no length"):
+        len(dl)
+
+
 def test_a_sampler_without_length_is_streamed_like_torch(monkeypatch):
     from itertools import islice
 
@@ -511,6 +538,29 @@ def test_iterator_has_len_and_keeps_its_own_order():
     got_new += list(new)
     np.testing.assert_array_equal(_indices(got_old), _anchor_frames(ds, dl.epoch_order(0)))
     np.testing.assert_array_equal(_indices(got_new), _anchor_frames(ds, dl.epoch_order(5)))
+    # the state follows the iterator handing out a batch last: resuming from it continues that
+    # pass; an older pass ending behind a newer one leaves the epoch alone
+    dl = rc.DataLoader(ds, batch_size=4, shuffle=True, seed=1)
+    old = iter(dl)
+    next(old), next(old)
+    dl.set_epoch(5)
+    new = iter(dl)
+    next(new)
+    next(old)
+    state = dl.state_dict()
+    assert (state["epoch"], state["batches_done"]) == (0, 3)
+    again = rc.DataLoader(ds, batch_size=4, shuffle=True, seed=1)
+    again.load_state_dict(state)
+    assert torch.equal(next(iter(again))["f"], next(old)["f"])
+    for _ in range(len(old)):  # old hands out its last batch, then new one more
+        next(old)
+    next(new)
+    with pytest.raises(StopIteration):
+        next(old)  # old ends behind new: the state stays new's
+    assert (dl.epoch, dl.state_dict()["batches_done"]) == (5, 2)
+    for _ in new:
+        pass
+    assert dl.epoch == 6
     # a pass broken by an error does not complete (advance) its epoch
     dl = rc.DataLoader(ds, batch_size=4, sampler=[0, len(ds)])
     it = iter(dl)

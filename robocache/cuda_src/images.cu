@@ -100,8 +100,9 @@ RC_DEVICE float rc_byte_to_float(unsigned int word, int i) {
 }
 
 // torch's area_pixel_compute_source_index + guard_index_and_lambda (align_corners=False, linear).
-// torch computes scale * (dst + 0.5) - 0.5 in double and rounds once to float; dst + 0.5 is exact
-// in float (dst < 2^23), so one fused multiply-add gives the same rounding (images.py's _taps).
+// torch computes scale * (dst + 0.5) - 0.5 in float, contracted into one fused multiply-add by
+// nvcc and in its AVX2 / AVX-512 CPU kernels; dst + 0.5 is exact in float (dst < 2^23), so
+// __fmaf_rn rounds as they do (images.py's _taps).
 RC_DEVICE void rc_linear_tap(float scale, int dst, int in_size, int& i0, int& i1, float& l1) {
     float src = __fmaf_rn(scale, __fadd_rn(rc_small_to_float(dst), 0.5f), -0.5f);
     src = src < 0.f ? 0.f : src;

@@ -15,8 +15,8 @@ directory/
 renames it into place, so a reader never sees a half-written cache (an existing cache is
 replaced only with overwrite=True - swapped out atomically and checked again to be a cache -
 and a directory that is not a cache never, also when it appears while the cache is written). A
-save killed midway leaves its temporary directory, which the next save to the same target
-removes. The SHA-256 of every file is computed while it is written. `read_cache` memory-maps
+save killed midway leaves its temporary directory, which a later save to the same target
+removes once its process is gone and nothing has written to it for ABANDONED_AFTER_S. The SHA-256 of every file is computed while it is written. `read_cache` memory-maps
 the .npy files (what np.load(mmap_mode="r", allow_pickle=False) maps: nothing is copied and
 nothing is unpickled), checks each header against the manifest and, with verify=True, every
 checksum (files hashed in parallel); it refuses a manifest of a newer format version. It opens
@@ -37,6 +37,7 @@ import re
 import shutil
 import socket
 import stat
+import time
 import tokenize
 import uuid
 from collections.abc import Mapping
@@ -307,12 +308,23 @@ def _scratch_dir(target: Path, kind: str) -> Path:
 
 
 def _host_tag() -> str:
-    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:64] or "host"
+    """This host and PID namespace (containers sharing a hostname and a volume see different
+    processes under one pid)."""
+    host = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:64] or "host"
+    try:
+        ns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        ns = 0
+    return f"{host}.{ns}"
+
+
+ABANDONED_AFTER_S = 15 * 60  # a scratch directory untouched this long, its process gone
 
 
 def _remove_abandoned(target: Path) -> None:
-    """Remove the scratch directories of saves to `target` whose process (on this host) is
-    gone - a save killed before it could clean up - when they hold nothing but a cache's files."""
+    """Remove the scratch directories of saves to `target` whose process (on this host, in this
+    PID namespace) is gone - a save killed before it could clean up - and that nothing has
+    written for ABANDONED_AFTER_S, when they hold nothing but a cache's files."""
     pattern = re.compile(rf"^\.{re.escape(target.name)}\.(?:tmp|old)-"
                          rf"{re.escape(_host_tag())}-(\d+)-[0-9a-f]{{12}}$")
     try:
@@ -323,7 +335,18 @@ def _remove_abandoned(target: Path) -> None:
         m = pattern.match(entry.name)
         if not m or not entry.is_dir(follow_symlinks=False) or _process_alive(int(m.group(1))):
             continue
-        _remove_scratch(Path(entry.path))
+        if time.time() - _last_written(entry.path) > ABANDONED_AFTER_S:
+            _remove_scratch(Path(entry.path))
+
+
+def _last_written(path: str) -> float:
+    """The newest modification time of a directory and its entries (now where unreadable)."""
+    try:
+        with os.scandir(path) as entries:
+            return max([os.stat(path).st_mtime,
+                        *(e.stat(follow_symlinks=False).st_mtime for e in entries)])
+    except OSError:
+        return time.time()
 
 
 def _process_alive(pid: int) -> bool:
@@ -457,8 +480,8 @@ def _read_pinned(root: Path, verify: bool, progress) -> TrajectorySource:
 def _read_at(root: Path, dfd: int, verify: bool, progress) -> TrajectorySource:
     mpath = root / MANIFEST
 
-    def opener(name, flags):
-        return os.open(name, flags, dir_fd=dfd)
+    def opener(name, flags):  # O_NONBLOCK: a FIFO named like a cache file must not block us
+        return os.open(name, flags | getattr(os, "O_NONBLOCK", 0), dir_fd=dfd)
 
     try:
         with open(MANIFEST, encoding="utf-8", opener=opener) as f:

@@ -12,9 +12,10 @@ frames (-1, or True in `zero_mask`, writes an all-zero image). For output image 
 3. resize  to (h, w) by bilinear interpolation with torch.nn.functional.interpolate's taps and
            weights (mode="bilinear", align_corners=False, antialias=False) on the float values
            0..255 in float32: torch's source indices and weights bit for bit (each index
-           rounded once from double, as ATen's area_pixel_compute_source_index), each product
-           and sum then rounded on its own (torch's CPU kernel groups the four products
-           otherwise: within 3 float32 ulps of it); no resize when (h, w) == (ch, cw).
+           rounded once, as torch's CUDA and AVX2 / AVX-512 CPU kernels compute ATen's
+           area_pixel_compute_source_index with a fused multiply-add), each product and sum
+           then rounded on its own (torch's CPU kernel groups the four products otherwise:
+           within 3 float32 ulps of it); no resize when (h, w) == (ch, cw).
 4. scale   v * scale (1/255 by default for float outputs, 1 for uint8 outputs); for float
            outputs with no mean/std and no jitter, v / (1 / scale) rounded once instead, so the
            default gives frames / 255 bit for bit as torch and NumPy compute it (the [0, 1]
@@ -619,10 +620,12 @@ def _draws(plan: ImagePlan, B: int, K: int, key) -> tuple[np.ndarray, ...]:
 
 def _taps(scale: float, out_size: int, in_size: int):
     """torch's bilinear source indices and weights (align_corners=False), in float32. torch's
-    area_pixel_compute_source_index computes scale * (dst + 0.5) - 0.5 in double (its int64 dst
-    + 0.5 is a double) and rounds once to float: the float32 scale times dst + 0.5 is exact in
-    double, so is the subtraction, and the one rounding is what the kernel's fused multiply-add
-    gives."""
+    area_pixel_compute_source_index computes scale * (dst + 0.5) - 0.5 in float, which its
+    CUDA kernels and its AVX2 / AVX-512 CPU kernels (what x86 machines run) contract into one
+    fused multiply-add: rounded once, as the kernel's __fmaf_rn and, here, float64 arithmetic
+    (the float32 scale times dst + 0.5 is exact in double, so is the subtraction) rounded once
+    to float32. torch's CPU build without FMA (ATEN_CPU_CAPABILITY=default) rounds twice and
+    differs by up to ~1e-3."""
     f32 = np.float32
     exact = np.float64(f32(scale)) * (np.arange(out_size, dtype=np.float64) + 0.5) - 0.5
     src = np.maximum(exact.astype(f32), f32(0))
