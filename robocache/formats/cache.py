@@ -458,8 +458,8 @@ def _moved(root: Path, dfd: int) -> bool:
     pinned = os.fstat(dfd)
     try:
         now = os.stat(root)
-    except OSError:
-        return pinned.st_nlink == 0
+    except OSError:  # nothing at root now: moved away (a save between its two renames)
+        return True
     return (now.st_dev, now.st_ino) != (pinned.st_dev, pinned.st_ino) or pinned.st_nlink == 0
 
 
@@ -467,7 +467,11 @@ def _read_pinned(root: Path, verify: bool, progress) -> TrajectorySource:
     try:
         dfd = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except FileNotFoundError:
-        if root.is_dir():  # renamed away and back between the resolve and the open
+        # renamed away and back between the resolve and the open, or (no atomic exchange here)
+        # between a save's two renames: there again a moment later
+        if not root.is_dir():
+            time.sleep(0.05)
+        if root.is_dir():
             raise _Replaced from None
         raise FileNotFoundError(f"directory: expected a directory, got {str(root)!r} (nothing "
                                 f"there)") from None
