@@ -126,10 +126,11 @@ class TrajectoryDataset(torch.utils.data.Dataset):
     which store keys to return (default all). dtype: output dtype of floating / normalized keys
     (str), or per key (dict; "keep" copies the store's dtype). episodes: sample only these
     episodes - episode indices (LeRobot's `episodes=`: the dataset's own episode ids where a
-    LeRobot store keeps ids other than 0..E-1) or a bool mask over the store's episodes (diffusion_policy's
-    `episode_mask`, e.g. a train / validation split of one store); windows still pad at their
-    own episode's edges, `index` / `episode_index` stay the store's, and normalization statistics
-    stay the whole store's (as LeRobot's meta/stats.json and diffusion_policy's normalizer).
+    LeRobot store keeps ids other than 0..E-1) or a bool mask over the store's episodes
+    (diffusion_policy's `episode_mask`, e.g. a train / validation split of one store); windows
+    still pad at their own episode's edges, `index` / `episode_index` stay the store's, and
+    normalization statistics stay the whole store's (as LeRobot's meta/stats.json and
+    diffusion_policy's normalizer).
     keep_short_episodes: an episode the drops leave without anchors keeps one, its frame
     min(s + drop_n_first_frames, e - 1) (with drop_n_first_frames=0: its first frame, so the
     window starts at the episode and pads past its end). With delta_indices range(T),
@@ -405,17 +406,7 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                             f"{type(normalize).__name__}")
         if (isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps >= 0):
             raise ValueError(f"normalize_eps: expected a number >= 0, got {eps!r}")
-        if stats is not None:  # a misspelt key would leave its statistics unused, silently
-            known = set(self._keys) | set(self._store.keys) | set(META_KEYS) | {"timestamp"}
-            unknown = [k for k in stats if k not in known]  # or features not loaded (LeRobot's
-            missed = [k for k, m in normalize.items()        # whole stats.json): said only
-                      if self._given_stats_key(k, stats, str(getattr(m, "value", m)).lower())
-                      is None]  # where a key finds none
-            if unknown and missed:
-                warnings.warn(f"stats: no entry for {missed} (normalized with the store's "
-                              f"statistics); stats has keys that are not the dataset's or its "
-                              f"store's: {unknown[:8]} - misspelt?", UserWarning, stacklevel=3)
-        out = {}
+        out, modes = {}, {}
         for key, mode in normalize.items():
             if key not in self._keys:
                 raise ValueError(f"normalize: expected keys of the dataset {list(self._keys)}, "
@@ -423,7 +414,7 @@ class TrajectoryDataset(torch.utils.data.Dataset):
             if key in self._image_keys:
                 raise ValueError(f"normalize[{key!r}]: camera-frame keys are normalized by "
                                  f"their image transform, not here")
-            mode = _norm_mode(key, mode)
+            mode = modes[key] = _norm_mode(key, mode)
             if mode in PEER_NORM_MODES:
                 out[key] = self._peer_norm(key, mode, stats, sources[key])
                 continue
@@ -442,6 +433,15 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                 b = (b - a).astype(np.float32)
                 b = np.where(b == 0, e32, b).astype(np.float32)
             out[key] = {"mode": mode, "kind": kind, "a": a, "b": b}
+        if stats is not None:  # a misspelt key would leave its statistics unused, silently
+            known = set(self._keys) | set(self._store.keys) | set(META_KEYS) | {"timestamp"}
+            unknown = [k for k in stats if k not in known]  # or features not loaded (LeRobot's
+            missed = [k for k, m in modes.items()            # whole stats.json): said only
+                      if self._given_stats_key(k, stats, m) is None]  # where a key finds none
+            if unknown and missed:
+                warnings.warn(f"stats: no entry for {missed} (normalized with the store's "
+                              f"statistics); stats has keys that are not the dataset's or its "
+                              f"store's: {unknown[:8]} - misspelt?", UserWarning, stacklevel=3)
         return out
 
     def _peer_norm(self, key: str, mode: str, stats, src) -> dict:
@@ -750,22 +750,20 @@ class TrajectoryDataset(torch.utils.data.Dataset):
             mask = batch.get(f"{k}_is_pad")
             zero_mask = mask if self._pad == "zero" else None
             plan = self._image_plans.get(k)
+            fn = None if plan is not None else self._transforms.get(k)
+            if fn is not None:  # a custom callable's output is handed out as it returns it
+                try:
+                    batch[k] = fn(self._frames(k), rows, mask)
+                except TypeError as e:  # e.g. a torchvision transform, which takes one image
+                    raise TypeError(f"image_transforms[{k!r}]: expected an rc.ImageTransform or "
+                                    f"a callable fn(frames, rows, is_pad), got {fn!r:.80}, which "
+                                    f"raised TypeError: {e}") from e
+                continue
             if plan is not None:
                 out = self._transform_frames(k, plan, rows, zero_mask, draw, kept)
-                batch[k] = out[:, 0] if k in self._squeezed else out
-                continue
-            fn = self._transforms.get(k)
-            frames = self._frames(k)
-            if fn is None:
-                out = gather_frames(frames, rows, zero_mask)
-                batch[k] = out[:, 0] if k in self._squeezed else out
-                continue
-            try:
-                batch[k] = fn(frames, rows, mask)
-            except TypeError as e:  # e.g. a torchvision transform, which takes one image
-                raise TypeError(f"image_transforms[{k!r}]: expected an rc.ImageTransform or a "
-                                f"callable fn(frames, rows, is_pad), got {fn!r:.80}, which "
-                                f"raised TypeError: {e}") from e
+            else:
+                out = gather_frames(self._frames(k), rows, zero_mask)
+            batch[k] = out[:, 0] if k in self._squeezed else out
         return batch
 
     def _transform_frames(self, key: str, plan, rows, zero_mask, draw,

@@ -146,7 +146,7 @@ class TrajectoryStore:
         if stats is not None and not isinstance(stats, Mapping):
             raise TypeError(f"stats: expected a dict of key -> {{stat: array}}, got "
                             f"{type(stats).__name__}")
-        if isinstance(stats, Mapping):  # a misspelt key would leave its statistics unused
+        if stats is not None:  # a misspelt key would leave its statistics unused
             unknown = [k for k in stats if k not in arrays and k != "timestamp"]
             if unknown:
                 raise ValueError(f"stats: expected keys of arrays {list(arrays)} (or "

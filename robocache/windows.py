@@ -187,11 +187,11 @@ def episode_anchor_ranges(table: np.ndarray, num_episodes: int) -> tuple[np.ndar
 
 
 def _delta_list(argname: str, key: str, values) -> list:
-    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable) or \
-            getattr(values, "ndim", 1) != 1:  # a 0-d array / tensor is iterable in name only
+    ndim = getattr(values, "ndim", 1)  # a 0-d array / tensor is iterable in name only
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable) or ndim != 1:
+        shape = "" if ndim == 1 else f" of shape {tuple(values.shape)}"
         raise TypeError(f"{argname}[{key!r}]: expected a non-empty list of offsets, got "
-                        f"{type(values).__name__}"
-                        f"{'' if getattr(values, 'ndim', 1) == 1 else f' of shape {tuple(values.shape)}'}")
+                        f"{type(values).__name__}{shape}")
     if hasattr(values, "tolist"):
         values = values.tolist()
     values = list(values)

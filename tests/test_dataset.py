@@ -1118,7 +1118,8 @@ def test_every_normalizer_takes_a_feature_with_no_elements():
     modes = ["mean_std", "min_max", "quantiles", "limits", "gaussian", "robomimic_min_max",
              "robomimic_gaussian", "robomimic_obs"]
     for mode in modes:
-        ds = rc.TrajectoryDataset(st, normalize={"e": mode, "e2": mode}, delta_indices={"e": [0, 1]})
+        ds = rc.TrajectoryDataset(st, normalize={"e": mode, "e2": mode},
+                                  delta_indices={"e": [0, 1]})
         b = ds.__getitems__(range(len(ds)))
         assert b["e"].shape == (6, 2, 0) and b["e2"].shape == (6, 3, 0), mode
 

@@ -523,7 +523,8 @@ def test_files_are_what_np_save_writes(tmp_path, dtype, shape):
     import hashlib
 
     assert entry["sha256"] == hashlib.sha256(raw).hexdigest()
-    got = cache_mod._load(tmp_path / "a.npy", entry, "k")
+    with open(tmp_path / "a.npy", "rb", buffering=0) as f:
+        got = cache_mod._load(tmp_path / "a.npy", entry, "k", f)
     assert got.dtype == x.dtype and got.shape == x.shape
     np.testing.assert_array_equal(got.view(np.uint8), x.view(np.uint8))
 
@@ -577,8 +578,9 @@ def test_bfloat16_stats_round_trip(tmp_path):
     src.stats["bf"] = {"mean": mean, "max": mean.reshape(1, 3)}
     got = read_cache(write_cache(tmp_path / "c", src), verify=True)
     for name, want in src.stats["bf"].items():
-        assert got.stats["bf"][name].dtype == want.dtype and got.stats["bf"][name].shape == want.shape
-        np.testing.assert_array_equal(got.stats["bf"][name].view(np.uint16), want.view(np.uint16))
+        back = got.stats["bf"][name]
+        assert back.dtype == want.dtype and back.shape == want.shape
+        np.testing.assert_array_equal(back.view(np.uint16), want.view(np.uint16))
 
 
 def test_a_fifo_in_place_of_a_file_is_refused_not_waited_on(cache):

@@ -16,7 +16,8 @@ renames it into place, so a reader never sees a half-written cache (an existing 
 replaced only with overwrite=True - swapped out atomically and checked again to be a cache -
 and a directory that is not a cache never, also when it appears while the cache is written). A
 save killed midway leaves its temporary directory, which a later save to the same target
-removes once its process is gone and nothing has written to it for ABANDONED_AFTER_S. The SHA-256 of every file is computed while it is written. `read_cache` memory-maps
+removes once its process is gone and nothing has written to it for ABANDONED_AFTER_S. The
+SHA-256 of every file is computed while it is written. `read_cache` memory-maps
 the .npy files (what np.load(mmap_mode="r", allow_pickle=False) maps: nothing is copied and
 nothing is unpickled), checks each header against the manifest and, with verify=True, every
 checksum (files hashed in parallel); it refuses a manifest of a newer format version. It opens
@@ -654,15 +655,9 @@ def _verify(opened, progress) -> None:
                                      f"cache was written")
 
 
-def _load(path: Path, entry: dict, key, file=None) -> np.ndarray:
-    """The array of one .npy file (`file`: that file opened, else `path` is opened): a read-only
-    memory map (an empty array is read), checked against the manifest's entry first."""
-    if file is None:
-        try:
-            with open(path, "rb", buffering=0) as f:
-                return _load(path, entry, key, f)
-        except FileNotFoundError:
-            raise DatasetFormatError(f"{path}: missing (listed in {MANIFEST})") from None
+def _load(path: Path, entry: dict, key, f) -> np.ndarray:
+    """The array of the .npy file `path`, open as `f`: a read-only memory map (an empty array
+    is read), checked against the manifest's entry first."""
     dtype = entry.get("dtype")
     shape = entry.get("shape")
     if not isinstance(dtype, str) or not isinstance(shape, list) or not all(
@@ -670,7 +665,6 @@ def _load(path: Path, entry: dict, key, file=None) -> np.ndarray:
         raise DatasetFormatError(f"{path}: the manifest's entry has dtype {dtype!r} and shape "
                                  f"{shape!r}; expected a dtype name and a list of ints")
     stored = "uint16" if dtype == "bfloat16" else dtype
-    f = file
     try:
         f.seek(0)
         major, minor = np.lib.format.read_magic(f)

@@ -7,9 +7,10 @@ Semantics (both backends): for a target time t, i = the last source index with s
   The NumPy backend computes in float64 and rounds once to the data's dtype; the CUDA kernel
   computes in float32 for float32 / float16 / bfloat16 data (its weight is a float32: within ~3
   ulps of the larger neighbouring row's magnitude from the NumPy backend's value, which near
-  zero between rows of opposite sign is not a few ulps of the result; rows whose difference overflows float32, |x| above ~1.7e38, give inf) and in
-  float64 for float64 data. Unlike numpy.interp, a NaN or inf in a neighbouring row spreads
-  into the result even at w = 0 (numpy.interp returns the sample itself at its own time).
+  zero between rows of opposite sign is not a few ulps of the result; rows whose difference
+  overflows float32, |x| above ~1.7e38, give inf) and in float64 for float64 data. Unlike
+  numpy.interp, a NaN or inf in a neighbouring row spreads into the result even at w = 0
+  (numpy.interp returns the sample itself at its own time).
 - "nearest": the closer of rows i and i+1; a tie goes to the earlier row. Clamped at both ends.
 - "previous": zero-order hold, row max(i, 0).
 nearest / previous copy values exactly.
