@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev,cuda12]"
+	$(BIN)/pip install -q -e ".[dev,cuda12,compile]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -193,7 +193,7 @@ def run(quick: bool = False) -> list[dict]:
     cpu_store = rc.TrajectoryStore.from_arrays(arrays, episode_ends=ends, device="cpu")
     cpu_ds = rc.TrajectoryDataset(cpu_store, delta_indices=deltas)
     probe = np.arange(0, FRAMES, FRAMES // 16)
-    _check_same(cpu_ds.__getitems__(probe), ref, probe)
+    _check_same(cpu_ds.get_batch(probe), ref, probe)
 
     # torch DataLoader baselines (GPU machine: pinned, moved to the GPU)
     dev = "cuda" if cuda else None
@@ -218,7 +218,7 @@ def run(quick: bool = False) -> list[dict]:
         row("cuda", "same gather as torch GPU ops", res, ratio_vs_best_dataloader=
             res["samples_per_s"] / best)
         probe_t = torch.as_tensor(probe, device="cuda")
-        _check_same(ds.__getitems__(probe_t), ref, probe)
+        _check_same(ds.get_batch(probe_t), ref, probe)
         variants = [("rc.DataLoader (CUDA store, one launch per batch)", ds, 0),
                     ("rc.DataLoader, reuse_outputs=4", ds, 4),
                     ("rc.DataLoader + mean_std/min_max normalization",

@@ -6,6 +6,8 @@ on first use of something that needs them.
 
 from __future__ import annotations
 
+from importlib.util import find_spec as _find_spec
+
 from ._lazy import lazy_getattr as _lazy_getattr
 from ._version import __api_version__ as __api_version__
 from ._version import __build_date__ as __build_date__
@@ -32,7 +34,12 @@ _LAZY = {
     "DataLoader": "robocache.loader",
 }
 
-__all__ = sorted(["__version__", "__api_version__", "__build_date__", "__git_commit__", *_LAZY])
+# without torch, `from robocache import *` (and dir()) leave out what needs it; accessing one
+# of these names says which extra installs torch
+_NEEDS_TORCH = ("TrajectoryDataset", "DataLoader")
+_HAVE_TORCH = _find_spec("torch") is not None
+__all__ = sorted(["__version__", "__api_version__", "__build_date__", "__git_commit__",
+                  *(n for n in _LAZY if _HAVE_TORCH or n not in _NEEDS_TORCH)])
 
 
 __getattr__ = _lazy_getattr(__name__, _LAZY, globals())

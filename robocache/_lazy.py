@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib
 
+from . import _deps
+
 
 def lazy_getattr(package: str, table: dict[str, str], namespace: dict):
     """A module __getattr__ for `package`: attribute `name` is the attribute of that name of
@@ -14,7 +16,13 @@ def lazy_getattr(package: str, table: dict[str, str], namespace: dict):
         module = table.get(name)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(module), name)
+        try:
+            value = getattr(importlib.import_module(module), name)
+        except ModuleNotFoundError as exc:  # an optional dependency: say which extra has it
+            err = _deps.reworded(exc, f"{package}.{name}")
+            if err is exc:
+                raise
+            raise err from exc
         namespace[name] = value
         return value
 

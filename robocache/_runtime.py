@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _array
+from . import _array, _deps
 from ._errors import BackendUnavailableError, KernelCompileError
 
 CUDA_SRC = Path(__file__).resolve().parent / "cuda_src"
@@ -417,7 +417,7 @@ def nvrtc_version() -> str:
     try:
         from cuda.bindings import nvrtc
     except ImportError:
-        return "unavailable (install robocache[compile])"
+        return f"unavailable (install robocache[{_deps.compile_extra()}])"
     err, major, minor = nvrtc.nvrtcVersion()
     return f"{major}.{minor}" if int(err) == 0 else f"error {err}"
 
@@ -433,7 +433,8 @@ def compile_for_arch(module: KernelModule, arch: str, *, verbose_ptxas: bool = F
         from cuda.bindings import nvrtc
     except ImportError as exc:
         raise BackendUnavailableError(
-            "compile-only mode needs the NVRTC bindings: pip install 'robocache[compile]'"
+            f"compile-only mode needs the NVRTC bindings: pip install "
+            f"'robocache[{_deps.compile_extra()}]'"
         ) from exc
 
     def check(result, what):

@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from . import _deps
+
 
 def _cmd_info(args) -> int:
     from . import info
@@ -77,8 +79,8 @@ def _cmd_compile_check(args) -> int:
     print(f"NVRTC {_runtime.nvrtc_version()} (cuda.bindings): {len(mods)} module(s) x "
           f"{len(archs)} arch(s)", flush=True)
     if _runtime.nvrtc_version().startswith("unavailable"):
-        print("compile --check needs the NVRTC bindings: pip install 'robocache[compile]'",
-              file=sys.stderr)
+        print(f"compile --check needs the NVRTC bindings: pip install "
+              f"'robocache[{_deps.compile_extra()}]'", file=sys.stderr)
         return 2
     jobs = [(m, a, args.ptxas) for m in mods for a in archs]
     workers = max(1, min(args.jobs or usable_cpus(), len(jobs)))
@@ -168,7 +170,17 @@ def _cmd_demo(args) -> int:
         print("The demo (robocache/demo.py) is not part of this version of RoboCache.",
               file=sys.stderr)
         return 1
-    result = demo.run()
+    try:
+        result = demo.run(root=args.root)
+    except ModuleNotFoundError as exc:  # torch, pyarrow, PyAV: say which extra
+        err = _deps.reworded(exc, "the demo")
+        if err is exc:
+            raise
+        print(err, file=sys.stderr)
+        return 1
+    except demo.NoDemoDataset as exc:
+        print(exc, file=sys.stderr)
+        return 1
     return result if isinstance(result, int) else 0
 
 
@@ -220,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_bench)  # every further argument goes to benchmarks/run_all.py
 
     p = sub.add_parser("demo", help="run the demo")
+    p.add_argument("--root", default=None, help="the LeRobot dataset to use (default: the "
+                   "repository's examples/data/arm2d_reach)")
     p.set_defaults(fn=_cmd_demo)
     return ap
 

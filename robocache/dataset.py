@@ -1,9 +1,11 @@
 """TrajectoryDataset: windows of a TrajectoryStore as a torch Dataset with whole-batch access.
 
 Dataset index i is the i-th anchor frame (windows.py has the rule; DESIGN.md "Window semantics").
-`ds[i]` is one sample, `ds.__getitems__(indices)` the batched dict (so torch's own DataLoader, which
-calls __getitems__ when a dataset has it, gets whole batches), and robocache.DataLoader builds
-batches straight from the device (one kernel launch per batch on a CUDA store).
+`ds[i]` is one sample, `ds.get_batch(indices)` the batched dict, `ds.__getitems__(indices)` the
+samples of one batch built at once (torch's own DataLoader, which calls __getitems__ when a dataset
+has it, collates them back into that batch for free; a custom collate_fn gets the samples, as
+torch's contract says), and robocache.DataLoader builds batches straight from the device (one
+kernel launch per batch on a CUDA store).
 
 A sample / batch holds, per key, the frames at its offsets ([B, K, *feature]; [B, *feature] for a
 key without offsets), `{key}_is_pad` (bool [B, K], True = padded, LeRobot's convention) for keys
@@ -19,9 +21,11 @@ the store, or transformed when `image_transforms[key]` is given:
   key and batch reads the store's uint8 frames at the window's rows and writes the cropped,
   resized, normalized [B, K, C, h, w] tensor (ops/images.py has the exact semantics). Padded
   frames follow the dataset's pad rule (edge: the clamped frame; zero: an all-zero image).
-  Random crops / jitter are keyed by (seed, epoch, batch number): robocache.DataLoader passes its
-  own; direct `__getitems__` calls use seed 0 (in a torch DataLoader worker: the worker's seed,
-  fresh every epoch), epoch 0 and a per-dataset call counter.
+  Random crops / jitter are keyed by (seed, epoch, batch number) and the camera key (each camera
+  draws its own, as a per-key transform in LeRobot, robomimic or diffusion_policy does):
+  robocache.DataLoader passes its own (the batch number counts across ranks); direct
+  `get_batch` / `__getitems__` calls use seed 0 (in a torch DataLoader worker: the worker's
+  seed, fresh every epoch), epoch 0 and a per-dataset call counter.
 - any callable `fn(frames, rows, is_pad)`: `frames` is the store's array, `rows` the clamped
   frame rows (int64 [B, K] or [B]) and `is_pad` the mask.
 A CUDA store made with frames_on_host=True keeps its camera keys in pinned host memory: the image
@@ -38,8 +42,9 @@ robocache.DataLoader builds batches in the main process anyway.
 from __future__ import annotations
 
 import numbers
+import operator
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -73,19 +78,47 @@ PEER_NORM_MODES = {
 
 
 class WindowBatch(dict):
-    """A batch: a dict of tensors. torch's default_collate passes it through unchanged, so
-    torch.utils.data.DataLoader(dataset, batch_size=...) works with __getitems__."""
-
-    def __missing__(self, key):
-        # torch's collate looks at batch[0] to pick a collate function; we answer with ourself,
-        # whose type is registered below as "already collated"
-        if key == 0:
-            return self
-        raise KeyError(key)
+    """A batch: a dict of batched tensors (get_batch, robocache.DataLoader, and what torch's
+    default_collate makes of a BatchSamples)."""
 
 
-def _collate_window_batch(batch, *, collate_fn_map=None):
-    return batch
+class Sample(dict):
+    """One sample of a BatchSamples: a dict equal to dataset[i] (views of the batch's rows)."""
+
+
+class BatchSamples(Sequence):
+    """TrajectoryDataset.__getitems__(indices), as torch's Dataset contract asks: the samples of
+    `indices` in order (len = len(indices), item j equals dataset[indices[j]]), so a custom
+    collate_fn or a StackDataset gets what it expects. They are made on access from one batch
+    built for all of them at once, `.batch` (a WindowBatch); torch's default_collate returns
+    that batch itself, so torch's DataLoader costs no per-sample work."""
+
+    __slots__ = ("batch", "_n")
+
+    def __init__(self, batch: WindowBatch, n: int):
+        self.batch, self._n = batch, n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, j):
+        if isinstance(j, slice):
+            return [self[i] for i in range(*j.indices(self._n))]
+        j = operator.index(j)
+        if not -self._n <= j < self._n:
+            raise IndexError(f"sample {j} of a batch of {self._n}")
+        return Sample({k: v[j] for k, v in self.batch.items()})
+
+    def __repr__(self) -> str:
+        return f"BatchSamples({self._n} samples, keys {list(self.batch)})"
+
+
+def _collate_samples(batch, *, collate_fn_map=None):
+    if isinstance(batch, BatchSamples):  # the dataset's own batch: already collated
+        return batch.batch
+    # samples on their own (a StackDataset's, a list built by hand): stacked as torch stacks dicts
+    from torch.utils.data._utils.collate import collate
+    return WindowBatch(collate([dict(s) for s in batch], collate_fn_map=collate_fn_map))
 
 
 def _register_collate() -> None:
@@ -93,7 +126,7 @@ def _register_collate() -> None:
         from torch.utils.data._utils.collate import default_collate_fn_map
     except ImportError:  # pragma: no cover - very old torch
         return
-    default_collate_fn_map.setdefault(WindowBatch, _collate_window_batch)
+    default_collate_fn_map.setdefault(Sample, _collate_samples)
 
 
 _register_collate()
@@ -651,16 +684,25 @@ class TrajectoryDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index) -> dict:
         if isinstance(index, torch.Tensor):
+            if index.ndim != 0:
+                raise TypeError(f"index: expected an int, got a tensor of shape "
+                                f"{tuple(index.shape)} (get_batch takes several)")
             index = index.item()
         if isinstance(index, bool) or not isinstance(index, numbers.Integral):
             raise TypeError(f"index: expected an int, got {type(index).__name__}")
         n = len(self)
         if not -n <= index < n:
             raise IndexError(f"index: expected an int in [{-n}, {n}), got {int(index)}")
-        batch = self.__getitems__([int(index)])
+        batch = self.get_batch([int(index)])
         return {k: v[0] for k, v in batch.items()}
 
-    def __getitems__(self, indices) -> WindowBatch:
+    def __getitems__(self, indices) -> BatchSamples:
+        """torch's batched access: the samples of `indices`, built as one batch (BatchSamples;
+        torch's default_collate turns it into that batch, a WindowBatch, without a copy)."""
+        batch = self.get_batch(indices)
+        return BatchSamples(batch, len(batch["index"]))
+
+    def get_batch(self, indices) -> WindowBatch:
         """The batch of `indices` (list / array / tensor of ints) as one dict of tensors."""
         idx = self._check_indices(indices)
         # in a torch DataLoader worker, key the draws by the worker's seed (torch draws a fresh
@@ -770,7 +812,7 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                           kept: dict | None = None):
         """One image-kernel launch (or the NumPy path) from the store's frames at `rows`, into
         a fresh output, or the one `kept` holds for `key` (BatchBuilder.kept_with_last_set)."""
-        rand = _random.rand_key(*draw)
+        rand = _random.stream_key(_random.rand_key(*draw), key)  # cameras drawn independently
         rows2 = rows if rows.ndim == 2 else rows.reshape(-1, 1)
         mask2 = None if zero_mask is None else zero_mask.reshape(rows2.shape)
         src = self._sources[key]

@@ -23,16 +23,24 @@ CAMERA = "observation.images.top"
 CROP = 56
 
 
+class NoDemoDataset(FileNotFoundError):
+    """The demo's dataset is not where it was looked for (e.g. an installed wheel: the dataset
+    ships with the repository and the sdist only)."""
+
+
 def run(device=None, root=None, batch_size: int = 256, batches: int = 20) -> dict:
+    root = Path(root) if root is not None else DATASET
+    if not (root / "meta" / "info.json").is_file():
+        raise NoDemoDataset(
+            f"no demo dataset at {root}. The demo's dataset ships with the repository and the "
+            f"source distribution, not the wheel: from a checkout run `make demo`, or make it "
+            f"there with `python examples/make_demo_dataset.py --out DIR` and run "
+            f"`python -m robocache demo --root DIR`")
     import torch
 
     import robocache as rc
     from robocache.formats import read_lerobot
 
-    root = Path(root) if root is not None else DATASET
-    if not (root / "meta" / "info.json").is_file():
-        raise FileNotFoundError(f"no demo dataset at {root}; make it with "
-                                f"`python examples/make_demo_dataset.py --out {root}`")
     device = device or ("cuda" if rc.cuda_available() and torch.cuda.is_available() else "cpu")
     t0 = time.perf_counter()
     src = read_lerobot(root, keys=KEYS)

@@ -17,6 +17,10 @@ not a multiple of world_size, a few samples are in two ranks' shards), with drop
 is cut; rank r takes order[r::world_size]. The same (seed, epoch) gives the same order on CPU and
 CUDA stores, on every rank. A sampler / batch_sampler chooses a rank's samples itself (e.g.
 DistributedSampler(rank=...)): rank= / world_size= are refused with one.
+Random image crops / jitter (TrajectoryDataset's ImageTransform) are keyed by (seed, epoch, batch
+number, camera key), the batch number counted across ranks (rank r's i-th batch is number
+i * world_size + r; with a sampler, its rank / num_replicas as DistributedSampler has them, else
+the process group's), so the ranks' crops differ while their orders are one.
 
 iter(loader) is an iterator of its own, as torch's: it takes the loader's epoch (and a loaded
 resume point) when it is made, has len() (the batches it has left) and keeps its epoch's order
@@ -25,7 +29,11 @@ builder is pointed back at it when another iterator built last, so the hot path 
 identity check per batch). The loader's epoch and position (state_dict) follow the iterator
 made or handing out a batch last; when that one runs to its end it advances the epoch by one
 and forwards it to a sampler / batch_sampler with set_epoch (DistributedSampler); an older pass
-ending behind it changes nothing. With reuse_outputs=R,
+ending behind it changes nothing. A pass that handed out batches and was left before its end
+(a loop that breaks after N steps, an error) also ends its epoch for the next iter(loader): that
+pass gets the next epoch, a new order, as torch's RandomSampler draws one per iter() - unless
+set_epoch or load_state_dict was called since (those choose the epoch and position, and a pass
+begun before them no longer moves the loader's state). With reuse_outputs=R,
 iterators run in turn share the ring: the last R batches handed out, by any of them, stay valid.
 
 batch_size=None turns batching off, as in torch: every item is one sample, a dict without the
@@ -95,6 +103,17 @@ def _has_len(x) -> bool:
     except (TypeError, NotImplementedError):
         return False
     return True
+
+
+def _sampler_ranks(sampler, batch_sampler) -> tuple[int, int]:
+    """(rank, world_size) of a custom sampler's shard, for the image draws: a sampler's (or a
+    batch_sampler's sampler's) rank / num_replicas, as DistributedSampler has them, else the
+    torch.distributed process group's, else (0, 1)."""
+    for s in (sampler, batch_sampler, getattr(batch_sampler, "sampler", None)):
+        r, w = getattr(s, "rank", None), getattr(s, "num_replicas", None)
+        if _is_int(r) and _is_int(w) and 0 <= r < w:
+            return int(r), int(w)
+    return _dist_info(None, None)
 
 
 def _dist_info(rank, world_size) -> tuple[int, int]:
@@ -220,6 +239,10 @@ class DataLoader:
         self.in_order = in_order
         custom = sampler is not None or batch_sampler is not None
         self.rank, self.world_size = (0, 1) if custom else _dist_info(rank, world_size)
+        # random image draws are keyed by the batch number counted across ranks, so the ranks'
+        # crops differ: rank r's batch i is number i * world_size + r
+        self._draw_ranks = _sampler_ranks(sampler, batch_sampler) if custom else \
+            (self.rank, self.world_size)
         if seed is None:
             if self.world_size > 1:  # one order on every rank, as DistributedSampler(seed=0),
                 seed = 0             # whose order no DataLoader generator changes either
@@ -234,6 +257,7 @@ class DataLoader:
         self._resume = None      # batch to start the next iteration at (load_state_dict)
         self._builder = None  # (op, key, builder, build) of the device path: _device_path
         self._current = None  # the iterator made or handing out a batch last (_LoaderIter)
+        self._era = 0  # + 1 at set_epoch / load_state_dict: passes begun before stop counting
 
     def __repr__(self) -> str:
         return (f"DataLoader({len(self.dataset)} anchors, batch_size={self.batch_size}, "
@@ -255,7 +279,17 @@ class DataLoader:
             self._position = 0
             self._resume = None
         self._epoch = int(epoch)
+        self._current = None  # a pass begun before neither skips nor ends this epoch
+        self._era += 1
         self._forward_epoch()
+
+    def __getstate__(self) -> dict:
+        """pickle / copy.deepcopy: a live pass (a generator) and the device path's builder
+        stay behind (the copy makes its own); epoch, position and seed travel."""
+        state = self.__dict__.copy()
+        state["_current"] = None
+        state["_builder"] = None
+        return state
 
     def _forward_epoch(self) -> None:
         """The epoch to a sampler / batch_sampler that has set_epoch (DistributedSampler)."""
@@ -418,6 +452,7 @@ class DataLoader:
         """The batches of `epoch` from batch `start` on (before collate_fn)."""
         ds = self.dataset
         seed = self.seed
+        rank, ranks = self._draw_ranks
         for order, bounds, b0, first, full in self._pieces(epoch, start):
             if ds._on_device:
                 builder, build = self._device_path(ds)
@@ -429,12 +464,13 @@ class DataLoader:
                     lo, hi = bounds[i], bounds[i + 1]
                     # full batches are consecutive slices: a launch may fill several
                     # (ops.windows.BatchBuilder)
-                    batch = build(lo, hi - lo, (seed, epoch, b0 + i), max(0, full - 1 - i))
+                    batch = build(lo, hi - lo, (seed, epoch, (b0 + i) * ranks + rank),
+                                  max(0, full - 1 - i))
                     yield ds._add_tasks(batch, order[lo:hi])
             else:
                 for i in range(first, len(bounds) - 1):
                     yield ds._batch_from_host(order[bounds[i]:bounds[i + 1]],
-                                              draw=(seed, epoch, b0 + i))
+                                              draw=(seed, epoch, (b0 + i) * ranks + rank))
 
     def _end_epoch(self, epoch: int) -> None:
         """An iteration of `epoch` ran to its end: the next one is epoch + 1, for the loader and
@@ -491,6 +527,8 @@ class DataLoader:
         self._epoch = int(state["epoch"])
         self._position = int(state["batches_done"])
         self._resume = self._position
+        self._current = None  # a pass begun before neither moves nor ends the loaded point
+        self._era += 1
         self._forward_epoch()  # a DistributedSampler draws the saved epoch's order
 
 
@@ -501,12 +539,20 @@ class _LoaderIter:
     has left (TypeError for a sampler without a length)."""
 
     def __init__(self, loader: DataLoader):
+        last = loader._current
+        if loader._resume is None and last is not None and last._epoch == loader._epoch \
+                and last._done > last._start:
+            # the loader's epoch was begun by a pass that did not run to its end (a loop left
+            # early, an error): this pass is the next epoch, a new order, as torch's
+            # RandomSampler draws one per iter() (set_epoch / load_state_dict choose otherwise)
+            loader._end_epoch(loader._epoch)
         epoch = loader._epoch
         start = 0 if loader._resume is None else loader._resume
         loader._resume = None
         loader._position = start
         loader._current = self
-        self._loader, self._epoch, self._done = loader, epoch, start
+        self._loader, self._epoch, self._start, self._done = loader, epoch, start, start
+        self._era = loader._era
         self._total = None if loader._streamed() else len(loader)
         self._items = loader._items(epoch, start)
         self._ended = False
@@ -534,5 +580,6 @@ class _LoaderIter:
             raise
         self._done += 1
         loader = self._loader
-        loader._current, loader._epoch, loader._position = self, self._epoch, self._done
+        if self._era == loader._era:  # not a pass begun before set_epoch / load_state_dict
+            loader._current, loader._epoch, loader._position = self, self._epoch, self._done
         return item

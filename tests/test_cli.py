@@ -159,8 +159,33 @@ def test_demo(monkeypatch, capsys):
         import robocache.demo as demo
 
         called = []
-        monkeypatch.setattr(demo, "run", lambda: called.append(1))
-        assert cli.main(["demo"]) == 0 and called == [1]
+        monkeypatch.setattr(demo, "run", lambda root=None: called.append(root))
+        assert cli.main(["demo"]) == 0 and called == [None]
+        assert cli.main(["demo", "--root", "/data/x"]) == 0 and called[-1] == "/data/x"
+
+
+def test_demo_without_its_dataset_or_torch_says_what_to_do(tmp_path, monkeypatch, capsys):
+    """From an installed wheel the demo's dataset (repository / sdist only) is missing, and
+    torch may be: an explanation and exit status 1, not a traceback."""
+    import robocache.demo as demo
+
+    monkeypatch.setattr(demo, "DATASET", tmp_path / "site-packages/examples/data/arm2d_reach")
+    assert cli.main(["demo"]) == 1
+    err = capsys.readouterr().err
+    assert "not the wheel" in err and "make demo" in err and "--root DIR" in err
+
+    def no_torch(root=None):
+        raise ModuleNotFoundError("No module named 'torch'", name="torch")
+    monkeypatch.setattr(demo, "run", no_torch)
+    assert cli.main(["demo"]) == 1
+    assert "the demo needs torch, which is not installed: pip install 'robocache[torch]'" in \
+        capsys.readouterr().err
+
+    def other(root=None):
+        raise ModuleNotFoundError("No module named 'robocache.x'", name="robocache.x")
+    monkeypatch.setattr(demo, "run", other)
+    with pytest.raises(ModuleNotFoundError, match="robocache.x"):  # not an extra: as it was
+        cli.main(["demo"])
 
 
 def test_no_command_prints_help():

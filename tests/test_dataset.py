@@ -4,6 +4,7 @@ robomimic batches compared element by element with literal reference samplers (t
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -87,7 +88,7 @@ def test_design_rule_on_random_episodes(seed, pad):
                               drop_n_last_frames=last)
     ref = design_rule(arrays, st.episode_ends, deltas, first, last, pad)
     assert len(ds) == len(ref)
-    batch = ds.__getitems__(list(range(len(ds))))
+    batch = ds.get_batch(list(range(len(ds))))
     keys = ["state", "action", "step", "state_is_pad", "action_is_pad", "index",
             "episode_index", "frame_index"]
     for i in range(len(ds)):
@@ -97,7 +98,7 @@ def test_design_rule_on_random_episodes(seed, pad):
     assert batch["action_is_pad"].dtype == torch.bool
     # random subsets, repeated and in any order, give the same rows
     idx = rng.integers(0, len(ds), size=37)
-    sub = ds.__getitems__(idx)
+    sub = ds.get_batch(idx)
     for j, i in enumerate(idx):
         _assert_sample(sub, j, ref[i], keys)
 
@@ -130,7 +131,7 @@ def test_lerobot_item_and_sampler_equality(drop):
     assert ds.delta_indices == ref_deltas
     frames = lerobot_sampler_indices(st.episode_ends, *drop)
     assert len(ds) == len(frames)
-    batch = ds.__getitems__(np.arange(len(ds)))
+    batch = ds.get_batch(np.arange(len(ds)))
     keys = ["state", "action", "step", "state_is_pad", "action_is_pad", "index",
             "episode_index", "frame_index"]
     for i, frame in enumerate(frames):
@@ -170,7 +171,7 @@ def test_timestamps_off_the_fps_grid_warn_and_serve_frame_offsets_with_delta_tim
     with pytest.warns(UserWarning, match=r"(?s)timestamps: .*'episode_index': 1.*frame offsets"):
         ds = rc.TrajectoryDataset(st, delta_timestamps={"action": [0.0, 0.1]})
     ref = rc.TrajectoryDataset(st, delta_indices={"action": [0, 1]})
-    got, want = ds.__getitems__(range(len(ds))), ref.__getitems__(range(len(ref)))
+    got, want = ds.get_batch(range(len(ds))), ref.get_batch(range(len(ref)))
     for k in ("action", "action_is_pad", "index"):
         np.testing.assert_array_equal(got[k].numpy(), want[k].numpy())
     with warnings.catch_warnings():  # on the grid: no warning
@@ -215,7 +216,7 @@ def test_diffusion_policy_windows(S, pb, pa):
                               drop_n_first_frames=0, drop_n_last_frames=S - 1 - pa - pb,
                               pad="edge")
     assert len(ds) == len(indices)
-    batch = ds.__getitems__(range(len(ds)))
+    batch = ds.get_batch(range(len(ds)))
     for i in range(len(ds)):
         ref = dp_sample_sequence({k: arrays[k] for k in keys}, indices, S, i)
         _assert_sample(batch, i, ref, keys)
@@ -238,7 +239,7 @@ def test_diffusion_policy_episode_mask_is_episodes(S, pb, pa):
                                       drop_n_last_frames=S - 1 - pa - pb, episodes=episodes)
             assert len(ds) == len(indices)
             assert set(ds.anchors[:, 3].tolist()) <= set(np.flatnonzero(m).tolist())
-            batch = ds.__getitems__(range(len(ds)))
+            batch = ds.get_batch(range(len(ds)))
             for i in range(len(ds)):
                 ref = dp_sample_sequence({k: arrays[k] for k in keys}, indices, S, i)
                 _assert_sample(batch, i, ref, keys)
@@ -259,7 +260,7 @@ def test_episodes_subset_follows_the_design_rule(seed):
     assert len(ds) == len(ref)
     keys = ["state", "action", "step", "state_is_pad", "action_is_pad", "index",
             "episode_index", "frame_index"]
-    batch = ds.__getitems__(list(range(len(ds))))
+    batch = ds.get_batch(list(range(len(ds))))
     for i in range(len(ds)):
         _assert_sample(batch, i, ref[i], keys)
     first_idx, count = ds.episode_anchor_ranges()
@@ -309,7 +310,7 @@ def test_diffusion_policy_lerobot_config_is_the_same_window_set():
     pb, pa = n_obs - 1, n_act - 1
     indices = dp_create_indices(st.episode_ends, S, pad_before=pb, pad_after=pa)
     assert len(ds) == len(indices)
-    batch = ds.__getitems__(range(len(ds)))
+    batch = ds.get_batch(range(len(ds)))
     for i in range(len(ds)):
         ref = dp_sample_sequence({"state": arrays["state"], "action": arrays["action"]},
                                  indices, S, i)
@@ -346,7 +347,7 @@ def test_diffusion_policy_linear_normalizer(mode):
                               normalize={k: mode for k in keys})
     params = {k: dp_fit(v, mode=mode) for k, v in arrays.items()}
     indices = dp_create_indices(st.episode_ends, S, pad_before=pb, pad_after=pa)
-    batch = ds.__getitems__(range(len(ds)))
+    batch = ds.get_batch(range(len(ds)))
     for i in range(len(ds)):
         raw = dp_sample_sequence(arrays, indices, S, i)
         for k in keys:
@@ -381,7 +382,7 @@ def test_robomimic_action_normalization(mode):
     # they differ from exact ones, and the dataset's parameters must be robomimic's bits
     norm = {k: rm_normalization_stats(rm_action_stats(arrays[k], st.episode_ends), mode)
             for k in keys}
-    batch = ds.__getitems__(range(len(ds)))
+    batch = ds.get_batch(range(len(ds)))
     for i in range(len(ds)):
         raw = ref.item({k: arrays[k] for k in keys}, i)
         for k in keys:
@@ -413,7 +414,7 @@ def test_robomimic_observation_normalization(dtype):
                               normalize={k: "robomimic_obs" for k in arrays}, dtype=out_dtype)
     ref = RobomimicSequence(st.episode_ends, frame_stack=fs, seq_length=sl)
     obs_stats = {k: rm_obs_normalization_stats(arrays[k], st.episode_ends) for k in arrays}
-    batch = ds.__getitems__(range(len(ds)))
+    batch = ds.get_batch(range(len(ds)))
     for i in range(len(ds)):
         raw = ref.item(arrays, i)
         for k in arrays:
@@ -447,7 +448,7 @@ def test_robomimic_next_obs_normalized_with_the_observations_statistics():
     norm = ds.normalization
     np.testing.assert_array_equal(norm["next_obs/pos"]["a"], norm["obs/pos"]["a"])
     np.testing.assert_array_equal(norm["next_obs/pos"]["b"], norm["obs/pos"]["b"])
-    batch = ds.__getitems__(range(len(ds)))
+    batch = ds.get_batch(range(len(ds)))
     obs_stats = rm_obs_normalization_stats(obs, st.episode_ends)
     np.testing.assert_array_equal(batch["next_obs/pos"].numpy(), rm_normalize_obs(nxt, obs_stats))
     lone_stats = rm_obs_normalization_stats(lone, st.episode_ends)
@@ -532,12 +533,12 @@ def test_robomimic_goal_obs(fs, sl, pfs, psl):
                             pad_frame_stack=pfs, pad_seq_length=psl)
     assert len(ds) == len(ref)
     obs_stats = rm_obs_normalization_stats(arrays["obs/pos"], st.episode_ends)
-    batch = ds.__getitems__(range(len(ds)))
+    batch = ds.get_batch(range(len(ds)))
     assert "goal_obs/pos_is_pad" not in batch and batch["goal_obs/cam"].shape == (len(ds), 4, 5, 3)
     # a camera goal takes an image transform like any camera key: [0, 1] CHW frames
     dt = rc.TrajectoryDataset(st, goal_keys={"g": "next_obs/cam"},
                               image_transforms={"g": rc.ImageTransform()})
-    g = dt.__getitems__(range(len(dt)))["g"]
+    g = dt.get_batch(range(len(dt)))["g"]
     assert g.shape == (len(dt), 3, 4, 5) and g.dtype == torch.float32
     last = arrays["next_obs/cam"][dt.anchors[:, 2] - 1]  # drop_n_last_frames=0: frame e - 1
     np.testing.assert_array_equal(g.numpy(), np.moveaxis(last, -1, 1) / np.float32(255))
@@ -613,7 +614,7 @@ def test_episode_index_is_the_datasets_own_id():
     st.meta["episode_index"] = [0, 2, 5, 9]
     ds = rc.TrajectoryDataset(st, delta_indices={"x": [-1, 0]})
     want = np.repeat([0, 2, 5, 9], [2, 1, 4, 2])
-    assert ds.__getitems__(range(9))["episode_index"].tolist() == want.tolist()
+    assert ds.get_batch(range(9))["episode_index"].tolist() == want.tolist()
     assert ds[3]["episode_index"] == 5 and ds[3]["frame_index"] == 0
     loader = rc.DataLoader(ds, batch_size=4, shuffle=True, seed=2)
     order = loader.epoch_order(0)
@@ -621,7 +622,7 @@ def test_episode_index_is_the_datasets_own_id():
     np.testing.assert_array_equal(got, want[order])
     # episodes= names those ids, as LeRobot's episodes= does
     sub = rc.TrajectoryDataset(st, episodes=[9, 2])
-    assert sorted(set(sub.__getitems__(range(len(sub)))["episode_index"].tolist())) == [2, 9]
+    assert sorted(set(sub.get_batch(range(len(sub)))["episode_index"].tolist())) == [2, 9]
     with pytest.raises(ValueError, match=r"episodes: expected episode ids of the dataset "
                                          r"\(\[0, 2, 5, 9\]\), got 1"):
         rc.TrajectoryDataset(st, episodes=[1])
@@ -635,7 +636,7 @@ def test_every_masked_key_has_a_mask_of_its_own_and_stats_keys_are_checked():
     st = rc.TrajectoryStore.from_arrays({"x": np.arange(20.0), "y": np.arange(20.0)}, [10, 20],
                                         device="cpu")
     ds = rc.TrajectoryDataset(st, delta_indices={"x": [-1, 0], "y": [-1, 0]})
-    b = ds.__getitems__([0, 1])
+    b = ds.get_batch([0, 1])
     b["x_is_pad"][:] = True
     assert b["y_is_pad"].tolist() == [[True, False], [False, False]]
     with pytest.warns(UserWarning, match=r"stats: no entry for \['x'\].*\['X'\] - misspelt"):
@@ -669,7 +670,7 @@ def test_goal_keys_are_checked():
     st2 = rc.TrajectoryStore.from_arrays({"x": np.arange(6.0)[:, None]}, episode_ends=[2, 6],
                                          device="cpu")
     g = rc.TrajectoryDataset(st2, goal_keys={"g": "x"}, drop_n_last_frames=-3, dtype="keep")
-    b = g.__getitems__(range(len(g)))  # anchors past the ends: still their episode's last frame
+    b = g.get_batch(range(len(g)))  # anchors past the ends: still their episode's last frame
     assert (b["index"].numpy() >= 6).any()
     np.testing.assert_array_equal(b["g"].numpy()[:, 0],
                                   np.where(b["episode_index"].numpy() == 0, 1.0, 5.0))
@@ -678,7 +679,7 @@ def test_goal_keys_are_checked():
     n = rc.TrajectoryDataset(st2, goal_keys={"g": "x"}, normalize={"g": "mean_std"})
     want = (np.float32([1.0, 5.0]) - np.float32(2.5)) / (np.float32(np.std(np.arange(6.0)))
                                                          + np.float32(1e-8))
-    np.testing.assert_array_equal(n.__getitems__([0, 5])["g"].numpy()[:, 0], want)
+    np.testing.assert_array_equal(n.get_batch([0, 5])["g"].numpy()[:, 0], want)
     # statistics given for the store key serve its goals too (a goal's own entry first)
     given = {"x": {"mean": [100.0], "std": [2.0]}}
     for mode, a in (("mean_std", 100.0), ("gaussian", 0.5)):  # gaussian: a = 1 / std
@@ -720,7 +721,7 @@ def test_robomimic_sequence_and_pad_mask(fs, sl, pfs, psl):
                               drop_n_first_frames=0 if pfs else fs - 1,
                               drop_n_last_frames=0 if psl else sl - 1)
     assert len(ds) == len(ref)
-    batch = ds.__getitems__(range(len(ds)))
+    batch = ds.get_batch(range(len(ds)))
     for i in range(len(ds)):
         r = ref.item({k: arrays[k] for k in keys}, i)
         for k in keys:
@@ -744,11 +745,11 @@ def test_normalization_matches_lerobot_formulas(mode):
         device="cpu")
     ds = rc.TrajectoryDataset(st, delta_indices={"action": [-1, 0, 1]},
                               normalize={"action": mode, "state": mode, "const": mode})
-    batch = ds.__getitems__(range(len(ds)))
+    batch = ds.get_batch(range(len(ds)))
     for key in ("action", "state", "const"):
         stats = st.stats(key)[key]
         rows = batch[key].numpy()
-        raw = ds.__getitems__(range(len(ds)))  # same rows, then LeRobot's transform
+        raw = ds.get_batch(range(len(ds)))  # same rows, then LeRobot's transform
         del raw
         src = arrays[key] if key != "const" else np.full((20, 2), 3.0, np.float32)
         if key == "action":
@@ -850,7 +851,7 @@ def test_camera_frames_raw_and_through_a_transform():
                                         episode_ends=[4, 9], device="cpu")
     assert st.image_keys == ("cam",)
     ds = rc.TrajectoryDataset(st, delta_indices={"cam": [-1, 0]}, pad="zero")
-    b = ds.__getitems__([0, 5])
+    b = ds.get_batch([0, 5])
     assert b["cam"].dtype == torch.uint8 and b["cam"].shape == (2, 2, 4, 5, 3)
     assert (b["cam"][0, 0] == 0).all() and b["cam_is_pad"][0].tolist() == [True, False]
     np.testing.assert_array_equal(b["cam"][1].numpy(), img[[4, 5]])
@@ -862,7 +863,7 @@ def test_camera_frames_raw_and_through_a_transform():
 
     ds = rc.TrajectoryDataset(st, delta_indices={"cam": [-1, 0]},
                               image_transforms={"cam": transform})
-    b = ds.__getitems__([4, 8])
+    b = ds.get_batch([4, 8])
     assert seen["rows"].tolist() == [[4, 4], [7, 8]]
     assert seen["pad"].tolist() == [[True, False], [False, False]]
     assert b["cam"].shape == (4,)
@@ -880,7 +881,7 @@ def test_getitem_equals_getitems_row_and_index_errors():
     rng = np.random.default_rng(11)
     st, _ = _store(rng, [3, 5, 2])
     ds = rc.TrajectoryDataset(st, delta_indices={"action": [-1, 0, 1]})
-    batch = ds.__getitems__([7, 2, 7])
+    batch = ds.get_batch([7, 2, 7])
     for j, i in enumerate([7, 2, 7]):
         item = ds[i]
         assert set(item) == set(batch)
@@ -891,12 +892,12 @@ def test_getitem_equals_getitems_row_and_index_errors():
     with pytest.raises(IndexError, match=r"^index: expected an int in \["):
         ds[len(ds)]
     with pytest.raises(IndexError):
-        ds.__getitems__([0, -len(ds) - 1])
+        ds.get_batch([0, -len(ds) - 1])
     with pytest.raises(TypeError):
         ds[1.5]
     with pytest.raises(TypeError):
-        ds.__getitems__(np.array([0.5]))
-    assert list(ds.__getitems__([])["action"].shape) == [0, 3, 2]
+        ds.get_batch(np.array([0.5]))
+    assert list(ds.get_batch([])["action"].shape) == [0, 3, 2]
 
 
 def test_torch_dataloader_gets_whole_batches():
@@ -909,7 +910,7 @@ def test_torch_dataloader_gets_whole_batches():
     batches = list(dl)
     assert [b["action"].shape[0] for b in batches] == [8, 8, 3]
     for n, b in enumerate(batches):
-        want = ds.__getitems__(range(8 * n, min(8 * n + 8, len(ds))))
+        want = ds.get_batch(range(8 * n, min(8 * n + 8, len(ds))))
         assert set(b) == set(want)
         for k in b:
             assert torch.equal(b[k], want[k]), k
@@ -920,6 +921,59 @@ def test_torch_dataloader_gets_whole_batches():
     dl = torch.utils.data.DataLoader(ds, batch_size=8, sampler=sampler, num_workers=2)
     for b, want in zip(dl, batches, strict=True):
         assert all(torch.equal(b[k], want[k]) for k in want)
+
+
+def _assert_sample_equal(got, want):
+    assert set(got) == set(want)
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+
+
+def test_getitems_returns_the_samples_as_torchs_dataset_contract_says():
+    """torch.utils.data.Dataset: __getitems__ "accepts list of indices of samples of batch and
+    returns list of samples". A custom collate_fn and StackDataset rely on it; they used to get
+    the batched dict (and StackDataset, with as many samples as keys, silently key names)."""
+    rng = np.random.default_rng(13)
+    st, _ = _store(rng, [6, 9, 4])
+    ds = rc.TrajectoryDataset(st, delta_indices={"action": range(4)})
+    idx = [7, 2, 7, 15]
+    samples = ds.__getitems__(idx)
+    assert len(samples) == len(idx) and isinstance(samples, Sequence)
+    for j, i in enumerate(idx):
+        _assert_sample_equal(samples[j], ds[i])
+    _assert_sample_equal(samples[-1], ds[15])
+    assert [int(s["index"]) for s in samples[1:3]] == [int(ds[2]["index"]), int(ds[7]["index"])]
+    with pytest.raises(IndexError):
+        samples[4]
+
+    def stack(items):  # a collate_fn written for torch's contract
+        assert isinstance(items, Sequence) and len(items) == 4
+        return {k: torch.stack([s[k] for s in items]) for k in items[0]}
+    sampler = torch.utils.data.SequentialSampler(ds)
+    want = ds.get_batch(range(4))
+    for b in (next(iter(torch.utils.data.DataLoader(ds, batch_size=4, sampler=sampler,
+                                                     collate_fn=stack))),
+              torch.utils.data.default_collate(ds.__getitems__(range(4))),
+              torch.utils.data.default_collate([ds.__getitems__(range(4))[j]
+                                                for j in range(4)])):  # samples on their own
+        _assert_sample_equal(b, want)
+    # StackDataset with as many samples per batch as the dataset has keys
+    n = len(want)
+    labels = torch.arange(len(ds))
+    both = torch.utils.data.StackDataset(obs=ds, label=labels)
+    got = next(iter(torch.utils.data.DataLoader(both, batch_size=n, sampler=range(n))))
+    _assert_sample_equal(got["obs"], ds.get_batch(range(n)))
+    assert torch.equal(got["label"], labels[:n])
+
+
+def test_tensor_indices_of_several_elements_are_refused():
+    rng = np.random.default_rng(14)
+    st, _ = _store(rng, [6, 9])
+    ds = rc.TrajectoryDataset(st, delta_indices={"action": range(2)})
+    _assert_sample_equal(ds[torch.tensor(5)], ds[5])
+    for bad in (torch.tensor([5]), torch.tensor([[5]]), torch.tensor([1, 2])):
+        with pytest.raises(TypeError, match=r"index: expected an int, got a tensor of shape"):
+            ds[bad]
 
 
 def test_bad_dataset_arguments():
@@ -991,7 +1045,7 @@ def test_task_strings_like_lerobot_items():
     st, arrays = _task_store(rng, [4, 1, 9, 3, 6], tasks)
     ds = rc.TrajectoryDataset(st, delta_indices={"action": [-1, 0, 1]}, drop_n_first_frames=1)
     idx = rng.permutation(len(ds))[:11]
-    batch = ds.__getitems__(idx)
+    batch = ds.get_batch(idx)
     want = [tasks[arrays["task_index"][a]] for a in ds.anchors[idx, 0]]
     assert batch["task"] == want
     assert ds[3]["task"] == tasks[arrays["task_index"][ds.anchors[3, 0]]]
@@ -1001,7 +1055,7 @@ def test_task_strings_like_lerobot_items():
     assert "task" not in rc.TrajectoryDataset(st, return_task=False)[0]
     # windows anchored past their episode (negative drops) carry their episode's task
     past = rc.TrajectoryDataset(st, drop_n_first_frames=-2, drop_n_last_frames=-3)
-    b = past.__getitems__(range(len(past)))
+    b = past.get_batch(range(len(past)))
     ep_task = [tasks[arrays["task_index"][e]] for e in np.cumsum([4, 1, 9, 3, 6]) - 1]
     assert b["task"] == [ep_task[e] for e in b["episode_index"].tolist()]
     # no task strings: no "task" by default, an error when asked for
@@ -1031,7 +1085,7 @@ def test_task_strings_on_the_device_path(emulated_cuda):
             assert b["task"] == [tasks[t] for t in b["task_index"].tolist()]
             n += len(b["task"])
         assert n == len(ds)
-    assert ds.__getitems__([0, 4])["task"] == [tasks[arrays["task_index"][a]]
+    assert ds.get_batch([0, 4])["task"] == [tasks[arrays["task_index"][a]]
                                               for a in ds.anchors[[0, 4], 0]]
 
 
@@ -1052,7 +1106,7 @@ def test_torchrl_slice_sampler(strict_length):
     for a, s, _e, ep in ds.anchors.tolist():
         got.setdefault(ep, []).append(a - s)
     assert got == support
-    batch = ds.__getitems__(range(len(ds)))
+    batch = ds.get_batch(range(len(ds)))
     for i, (a, s, _e, ep) in enumerate(ds.anchors.tolist()):
         want, mask = torchrl_padded_slice(arrays["state"], int(starts[ep]), lens[ep], a - s, T)
         np.testing.assert_array_equal(batch["state"][i].numpy(), want)
@@ -1095,7 +1149,7 @@ def test_keys_without_offsets_read_the_clamped_anchor_outside_the_episode(pad):
     st.meta["tasks"] = ["t0", "t1"]
     ds = rc.TrajectoryDataset(st, delta_indices={"state": [-1, 0, 1]}, pad=pad,
                               drop_n_first_frames=-1, drop_n_last_frames=-2)
-    b = ds.__getitems__(range(len(ds)))
+    b = ds.get_batch(range(len(ds)))
     a, ep = b["index"].numpy(), b["episode_index"].numpy()
     start = ends[ep] - np.asarray(lens)[ep]
     clamped = np.clip(a, start, ends[ep] - 1)
@@ -1120,7 +1174,7 @@ def test_every_normalizer_takes_a_feature_with_no_elements():
     for mode in modes:
         ds = rc.TrajectoryDataset(st, normalize={"e": mode, "e2": mode},
                                   delta_indices={"e": [0, 1]})
-        b = ds.__getitems__(range(len(ds)))
+        b = ds.get_batch(range(len(ds)))
         assert b["e"].shape == (6, 2, 0) and b["e2"].shape == (6, 3, 0), mode
 
 
@@ -1131,8 +1185,8 @@ def test_peer_normalizers_on_timestamps():
                                         / 10.0)
     for mode in ("limits", "gaussian", "robomimic_min_max", "robomimic_gaussian"):
         ds = rc.TrajectoryDataset(st, normalize={"timestamp": mode})
-        ts = ds.__getitems__(range(len(ds)))["timestamp"].numpy()
+        ts = ds.get_batch(range(len(ds)))["timestamp"].numpy()
         assert np.isfinite(ts).all() and ts.std() > 0, mode
     lim = rc.TrajectoryDataset(st, normalize={"timestamp": "limits"})
-    ts = lim.__getitems__(range(len(lim)))["timestamp"].numpy()
+    ts = lim.get_batch(range(len(lim)))["timestamp"].numpy()
     np.testing.assert_allclose([ts.min(), ts.max()], [-1, 1], atol=1e-6)

@@ -36,13 +36,16 @@ def test_image_transform_equals_the_op_at_the_window_rows(pad, rng):
     ds = rc.TrajectoryDataset(store, delta_indices={"cam": deltas, "state": [0]}, pad=pad,
                               image_transforms={"cam": tf})
     idx = np.arange(len(ds))
-    batch = ds.__getitems__(idx)
+    batch = ds.get_batch(idx)
     rows, is_pad = _expected_rows(ends, idx, deltas)
     np.testing.assert_array_equal(batch["cam_is_pad"].numpy(), is_pad)
     want = rc.crop_resize_normalize(frames, rows, zero_mask=is_pad if pad == "zero" else None,
-                                    seed=0, epoch=0, batch=0, **tf.options)
+                                    seed=0, epoch=0, batch=0, stream="cam", **tf.options)
     assert tuple(batch["cam"].shape) == (len(ds), 3, 3, 6, 6)
     np.testing.assert_array_equal(batch["cam"].numpy(), want)
+    other = rc.crop_resize_normalize(frames, rows, zero_mask=is_pad if pad == "zero" else None,
+                                     seed=0, epoch=0, batch=0, **tf.options)  # no stream
+    assert not np.array_equal(other, want)
     if pad == "zero":
         assert (batch["cam"].numpy()[is_pad] == 0).all() and is_pad.any()
 
@@ -65,6 +68,55 @@ def test_loader_random_crops_follow_seed_epoch_and_batch(rng):
     assert a[0].dtype == np.float32 and a[0].shape[1:] == (2, 3, 6, 6)
 
 
+def _two_camera_dataset(rng):
+    ends = np.array([7, 20, 33])
+    frames = rng.integers(0, 256, size=(33, 20, 20, 3), dtype=np.uint8)
+    st = rc.TrajectoryStore.from_arrays({"top": frames, "wrist": frames.copy()},
+                                        episode_ends=ends, device="cpu")
+    tf = rc.ImageTransform(crop=8, crop_mode="random", brightness=0.5, out_dtype="float32")
+    ds = rc.TrajectoryDataset(st, delta_indices={"top": [0], "wrist": [0]},
+                              image_transforms={"top": tf, "wrist": tf})
+    return ds, frames, tf
+
+
+def _crops_of(frames, got, tf, **draw):
+    """The op's crops of a batch's anchor frames (one offset, 0) under the draw given."""
+    rows = got["index"].numpy()[:, None]
+    return rc.crop_resize_normalize(frames, rows, **draw, **tf.options)
+
+
+def test_each_camera_draws_its_own_crops(rng):
+    """LeRobot applies its transform per camera key, robomimic / diffusion_policy have one crop
+    randomizer per key: two cameras' crops and factors are independent draws. They were the
+    same draw (keyed by seed, epoch, batch only), for every sample."""
+    ds, frames, tf = _two_camera_dataset(rng)
+    batch = ds.get_batch(np.arange(len(ds)))
+    top, wrist = batch["top"].numpy(), batch["wrist"].numpy()  # same frames, both cameras
+    assert sum(np.array_equal(a, b) for a, b in zip(top, wrist, strict=True)) <= 2
+    for key in ("top", "wrist"):
+        np.testing.assert_array_equal(batch[key].numpy(), _crops_of(
+            frames, batch, tf, seed=0, epoch=0, batch=0, stream=key))
+
+
+def test_ranks_draw_different_crops_and_each_reproduces_its_batch_number(rng):
+    """rank / world_size share one order (the seed must be the same on every rank), so the
+    draws count batches across ranks: rank r's batch i is number i * world_size + r; with a
+    DistributedSampler, its rank / num_replicas. They were the same crops on every rank."""
+    from torch.utils.data.distributed import DistributedSampler
+    ds, frames, tf = _two_camera_dataset(rng)
+    for r in (0, 1):
+        for kw in (dict(rank=r, world_size=2, shuffle=True),
+                   dict(sampler=DistributedSampler(ds, num_replicas=2, rank=r, seed=5))):
+            batches = list(rc.DataLoader(ds, batch_size=4, seed=5, **kw))
+            assert len(batches) == 5  # 17 of the 33 anchors per rank
+            for i, b in enumerate(batches):
+                np.testing.assert_array_equal(b["top"].numpy(), _crops_of(
+                    frames, b, tf, seed=5, epoch=0, batch=i * 2 + r, stream="top"))
+    one = list(rc.DataLoader(ds, batch_size=4, shuffle=True, seed=5))  # world_size 1
+    np.testing.assert_array_equal(one[1]["top"].numpy(), _crops_of(
+        frames, one[1], tf, seed=5, epoch=0, batch=1, stream="top"))
+
+
 def test_grey_camera_frames_take_image_transforms_and_have_one_statistic(rng):
     """A camera key without a channel axis ([N, H, W], as the store accepts) is one grey
     channel: its transform equals the op on [N, H, W, 1], its statistics are one value."""
@@ -75,7 +127,7 @@ def test_grey_camera_frames_take_image_transforms_and_have_one_statistic(rng):
     assert mean.shape == () and mean == grey.astype(np.float64).mean()
     ds = rc.TrajectoryDataset(st, delta_indices={"g": [-1, 0]},
                               image_transforms={"g": rc.ImageTransform(crop=8, resize=6)})
-    got = ds.__getitems__([0, 5])["g"]
+    got = ds.get_batch([0, 5])["g"]
     want = rc.crop_resize_normalize(grey[..., None], np.array([[0, 0], [4, 5]]), crop=8,
                                     resize=6)
     assert got.shape == (2, 2, 1, 6, 6)
@@ -97,7 +149,7 @@ def test_anchor_only_camera_key_and_unknown_options(rng):
     store, frames, _ = _store(rng)
     ds = rc.TrajectoryDataset(store, delta_indices={"state": [0]}, keys=["cam", "state"],
                               image_transforms={"cam": rc.ImageTransform(resize=(4, 8))})
-    batch = ds.__getitems__([0, 7])
+    batch = ds.get_batch([0, 7])
     assert tuple(batch["cam"].shape) == (2, 3, 4, 8)
     want = rc.crop_resize_normalize(frames, np.array([0, 7]), resize=(4, 8))
     np.testing.assert_array_equal(batch["cam"].numpy(), want)
@@ -173,7 +225,7 @@ def test_dtypes_given_as_torch_or_numpy_types_and_early_transform_errors(rng):
     assert tf.options["out_dtype"] == "bfloat16"
     ds = rc.TrajectoryDataset(store, delta_indices={"cam": [0], "state": [0]},
                               dtype={"state": np.float16}, image_transforms={"cam": tf})
-    batch = ds.__getitems__([0, 3])
+    batch = ds.get_batch([0, 3])
     assert batch["cam"].dtype == torch.bfloat16 and batch["state"].dtype == torch.float16
     ds2 = rc.TrajectoryDataset(store, delta_indices={"state": [0]}, keys=["state"],
                                dtype=torch.float64)
@@ -186,4 +238,4 @@ def test_dtypes_given_as_torch_or_numpy_types_and_early_transform_errors(rng):
         rc.TrajectoryDataset(store, delta_indices={"cam": [0]},
                              image_transforms={"cam": rc.ImageTransform(crop=(99, 99))})
     with pytest.raises(ValueError, match="1-D"):
-        ds.__getitems__([[0, 1], [2, 3]])
+        ds.get_batch([[0, 1], [2, 3]])

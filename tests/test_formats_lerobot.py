@@ -734,9 +734,9 @@ def test_a_video_key_at_one_offset_has_no_time_axis_as_lerobot_returns_it(v3, tm
     plain = rc.TrajectoryDataset(store, delta_indices={k: [0, 1] if k == TOP else v
                                                        for k, v in deltas.items()})
     idx = list(range(len(plain)))
-    want = plain.__getitems__(idx)
+    want = plain.get_batch(idx)
     for st in (store, rc.TrajectoryStore.load(store.save(tmp_path / "c"), device="cpu")):
-        got = rc.TrajectoryDataset(st, delta_indices=deltas).__getitems__(idx)
+        got = rc.TrajectoryDataset(st, delta_indices=deltas).get_batch(idx)
         B = len(idx)
         assert tuple(got[TOP].shape) == (B, *CAMS[TOP], 3)  # video, one offset: squeezed
         assert tuple(got[f"{TOP}_is_pad"].shape) == (B, 1)
@@ -745,7 +745,7 @@ def test_a_video_key_at_one_offset_has_no_time_axis_as_lerobot_returns_it(v3, tm
         assert tuple(got["action"].shape)[:2] == (B, 1)
         assert torch.equal(got[TOP], want[TOP][:, 0])
     tf = rc.TrajectoryDataset(store, delta_indices=deltas,
-                              image_transforms={TOP: rc.ImageTransform()}).__getitems__(idx)
+                              image_transforms={TOP: rc.ImageTransform()}).get_batch(idx)
     assert tuple(tf[TOP].shape) == (len(idx), 3, *CAMS[TOP])
     assert torch.equal(tf[TOP], want[TOP][:, 0].permute(0, 3, 1, 2).float() / 255)
     # a store that is not LeRobot's keeps the axis for every camera key

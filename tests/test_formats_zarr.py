@@ -191,6 +191,25 @@ def test_unknown_codec_says_which(tmp_path):
         with pytest.raises(DatasetFormatError, match="imagecodecs_jpeg2k.*pip install imagecodecs"):
             read_zarr(tmp_path / "rb.zarr")
     read_zarr(tmp_path / "rb.zarr", keys=["state"])  # not asked for: never opened
+    m["compressor"] = {"id": "robocache_test_no_such_codec"}  # unknown with every install
+    meta.write_text(json.dumps(m))
+    with pytest.raises(DatasetFormatError, match=r"uses a codec that is not installed: codec "
+                                                 r"not available: .*robocache_test_no_such_codec"):
+        read_zarr(tmp_path / "rb.zarr")
+
+
+def test_unknown_codec_is_recognised_from_every_numcodecs():
+    """numcodecs.errors (UnknownCodecError) exists from numcodecs 0.15, which needs Python 3.11;
+    before, get_codec raised a plain ValueError with the same words. Importing numcodecs.errors
+    broke every read on Python 3.10."""
+    from robocache.formats.zarr import _codec_missing
+
+    class UnknownCodecError(ValueError):
+        pass
+    assert _codec_missing(ValueError("codec not available: 'blosc2'"))
+    assert _codec_missing(UnknownCodecError("codec not available: 'x'"))
+    assert not _codec_missing(ValueError("shape mismatch"))
+    assert not _codec_missing(KeyError("codec not available"))
 
 
 def test_jpeg2k_images_as_diffusion_policy_writes_them(tmp_path):

@@ -95,15 +95,17 @@ def test_matches_torch_reference(shape, kw):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("channels", [3, 4])
 @pytest.mark.parametrize("size", [(37, 29, 45, 56), (96, 128, 224, 224), (16, 66, 14, 61),
-                                  (480, 640, 84, 84), (5, 300, 7, 2)])
-def test_resize_weights_are_torchs(size):
+                                  (480, 640, 84, 84), (5, 300, 7, 2), (2, 2, 13, 3)])
+def test_resize_weights_are_torchs(size, channels):
     """The taps' weights are torch's bits (the source index scale * (dst + 0.5) - 0.5 rounded
     once, a fused multiply-add, as torch's AVX2 / AVX-512 kernels compute it): a frame whose
     only non-zero pixels are on even rows and columns gives each output pixel one product of
     weights and a value, which equals torch's F.interpolate to the bit (formed in one of the
-    two orders torch's paths use); the full sums stay within 3 float32 ulps (torch groups the
-    four products otherwise). Rounding every step in float32 put some weights 200+ ulps away."""
+    two orders torch's paths use); the full sums stay within 4 float32 ulps, in either memory
+    format (torch groups the four products otherwise; 4 is reached with 4 channels, e.g. 2x2
+    -> 13x3). Rounding every step in float32 put some weights 200+ ulps away."""
     torch = pytest.importorskip("torch")
     if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
         pytest.skip("torch's CPU kernels contract the source index into an FMA only in their "
@@ -111,13 +113,15 @@ def test_resize_weights_are_torchs(size):
     F = torch.nn.functional
     H, W, h, w = size
     rng = np.random.default_rng(H * W)
-    frames = rng.integers(0, 256, (2, H, W, 3), dtype=np.uint8)
+    frames = rng.integers(0, 256, (2, H, W, channels), dtype=np.uint8)
     got = rc.crop_resize_normalize(frames, np.array([0, 1]), resize=(h, w), scale=None)
-    want = F.interpolate(torch.from_numpy(frames).permute(0, 3, 1, 2).float(), size=(h, w),
-                         mode="bilinear", align_corners=False).numpy()
-    assert got.shape == want.shape
-    ulps = np.abs(got - want) / np.spacing(np.abs(want).astype(np.float32))
-    assert ulps[want != 0].max() <= 3
+    nchw = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        want = F.interpolate(nchw.contiguous(memory_format=fmt), size=(h, w), mode="bilinear",
+                             align_corners=False).contiguous().numpy()
+        assert got.shape == want.shape
+        ulps = np.abs(got - want) / np.spacing(np.abs(want).astype(np.float32))
+        assert ulps[want != 0].max() <= 4, fmt
     y0, y1, ly = images._taps(np.float32(H) / np.float32(h), h, H)
     x0, x1, lx = images._taps(np.float32(W) / np.float32(w), w, W)
     wy = np.stack([np.float32(1) - ly, ly])  # [2, h]: the weights of rows y0, y1
@@ -360,6 +364,12 @@ def test_bad_inputs():
         call(f, idx, mean=[0.5, 0.5])
     with pytest.raises(ValueError, match="mean"):
         call(f, idx, mean=[0.5, np.nan, 0.5])
+    for bad in ("0.5", [0.5, "x", 0.5], [[0.1], [0.2, 0.3]], [None] * 3, True,
+                np.array(["0.5"] * 3)):  # not channel values: named, not NumPy's message
+        with pytest.raises(TypeError, match=r"mean: expected a number or 3 numbers"):
+            call(f, idx, mean=bad)
+        with pytest.raises(TypeError, match=r"std: expected a number or 3 numbers"):
+            call(f, idx, std=bad)
     with pytest.raises(ValueError, match="scale"):
         call(f, idx, scale=0)
     with pytest.raises(ValueError, match="brightness"):

@@ -45,7 +45,7 @@ def test_sequential_and_batches_equal_getitems():
     batches = list(dl)
     assert len(batches) == len(dl)
     for n, b in enumerate(batches):
-        want = ds.__getitems__(range(8 * n, min(8 * n + 8, len(ds))))
+        want = ds.get_batch(range(8 * n, min(8 * n + 8, len(ds))))
         assert set(b) == set(want)
         for k in b:
             assert torch.equal(b[k], want[k]), k
@@ -340,12 +340,12 @@ def test_indices_beyond_int64_are_out_of_range_not_wrapped():
     ds = rc.TrajectoryDataset(store)
     big = np.array([2**64 - 1], np.uint64)  # as int64: -1, the last sample
     with pytest.raises(IndexError, match="indices: expected values in"):
-        ds.__getitems__(big)
+        ds.get_batch(big)
     with pytest.raises(IndexError, match="indices: expected values in"):
         list(rc.DataLoader(ds, sampler=big))
     with pytest.raises(TypeError, match="indices: expected integers"):
         list(rc.DataLoader(ds, sampler=[1.5]))
-    assert ds.__getitems__(np.array([9], np.uint64))["index"].tolist() == [9]
+    assert ds.get_batch(np.array([9], np.uint64))["index"].tolist() == [9]
 
 
 def test_repr_says_what_the_loader_does():
@@ -543,8 +543,7 @@ def test_iterator_has_len_and_keeps_its_own_order():
     dl = rc.DataLoader(ds, batch_size=4, shuffle=True, seed=1)
     old = iter(dl)
     next(old), next(old)
-    dl.set_epoch(5)
-    new = iter(dl)
+    new = iter(dl)  # old began epoch 0 and is not done: new is epoch 1
     next(new)
     next(old)
     state = dl.state_dict()
@@ -557,9 +556,19 @@ def test_iterator_has_len_and_keeps_its_own_order():
     next(new)
     with pytest.raises(StopIteration):
         next(old)  # old ends behind new: the state stays new's
-    assert (dl.epoch, dl.state_dict()["batches_done"]) == (5, 2)
+    assert (dl.epoch, dl.state_dict()["batches_done"]) == (1, 2)
     for _ in new:
         pass
+    assert dl.epoch == 2
+    # after set_epoch, a pass begun before it no longer moves the state: the next pass is the
+    # epoch set, from its start
+    old = iter(dl)
+    next(old)
+    dl.set_epoch(5)
+    next(old)
+    assert (dl.epoch, dl.state_dict()["batches_done"]) == (5, 0)
+    np.testing.assert_array_equal(_indices(dl), _anchor_frames(ds, dl.epoch_order(5)))
+    list(old)
     assert dl.epoch == 6
     # a pass broken by an error does not complete (advance) its epoch
     dl = rc.DataLoader(ds, batch_size=4, sampler=[0, len(ds)])
@@ -632,3 +641,72 @@ def test_state_dict_holds_plain_python_values():
     np.testing.assert_array_equal(_indices(dl2), _indices(list(it)))
     none = rc.DataLoader(ds, batch_size=None).state_dict()
     assert none["batch_size"] is None and json.loads(json.dumps(none)) == none
+
+
+def _first_ids(loader, steps):
+    """A training loop that leaves each pass after `steps` batches (max_steps / steps per
+    epoch): the batches' anchor frames."""
+    seen = []
+    for step, batch in enumerate(loader):
+        seen.append(tuple(batch["f"].tolist()))
+        if step + 1 == steps:
+            break
+    return seen
+
+
+def test_a_pass_left_early_ends_its_epoch_for_the_next_pass():
+    """torch's DataLoader (RandomSampler) draws a new order per iter(): five passes of three
+    steps see fifteen batches. rc.DataLoader used to restart epoch 0 each time (three)."""
+    ds = _dataset()
+    dl = rc.DataLoader(ds, batch_size=4, shuffle=True, seed=3)
+    passes = []
+    for n in range(5):
+        passes.append(_first_ids(dl, 3))
+        assert dl.state_dict()["epoch"] == n and dl.state_dict()["batches_done"] == 3
+    assert len({b for p in passes for b in p}) == 15
+    for n, p in enumerate(passes):  # each pass is epoch n's order, from its start
+        want = _anchor_frames(ds, dl.epoch_order(n)[:12]).reshape(3, 4)
+        assert p == [tuple(r) for r in want.tolist()]
+    # an explicit set_epoch is honoured: the same epoch again
+    dl.set_epoch(1)
+    assert _first_ids(dl, 3) == passes[1]
+    dl.set_epoch(1)
+    assert _first_ids(dl, 2) == passes[1][:2]
+    # an iterator made but never read does not count as a pass begun
+    iter(dl)
+    assert _first_ids(dl, 1) == passes[2][:1]
+    # a pass broken by an error too ends its epoch for the next one
+    dl.set_epoch(0)
+    it = iter(dl)
+    next(it)
+    del it
+    assert _first_ids(dl, 1) == passes[1][:1]
+
+
+def test_a_loaded_resume_point_is_not_moved_by_an_older_pass():
+    ds = _dataset()
+    dl = rc.DataLoader(ds, batch_size=4, shuffle=True, seed=3)
+    full = [tuple(b["f"].tolist()) for b in dl]  # epoch 0 whole
+    old = iter(dl)  # epoch 1
+    next(old)
+    dl.load_state_dict({**dl.state_dict(), "epoch": 0, "batches_done": 2})
+    list(old)  # the older pass runs to its end behind the loaded point
+    assert (dl.state_dict()["epoch"], dl.state_dict()["batches_done"]) == (0, 2)
+    assert [tuple(b["f"].tolist()) for b in dl] == full[2:]
+    assert dl.state_dict()["epoch"] == 1
+
+
+def test_a_loader_copies_and_pickles_after_iterating():
+    import copy
+    import pickle
+
+    ds = _dataset()
+    dl = rc.DataLoader(ds, batch_size=4, shuffle=True, seed=3)
+    it = iter(dl)
+    next(it)
+    next(it)
+    for twin in (copy.deepcopy(dl), pickle.loads(pickle.dumps(dl))):
+        assert twin.state_dict() == dl.state_dict()
+        assert [b["f"].tolist() for b in twin] == [b["f"].tolist() for b in rc.DataLoader(
+            ds, batch_size=4, shuffle=True, seed=3)]  # the copy starts epoch 0 afresh
+    assert len(list(it)) == len(dl) - 2  # the original pass is untouched

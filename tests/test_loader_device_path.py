@@ -134,7 +134,7 @@ def test_a_stream_change_starts_a_new_pool():
     after = [build(20, 4, (0, 0, 5)), build(24, 4, (0, 0, 6), 1)]
     assert {b["state"].data_ptr() for b in after}.isdisjoint({f["ptr"] for f in first})
     _assert_batch_equal(kept, kept_values, "a batch of the old ring")  # not written again
-    _assert_batch_equal(after[1], host.__getitems__(order[24:28]), "new ring")
+    _assert_batch_equal(after[1], host.get_batch(order[24:28]), "new ring")
 
 
 def test_every_index_array_is_marked_on_every_stream_that_reads_it(monkeypatch):
@@ -206,16 +206,16 @@ def test_a_call_off_the_filled_offsets_launches_again():
     assert builder.launches == 1
     got = build(8, 4, (0, 0, 1))  # set 1 was filled for offset 4, not 8: launch again
     assert builder.launches == 2
-    _assert_batch_equal(got, host.__getitems__(order[8:12]), "offset 8")
+    _assert_batch_equal(got, host.get_batch(order[8:12]), "offset 8")
     got = build(12, 4, (0, 0, 2), 99)  # the last call filled one set only; `ahead` is capped
     assert builder.launches == 3        # by the pool and by the end of the index array
-    _assert_batch_equal(got, host.__getitems__(order[12:16]), "offset 12")
+    _assert_batch_equal(got, host.get_batch(order[12:16]), "offset 12")
     got = build(16, 4, (0, 0, 3))  # filled ahead by the last call
     assert builder.launches == 3
-    _assert_batch_equal(got, host.__getitems__(order[16:20]), "offset 16")
+    _assert_batch_equal(got, host.get_batch(order[16:20]), "offset 16")
     last = (len(order) // 4 - 1) * 4
     got = build(last, 4, (0, 0, 9), 99)  # the last full batch: nothing read past the order
-    _assert_batch_equal(got, host.__getitems__(order[last:last + 4]), "last full batch")
+    _assert_batch_equal(got, host.get_batch(order[last:last + 4]), "last full batch")
 
 
 def test_loader_keeps_its_builder_until_the_configuration_changes():
@@ -415,7 +415,7 @@ def test_two_live_iterators_keep_their_own_orders_on_the_device_path(monkeypatch
             sampler = _SizedOrders(len(dev))
             a = rc.DataLoader(dev, sampler=sampler, **kw)
             orders = [sampler.order(0), sampler.order(1)]
-        want = [[host.__getitems__(o[i:i + 3]) for i in range(0, len(o), 3)] for o in orders]
+        want = [[host.get_batch(o[i:i + 3]) for i in range(0, len(o), 3)] for o in orders]
         old = iter(a)
         got_old = [_snapshot(next(old)), _snapshot(next(old))]
         if how == "epoch":

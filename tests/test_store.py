@@ -158,7 +158,7 @@ def test_arrays_in_another_byte_order_are_read_natively(tmp_path):
     st = rc.TrajectoryStore.from_arrays({"x": x, "i": i}, [4, 10], device="cpu")
     assert st["x"].dtype.isnative and st["i"].dtype == np.int32
     ds = rc.TrajectoryDataset(st, delta_indices={"x": [-1, 0]}, dtype="keep")
-    b = ds.__getitems__(range(len(ds)))
+    b = ds.get_batch(range(len(ds)))
     np.testing.assert_array_equal(b["i"].numpy(), np.arange(10))
     np.testing.assert_array_equal(b["x"].numpy()[:, 1, 0], np.arange(10) * 1.5)
     st.save(tmp_path / "c")

@@ -20,7 +20,7 @@ DEMO = Path(__file__).resolve().parents[1] / "examples" / "data" / "arm2d_reach"
 
 
 def _batch(ds):
-    return {k: v.numpy() for k, v in ds.__getitems__(np.arange(len(ds))).items()}
+    return {k: v.numpy() for k, v in ds.get_batch(np.arange(len(ds))).items()}
 
 
 def test_zarr_windows_match_diffusion_policy(tmp_path):

@@ -601,3 +601,23 @@ def test_flags_are_true_or_false(flag, bad):
             op(pts, grid_min=0.0, voxel_size=1.0, grid_size=2, **{flag: bad})
     got = rc.voxelize(pts, grid_min=0.0, voxel_size=1.0, grid_size=2, return_dropped=np.True_)
     assert isinstance(got, tuple)
+
+
+def test_unchecked_negative_batch_points_are_dropped_when_batch_size_is_inferred():
+    pts = np.array([[0.1, -1.9, 0.6]] * 3, np.float32)
+    bidx = np.array([1, -1, -5], np.int64)
+    got, dropped = rc.voxelize(pts, mode="count", batch_index=bidx, check_batch_index=False,
+                               return_dropped=True, **GRID)
+    assert got.shape[0] == 2 and int(dropped) == 2 and got.sum() == 1 and got[1, 4, 0, 0] == 1
+    only_negative, dropped = rc.voxelize(pts[:2], mode="count", batch_index=bidx[1:],
+                                         check_batch_index=False, return_dropped=True, **GRID)
+    assert only_negative.shape[0] == 0 and int(dropped) == 2
+    with pytest.raises(ValueError, match="batch_index: expected indices >= 0, got minimum -5"):
+        rc.voxelize(pts, mode="count", batch_index=bidx, **GRID)
+
+
+@pytest.mark.parametrize("count, error", [(0, ValueError), (-1, ValueError), (2.5, TypeError),
+                                          (np.array([3, 0]), ValueError)])
+def test_mean_error_bound_refuses_counts_that_are_not_point_counts(count, error):
+    with pytest.raises(error, match="count: expected integers >= 1"):
+        vx.mean_error_bound(1.0, count)

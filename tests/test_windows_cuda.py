@@ -146,7 +146,7 @@ def test_emulated_dataset_batch_equals_cpu_batch():
         idx = rng.permutation(len(ds)).astype(np.int64)
         with emulator.emulated():
             got = ds._finish(dev.run_cuda(idx), torch_from_numpy=True)
-        want = ds.__getitems__(idx)
+        want = ds.get_batch(idx)
         assert set(got) == set(want)
         # equal offsets, separate masks (the kernel writes each key's own)
         assert got["state_is_pad"].data_ptr() != got["cam_is_pad"].data_ptr()
@@ -277,7 +277,7 @@ def test_gpu_dataset_batches_equal_cpu(pad):
               goal_keys={"goal": "pose", "goal_cam": "observation.images.top"})
     a, b = rc.TrajectoryDataset(cuda, **kw), rc.TrajectoryDataset(cpu, **kw)
     idx = np.random.default_rng(0).permutation(len(a))[:100]
-    _assert_batches_equal(a.__getitems__(idx), b.__getitems__(idx))
+    _assert_batches_equal(a.get_batch(idx), b.get_batch(idx))
     item_g, item_c = a[5], b[5]
     for k in item_c:
         assert (item_g[k].cpu() == item_c[k]).all(), k

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import _array, _progress
+from .. import _array, _deps, _progress
 from .._cpus import usable_cpus
 from .._errors import DatasetFormatError
 from .._version import __version__
@@ -64,6 +64,7 @@ _HASH_BLOCK = 8 << 20
 # ---------------------------------------------------------------------------------------------
 # writing
 
+@_deps.hints("write_cache")
 def write_cache(directory, source, *, episode_ends=None, fps=None, timestamps=None, stats=None,
                 image_keys=None, meta=None, overwrite: bool = False,
                 progress: bool | None = None) -> Path:
@@ -426,6 +427,7 @@ def _exchange(a: Path, b: Path) -> bool:
 # ---------------------------------------------------------------------------------------------
 # reading
 
+@_deps.hints("read_cache")
 def read_cache(directory, verify: bool = True, progress: bool | None = None) -> TrajectorySource:
     """Open the cache in `directory`: arrays are read-only memory maps of its .npy files.
     verify=True checks every file's SHA-256 against the manifest first (reads every byte).

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import _progress
+from .. import _deps, _progress
 from .._cpus import usable_cpus
 from .._errors import DatasetFormatError
 from . import _paths
@@ -63,6 +63,7 @@ V3_DEFAULT_CHUNKS_SIZE = 1000
 MAX_WORKERS = 8
 
 
+@_deps.hints("read_lerobot")
 def read_lerobot(root, keys=None, video_backend: str | None = None, tolerance_s: float = 1e-4,
                  progress: bool | None = None) -> TrajectorySource:
     """Read the LeRobot dataset in directory `root` (v3.0, v2.1 or v2.0).

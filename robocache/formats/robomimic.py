@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import _progress
+from .. import _deps, _progress
 from .._errors import DatasetFormatError
 from . import _paths
 from .source import TrajectorySource
@@ -32,6 +32,7 @@ from .source import TrajectorySource
 DEMO = re.compile(r"^demo_(\d+)$")
 
 
+@_deps.hints("read_robomimic")
 def read_robomimic(path, obs_keys=None, filter_key: str | None = None,
                    progress: bool | None = None, next_obs: bool = False) -> TrajectorySource:
     """Read the robomimic HDF5 file at `path`. obs_keys: observation names to load (default:

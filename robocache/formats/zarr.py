@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import _progress
+from .. import _deps, _progress
 from .._errors import DatasetFormatError
 from . import _paths
 from .source import TrajectorySource
@@ -25,6 +25,7 @@ from .source import TrajectorySource
 BLOCK_BYTES = 64 << 20
 
 
+@_deps.hints("read_zarr")
 def read_zarr(path, keys=None, progress: bool | None = None) -> TrajectorySource:
     """Read the ReplayBuffer at `path` (a zarr directory or zip). keys: the data/<key> arrays to
     load (default: all). progress: None (auto), True or False, as in every reader."""
@@ -111,14 +112,20 @@ def _unknown_codec(exc: Exception, p: Path, what: str):
     return DatasetFormatError(f"{p}: {what} uses a codec that is not installed: {msg}{hint}")
 
 
-def _open(zarr, store, p: Path):
-    from numcodecs.errors import UnknownCodecError
+def _codec_missing(exc: Exception) -> bool:
+    """numcodecs' "codec not available": UnknownCodecError from numcodecs 0.15 on (a ValueError;
+    numcodecs.errors does not exist before, and 0.15 needs Python 3.11), a plain ValueError with
+    the same message before."""
+    return isinstance(exc, ValueError) and (type(exc).__name__ == "UnknownCodecError"
+                                            or str(exc).startswith("codec not available"))
 
+
+def _open(zarr, store, p: Path):
     try:
         return zarr.open_group(store=store, mode="r")
-    except UnknownCodecError as exc:
-        raise _unknown_codec(exc, p, "the store") from None
     except (FileNotFoundError, ValueError, KeyError, TypeError) as exc:
+        if _codec_missing(exc):
+            raise _unknown_codec(exc, p, "the store") from None
         # GroupNotFoundError: zarr-python 2's word for a missing group
         if isinstance(exc, FileNotFoundError) or type(exc).__name__ == "GroupNotFoundError":
             raise DatasetFormatError(f"{p}: no zarr group here (neither zarr.json nor "
@@ -127,16 +134,14 @@ def _open(zarr, store, p: Path):
 
 
 def _member(group, name: str, p: Path, kind, prefix: str = ""):
-    from numcodecs.errors import UnknownCodecError
-
     try:
         obj = group[name]
-    except UnknownCodecError as exc:
-        raise _unknown_codec(exc, p, f"{prefix}{name}") from None
     except KeyError:
         raise DatasetFormatError(f"{p}: missing {prefix}{name} (a diffusion_policy ReplayBuffer "
                                  f"has data/<key> arrays and meta/episode_ends)") from None
     except (ValueError, TypeError) as exc:
+        if _codec_missing(exc):
+            raise _unknown_codec(exc, p, f"{prefix}{name}") from None
         raise DatasetFormatError(f"{p}: unreadable metadata of {prefix}{name} ({exc})") from None
     if not isinstance(obj, kind):
         raise DatasetFormatError(f"{p}: {prefix}{name} is a {type(obj).__name__}, expected a "
@@ -145,14 +150,12 @@ def _member(group, name: str, p: Path, kind, prefix: str = ""):
 
 
 def _keys(data, keys, p: Path) -> list[str]:
-    from numcodecs.errors import UnknownCodecError
-
     if keys is None:
         try:
             names = sorted(data.array_keys())
-        except UnknownCodecError as exc:
-            raise _unknown_codec(exc, p, "an array under data/") from None
         except (ValueError, TypeError) as exc:
+            if _codec_missing(exc):
+                raise _unknown_codec(exc, p, "an array under data/") from None
             raise DatasetFormatError(f"{p}: unreadable metadata under data/ ({exc})") from None
         if not names:
             raise DatasetFormatError(f"{p}: data/ holds no arrays")

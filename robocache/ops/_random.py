@@ -6,6 +6,9 @@ batch of draws is one vectorised expression. Arithmetic wraps modulo 2^64 as on 
 
 from __future__ import annotations
 
+import functools
+import hashlib
+
 import numpy as np
 
 FRAME_ALL = np.uint64(0xFFFFFFFFFFFFFFFF)  # RC_FRAME_ALL: one draw for the whole sample
@@ -49,6 +52,18 @@ def rand_key(seed: int, epoch: int, batch: int) -> np.uint64:
         if not 0 <= int(x) <= _U64_MAX:
             raise ValueError(f"expected an integer in [0, 2**64), got {x}")
     return np.uint64(_mix_int(_mix_int(_mix_int(int(seed)) ^ int(epoch)) ^ int(batch)))
+
+
+@functools.lru_cache(maxsize=256)
+def _name_bits(name: str) -> int:
+    return int.from_bytes(hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def stream_key(key, name: str) -> np.uint64:
+    """The key of the draws named `name` under `key` (a dataset's camera key: each camera's
+    crops and factors independent of the others'), the same in every process (no salted
+    hash): mix64(key ^ the first 8 bytes of blake2b(name), little-endian)."""
+    return np.uint64(_mix_int(int(key) ^ _name_bits(name)))
 
 
 def rand_bits(key, sample, frame, purpose) -> np.ndarray:

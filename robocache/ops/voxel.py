@@ -23,8 +23,9 @@ Semantics (both backends, bit for bit):
   the order of the points. For a voxel of c points and a feature column: E is the largest binary
   exponent (numpy.frexp) of its nonzero values, s = min(62 - c.bit_length() - E, 1000), the
   sum of the integers rint(x * 2**s) cannot overflow int64, and the result is
-  ``float32(ldexp(float64(sum) / c, -s))``. Its error is at most
-  ``2**-(s + 1) <= max|x| * 2**(c.bit_length() - 62)``, max over the voxel's own points
+  ``float32(ldexp(float64(sum) / c, -s))``. Its error is at most ``2**-(s + 1)``, which is
+  ``<= max|x| * 2**(c.bit_length() - 62)`` unless the cap s = 1000 applies (max|x| below
+  ~1e-283, whose means round to 0 in float32 anyway), max over the voxel's own points
   (4e-19 * max|x| for one point, 3e-17 for 100, 1e-13 for 500,000), plus one float64 division
   and the rounding to float32: in practice the float32 rounding of the exact mean. A voxel's mean depends on
   its own points only, not on the rest of the cloud or the batch. ``mean_error_bound`` gives the
@@ -123,7 +124,8 @@ def voxelize(points, *, grid_min, voxel_size, grid_size, mode: str = "occupancy"
     which reads the indices back from a GPU). `out`: a contiguous array of the output's shape,
     dtype and device to reuse; it is overwritten (zeroed first) and returned.
     `check_batch_index` verifies 0 <= batch_index < batch_size (one reduction and a host
-    synchronisation on a GPU; with False, out-of-range points are dropped and counted).
+    synchronisation on a GPU; with False, out-of-range points - negative ones included, also
+    when batch_size is inferred - are dropped and counted).
     Returns the grid, or (grid, dropped) with `return_dropped`. See the module docstring for the
     exact voxel rule, dropping, empty-voxel values and the error bound of "mean".
     """
@@ -209,6 +211,10 @@ def mean_error_bound(max_abs, count) -> np.ndarray:
     division and the rounding to float32): 2**-(s + 1), for a voxel of `count` points whose
     largest feature magnitude in the column is `max_abs` (elementwise over arrays)."""
     m = np.asarray(max_abs, dtype=np.float64)
+    c = np.asarray(count)
+    if c.dtype.kind not in "iu" or (c < 1).any():
+        V.fail("count", "integers >= 1 (points in the voxel)", repr(count)[:80],
+               TypeError if c.dtype.kind not in "iu" else ValueError)
     stored = np.where(m != 0.0, np.frexp(m)[1] + EXP_BIAS, 0)
     return np.ldexp(1.0, -(_mean_shift(stored, count) + 1))
 
@@ -298,10 +304,10 @@ def _check_inputs(points, grid_min, voxel_size, grid_size, batch_index, batch_si
             batch = int(batch_size)
         if batch_size is None or check_batch_index:
             lo, hi = _index_range(bidx)
-            if lo < 0:
+            if lo < 0 and check_batch_index:
                 V.fail("batch_index", "indices >= 0", f"minimum {lo}")
-            if batch_size is None:
-                batch = hi + 1
+            if batch_size is None:  # unchecked negatives are dropped like any out-of-range one
+                batch = max(hi + 1, 0)
             elif hi >= batch:
                 V.fail("batch_index", f"indices < batch_size ({batch})", f"maximum {hi}")
     X, Y, Z = dims
