@@ -151,24 +151,93 @@ def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
     return 2 * nbytes / (t["event_us"] * 1e-6) / 1e9
 
 
+class Interrupted(Exception):
+    """SIGTERM arrived (gpu_check.sh's per-stage `timeout`): the run stops where it is and
+    what it measured so far is still written."""
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM raises Interrupted in the main thread instead of killing the process."""
+    import signal
+
+    def handler(signum, frame):
+        raise Interrupted(f"signal {signum} (a time limit)")
+    signal.signal(signal.SIGTERM, handler)
+
+
+def device_name() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    import platform
+
+    return f"CPU only ({platform.processor() or platform.machine()})"
+
+
+def environment() -> dict:
+    """The card, date and software of this run (RESULTS.md names them beside every figure):
+    date, device, python and robocache's installation_info (versions of robocache and its git
+    commit, NumPy, CuPy, torch, CUDA driver / runtime / NVRTC, the GPUs)."""
+    import datetime
+    import platform
+
+    env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "device": device_name(), "python": platform.python_version()}
+    try:
+        from robocache import info
+
+        env["software"] = info.installation_info()
+    except Exception as exc:  # the figures matter more than the labels
+        env["software"] = f"unavailable: {type(exc).__name__}: {exc}"
+    return env
+
+
+def write_json(path, report: dict) -> None:
+    """`report` to `path` atomically (a reader or a killed run never sees half a file)."""
+    import json
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=str))
+    os.replace(tmp, path)
+
+
 def bench_main(run, name: str, doc: str | None, argv=None) -> int:
     """The command line of every benchmark module: `python benchmarks/bench_X.py [--quick]
-    [--json out.json]` runs run(quick) and writes {"bench", "quick", "rows"} as JSON."""
+    [--json out.json]` runs run(quick) and writes {"bench", "quick", "rows", "environment"} as
+    JSON. A run() that takes `rows` appends to that list as it goes, so a run stopped by SIGTERM
+    (a stage's time limit) still writes the rows it finished, with "interrupted" saying why."""
     import argparse
-    import json
+    import inspect
     from pathlib import Path
 
     ap = argparse.ArgumentParser(description=(doc or name).strip().splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small iteration counts")
     ap.add_argument("--json", type=Path, default=None, help="write the rows to this file")
     args = ap.parse_args(argv)
-    rows = run(quick=args.quick)
+    stop_on_sigterm()
+    report = {"bench": name, "quick": args.quick, "environment": environment(), "rows": []}
+    status = 0
+    try:
+        if "rows" in inspect.signature(run).parameters:
+            run(quick=args.quick, rows=report["rows"])
+        else:
+            report["rows"] = run(quick=args.quick)
+    except Interrupted as exc:
+        report["interrupted"] = str(exc)
+        print(f"interrupted: {exc}; {len(report['rows'])} rows finished")
+        status = 124
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"bench": name, "quick": args.quick, "rows": rows},
-                                        indent=2, default=str))
+        write_json(args.json, report)
         print(f"wrote {args.json}")
-    return 0
+    return status
 
 
 def print_table(title: str, rows: list[dict], columns: list[str]) -> None:

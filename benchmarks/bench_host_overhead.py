@@ -51,7 +51,9 @@ def _malloc_like_a_caching_allocator(on: bool) -> None:
     """glibc maps every allocation above 32 MB afresh (and unmaps it on free): ~20 us for an
     image batch's 43 MB output, where torch's CUDA caching allocator takes ~2 us. With `on`, big
     blocks stay in the heap and are reused, so CPU allocation costs about what a GPU's does and
-    the rows measure Python. Off restores glibc's default thresholds. No-op off glibc."""
+    the rows measure Python. Off sets glibc's default thresholds back, but glibc's dynamic
+    mmap threshold stays off for the rest of the process (mallopt turns it off for good), which
+    makes later big allocations slower: run_all runs this benchmark last. No-op off glibc."""
     import ctypes
 
     try:

@@ -349,7 +349,8 @@ def _print(rows: list[dict]) -> None:
         here = f"{here:10.1f}" if here else f"{'-':>10}"
         extra = f"  bus {r['bus_read_GBps']:.1f} GB/s" if "bus_read_GBps" in r else ""
         if r.get("gpu_us"):
-            extra += f"  GPU {r['gpu_us']:.1f} us ({r['pixels_per_store']} px/store)"
+            px = r.get("pixels_per_store")  # plan rows of other launch shapes have none
+            extra += f"  GPU {r['gpu_us']:.1f} us" + (f" ({px} px/store)" if px else "")
         print(f"{r['workload']:9} {r['impl']:23} {r['out_dtype']:9} {r['device'][:26]:26} "
               f"{r['us_per_batch']:11.1f} {r['samples_per_s']:11.0f} {ratio} "
               f"{r['floor_us_h200']:10.1f} {here}{extra}")

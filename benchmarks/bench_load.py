@@ -276,12 +276,14 @@ def _fill_split_baseline(cache_dir: Path, buffers: list[np.ndarray]) -> None:
                               range(0, len(part), step)))
 
 
-def run(quick: bool = False) -> list[dict]:
+def run(quick: bool = False, rows: list | None = None) -> list[dict]:
+    """The rows, appended to `rows` as each is measured (bench_main keeps what a stopped run
+    finished)."""
     from robocache.formats import read_cache, read_lerobot, write_cache
 
     frames = 60_000 if quick else 2_600_000
     repeat = 2 if quick else 3
-    rows: list[dict] = []
+    rows = [] if rows is None else rows
     tmp = Path(tempfile.mkdtemp(prefix="rc-bench-load-"))
     try:
         t0 = time.perf_counter()
@@ -357,22 +359,24 @@ def run(quick: bool = False) -> list[dict]:
                 rows.append({"name": f"cold: cache -> staging buffers only ({how})",
                              "bytes": got, "seconds": t, "GB/s": got / t / 1e9,
                              "of_disk_read": t_disk / t, "read": how})
-        rows += _gpu_rows(tmp, src, got, repeat, cold, t_disk)
+        _gpu_rows(tmp, src, got, repeat, cold, t_disk, rows)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _print(rows)
     return rows
 
 
-def _gpu_rows(tmp: Path, src, got: int, repeat: int, cold_files, t_disk) -> list[dict]:
+def _gpu_rows(tmp: Path, src, got: int, repeat: int, cold_files, t_disk,
+              rows: list[dict]) -> list[dict]:
+    """The GPU rows, appended to `rows` as each is measured."""
     try:
         import torch
     except ImportError:
         print("GPU rows skipped: torch is not installed")
-        return []
+        return rows
     if not torch.cuda.is_available():
         print("GPU rows skipped: no CUDA device")
-        return []
+        return rows
     from robocache import _upload
     from robocache._upload import to_device
     from robocache.formats import read_cache, read_lerobot
@@ -394,8 +398,8 @@ def _gpu_rows(tmp: Path, src, got: int, repeat: int, cold_files, t_disk) -> list
         return sync_time(lambda: dev.copy_(pinned, non_blocking=True))[0]
 
     t_pin = pinned_copy_seconds()
-    rows = [{"name": "pinned host -> device copy (reference)", "bytes": got, "seconds": t_pin,
-             "GB/s": got / t_pin / 1e9}]
+    rows.append({"name": "pinned host -> device copy (reference)", "bytes": got, "seconds": t_pin,
+                 "GB/s": got / t_pin / 1e9})
 
     def lerobot_to_gpu():
         s = read_lerobot(tmp / "lerobot", progress=False)

@@ -6,10 +6,7 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib
-import json
-import platform
 import sys
 import traceback
 from pathlib import Path
@@ -18,15 +15,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 
-def _device_name() -> str:
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
-    return f"CPU only ({platform.processor() or platform.machine()})"
+LAST = ("host_overhead",)  # its mallopt stays for the process: the others run before it
 
 
 def main(argv=None) -> int:
@@ -34,37 +23,57 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="small iteration counts (gpu-check)")
     ap.add_argument("--only", default="", help="comma-separated benchmark names")
     ap.add_argument("--skip", default="", help="comma-separated benchmark names to leave out")
-    ap.add_argument("--json", default="", help="write all rows to this file")
+    ap.add_argument("--json", default="", help="write all rows to this file (rewritten after "
+                    "each benchmark, so a run stopped by a time limit keeps what finished)")
     args = ap.parse_args(argv)
-    names = sorted(p.stem.removeprefix("bench_") for p in HERE.glob("bench_*.py"))
-    if args.only:
-        names = [n for n in names if n in args.only.split(",")]
-    if args.skip:
-        names = [n for n in names if n not in args.skip.split(",")]
-    report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "device": _device_name(), "python": platform.python_version(), "results": {}}
-    failed = []
-    try:  # the byte floors of this card: device-to-device copy, bytes read + written
-        from benchmarks import _timing
+    known = sorted(p.stem.removeprefix("bench_") for p in HERE.glob("bench_*.py"))
+    names = [n for n in known if n not in LAST] + [n for n in LAST if n in known]
+    for opt in ("only", "skip"):
+        asked = [n for n in getattr(args, opt).split(",") if n]
+        unknown = [n for n in asked if n not in known]
+        if unknown:
+            ap.error(f"--{opt}: unknown benchmark(s) {unknown}; expected names from {known}")
+        if asked:
+            names = [n for n in names if (n in asked) == (opt == "only")]
+    from benchmarks import _timing
 
-        if _timing.gpu_reason() is None:
-            report["copy_gbs"] = _timing.copy_bandwidth_gbs()
-            print(f"device-to-device copy: {report['copy_gbs']:.0f} GB/s (read + written)")
-    except Exception:
-        traceback.print_exc()
-    for name in names:
-        print(f"\n# bench_{name}", flush=True)
-        try:
-            mod = importlib.import_module(f"benchmarks.bench_{name}")
-            report["results"][name] = mod.run(quick=args.quick)
-        except Exception:  # one broken benchmark must not hide the others' numbers
+    _timing.stop_on_sigterm()
+    report = {**_timing.environment(), "results": {}}
+
+    def save() -> None:
+        if args.json:
+            _timing.write_json(args.json, report)
+
+    failed = []
+    current = "the copy bandwidth"
+    try:
+        try:  # the byte floors of this card: device-to-device copy, bytes read + written
+            if _timing.gpu_reason() is None:
+                report["copy_gbs"] = _timing.copy_bandwidth_gbs()
+                print(f"device-to-device copy: {report['copy_gbs']:.0f} GB/s (read + written)")
+        except _timing.Interrupted:
+            raise
+        except Exception:
             traceback.print_exc()
-            failed.append(name)
+        for name in names:
+            current = f"bench_{name}"
+            print(f"\n# bench_{name}", flush=True)
+            try:
+                mod = importlib.import_module(f"benchmarks.bench_{name}")
+                report["results"][name] = mod.run(quick=args.quick)
+            except _timing.Interrupted:
+                raise
+            except Exception:  # one broken benchmark must not hide the others' numbers
+                traceback.print_exc()
+                failed.append(name)
+            save()
+    except _timing.Interrupted as exc:
+        report["interrupted"] = f"{exc}, in {current}"
+        print(f"interrupted: {report['interrupted']}")
+        failed.append("interrupted")
+    save()
     if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2, default=str))
-        print(f"\nwrote {out}")
+        print(f"\nwrote {args.json}")
     if failed:
         print(f"benchmarks that failed: {', '.join(failed)}")
     return 1 if failed else 0

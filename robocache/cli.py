@@ -232,8 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_bench)  # every further argument goes to benchmarks/run_all.py
 
     p = sub.add_parser("demo", help="run the demo")
-    p.add_argument("--root", default=None, help="the LeRobot dataset to use (default: the "
-                   "repository's examples/data/arm2d_reach)")
+    p.add_argument("--root", default=None, help="the LeRobot dataset to use, with the demo's "
+                   "keys, as examples/make_demo_dataset.py writes it (default: the repository's "
+                   "examples/data/arm2d_reach)")
     p.set_defaults(fn=_cmd_demo)
     return ap
 

@@ -106,7 +106,9 @@ class BatchSamples(Sequence):
             return [self[i] for i in range(*j.indices(self._n))]
         j = operator.index(j)
         if not -self._n <= j < self._n:
-            raise IndexError(f"sample {j} of a batch of {self._n}")
+            raise IndexError(f"sample {j} of a batch of {self._n}" + (
+                " (an empty batch: torch's default_collate cannot collate one; .batch is the "
+                "empty batched dict)" if self._n == 0 else ""))
         return Sample({k: v[j] for k, v in self.batch.items()})
 
     def __repr__(self) -> str:
@@ -812,7 +814,7 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                           kept: dict | None = None):
         """One image-kernel launch (or the NumPy path) from the store's frames at `rows`, into
         a fresh output, or the one `kept` holds for `key` (BatchBuilder.kept_with_last_set)."""
-        rand = _random.stream_key(_random.rand_key(*draw), key)  # cameras drawn independently
+        rand = _random.rand_key(*draw, stream=key)  # each camera draws its own
         rows2 = rows if rows.ndim == 2 else rows.reshape(-1, 1)
         mask2 = None if zero_mask is None else zero_mask.reshape(rows2.shape)
         src = self._sources[key]
@@ -851,13 +853,19 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         """The frames of `key` as a tensor for a custom image transform. A loaded cache's
         frames are a read-only map, which a transform writing into its input would crash the
         process through: they are handed out as private copy-on-write pages of the same file
-        (nothing copied up front, the cache unchanged)."""
+        (nothing copied up front, the cache unchanged), or, where the file was removed or
+        replaced since the load, as a private copy."""
         src = self._sources[key]
         if not isinstance(src, np.ndarray):
             return src
         if not src.flags.writeable:
             if key not in self._private_frames:  # looked up once
-                self._private_frames[key] = _mapped.private_view(src)
+                view = _mapped.private_view(src)
+                if view is None and _mapped.memmap_root(src) is not None:
+                    # a map with no private view (its file removed or replaced since, or the
+                    # system refused): a private copy, since a write into the map would crash
+                    view = np.array(src)
+                self._private_frames[key] = view
             view = self._private_frames[key]
             if view is None:  # not a map (a read-only array of the caller's): writes are safe
                 with warnings.catch_warnings():

@@ -36,6 +36,13 @@ def run(device=None, root=None, batch_size: int = 256, batches: int = 20) -> dic
             f"source distribution, not the wheel: from a checkout run `make demo`, or make it "
             f"there with `python examples/make_demo_dataset.py --out DIR` and run "
             f"`python -m robocache demo --root DIR`")
+    import json
+
+    features = json.loads((root / "meta" / "info.json").read_text()).get("features", {})
+    missing = [k for k in KEYS if k not in features]
+    if missing:
+        raise NoDemoDataset(f"{root}: the demo reads the keys {list(KEYS)} (a dataset as "
+                            f"examples/make_demo_dataset.py writes it); this one lacks {missing}")
     import torch
 
     import robocache as rc
@@ -47,6 +54,9 @@ def run(device=None, root=None, batch_size: int = 256, batches: int = 20) -> dic
     print(f"read {root.name} (LeRobot v3.0): {len(src.episode_ends)} episodes, "
           f"{int(src.episode_ends[-1])} frames at {src.fps:g} fps in "
           f"{time.perf_counter() - t0:.2f} s")
+    if min(src.arrays[CAMERA].shape[1:3]) < CROP:
+        raise NoDemoDataset(f"{root}: the demo crops {CAMERA} to {CROP}x{CROP}; its frames are "
+                            f"{tuple(src.arrays[CAMERA].shape[1:3])}")
     store = rc.TrajectoryStore.from_source(src, device=device)
     deltas = {"observation.state": OBS, CAMERA: OBS, "action": ACT}
     ds = rc.TrajectoryDataset(

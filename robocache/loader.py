@@ -69,7 +69,10 @@ Fresh outputs are the default because reuse silently changes batches a program s
 Arguments of torch's DataLoader that mean nothing here are accepted and ignored: num_workers,
 pin_memory, pin_memory_device, prefetch_factor, persistent_workers, timeout, worker_init_fn,
 multiprocessing_context, in_order (batches are built in the main process, in order, already on
-the store's device). collate_fn, when given, is applied to each batched dict.
+the store's device). collate_fn, when given, gets what torch's gets: each batch's samples (a
+dataset.BatchSamples: a sequence of per-sample dicts, views of the batch built at once, whose
+`.batch` is the batched dict; torch's default_collate returns that without a copy), or with
+batching off each sample.
 """
 
 from __future__ import annotations
@@ -83,7 +86,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .dataset import TrajectoryDataset
+from .dataset import BatchSamples, TrajectoryDataset
 
 SAMPLING = ("frame", "episode")
 STATE_VERSION = 1
@@ -285,8 +288,12 @@ class DataLoader:
 
     def __getstate__(self) -> dict:
         """pickle / copy.deepcopy: a live pass (a generator) and the device path's builder
-        stay behind (the copy makes its own); epoch, position and seed travel."""
+        stay behind (the copy makes its own); seed, epoch, position and a loaded resume point
+        travel, and a copy of a loader whose pass was left early starts the next epoch, as the
+        loader's own next pass does."""
         state = self.__dict__.copy()
+        if self._left_early():
+            state["_epoch"], state["_position"] = self._epoch + 1, 0
         state["_current"] = None
         state["_builder"] = None
         return state
@@ -439,7 +446,8 @@ class DataLoader:
         collate = self.collate_fn
         if self._auto_collation:
             for batch in self._batches(epoch, start):
-                yield batch if collate is None else collate(batch)
+                yield batch if collate is None else collate(
+                    BatchSamples(batch, len(batch["index"])))  # torch's collate_fn gets samples
             return
         skip = start % CHUNK  # samples of the first chunk handed out before a resume
         for batch in self._batches(epoch, start // CHUNK):
@@ -472,12 +480,20 @@ class DataLoader:
                     yield ds._batch_from_host(order[bounds[i]:bounds[i + 1]],
                                               draw=(seed, epoch, (b0 + i) * ranks + rank))
 
-    def _end_epoch(self, epoch: int) -> None:
+    def _end_epoch(self, epoch: int, forward: bool = True) -> None:
         """An iteration of `epoch` ran to its end: the next one is epoch + 1, for the loader and
-        for a sampler with set_epoch (so a checkpoint's epoch is the sampler's too)."""
+        (`forward`) for a sampler with set_epoch (so a checkpoint's epoch is the sampler's too)."""
         self._epoch = epoch + 1
         self._position = 0
-        self._forward_epoch()
+        if forward:
+            self._forward_epoch()
+
+    def _left_early(self) -> bool:
+        """Whether the loader's epoch was begun by a pass that did not run to its end (a loop
+        left early, an error) and no set_epoch / load_state_dict chose otherwise since."""
+        last = self._current
+        return self._resume is None and last is not None and last._epoch == self._epoch \
+            and last._done > last._start
 
     def _device_path(self, ds):
         """The dataset's per-batch builder, kept across epochs (so reused outputs and pools
@@ -539,16 +555,14 @@ class _LoaderIter:
     has left (TypeError for a sampler without a length)."""
 
     def __init__(self, loader: DataLoader):
-        last = loader._current
-        if loader._resume is None and last is not None and last._epoch == loader._epoch \
-                and last._done > last._start:
-            # the loader's epoch was begun by a pass that did not run to its end (a loop left
-            # early, an error): this pass is the next epoch, a new order, as torch's
-            # RandomSampler draws one per iter() (set_epoch / load_state_dict choose otherwise)
-            loader._end_epoch(loader._epoch)
+        if loader._left_early():
+            # this pass is the next epoch, a new order, as torch's RandomSampler draws one per
+            # iter(). A sampler's own epoch is left alone: torch's idiom sets it by hand each
+            # epoch (sampler.set_epoch) before iter(), and a DistributedSampler repeats its
+            # order without it, as under torch
+            loader._end_epoch(loader._epoch, forward=False)
         epoch = loader._epoch
-        start = 0 if loader._resume is None else loader._resume
-        loader._resume = None
+        start = 0 if loader._resume is None else loader._resume  # taken up at the first item
         loader._position = start
         loader._current = self
         self._loader, self._epoch, self._start, self._done = loader, epoch, start, start
@@ -573,6 +587,7 @@ class _LoaderIter:
             if not self._ended:
                 self._ended = True
                 if self._loader._current is self:  # not an older pass ending behind a newer one
+                    self._loader._resume = None
                     self._loader._end_epoch(self._epoch)
             raise
         except BaseException:
@@ -582,4 +597,5 @@ class _LoaderIter:
         loader = self._loader
         if self._era == loader._era:  # not a pass begun before set_epoch / load_state_dict
             loader._current, loader._epoch, loader._position = self, self._epoch, self._done
+            loader._resume = None  # a resume point is used up by a pass that hands out a batch
         return item

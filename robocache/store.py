@@ -284,7 +284,10 @@ class TrajectoryStore:
     def load(cls, directory, device=None, *, verify: bool = True, progress=None,
              frames_on_host: bool = False) -> TrajectoryStore:
         """A store saved by `save`: the .npy files are memory-mapped and streamed to `device`
-        through pinned buffers; a newer format version or a failed checksum is refused."""
+        through pinned buffers; a newer format version or a failed checksum is refused. On the
+        CPU the store's arrays are the read-only maps (no copy): a file truncated or rewritten
+        in place under a live CPU store changes it or crashes the process (SIGBUS), as with any
+        memory map; `save` replaces files and never rewrites them."""
         from .formats.cache import read_cache
 
         _check_placement(device, frames_on_host)

@@ -199,3 +199,12 @@ def test_compile_jobs_must_be_a_count(capsys):
             cli.main(["compile", "--check", "--jobs", bad])
         assert exc.value.code == 2
         assert "argument -j/--jobs: expected" in capsys.readouterr().err
+
+
+def test_demo_root_without_the_demos_keys_is_refused_by_name(tmp_path, capsys):
+    meta = tmp_path / "other" / "meta"
+    meta.mkdir(parents=True)
+    (meta / "info.json").write_text('{"features": {"observation.image": {}, "action": {}}}')
+    assert cli.main(["demo", "--root", str(tmp_path / "other")]) == 1
+    err = capsys.readouterr().err
+    assert "lacks ['observation.state', 'observation.images.top']" in err

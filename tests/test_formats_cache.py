@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import ml_dtypes
 import numpy as np
@@ -112,6 +115,31 @@ def test_a_transform_writing_into_loaded_frames_gets_private_pages(tmp_path, mon
     np.testing.assert_array_equal(store[key], src.arrays[key])  # the store's map: unchanged
     again = rc.TrajectoryStore.load(out, device="cpu", verify=True, progress=False)
     np.testing.assert_array_equal(again[key], src.arrays[key])
+
+
+@pytest.mark.parametrize("after_load", ["removed", "saved over"])
+def test_a_transform_writing_into_frames_of_a_cache_gone_since_gets_a_copy(tmp_path,
+                                                                          after_load):
+    """The cache removed or saved over after the load (another job): no private view of the
+    old file can be made, and the read-only map went to the transform (SIGSEGV on a write)."""
+    import shutil
+
+    src = make_source()
+    out = write_cache(tmp_path / "c", src, progress=False)
+    store = rc.TrajectoryStore.load(out, device="cpu", progress=False)
+    key = "observation.images.top"
+    if after_load == "removed":
+        shutil.rmtree(out)
+    else:
+        store.save(out, overwrite=True, progress=False)
+
+    def scribble(frames, rows, is_pad):
+        frames[:] = 7
+        return frames.index_select(0, rows.reshape(-1))
+
+    ds = rc.TrajectoryDataset(store, image_transforms={key: scribble})
+    assert (ds[0][key] == 7).all()
+    np.testing.assert_array_equal(store[key], src.arrays[key])
 
 
 def test_no_private_view_where_the_file_is_gone_or_not_mapped(tmp_path):
@@ -591,3 +619,37 @@ def test_a_fifo_in_place_of_a_file_is_refused_not_waited_on(cache):
     os.mkfifo(f)
     with pytest.raises(DatasetFormatError, match=r"001-action.npy: not a regular file"):
         read_cache(cache, verify=False)
+
+
+def test_a_cache_of_more_keys_than_open_files_allowed_loads(tmp_path):
+    """Each map holds a descriptor of its file: 300 keys under a soft limit of 256 open files
+    saved but did not load (EMFILE). The soft limit is raised up to the hard one; past that, a
+    clear error."""
+    import os
+    import resource
+
+    arrays = {f"k{i:03d}": np.full((6, 2), i, np.int16) for i in range(150)}
+    store = rc.TrajectoryStore.from_arrays(arrays, [2, 6], device="cpu")
+    out = store.save(tmp_path / "many", progress=False)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd"))
+    try:
+        for verify in (True, False):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 100, hard))  # < 150 files
+            back = rc.TrajectoryStore.load(out, device="cpu", verify=verify, progress=False)
+            assert back["k149"][0, 0] == 149 and len(back.keys) == 150
+            del back
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    # past the hard limit (lowered for good: in a process of its own), a clear error
+    code = ("import os, resource, sys\n"
+            "n = len(os.listdir('/proc/self/fd')) + 100\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))\n"
+            "import robocache as rc\n"
+            "try:\n"
+            f"    rc.TrajectoryStore.load({str(out)!r}, device='cpu', progress=False)\n"
+            "except Exception as e:\n"
+            "    print(type(e).__name__, e)\n")
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=Path(__file__).resolve().parent.parent).stdout
+    assert "DatasetFormatError" in got and "150 files to map" in got and "ulimit -Hn" in got

@@ -166,7 +166,27 @@ def test_samplers_batch_samplers_and_collate():
     np.testing.assert_array_equal(_indices(dl), want)
     assert dsampler.epoch == 4
     dl = rc.DataLoader(ds, batch_size=4, collate_fn=lambda b: b["a"].sum())
-    assert all(x.ndim == 0 for x in dl)
+    with pytest.raises(TypeError):  # collate_fn gets the samples, as torch's does
+        next(iter(dl))
+
+
+def test_collate_fn_gets_the_samples_as_torchs_does():
+    """A collate_fn written for torch's DataLoader (a list of samples in) works unchanged, and
+    torch's default_collate gives the batch back (no copy); it got the batched dict, on which
+    default_collate raised KeyError 0."""
+    ds = _dataset()
+    want = list(rc.DataLoader(ds, batch_size=4))
+
+    def stack(samples):
+        assert len(samples) in (4, len(ds) % 4) and all(isinstance(s, dict) for s in samples)
+        return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+    for collate in (stack, torch.utils.data.default_collate):
+        got = list(rc.DataLoader(ds, batch_size=4, collate_fn=collate))
+        assert len(got) == len(want)
+        for g, w in zip(got, want, strict=True):
+            assert set(g) == set(w) and all(torch.equal(g[k], w[k]) for k in w)
+    samples = next(iter(rc.DataLoader(ds, batch_size=4, collate_fn=lambda s: s)))
+    assert samples.batch["a"].shape[0] == 4 and torch.equal(samples[1]["a"], ds[1]["a"])
 
 
 @pytest.mark.parametrize("n", [1, 7, 10, 11])
@@ -706,7 +726,42 @@ def test_a_loader_copies_and_pickles_after_iterating():
     next(it)
     next(it)
     for twin in (copy.deepcopy(dl), pickle.loads(pickle.dumps(dl))):
-        assert twin.state_dict() == dl.state_dict()
-        assert [b["f"].tolist() for b in twin] == [b["f"].tolist() for b in rc.DataLoader(
-            ds, batch_size=4, shuffle=True, seed=3)]  # the copy starts epoch 0 afresh
+        # the original's pass is not copied, and its next pass would be epoch 1: so is the copy's
+        assert (twin.state_dict()["epoch"], twin.state_dict()["batches_done"]) == (1, 0)
+        order = _anchor_frames(ds, dl.epoch_order(1))
+        assert [b["f"].tolist() for b in twin] == [order[i:i + 4].tolist()
+                                                   for i in range(0, len(order), 4)]
     assert len(list(it)) == len(dl) - 2  # the original pass is untouched
+    resumed = rc.DataLoader(ds, batch_size=4, shuffle=True, seed=3)
+    resumed.load_state_dict({**resumed.state_dict(), "epoch": 2, "batches_done": 1})
+    twin = pickle.loads(pickle.dumps(resumed))  # a loaded resume point travels
+    got = [b["f"].tolist() for b in twin]
+    assert len(got) == len(dl) - 1 and got == [b["f"].tolist() for b in resumed]
+
+
+def test_a_resume_point_is_kept_by_an_iterator_that_hands_out_nothing():
+    """Frameworks may make an iterator and drop it: the loaded point waited for a pass that
+    hands out a batch (it was used up by the first iter())."""
+    ds = _dataset()
+    dl = rc.DataLoader(ds, batch_size=4, shuffle=True, seed=3)
+    full = [b["f"].tolist() for b in dl]
+    dl.load_state_dict({**dl.state_dict(), "epoch": 0, "batches_done": 3})
+    iter(dl)
+    assert (dl.state_dict()["epoch"], dl.state_dict()["batches_done"]) == (0, 3)
+    assert [b["f"].tolist() for b in dl] == full[3:]
+    assert dl.state_dict()["epoch"] == 1
+
+
+def test_a_pass_left_early_leaves_a_samplers_epoch_to_its_owner():
+    """torch's idiom sets a DistributedSampler's epoch by hand before each pass: a pass left
+    early must not overwrite it at the next iter() (it set epochs 5, 1, 2 instead of 5, 6, 7)."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    ds = _dataset()
+    sampler = DistributedSampler(ds, num_replicas=2, rank=0, seed=4)
+    dl = rc.DataLoader(ds, batch_size=2, sampler=sampler)
+    for epoch in (5, 6, 7):
+        sampler.set_epoch(epoch)
+        want = _anchor_frames(ds, list(sampler))[:6].reshape(3, 2)
+        assert _first_ids(dl, 3) == [tuple(r) for r in want.tolist()]
+        assert sampler.epoch == epoch

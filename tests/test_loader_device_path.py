@@ -286,8 +286,10 @@ def test_batch_sampler_sampler_and_collate_on_the_device_path(monkeypatch):
     dev, host = _datasets()
     batches = [[3, 1, 4], [1, 5, 9], [2, 6], [], [5, 3, 5], [8, 9, 7], [9, 3, 2]]
 
-    def collate(batch):
-        return {"n": len(batch["index"]), **batch}
+    def collate(samples):  # torch's collate_fn contract: the batch's samples (torch's
+        # default_collate cannot take an empty batch; its .batch is the batched dict)
+        return {"n": len(samples), **(torch.utils.data.default_collate(samples) if samples
+                                      else samples.batch)}
 
     a = rc.DataLoader(dev, batch_sampler=batches, collate_fn=collate)
     b = rc.DataLoader(host, batch_sampler=batches, collate_fn=collate)

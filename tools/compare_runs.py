@@ -1,5 +1,6 @@
-"""Two benchmark reports (benchmarks/run_all.py --json) side by side: every row present in both,
-its figures in each and the ratio new / old.
+"""Two benchmark reports (benchmarks/run_all.py --json, or one benchmark's own --json, e.g.
+bench_load.py's load.json) side by side: every row present in both, its figures in each and the
+ratio new / old.
 
     python tools/compare_runs.py OLD.json NEW.json [--bench images,resample]
 
@@ -30,13 +31,35 @@ KEYS = {
 }
 
 
+def _results(report: dict) -> dict:
+    """bench -> rows, from run_all.py's report or a single benchmark's {"bench", "rows"}."""
+    if "bench" in report and "rows" in report:
+        return {report["bench"]: report["rows"]}
+    return report.get("results", {})
+
+
+def _key_part(value) -> str:
+    """A row-naming field, the card's name left out ("GPU b2b (NVIDIA H200)" -> "GPU b2b"), so
+    rows of two cards match."""
+    text = str(value)
+    for card in ("(NVIDIA ", "(Tesla ", "(CPU only"):
+        if card in text:
+            text = text[:text.index(card)].rstrip()
+    return text
+
+
 def rows_by_key(report: dict, bench: str) -> dict:
     names, _ = KEYS[bench]
     out = {}
-    for row in report.get("results", {}).get(bench, []):
-        key = tuple(str(row.get(n, "")) for n in names)
+    for row in _results(report).get(bench, []):
+        key = tuple(_key_part(row.get(n, "")) for n in names)
         out[key] = row
     return out
+
+
+def _label(report: dict) -> str:
+    env = report.get("environment", report)  # a single benchmark's report nests it
+    return f"{env.get('device')} {env.get('date')}"
 
 
 def compare(old: dict, new: dict, benches) -> list[dict]:
@@ -64,8 +87,7 @@ def main(argv=None) -> int:
         old = json.load(f)
     with open(args.new) as f:
         new = json.load(f)
-    print(f"old: {old.get('device')} {old.get('date')}   new: {new.get('device')} "
-          f"{new.get('date')}")
+    print(f"old: {_label(old)}   new: {_label(new)}")
     lines = compare(old, new, args.bench.split(","))
     if not lines:
         print("no rows in common")

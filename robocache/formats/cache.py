@@ -559,6 +559,7 @@ def _read_at(root: Path, dfd: int, verify: bool, progress) -> TrajectorySource:
     files = [(k, e) for k, e in entries.items()]
     if ts_entry is not None:
         files.append((None, ts_entry))
+    _ensure_open_files(len(files), mpath)
     opened = []  # (key, entry, path, file): each file opened in the pinned directory
     try:
         for k, e in files:
@@ -616,6 +617,31 @@ def _read_at(root: Path, dfd: int, verify: bool, progress) -> TrajectorySource:
                             fps=None if fps is None else float(fps), timestamps=timestamps,
                             stats=stats or None, image_keys=image_keys,
                             meta={**meta, "cache": str(root)})
+
+
+def _ensure_open_files(count: int, mpath: Path) -> None:
+    """Room for `count` more open files: each memory map holds a descriptor of its file (Python's
+    mmap keeps one), so a cache of many keys needs one per key. The soft limit is raised up to
+    the hard one where that is short (as many programs do); past the hard limit, a clear error
+    instead of EMFILE halfway."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return
+    need = in_use + 2 * count + 64  # the open file and the map's descriptor, while loading
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or need <= soft:
+        return
+    if hard == resource.RLIM_INFINITY or need <= hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+        return
+    raise DatasetFormatError(f"{mpath}: {count} files to map, and this process may open only "
+                             f"{hard} files (hard limit, {in_use} in use): raise it (ulimit -Hn) "
+                             f"or save the data with fewer keys")
 
 
 def _entry_path(root: Path, entry, mpath: Path, key) -> Path:

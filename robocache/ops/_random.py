@@ -46,24 +46,21 @@ def _mix_int(z: int) -> int:
     return z ^ (z >> 31)
 
 
-def rand_key(seed: int, epoch: int, batch: int) -> np.uint64:
-    """rc_rand_key: the per-call key from (seed, epoch, batch), each in [0, 2^64)."""
+def rand_key(seed: int, epoch: int, batch: int, stream: str | None = None) -> np.uint64:
+    """rc_rand_key: the per-call key from (seed, epoch, batch), each in [0, 2^64). With
+    `stream` (a dataset's camera key), the key of the draws of that name: independent of other
+    names' and the same in every process (no salted hash) - mix64(key ^ the first 8 bytes of
+    blake2b(name), little-endian)."""
     for x in (seed, epoch, batch):
         if not 0 <= int(x) <= _U64_MAX:
             raise ValueError(f"expected an integer in [0, 2**64), got {x}")
-    return np.uint64(_mix_int(_mix_int(_mix_int(int(seed)) ^ int(epoch)) ^ int(batch)))
+    key = _mix_int(_mix_int(_mix_int(int(seed)) ^ int(epoch)) ^ int(batch))
+    return np.uint64(key if stream is None else _mix_int(key ^ _name_bits(stream)))
 
 
 @functools.lru_cache(maxsize=256)
 def _name_bits(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest(), "little")
-
-
-def stream_key(key, name: str) -> np.uint64:
-    """The key of the draws named `name` under `key` (a dataset's camera key: each camera's
-    crops and factors independent of the others'), the same in every process (no salted
-    hash): mix64(key ^ the first 8 bytes of blake2b(name), little-endian)."""
-    return np.uint64(_mix_int(int(key) ^ _name_bits(name)))
 
 
 def rand_bits(key, sample, frame, purpose) -> np.ndarray:

@@ -49,7 +49,7 @@ Design note - how TrajectoryDataset uses this op (no separate pass, no extra cop
       plan = images.make_plan(store_frames.shape[1:], crop=..., resize=..., mean=..., ...)
   per batch, with the frame rows [B,K] and is_pad [B,K] its window tables already produced
   (edge pad: rows clamped into the episode; zero pad: zero_mask = is_pad):
-      key = _random.stream_key(_random.rand_key(seed, epoch, batch_index), image_key)
+      key = _random.rand_key(seed, epoch, batch_index, stream=image_key)
       out = _array.empty(like, plan.out_shape(B, K), plan.out_dtype)   # the batch's tensor
       images.apply_cuda(plan, store_frames, rows, zero_mask, out, key)  # one launch, on device
   or on the NumPy backend:
@@ -359,13 +359,11 @@ def crop_resize_normalize(frames, indices, *, zero_mask=None, crop=None, crop_mo
         if tuple(zero_mask.shape) != tuple(indices.shape):
             V.fail("zero_mask", f"shape {tuple(indices.shape)} (that of indices)",
                    f"shape {tuple(zero_mask.shape)}")
+    if stream is not None and not isinstance(stream, str):
+        V.fail("stream", "a str (a name for independent draws) or None", repr(stream)[:80],
+               TypeError)
     key = _random.rand_key(*(_seed_part(n, v) for n, v in
-                             (("seed", seed), ("epoch", epoch), ("batch", batch))))
-    if stream is not None:
-        if not isinstance(stream, str):
-            V.fail("stream", "a str (a name for independent draws) or None", repr(stream)[:80],
-                   TypeError)
-        key = _random.stream_key(key, stream)
+                             (("seed", seed), ("epoch", epoch), ("batch", batch))), stream=stream)
     if squeeze:
         indices = indices[:, None]
         zero_mask = None if zero_mask is None else zero_mask[:, None]
