@@ -151,9 +151,10 @@ def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
     return 2 * nbytes / (t["event_us"] * 1e-6) / 1e9
 
 
-class Interrupted(Exception):
+class Interrupted(BaseException):
     """SIGTERM arrived (gpu_check.sh's per-stage `timeout`): the run stops where it is and
-    what it measured so far is still written."""
+    what it measured so far is still written. A BaseException, as KeyboardInterrupt is, so the
+    benchmarks' `except Exception` fallbacks do not swallow it."""
 
 
 def stop_on_sigterm() -> None:

@@ -35,6 +35,8 @@ def main(argv=None) -> int:
             ap.error(f"--{opt}: unknown benchmark(s) {unknown}; expected names from {known}")
         if asked:
             names = [n for n in names if (n in asked) == (opt == "only")]
+    if not names:
+        ap.error(f"no benchmark left to run (--only {args.only!r}, --skip {args.skip!r})")
     from benchmarks import _timing
 
     _timing.stop_on_sigterm()

@@ -33,7 +33,10 @@ ending behind it changes nothing. A pass that handed out batches and was left be
 (a loop that breaks after N steps, an error) also ends its epoch for the next iter(loader): that
 pass gets the next epoch, a new order, as torch's RandomSampler draws one per iter() - unless
 set_epoch or load_state_dict was called since (those choose the epoch and position, and a pass
-begun before them no longer moves the loader's state). With reuse_outputs=R,
+begun before them no longer moves the loader's state). state_dict() says where the loader is, for
+a checkpoint: taken in or after a pass left early, it is that pass's epoch and position
+(resuming continues it), while the loader's own next iter() starts the next epoch. With
+reuse_outputs=R,
 iterators run in turn share the ring: the last R batches handed out, by any of them, stay valid.
 
 batch_size=None turns batching off, as in torch: every item is one sample, a dict without the
@@ -261,6 +264,7 @@ class DataLoader:
         self._builder = None  # (op, key, builder, build) of the device path: _device_path
         self._current = None  # the iterator made or handing out a batch last (_LoaderIter)
         self._era = 0  # + 1 at set_epoch / load_state_dict: passes begun before stop counting
+        self._forwarded = 0  # the epoch last forwarded to a sampler with set_epoch
 
     def __repr__(self) -> str:
         return (f"DataLoader({len(self.dataset)} anchors, batch_size={self.batch_size}, "
@@ -289,11 +293,11 @@ class DataLoader:
     def __getstate__(self) -> dict:
         """pickle / copy.deepcopy: a live pass (a generator) and the device path's builder
         stay behind (the copy makes its own); seed, epoch, position and a loaded resume point
-        travel, and a copy of a loader whose pass was left early starts the next epoch, as the
-        loader's own next pass does."""
+        travel. A copy is a checkpoint: taken while a pass is under way (or was left early), it
+        resumes that pass's epoch at its position, as load_state_dict(state_dict()) would."""
         state = self.__dict__.copy()
-        if self._left_early():
-            state["_epoch"], state["_position"] = self._epoch + 1, 0
+        if self._left_early():  # a checkpoint: the copy resumes where its state_dict() says
+            state["_resume"] = self._position
         state["_current"] = None
         state["_builder"] = None
         return state
@@ -303,6 +307,15 @@ class DataLoader:
         for s in (self.sampler, self.batch_sampler):
             if s is not None and hasattr(s, "set_epoch"):
                 s.set_epoch(self._epoch)
+        self._forwarded = self._epoch
+
+    def _sampler_epoch_untouched(self) -> bool:
+        """Whether no sampler with set_epoch had its epoch set by someone else since the loader
+        last forwarded one (a DistributedSampler's .epoch; a sampler that does not show its
+        epoch counts as untouched)."""
+        return all(getattr(s, "epoch", self._forwarded) == self._forwarded
+                   for s in (self.sampler, self.batch_sampler)
+                   if s is not None and hasattr(s, "set_epoch"))
 
     @property
     def epoch(self) -> int:
@@ -557,10 +570,10 @@ class _LoaderIter:
     def __init__(self, loader: DataLoader):
         if loader._left_early():
             # this pass is the next epoch, a new order, as torch's RandomSampler draws one per
-            # iter(). A sampler's own epoch is left alone: torch's idiom sets it by hand each
-            # epoch (sampler.set_epoch) before iter(), and a DistributedSampler repeats its
-            # order without it, as under torch
-            loader._end_epoch(loader._epoch, forward=False)
+            # iter(); forwarded to a sampler with set_epoch as a completed epoch is, unless its
+            # owner set the sampler's epoch since (torch's idiom: sampler.set_epoch by hand
+            # before each pass), which is then left as they set it
+            loader._end_epoch(loader._epoch, forward=loader._sampler_epoch_untouched())
         epoch = loader._epoch
         start = 0 if loader._resume is None else loader._resume  # taken up at the first item
         loader._position = start

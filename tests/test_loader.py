@@ -725,12 +725,13 @@ def test_a_loader_copies_and_pickles_after_iterating():
     it = iter(dl)
     next(it)
     next(it)
+    order = _anchor_frames(ds, dl.epoch_order(0))
+    epoch0 = [order[i:i + 4].tolist() for i in range(0, len(order), 4)]
     for twin in (copy.deepcopy(dl), pickle.loads(pickle.dumps(dl))):
-        # the original's pass is not copied, and its next pass would be epoch 1: so is the copy's
-        assert (twin.state_dict()["epoch"], twin.state_dict()["batches_done"]) == (1, 0)
-        order = _anchor_frames(ds, dl.epoch_order(1))
-        assert [b["f"].tolist() for b in twin] == [order[i:i + 4].tolist()
-                                                   for i in range(0, len(order), 4)]
+        # a copy is a checkpoint: it resumes the pass under way where state_dict() says
+        assert twin.state_dict() == dl.state_dict()
+        assert [b["f"].tolist() for b in twin] == epoch0[2:]
+        assert twin.epoch == 1
     assert len(list(it)) == len(dl) - 2  # the original pass is untouched
     resumed = rc.DataLoader(ds, batch_size=4, shuffle=True, seed=3)
     resumed.load_state_dict({**resumed.state_dict(), "epoch": 2, "batches_done": 1})
@@ -765,3 +766,30 @@ def test_a_pass_left_early_leaves_a_samplers_epoch_to_its_owner():
         want = _anchor_frames(ds, list(sampler))[:6].reshape(3, 2)
         assert _first_ids(dl, 3) == [tuple(r) for r in want.tolist()]
         assert sampler.epoch == epoch
+
+
+def test_an_abandoned_pass_forwards_the_next_epoch_to_a_sampler_nobody_else_sets():
+    """Without sampler.set_epoch by hand, a pass left early (or a loop that takes every batch
+    but never asks for one more, zip / islice) forwards the next epoch as a completed pass does:
+    the DistributedSampler's order changes, and resuming from a checkpoint of the next pass is
+    exact (the sampler stayed at epoch 0 while the loader counted on)."""
+    import itertools
+
+    from torch.utils.data.distributed import DistributedSampler
+
+    ds = _dataset()
+
+    def loader():
+        return rc.DataLoader(ds, batch_size=2, sampler=DistributedSampler(ds, 2, 0, seed=4))
+    dl = loader()
+    first = [b["f"].tolist() for b in itertools.islice(dl, len(dl))]  # every batch, no StopIter
+    second = [b["f"].tolist() for b in itertools.islice(dl, len(dl))]
+    assert dl.sampler.epoch == 1 and first != second
+    it = iter(dl)
+    _ = [next(it) for _ in range(2)]  # epoch 2, two batches in
+    state = dl.state_dict()
+    assert (state["epoch"], state["batches_done"], dl.sampler.epoch) == (2, 2, 2)
+    rest = [b["f"].tolist() for b in it]
+    again = loader()
+    again.load_state_dict(state)
+    assert [b["f"].tolist() for b in again] == rest

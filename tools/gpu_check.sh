@@ -21,8 +21,10 @@ mkdir -p "$LOG"
 export PATH="$PATH:/usr/local/cuda/bin"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 failed=()
-STAGES=" ${STAGES:-tests bench load memcheck} "
-STAGES=${STAGES//,/ }
+STAGES=${STAGES-tests bench load memcheck}
+STAGES=$(echo ${STAGES//,/ })  # commas, tabs, runs of spaces: one space between names
+[ -n "$STAGES" ] || { echo "STAGES: no stage named; expected some of: tests bench load memcheck" >&2
+                      exit 2; }
 for s in $STAGES; do
   case "$s" in tests|bench|load|memcheck) ;;
     *) echo "STAGES: unknown stage '$s'; expected some of: tests bench load memcheck" >&2
@@ -64,7 +66,7 @@ if want tests; then
   $PY -c "import pytest_timeout" 2>/dev/null && timeout_opt=(--timeout 120)
   t0=$SECONDS lim=$(limit 150 bench load memcheck)
   if stage_ok tests "$lim"; then
-    timeout "$lim" $PY -m pytest -q -m gpu -p no:cacheprovider -rfE --tb=short \
+    timeout -k 15 "$lim" $PY -m pytest -q -m gpu -p no:cacheprovider -rfE --tb=short \
       "${timeout_opt[@]}" tests 2>&1 | tee "$LOG/gpu-tests.log"
     [ "${PIPESTATUS[0]}" -eq 0 ] || failed+=(tests)
     stage_done tests "$t0"
@@ -77,7 +79,7 @@ if want bench; then
   [ -n "${BENCH_ONLY:-}" ] && only=(--only "$BENCH_ONLY")
   t0=$SECONDS lim=$(limit 130 load memcheck)
   if stage_ok benchmarks "$lim"; then
-    timeout "$lim" $PY benchmarks/run_all.py --quick --skip load "${only[@]}" \
+    timeout -k 15 "$lim" $PY benchmarks/run_all.py --quick --skip load "${only[@]}" \
       --json "$LOG/gpu-check.json" 2>&1 | tee "$LOG/gpu-bench.log"
     [ "${PIPESTATUS[0]}" -eq 0 ] || failed+=(benchmarks)
     stage_done benchmarks "$t0"
@@ -89,7 +91,7 @@ if want load; then
   echo "## load benchmark (full size)"
   t0=$SECONDS lim=$(limit 150 memcheck)
   if stage_ok load "$lim"; then
-    timeout "$lim" $PY benchmarks/bench_load.py --json "$LOG/load.json" 2>&1 \
+    timeout -k 15 "$lim" $PY benchmarks/bench_load.py --json "$LOG/load.json" 2>&1 \
       | tee "$LOG/load.log"
     [ "${PIPESTATUS[0]}" -eq 0 ] || failed+=(load)
     stage_done load "$t0"
@@ -107,7 +109,7 @@ if want memcheck; then
     # --report-api-errors no: cuda-python's driver bindings (the default launcher) probe the
     # driver's entry points with cuGetProcAddress on first use, and the refused probes would
     # count as errors; launch errors still raise in the launcher, memory errors still count.
-    PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "$lim" compute-sanitizer --tool memcheck \
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout -k 15 "$lim" compute-sanitizer --tool memcheck \
       --report-api-errors no --error-exitcode 3 $PY -c "
 import sys, cupy, pytest
 cupy.cuda.set_allocator(None)

@@ -632,12 +632,15 @@ def _ensure_open_files(count: int, mpath: Path) -> None:
         in_use = len(os.listdir("/proc/self/fd"))
     except OSError:
         return
-    need = in_use + 2 * count + 64  # the open file and the map's descriptor, while loading
+    need = in_use + 2 * count + 4  # the open file and the map's descriptor, while loading
+    want = need + 60  # and some room for the program's own files
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or need <= soft:
+    if soft == resource.RLIM_INFINITY or want <= soft:
         return
     if hard == resource.RLIM_INFINITY or need <= hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+        top = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        if top > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))
         return
     raise DatasetFormatError(f"{mpath}: {count} files to map, and this process may open only "
                              f"{hard} files (hard limit, {in_use} in use): raise it (ulimit -Hn) "
