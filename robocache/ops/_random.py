@@ -51,10 +51,11 @@ def rand_key(seed: int, epoch: int, batch: int, stream: str | None = None) -> np
     `stream` (a dataset's camera key), the key of the draws of that name: independent of other
     names' and the same in every process (no salted hash) - mix64(key ^ the first 8 bytes of
     blake2b(name), little-endian)."""
-    for x in (seed, epoch, batch):
-        if not 0 <= int(x) <= _U64_MAX:
-            raise ValueError(f"expected an integer in [0, 2**64), got {x}")
-    key = _mix_int(_mix_int(_mix_int(int(seed)) ^ int(epoch)) ^ int(batch))
+    seed, epoch, batch = int(seed), int(epoch), int(batch)
+    if not (0 <= seed <= _U64_MAX and 0 <= epoch <= _U64_MAX and 0 <= batch <= _U64_MAX):
+        bad = next(x for x in (seed, epoch, batch) if not 0 <= x <= _U64_MAX)
+        raise ValueError(f"expected an integer in [0, 2**64), got {bad}")
+    key = _mix_int(_mix_int(_mix_int(seed) ^ epoch) ^ batch)  # per camera and batch: no loop
     return np.uint64(key if stream is None else _mix_int(key ^ _name_bits(stream)))
 
 
