@@ -487,6 +487,41 @@ def test_symlink_out_of_the_root(small, link_from_outside):
         read_lerobot(small)
 
 
+def _as_hub_snapshot(src, repo):
+    """src laid out as huggingface_hub's cache keeps a download without local_dir: every file a
+    relative symlink from snapshots/<revision>/... to blobs/<sha256>."""
+    import hashlib
+    import os
+    import shutil
+
+    snap, blobs = repo / "snapshots" / "0123abc", repo / "blobs"
+    blobs.mkdir(parents=True)
+    for f in sorted(src.rglob("*")):
+        if f.is_file():
+            blob = blobs / hashlib.sha256(f.read_bytes()).hexdigest()
+            shutil.copy(f, blob)
+            link = snap / f.relative_to(src)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(os.path.relpath(blob, link.parent))
+    return snap
+
+
+def test_a_huggingface_hub_cache_snapshot_reads_like_the_dataset(small, tmp_path_factory,
+                                                                 link_from_outside):
+    """snapshot_download() without local_dir returns snapshots/<rev>, whose files are symlinks
+    into the repository's blobs/: they were refused as leaving the dataset root. Symlinks
+    anywhere else still are."""
+    snap = _as_hub_snapshot(small, tmp_path_factory.mktemp("hub") / "datasets--lerobot--x")
+    want, got = read_lerobot(small, progress=False), read_lerobot(snap, progress=False)
+    assert set(got.arrays) == set(want.arrays)
+    for k in want.arrays:
+        np.testing.assert_array_equal(got.arrays[k], want.arrays[k])
+    np.testing.assert_array_equal(got.episode_ends, want.episode_ends)
+    link_from_outside(snap / "meta/info.json")
+    with pytest.raises(DatasetFormatError, match="outside the dataset root"):
+        read_lerobot(snap)
+
+
 def test_episode_metadata_gaps_and_order(small):
     path = next((small / "meta/episodes").rglob("*.parquet"))
     t = pq.read_table(path)

@@ -2,7 +2,7 @@
 
 Paths that come from metadata (templates in info.json, file names in a manifest) are joined
 with `inside`, which rejects absolute paths, ".." components and symlinks that resolve outside
-the root. `check_tree` walks a directory for symlinks that leave it (for readers, like zarr's,
+the root (a huggingface_hub cache snapshot's symlinks into its repository's blobs/ are inside). `check_tree` walks a directory for symlinks that leave it (for readers, like zarr's,
 that open files by listing a directory). `check_template` admits a str.format path template
 only with plain fields and plain integer widths (what LeRobot writes: `{chunk_index:03d}`,
 `{episode_index:06d}`, `{video_key}`). `empty` allocates an array of a shape read from
@@ -31,6 +31,21 @@ def root_dir(root, what: str) -> Path:
     return path.resolve()
 
 
+def _roots(root: Path) -> tuple[Path, ...]:
+    """Where a dataset's files may resolve to: root, and for a huggingface_hub cache snapshot
+    (<repo>/snapshots/<revision>, what snapshot_download() returns without local_dir, whose
+    files are symlinks into <repo>/blobs) that repository's blobs directory."""
+    if root.parent.name == "snapshots":
+        blobs = root.parent.parent / "blobs"
+        if blobs.is_dir():
+            return (root, blobs.resolve())
+    return (root,)
+
+
+def _within(path: Path, roots: tuple[Path, ...]) -> bool:
+    return any(path == r or r in path.parents for r in roots)
+
+
 def inside(root: Path, relative: str, what: str) -> Path:
     """root / relative, refusing anything that could leave root (root must be resolved)."""
     rel = str(relative)
@@ -45,7 +60,7 @@ def inside(root: Path, relative: str, what: str) -> Path:
                                  f"inside the dataset root {str(root)!r}")
     path = root.joinpath(*pure.parts)
     resolved = path.resolve()
-    if resolved != root and root not in resolved.parents:
+    if not _within(resolved, _roots(root)):
         raise DatasetFormatError(f"{what}: path {rel!r} resolves to {str(resolved)!r}, outside "
                                  f"the dataset root {str(root)!r} (a symlink out of the dataset?)")
     return resolved
@@ -54,13 +69,14 @@ def inside(root: Path, relative: str, what: str) -> Path:
 def check_tree(root: Path, what: str) -> None:
     """Fail if any symlink under root resolves outside root (one directory listing per
     directory; only symlinks are resolved)."""
+    roots = _roots(root)
     stack = [root]
     while stack:
         with os.scandir(stack.pop()) as entries:
             for entry in entries:
                 if entry.is_symlink():
                     target = Path(entry.path).resolve()
-                    if target != root and root not in target.parents:
+                    if not _within(target, roots):
                         raise DatasetFormatError(
                             f"{what}: {entry.path!r} is a symlink to {str(target)!r}, outside "
                             f"the dataset root {str(root)!r}")
