@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import functools
 
+_FORMATS = "'robocache[formats]'"
+# module -> what `pip install` takes to get it
 EXTRAS = {
-    "torch": "torch",
-    "pyarrow": "formats", "zarr": "formats", "numcodecs": "formats", "h5py": "formats",
-    "av": "formats", "tqdm": "formats", "imagecodecs": "formats",
-    "cupy": "cuda12] or robocache[cuda13",  # pip install 'robocache[cuda12]' or ...[cuda13]
+    "torch": "'robocache[torch]'",
+    "pyarrow": _FORMATS, "zarr": _FORMATS, "numcodecs": _FORMATS, "h5py": _FORMATS,
+    "av": _FORMATS, "tqdm": _FORMATS, "imagecodecs": _FORMATS,
+    "cupy": "'robocache[cuda12]' (or 'robocache[cuda13]')",
 }
 
 
@@ -25,7 +27,16 @@ def reworded(exc: ModuleNotFoundError, what: str) -> ModuleNotFoundError:
     if extra is None:
         return exc
     return ModuleNotFoundError(f"{what} needs {top}, which is not installed: "
-                               f"pip install 'robocache[{extra}]'", name=exc.name)
+                               f"pip install {extra}", name=exc.name)
+
+
+def reraise(exc: ModuleNotFoundError, what: str):
+    """Raise `exc` reworded (the original chained), or `exc` itself when it is not about an
+    optional dependency. Call it in the `except` clause that caught `exc`."""
+    err = reworded(exc, what)
+    if err is exc:
+        raise exc
+    raise err from exc
 
 
 def hints(what: str):
@@ -36,10 +47,7 @@ def hints(what: str):
             try:
                 return fn(*args, **kwargs)
             except ModuleNotFoundError as exc:
-                err = reworded(exc, what)
-                if err is exc:
-                    raise
-                raise err from exc
+                reraise(exc, what)
         return call
     return wrap
 

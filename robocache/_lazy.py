@@ -19,10 +19,7 @@ def lazy_getattr(package: str, table: dict[str, str], namespace: dict):
         try:
             value = getattr(importlib.import_module(module), name)
         except ModuleNotFoundError as exc:  # an optional dependency: say which extra has it
-            err = _deps.reworded(exc, f"{package}.{name}")
-            if err is exc:
-                raise
-            raise err from exc
+            _deps.reraise(exc, f"{package}.{name}")
         namespace[name] = value
         return value
 

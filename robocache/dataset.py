@@ -86,6 +86,11 @@ class Sample(dict):
     """One sample of a BatchSamples: a dict equal to dataset[i] (views of the batch's rows)."""
 
 
+def sample_of(batch: Mapping, j: int) -> dict:
+    """Row j of a batch: each key's tensor without the batch dimension (views)."""
+    return {k: v[j] for k, v in batch.items()}
+
+
 class BatchSamples(Sequence):
     """TrajectoryDataset.__getitems__(indices), as torch's Dataset contract asks: the samples of
     `indices` in order (len = len(indices), item j equals dataset[indices[j]]), so a custom
@@ -95,8 +100,8 @@ class BatchSamples(Sequence):
 
     __slots__ = ("batch", "_n")
 
-    def __init__(self, batch: WindowBatch, n: int):
-        self.batch, self._n = batch, n
+    def __init__(self, batch: WindowBatch):
+        self.batch, self._n = batch, len(batch["index"])  # "index": in every batch
 
     def __len__(self) -> int:
         return self._n
@@ -109,7 +114,7 @@ class BatchSamples(Sequence):
             raise IndexError(f"sample {j} of a batch of {self._n}" + (
                 " (an empty batch: torch's default_collate cannot collate one; .batch is the "
                 "empty batched dict)" if self._n == 0 else ""))
-        return Sample({k: v[j] for k, v in self.batch.items()})
+        return Sample(sample_of(self.batch, j))
 
     def __repr__(self) -> str:
         return f"BatchSamples({self._n} samples, keys {list(self.batch)})"
@@ -695,14 +700,12 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         n = len(self)
         if not -n <= index < n:
             raise IndexError(f"index: expected an int in [{-n}, {n}), got {int(index)}")
-        batch = self.get_batch([int(index)])
-        return {k: v[0] for k, v in batch.items()}
+        return sample_of(self.get_batch([int(index)]), 0)
 
     def __getitems__(self, indices) -> BatchSamples:
         """torch's batched access: the samples of `indices`, built as one batch (BatchSamples;
         torch's default_collate turns it into that batch, a WindowBatch, without a copy)."""
-        batch = self.get_batch(indices)
-        return BatchSamples(batch, len(batch["index"]))
+        return BatchSamples(self.get_batch(indices))
 
     def get_batch(self, indices) -> WindowBatch:
         """The batch of `indices` (list / array / tensor of ints) as one dict of tensors."""

@@ -89,7 +89,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .dataset import BatchSamples, TrajectoryDataset
+from .dataset import BatchSamples, TrajectoryDataset, sample_of
 
 SAMPLING = ("frame", "episode")
 STATE_VERSION = 1
@@ -286,9 +286,14 @@ class DataLoader:
             self._position = 0
             self._resume = None
         self._epoch = int(epoch)
-        self._current = None  # a pass begun before neither skips nor ends this epoch
-        self._era += 1
+        self._new_era()
         self._forward_epoch()
+
+    def _new_era(self) -> None:
+        """set_epoch / load_state_dict chose the next pass: a pass begun before neither moves
+        the loader's state nor ends (or skips) the chosen epoch."""
+        self._current = None
+        self._era += 1
 
     def __getstate__(self) -> dict:
         """pickle / copy.deepcopy: a live pass (a generator) and the device path's builder
@@ -349,12 +354,16 @@ class DataLoader:
             return None
         return CHUNK if self.batch_size is None else self.batch_size
 
+    def _custom(self):
+        """The batch_sampler, else the sampler, else None (the loader draws its own order)."""
+        return self.batch_sampler if self.batch_sampler is not None else self.sampler
+
     def _sampler_name(self) -> str:
         return "batch_sampler" if self.batch_sampler is not None else "sampler"
 
     def _streamed(self) -> bool:
         """A sampler / batch_sampler without a length: read in pieces, never materialized."""
-        s = self.batch_sampler if self.batch_sampler is not None else self.sampler
+        s = self._custom()
         return s is not None and not _has_len(s)
 
     def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -434,9 +443,9 @@ class DataLoader:
         """Batches of an epoch (samples with batch_size=None). TypeError for a sampler /
         batch_sampler without a length, as torch's DataLoader."""
         if self._streamed():
-            s = self.batch_sampler if self.batch_sampler is not None else self.sampler
             raise TypeError(f"len(DataLoader): its {self._sampler_name()} "
-                            f"({type(s).__name__}) has no length, so the loader has none")
+                            f"({type(self._custom()).__name__}) has no length, so the loader "
+                            f"has none")
         if self.batch_sampler is not None:
             return len(self.batch_sampler)
         if self.sampler is not None:
@@ -459,13 +468,13 @@ class DataLoader:
         collate = self.collate_fn
         if self._auto_collation:
             for batch in self._batches(epoch, start):
-                yield batch if collate is None else collate(
-                    BatchSamples(batch, len(batch["index"])))  # torch's collate_fn gets samples
+                # torch's collate_fn gets the samples
+                yield batch if collate is None else collate(BatchSamples(batch))
             return
         skip = start % CHUNK  # samples of the first chunk handed out before a resume
         for batch in self._batches(epoch, start // CHUNK):
             for j in range(skip, len(batch["index"])):  # "index": in every batch
-                sample = {k: v[j] for k, v in batch.items()}  # dataset[i]: no batch dim
+                sample = sample_of(batch, j)  # dataset[i]: no batch dim
                 yield sample if collate is None else collate(sample)
             skip = 0
 
@@ -556,8 +565,7 @@ class DataLoader:
         self._epoch = int(state["epoch"])
         self._position = int(state["batches_done"])
         self._resume = self._position
-        self._current = None  # a pass begun before neither moves nor ends the loaded point
-        self._era += 1
+        self._new_era()
         self._forward_epoch()  # a DistributedSampler draws the saved epoch's order
 
 

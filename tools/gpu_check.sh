@@ -21,15 +21,13 @@ mkdir -p "$LOG"
 export PATH="$PATH:/usr/local/cuda/bin"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 failed=()
-STAGES=${STAGES-tests bench load memcheck}
+ALL_STAGES="tests bench load memcheck"
+STAGES=${STAGES-$ALL_STAGES}
 STAGES=$(echo ${STAGES//,/ })  # commas, tabs, runs of spaces: one space between names
-[ -n "$STAGES" ] || { echo "STAGES: no stage named; expected some of: tests bench load memcheck" >&2
-                      exit 2; }
+[ -n "$STAGES" ] || { echo "STAGES: no stage named; expected some of: $ALL_STAGES" >&2; exit 2; }
 for s in $STAGES; do
-  case "$s" in tests|bench|load|memcheck) ;;
-    *) echo "STAGES: unknown stage '$s'; expected some of: tests bench load memcheck" >&2
-       exit 2 ;;
-  esac
+  [[ " $ALL_STAGES " == *" $s "* ]] || {
+    echo "STAGES: unknown stage '$s'; expected some of: $ALL_STAGES" >&2; exit 2; }
 done
 want() { [[ " $STAGES " == *" $1 "* ]]; }
 BUDGET_S=${BUDGET_S:-450}

@@ -2,8 +2,9 @@
 
 Paths that come from metadata (templates in info.json, file names in a manifest) are joined
 with `inside`, which rejects absolute paths, ".." components and symlinks that resolve outside
-the root (a huggingface_hub cache snapshot's symlinks into its repository's blobs/ are inside). `check_tree` walks a directory for symlinks that leave it (for readers, like zarr's,
-that open files by listing a directory). `check_template` admits a str.format path template
+the root (a huggingface_hub cache snapshot's symlinks into its repository's blobs/ are inside).
+`check_tree` walks a directory for symlinks that leave it (for readers, like zarr's, that open
+files by listing a directory). `check_template` admits a str.format path template
 only with plain fields and plain integer widths (what LeRobot writes: `{chunk_index:03d}`,
 `{episode_index:06d}`, `{video_key}`). `empty` allocates an array of a shape read from
 metadata, turning a size no array can have into a DatasetFormatError and a failed allocation

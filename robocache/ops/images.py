@@ -177,14 +177,13 @@ def _pair(name: str, value, *, minimum: int) -> tuple[int, int]:
 def _per_channel(name: str, value, C: int, default: float) -> np.ndarray:
     if value is None:
         return np.full(C, default, dtype=np.float32)
-    what = f"a number or {C} numbers (one per channel)"
     try:
         raw = np.asarray(value if isinstance(value, (int, float, list, tuple))
                          else _array.to_numpy(value))
     except (TypeError, ValueError):  # a string, a ragged list, an object of another kind
-        V.fail(name, what, repr(value)[:80], TypeError)
-    if raw.dtype.kind not in "iuf":  # bool, None (object), str: not channel values
-        V.fail(name, what, repr(value)[:80], TypeError)
+        raw = None
+    if raw is None or raw.dtype.kind not in "iuf":  # bool, None (object), str: not numbers
+        V.fail(name, f"a number or {C} numbers (one per channel)", repr(value)[:80], TypeError)
     arr = raw.astype(np.float64).reshape(-1)
     if arr.size == 1:
         arr = np.repeat(arr, C)
