@@ -29,6 +29,7 @@ _LAZY = {
     "KernelCompileError": "robocache._errors",
     "BackendUnavailableError": "robocache._errors",
     "DeviceMemoryError": "robocache._errors",
+    "DatasetFormatError": "robocache._errors",
     "TrajectoryStore": "robocache.store",
     "TrajectoryDataset": "robocache.dataset",
     "DataLoader": "robocache.loader",

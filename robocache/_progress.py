@@ -49,14 +49,21 @@ class _Shared(_Silent):
             self._bar.close()
 
 
+def check(progress) -> None:
+    """Refuse a `progress` that bar() would refuse, before any work ("yes", 1: not a choice this
+    takes)."""
+    if progress is not None and not isinstance(progress, bool) and \
+            not hasattr(progress, "update"):
+        raise TypeError(f"progress: expected None, True, False or a bar with update(n), got "
+                        f"{progress!r:.60}")
+
+
 def bar(total: int | float, desc: str, *, unit: str = "B", progress=None):
     """A context manager with .update(n); silent per the rules above."""
+    check(progress)
     if progress is False:
         return _Silent()
     if progress is not None and progress is not True:
-        if not hasattr(progress, "update"):  # "yes", 1: not a choice this takes
-            raise TypeError(f"progress: expected None, True, False or a bar with update(n), "
-                            f"got {progress!r:.60}")
         return _Shared(progress, owned=False)
     try:
         from tqdm import tqdm

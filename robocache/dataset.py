@@ -27,7 +27,8 @@ the store, or transformed when `image_transforms[key]` is given:
   `get_batch` / `__getitems__` calls use seed 0 (in a torch DataLoader worker: the worker's
   seed, fresh every epoch), epoch 0 and a per-dataset call counter.
 - any callable `fn(frames, rows, is_pad)`: `frames` is the store's array, `rows` the clamped
-  frame rows (int64 [B, K] or [B]) and `is_pad` the mask.
+  frame rows (int64 [B, K] or [B]) and `is_pad` the padding mask, bool of `rows`' shape (all
+  False for a key without offsets). A TypeError raised inside it is its own, passed on as is.
 A CUDA store made with frames_on_host=True keeps its camera keys in pinned host memory: the image
 kernel reads them over the bus (raw uint8 frames [B, K, H, W, C] without a transform).
 A LeRobot video key given exactly one offset comes out without the time axis ([B, H, W, C], or
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import numbers
 import operator
+import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -451,10 +453,11 @@ class TrajectoryDataset(torch.utils.data.Dataset):
             if key not in self._keys:
                 raise ValueError(f"normalize: expected keys of the dataset {list(self._keys)}, "
                                  f"got {key!r}")
-            if key in self._image_keys:
-                raise ValueError(f"normalize[{key!r}]: camera-frame keys are normalized by "
-                                 f"their image transform, not here")
             mode = modes[key] = _norm_mode(key, mode)
+            if key in self._image_keys and mode != "identity":  # identity asks for nothing
+                raise ValueError(f"normalize[{key!r}]: camera-frame keys are normalized by "
+                                 f"their image transform, not here (expected 'identity' or no "
+                                 f"entry, got {mode!r})")
             if mode in PEER_NORM_MODES:
                 out[key] = self._peer_norm(key, mode, stats, sources[key])
                 continue
@@ -477,7 +480,8 @@ class TrajectoryDataset(torch.utils.data.Dataset):
             known = set(self._keys) | set(self._store.keys) | set(META_KEYS) | {"timestamp"}
             unknown = [k for k in stats if k not in known]  # or features not loaded (LeRobot's
             missed = [k for k, m in modes.items()            # whole stats.json): said only
-                      if self._given_stats_key(k, stats, m) is None]  # where a key finds none
+                      if m != "identity"                          # where a normalized key
+                      and self._given_stats_key(k, stats, m) is None]  # finds none
             if unknown and missed:
                 warnings.warn(f"stats: no entry for {missed} (normalized with the store's "
                               f"statistics); stats has keys that are not the dataset's or its "
@@ -799,9 +803,14 @@ class TrajectoryDataset(torch.utils.data.Dataset):
             plan = self._image_plans.get(k)
             fn = None if plan is not None else self._transforms.get(k)
             if fn is not None:  # a custom callable's output is handed out as it returns it
+                if mask is None:  # a key without offsets: nothing is padding
+                    mask = torch.zeros(rows.shape, dtype=torch.bool, device=rows.device)
                 try:
                     batch[k] = fn(self._frames(k), rows, mask)
-                except TypeError as e:  # e.g. a torchvision transform, which takes one image
+                except TypeError as e:
+                    if not _refused_the_call(e):  # raised inside fn: its own error
+                        raise
+                    # e.g. a torchvision transform, which takes one image
                     raise TypeError(f"image_transforms[{k!r}]: expected an rc.ImageTransform or "
                                     f"a callable fn(frames, rows, is_pad), got {fn!r:.80}, which "
                                     f"raised TypeError: {e}") from e
@@ -910,6 +919,17 @@ def _with_meta(names, store) -> tuple[str, ...]:
     return names + tuple(k for k in store.keys if k in META_KEYS)
 
 
+_CALL_REFUSED = re.compile(r"takes (from )?\d+ (to \d+ )?positional arguments? but \d+ "
+                           r"(was|were) given|missing \d+ required positional argument|"
+                           r"unexpected keyword argument|takes no arguments")
+
+
+def _refused_the_call(error: TypeError) -> bool:
+    """Whether `error` is Python refusing the call's arguments (the callable takes another
+    signature), not a TypeError raised by the callable's own code."""
+    return error.__traceback__.tb_next is None or bool(_CALL_REFUSED.search(str(error)))
+
+
 def _check_stats_present(key: str, mode: str, stats: dict, need) -> None:
     """normalize[key]'s mode needs the statistics `need` in `stats` (the key's entry)."""
     missing = [n for n in need if n not in stats]
@@ -919,21 +939,29 @@ def _check_stats_present(key: str, mode: str, stats: dict, need) -> None:
 
 
 def _stat_array(key: str, name: str, value, F: int) -> np.ndarray:
-    try:
-        try:
-            arr = _array.to_numpy(_array.as_array(f"stats[{key!r}][{name!r}]", value))
-        except TypeError:
-            arr = value
-        arr = np.asarray(arr, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"stats[{key!r}][{name!r}]: expected numbers (one per feature), got "
-                        f"{value!r:.80}") from e
+    """stats[key][name] as float32 [F]: one number per feature, or one for all of them."""
+    arr = _stat_numbers(f"stats[{key!r}][{name!r}]", value)
     if arr.size == 1:
         arr = np.full(F, float(arr.reshape(-1)[0]))
     if arr.size != F:
         raise ValueError(f"stats[{key!r}][{name!r}]: expected {F} values (one per feature), got "
                          f"shape {arr.shape}")
     return arr.reshape(-1).astype(np.float32)
+
+
+def _stat_numbers(name: str, value) -> np.ndarray:
+    """A statistic as float64: an array of any library, a number or a (nested) list of numbers
+    (integer, floating or bfloat16). None (JSON null) or a list holding one, strings, bools and
+    other objects are refused: taken as NaN or parsed, they normalized a column silently."""
+    try:
+        raw = np.asarray(value) if isinstance(value, (numbers.Real, list, tuple)) \
+            else _array.to_numpy(_array.as_array(name, value))
+    except (TypeError, ValueError):  # not an array, a ragged list
+        raw = None
+    ok = raw is not None and (raw.dtype.kind in "iuf" or _array.dtype_name(raw) == "bfloat16")
+    if not ok:
+        raise TypeError(f"{name}: expected numbers (one per feature), got {value!r:.80}")
+    return raw.astype(np.float64)
 
 
 def _to_torch(x: np.ndarray) -> torch.Tensor:

@@ -1,16 +1,23 @@
 """Per-feature statistics of a store's arrays: mean, std, min, max, count, q01, q10, q50, q90, q99.
 
-The names and shapes are LeRobot's (meta/stats.json): every statistic has the feature's shape,
-except "count" = [number of frames]. Low-dimensional keys reduce over frames (axis 0); image keys
-([N, H, W, C], channels last) reduce over frames and pixels, giving one value per channel; a
-camera key without a channel axis ([N, H, W], grey) gives one value.
+The names are LeRobot's (meta/stats.json), and so are the shapes of low-dimensional keys: every
+statistic has the feature's shape, except "count" = [number of frames]. Low-dimensional keys
+reduce over frames (axis 0). Camera keys ([N, H, W, C], channels last) reduce over frames and
+pixels, giving one value per channel: shape [C], in the frames' own units (0..255 for uint8); a
+camera key without a channel axis ([N, H, W], grey) gives one value (shape ()). That is not
+LeRobot's layout for camera keys: its stats.json (a store's shipped_stats) holds [C, 1, 1] in
+0..1 units, estimated on a sample of downsampled frames; `v.reshape(-1, 1, 1) / 255` turns a
+statistic here (mean, std, min, max, quantiles; not count) into its layout and units.
 
 Accumulation is float64 on the array's own device (NumPy on the host, torch ops for torch CUDA
 tensors; the store never copies a key to the host to describe it). std is the population standard
-deviation (ddof=0, np.std). Quantiles are exact order statistics with linear interpolation
-(np.quantile's default "linear" method): position h = (n - 1) * q between sorted values.
+deviation (ddof=0, np.std). Quantiles are exact order statistics with linear interpolation, as
+np.quantile's default "linear" method computes them (its formula too, so columns holding -inf /
++inf get its -inf / +inf / NaN): position h = (n - 1) * q between sorted values.
 8-bit integer arrays (camera frames) are counted with a 256-bin histogram instead of sorted, which
 gives the same exact quantiles. A column holding NaN gets NaN for every statistic but count.
+Extra memory is bounded on both paths for 8-bit keys and on the device path for the others: a
+pass widens at most _CHUNK_ELEMS values to 64 bits.
 
 LeRobot's own stats.json quantiles are not these: LeRobot 0.4 averages per-episode quantiles
 (weighted by episode length) and estimates each from a histogram, so on small or skewed datasets
@@ -62,16 +69,27 @@ def feature_stats(x, *, image: bool = False) -> dict[str, np.ndarray]:
     return result
 
 
+def _positions(m: int, q: float) -> tuple[int, int, float]:
+    """Sorted positions lo, hi of quantile q of m values and the weight w of hi (h = (m - 1) q)."""
+    h = (m - 1) * q
+    lo = int(np.floor(h))
+    return lo, min(lo + 1, m - 1), h - lo
+
+
+def _lerp(a, b, w: float):
+    """np.quantile's interpolation between sorted neighbours a <= b (NumPy's _lerp): a + (b - a) w
+    for w < 0.5, b - (b - a) (1 - w) from 0.5 on, so a -inf / +inf neighbour gives the same
+    -inf / +inf (or NaN) as np.quantile, and finite values its bits."""
+    d = b - a
+    return a + d * w if w < 0.5 else b - d * (1 - w)
+
+
 def _quantiles_sorted(srt: np.ndarray, m: int) -> list[np.ndarray]:
     """Linear-interpolated quantiles of columns already sorted along axis 0 (m rows)."""
     out = []
     for q in QUANTILES:
-        h = (m - 1) * q
-        lo = int(np.floor(h))
-        hi = min(lo + 1, m - 1)
-        w = h - lo
-        a, b = srt[lo], srt[hi]
-        out.append(a + w * (b - a))
+        lo, hi, w = _positions(m, q)
+        out.append(_lerp(srt[lo], srt[hi], w))
     return out
 
 
@@ -100,10 +118,20 @@ def _as_float64(cols: np.ndarray, dt: str) -> np.ndarray:
 def _histogram_columns(cols, dt: str) -> dict[str, np.ndarray]:
     """Exact statistics of 8-bit columns from per-column 256-bin histograms (NumPy)."""
     m, F = cols.shape
-    values = cols.view(np.uint8).astype(np.int64) if dt != "bool" else cols.astype(np.int64)
-    codes = values + 256 * np.arange(F, dtype=np.int64)[None, :]
-    counts = np.bincount(codes.ravel(), minlength=256 * F).reshape(F, 256)
-    return _stats_from_counts(counts, m, dt)
+    counts = np.zeros(256 * F, dtype=np.int64)
+    offsets = 256 * np.arange(F, dtype=np.int64)  # column j counts in bins [256 j, 256 j + 256)
+    step = _histogram_rows(F)
+    for r0 in range(0, m, step):  # a few rows at a time bounds the int64 codes
+        codes = cols[r0:r0 + step].view(np.uint8).astype(np.int64)  # bool / int8: their bytes
+        codes += offsets
+        counts += np.bincount(codes.reshape(-1), minlength=256 * F)
+        del codes
+    return _stats_from_counts(counts.reshape(F, 256), m, dt)
+
+
+def _histogram_rows(F: int) -> int:
+    """Rows of F 8-bit columns per histogram pass: _CHUNK_ELEMS int64 codes at most."""
+    return max(1, _CHUNK_ELEMS // max(F, 1))
 
 
 def _stats_from_counts(counts: np.ndarray, m: int, dt: str) -> dict[str, np.ndarray]:
@@ -121,14 +149,11 @@ def _stats_from_counts(counts: np.ndarray, m: int, dt: str) -> dict[str, np.ndar
     cum = np.cumsum(counts, axis=1)
     out = {"mean": mean, "std": std, "min": vmin, "max": vmax}
     for key, q in zip(QUANTILE_KEYS, QUANTILES, strict=True):
-        h = (m - 1) * q
-        lo = int(np.floor(h))
-        hi = min(lo + 1, m - 1)
-        w = h - lo
+        lo, hi, w = _positions(m, q)
         # the value at sorted position p is the first bin whose cumulative count exceeds p
         a = vals[np.argmax(cum > lo, axis=1)]
         b = vals[np.argmax(cum > hi, axis=1)]
-        out[key] = a + w * (b - a)
+        out[key] = _lerp(a, b, w)
     return out
 
 
@@ -137,11 +162,7 @@ def _torch_columns(cols, dt: str) -> dict[str, np.ndarray]:
 
     m, F = int(cols.shape[0]), int(cols.shape[1])
     if dt in ("uint8", "int8", "bool"):
-        values = cols.view(torch.uint8) if dt == "int8" else cols
-        values = values.to(torch.int64)
-        codes = values + 256 * torch.arange(F, device=cols.device, dtype=torch.int64)[None, :]
-        counts = torch.bincount(codes.reshape(-1), minlength=256 * F).reshape(F, 256)
-        return _stats_from_counts(counts.cpu().numpy(), m, dt)
+        return _stats_from_counts(_torch_counts(cols, m, F), m, dt)
     out = {k: np.empty(F) for k in ("mean", "std", "min", "max", *QUANTILE_KEYS)}
     step = max(1, _CHUNK_ELEMS // max(m, 1))
     for c0 in range(0, F, step):  # a few feature columns at a time bounds the float64 copy
@@ -158,3 +179,18 @@ def _torch_columns(cols, dt: str) -> dict[str, np.ndarray]:
             out[key][c0:c0 + step] = v.cpu().numpy()
         del f, srt
     return out
+
+
+def _torch_counts(cols, m: int, F: int) -> np.ndarray:
+    """Per-column 256-bin histograms [F, 256] of 8-bit columns, on the columns' device."""
+    import torch
+
+    counts = torch.zeros(256 * F, dtype=torch.int64, device=cols.device)
+    offsets = 256 * torch.arange(F, device=cols.device, dtype=torch.int64)
+    step = _histogram_rows(F)
+    for r0 in range(0, m, step):  # a few rows at a time bounds the int64 codes
+        codes = cols[r0:r0 + step].view(torch.uint8).to(torch.int64)  # bool / int8: their bytes
+        codes += offsets
+        counts += torch.bincount(codes.reshape(-1), minlength=256 * F)
+        del codes
+    return counts.reshape(F, 256).cpu().numpy()

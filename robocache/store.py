@@ -135,8 +135,8 @@ class TrajectoryStore:
         fps: frames per second (needed by delta_timestamps). timestamps: float [N], seconds
         within each episode. device: "cpu", "cuda", "cuda:N", or None (CUDA when usable).
         stats: shipped statistics (key -> {"mean", "std", ...}), used by normalize= when the
-        dataset gets none. image_keys: camera-frame keys, uint8 [N, H, W(, C)] (default None:
-        every uint8 array of rank >= 3; [] for none).
+        dataset gets none. image_keys: camera-frame keys, uint8 [N, H, W(, C)] with C in (1, 3,
+        4) (default None: every uint8 array of those shapes; [] for none).
         frames_on_host: on a CUDA device, keep the camera keys in pinned host memory, read by
         the image kernel over the bus (for frame stores larger than free GPU memory).
         """
@@ -164,63 +164,8 @@ class TrajectoryStore:
         timestamps, shipped stats and image keys. `progress`: None (a bar after ~1 s on a
         terminal), True, False, or a tqdm-like bar to advance. `frames_on_host`: see
         from_arrays."""
-        arrays = source.arrays
-        if not isinstance(arrays, Mapping) or len(arrays) == 0:
-            raise ValueError("arrays: expected at least one key, got an empty store")
-        checked: dict[str, object] = {}
-        n = None
-        for key, x in arrays.items():
-            if not isinstance(key, str):
-                raise TypeError(f"arrays: expected string keys, got {key!r}")
-            try:
-                x = _array.as_array(f"arrays[{key!r}]", x)
-            except TypeError:
-                raise TypeError(f"arrays[{key!r}]: expected a NumPy array, CuPy array or torch "
-                                f"tensor, got {type(x).__name__}") from None
-            dt = _array.dtype_name(x)
-            if dt not in ARRAY_DTYPES:
-                raise TypeError(f"arrays[{key!r}]: expected a numeric dtype in "
-                                f"{list(ARRAY_DTYPES)}, got {dt}")
-            if isinstance(x, np.ndarray) and not x.dtype.isnative:  # e.g. '>f4' from a file
-                x = x.astype(x.dtype.newbyteorder("="))  # the kernels and torch read native
-            if x.ndim < 1:
-                raise ValueError(f"arrays[{key!r}]: expected an array [N, *feature], got a "
-                                 "scalar")
-            if n is None:
-                n, first = int(x.shape[0]), key
-            elif int(x.shape[0]) != n:
-                raise ValueError(f"arrays[{key!r}]: expected {n} frames (as {first!r}), got "
-                                 f"shape {tuple(x.shape)}")
-            checked[key] = x
-        if n == 0:
-            raise ValueError("arrays: expected at least one frame, got an empty store (N = 0)")
-        ends = check_episode_ends(source.episode_ends, n)
-        fps = source.fps
-        if fps is not None:
-            if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not fps > 0 \
-                    or not np.isfinite(fps):
-                raise ValueError(f"fps: expected a positive finite number, got {fps!r}")
-            fps = float(fps)
-        ts = source.timestamps
-        if ts is not None:
-            ts = np.asarray(_array.to_numpy(_array.as_array("timestamps", ts)))
-            if ts.shape != (n,):
-                raise ValueError(f"timestamps: expected shape ({n},) (one per frame), got "
-                                 f"{ts.shape}")
-            if not np.issubdtype(ts.dtype, np.number) or ts.dtype == np.bool_:
-                raise TypeError(f"timestamps: expected a float array, got dtype {ts.dtype}")
-            ts = ts.astype(np.float64)
-            if not np.isfinite(ts).all():
-                raise ValueError("timestamps: expected finite timestamps, got NaN or inf")
-        image_keys = image_key_tuple(source.image_keys)
-        if image_keys is None:
-            image_keys = default_image_keys(checked)
-        for k in image_keys:
-            if k not in checked:
-                raise ValueError(f"image_keys: expected keys of arrays {list(checked)}, got "
-                                 f"{k!r}")
-            check_image_key(k, checked[k])
-        shipped = _check_stats("stats", source.stats, checked) if source.stats else None
+        _progress.check(progress)  # on every device (a CPU store draws no bar)
+        checked, ends, fps, ts, image_keys, shipped = checked_source(source)
 
         dev = _check_placement(device, frames_on_host)
         host_keys = image_keys if frames_on_host and dev != "cpu" else ()  # uint8, checked
@@ -410,8 +355,10 @@ class TrajectoryStore:
 
     def stats(self, keys=None) -> dict[str, dict[str, np.ndarray]]:
         """Per-feature mean, std, min, max, count, q01, q10, q50, q90, q99 of `keys` (default:
-        all), computed on the store's device with float64 accumulation (robocache.stats); image
-        keys per channel. Returned as float64 NumPy arrays (count: int64 [1]); cached."""
+        all), computed on the store's device with float64 accumulation (robocache.stats); camera
+        keys per channel, shape [C] (() for grey frames) in the frames' own 0..255 units, where
+        LeRobot's stats.json (shipped_stats) has [C, 1, 1] in 0..1. Returned as float64 NumPy
+        arrays (count: int64 [1], frames); cached."""
         if keys is None:
             keys = self.keys
         elif isinstance(keys, str):
@@ -428,6 +375,72 @@ class TrajectoryStore:
                 self._stats_cache[k] = _stats.feature_stats(x, image=k in self._image_keys)
             out[k] = {name: v.copy() for name, v in self._stats_cache[k].items()}
         return out
+
+
+def checked_source(source: TrajectorySource):
+    """What `source` holds, checked as the store takes it (TypeError / ValueError naming the
+    argument otherwise): (arrays, episode_ends int64, fps float | None, timestamps float64 |
+    None, image_keys, shipped stats | None). Arrays are not copied, except a non-native byte
+    order (the kernels and torch read native); write_cache and read_cache check with it too,
+    so a cache holds nothing the store refuses."""
+    arrays = source.arrays
+    if not isinstance(arrays, Mapping) or len(arrays) == 0:
+        raise ValueError("arrays: expected at least one key, got an empty store")
+    checked: dict[str, object] = {}
+    n = None
+    for key, x in arrays.items():
+        if not isinstance(key, str):
+            raise TypeError(f"arrays: expected string keys, got {key!r}")
+        try:
+            x = _array.as_array(f"arrays[{key!r}]", x)
+        except TypeError:
+            raise TypeError(f"arrays[{key!r}]: expected a NumPy array, CuPy array or torch "
+                            f"tensor, got {type(x).__name__}") from None
+        dt = _array.dtype_name(x)
+        if dt not in ARRAY_DTYPES:
+            raise TypeError(f"arrays[{key!r}]: expected a numeric dtype in "
+                            f"{list(ARRAY_DTYPES)}, got {dt}")
+        if isinstance(x, np.ndarray) and not x.dtype.isnative:  # e.g. '>f4' from a file
+            x = x.astype(x.dtype.newbyteorder("="))  # the kernels and torch read native
+        if x.ndim < 1:
+            raise ValueError(f"arrays[{key!r}]: expected an array [N, *feature], got a "
+                             "scalar")
+        if n is None:
+            n, first = int(x.shape[0]), key
+        elif int(x.shape[0]) != n:
+            raise ValueError(f"arrays[{key!r}]: expected {n} frames (as {first!r}), got "
+                             f"shape {tuple(x.shape)}")
+        checked[key] = x
+    if n == 0:
+        raise ValueError("arrays: expected at least one frame, got an empty store (N = 0)")
+    ends = check_episode_ends(source.episode_ends, n)
+    fps = source.fps
+    if fps is not None:
+        if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not fps > 0 \
+                or not np.isfinite(fps):
+            raise ValueError(f"fps: expected a positive finite number, got {fps!r}")
+        fps = float(fps)
+    ts = source.timestamps
+    if ts is not None:
+        ts = np.asarray(_array.to_numpy(_array.as_array("timestamps", ts)))
+        if ts.shape != (n,):
+            raise ValueError(f"timestamps: expected shape ({n},) (one per frame), got "
+                             f"{ts.shape}")
+        if not np.issubdtype(ts.dtype, np.number) or ts.dtype == np.bool_:
+            raise TypeError(f"timestamps: expected a float array, got dtype {ts.dtype}")
+        ts = ts.astype(np.float64)
+        if not np.isfinite(ts).all():
+            raise ValueError("timestamps: expected finite timestamps, got NaN or inf")
+    image_keys = image_key_tuple(source.image_keys)
+    if image_keys is None:
+        image_keys = default_image_keys(checked)
+    for k in image_keys:
+        if k not in checked:
+            raise ValueError(f"image_keys: expected keys of arrays {list(checked)}, got "
+                             f"{k!r}")
+        check_image_key(k, checked[k])
+    shipped = _check_stats("stats", source.stats, checked) if source.stats else None
+    return checked, ends, fps, ts, image_keys, shipped
 
 
 def _check_placement(device, frames_on_host) -> str:

@@ -607,6 +607,24 @@ def test_key_count_and_offset_limits_are_said_up_front():
     assert ok[0]["x_is_pad"].tolist() == [True, True]
 
 
+def test_per_sample_work_leaves_the_kernels_loop_room():
+    """The batch kernel's int32 loop counter steps up to MAX_GRID_Y * THREADS past a sample's
+    last element: a sample of more elements than MAX_WORK is refused (it would loop forever)."""
+    from robocache import windows as Wn
+    from robocache.ops.windows import MAX_WORK, WindowKey, WindowOp
+
+    def op(features):  # one frame of `features` bytes, no memory behind them
+        src = np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), shape=(1, features),
+                                              strides=(0, 0))
+        return WindowOp([WindowKey("x", src, None)], Wn.anchor_table(np.array([1])),
+                        zero_pad=False, like=np.zeros(1))
+
+    assert op(MAX_WORK - 1)._work == MAX_WORK  # the values and the index of the sample
+    with pytest.raises(ValueError, match=rf"keys: expected at most {MAX_WORK} output elements "
+                                         rf"per sample, got {MAX_WORK + 1}"):
+        op(MAX_WORK)
+
+
 def test_episode_index_is_the_datasets_own_id():
     """A LeRobot dataset whose episode ids are not 0..E-1 (store.meta["episode_index"]) gets
     them in batches, as LeRobot returns its episode_index column; on the loader's path too."""
@@ -792,6 +810,64 @@ def test_normalization_stats_priority_eps_and_errors():
                              stats={"action": {"mean": ["a", "b"], "std": [1, 1]}})
     ident = rc.TrajectoryDataset(st, normalize={"action": "identity"})
     np.testing.assert_array_equal(ident[2]["action"].numpy(), arrays["action"][2])
+
+
+@pytest.mark.parametrize("mode", ["mean_std", "min_max", "limits", "robomimic_gaussian"])
+@pytest.mark.parametrize("bad", [None, [0.0, None], "1", ["1", "2"], np.array(["1", "2"]),
+                                 True, [True, False], object()])
+def test_stats_that_are_not_numbers_are_refused(mode, bad):
+    """A null (JSON null / None) statistic, or one inside a list, normalized a whole column to
+    NaN; strings were parsed, bools taken as 0 / 1. Each is refused, given to the dataset or
+    shipped with the store; numbers of every kind are still taken."""
+    rng = np.random.default_rng(31)
+    st, arrays = _store(rng, [5, 5])
+    lo, hi = ("mean", "std") if mode in ("mean_std", "robomimic_gaussian") else ("min", "max")
+    good = {lo: np.zeros(2), hi: np.full(2, 4.0)}
+    with pytest.raises(TypeError, match=rf"stats\['action'\]\['{lo}'\]: expected numbers "
+                                        rf"\(one per feature\), got "):
+        rc.TrajectoryDataset(st, normalize={"action": mode}, stats={"action": {**good, lo: bad}})
+    if mode in ("mean_std", "min_max") and isinstance(bad, list):  # the store keeps the list
+        shipped = rc.TrajectoryStore.from_arrays(arrays, [5, 10], device="cpu",
+                                                 stats={"action": {**good, lo: bad}})
+        with pytest.raises(TypeError, match=rf"stats\['action'\]\['{lo}'\]: expected numbers"):
+            rc.TrajectoryDataset(shipped, normalize={"action": mode})
+    want = rc.TrajectoryDataset(st, normalize={"action": mode}, stats={"action": good})
+    for number in (0, 0.0, np.float32(0), [0, 0], torch.zeros(2, dtype=torch.bfloat16),
+                   np.zeros(2, np.int8)):
+        ds = rc.TrajectoryDataset(st, normalize={"action": mode},
+                                  stats={"action": {**good, lo: number}})
+        assert torch.equal(ds.get_batch([1, 6])["action"], want.get_batch([1, 6])["action"])
+
+
+def test_identity_keys_are_left_alone_camera_keys_too():
+    """normalize={k: "identity"} (what a config lists for a key it wants as it is) is not
+    reported as normalized without a stats entry, and is taken for camera keys (LeRobot's
+    VISUAL: IDENTITY), whose frames come out as they would without it."""
+    rng = np.random.default_rng(32)
+    N = 20
+    arrays = {"state": rng.standard_normal((N, 3)).astype(np.float32),
+              "action": rng.standard_normal((N, 2)).astype(np.float32),
+              "cam": rng.integers(0, 256, (N, 6, 5, 3), dtype=np.uint8)}
+    st = rc.TrajectoryStore.from_arrays(arrays, [10, 20], device="cpu")
+    stats = {"state": st.stats("state")["state"], "not.loaded": {"mean": 0.0, "std": 1.0}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = rc.TrajectoryDataset(st, delta_indices={"cam": [-1, 0]}, stats=stats,
+                                  normalize={"state": "mean_std", "action": "identity",
+                                             "cam": "IDENTITY"})
+    assert list(ds.normalization) == ["state"]
+    plain = rc.TrajectoryDataset(st, delta_indices={"cam": [-1, 0]})
+    b, p = ds.get_batch([0, 13]), plain.get_batch([0, 13])
+    for k in ("cam", "cam_is_pad", "action"):
+        assert torch.equal(b[k], p[k]), k
+    # a normalized key without an entry is still reported, and only it
+    with pytest.warns(UserWarning, match=r"stats: no entry for \['state'\] \(normalized"):
+        rc.TrajectoryDataset(st, stats={"not.loaded": {"mean": 0.0, "std": 1.0}},
+                             normalize={"state": "mean_std", "action": "identity"})
+    for mode in ("mean_std", "limits"):  # other modes stay refused for camera keys
+        with pytest.raises(ValueError, match=rf"normalize\['cam'\]: camera-frame keys are "
+                                             rf"normalized by their image transform.*'{mode}'"):
+            rc.TrajectoryDataset(st, normalize={"cam": mode})
 
 
 def test_zero_pad_is_zero_after_normalization():

@@ -167,6 +167,37 @@ def test_anchor_only_camera_key_and_unknown_options(rng):
     ds = rc.TrajectoryDataset(store, image_transforms={"cam": torch.nn.Identity()})
     with pytest.raises(TypeError, match=r"image_transforms\['cam'\]: expected .*fn\(frames"):
         ds[0]
+    ds = rc.TrajectoryDataset(store, image_transforms={"cam": lambda frames: frames})
+    with pytest.raises(TypeError, match=r"image_transforms\['cam'\]: expected .*fn\(frames"):
+        ds[0]
+
+
+def test_a_custom_callable_gets_a_mask_and_its_own_errors(rng):
+    """A custom image callable gets is_pad as a bool mask of the rows' shape (all False for a
+    key without offsets), and a TypeError of its own code reaches the caller unreworded."""
+    store, frames, _ = _store(rng)
+    seen = []
+
+    def keep(frames_, rows, is_pad):
+        seen.append((tuple(rows.shape), is_pad.dtype, tuple(is_pad.shape), bool(is_pad.any())))
+        return torch.as_tensor(frames_)[rows[~is_pad]]
+
+    ds = rc.TrajectoryDataset(store, keys=["cam"], image_transforms={"cam": keep})
+    got = ds.get_batch([0, 3])
+    assert seen == [((2,), torch.bool, (2,), False)]
+    np.testing.assert_array_equal(got["cam"].numpy(), frames[[0, 3]])
+    ds = rc.TrajectoryDataset(store, keys=["cam"], delta_indices={"cam": [-1, 0]},
+                              image_transforms={"cam": keep})
+    ds.get_batch([0, 3])
+    assert seen[-1] == ((2, 2), torch.bool, (2, 2), True)  # frame 0 has no frame before it
+
+    def own_error(frames_, rows, is_pad):
+        return frames_ + "x"
+
+    ds = rc.TrajectoryDataset(store, keys=["cam"], image_transforms={"cam": own_error})
+    with pytest.raises(TypeError) as info:
+        ds[0]
+    assert "image_transforms" not in str(info.value)
 
 
 @pytest.mark.gpu

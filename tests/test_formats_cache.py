@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -164,7 +165,7 @@ def test_from_a_mapping(tmp_path):
         write_cache(tmp_path / "d", arrays)
     with pytest.raises(TypeError, match="come from the TrajectorySource"):
         write_cache(tmp_path / "d", make_source(), fps=3.0)
-    with pytest.raises(ValueError, match="expected 6 rows"):
+    with pytest.raises(ValueError, match=r"last end to equal the number of frames \(5\), got 6"):
         write_cache(tmp_path / "d", arrays, episode_ends=[2, 6])
     with pytest.raises(ValueError, match="strictly increasing"):
         write_cache(tmp_path / "d", arrays, episode_ends=[3, 2, 5])
@@ -173,6 +174,29 @@ def test_from_a_mapping(tmp_path):
     with pytest.raises(ValueError, match="meta"):
         write_cache(tmp_path / "d", arrays, episode_ends=[5], meta={"f": object()})
     assert not (tmp_path / "d").exists()
+
+
+def test_write_refuses_what_the_store_refuses_and_takes_what_it_takes(tmp_path):
+    """A cache that load would refuse is refused at write time, with the store's own errors,
+    and the fps values the store takes (NumPy scalars) are taken."""
+    arrays = {"x": np.arange(5, dtype=np.float32)}
+    bad = [({"timestamps": np.ones(5, bool)}, TypeError, "timestamps: expected a float array"),
+           ({"timestamps": np.array([0, 1, np.nan, 3, 4.0])}, ValueError, "NaN or inf"),
+           ({"fps": True}, ValueError, "fps: expected a positive finite number"),
+           ({"fps": np.float32("inf")}, ValueError, "fps: expected a positive finite number")]
+    for extra, kind, message in bad:
+        with pytest.raises(kind, match=message):
+            write_cache(tmp_path / "d", arrays, episode_ends=[5], **extra)
+    with pytest.raises(ValueError, match="at least one frame"):
+        write_cache(tmp_path / "d", {"x": np.zeros((0, 2))}, episode_ends=[])
+    assert not (tmp_path / "d").exists()
+    for i, fps in enumerate([np.float32(30), np.int64(15), 10]):
+        write_cache(tmp_path / f"f{i}", arrays, episode_ends=[2, 5], fps=fps,
+                    timestamps=np.arange(5, dtype=np.float32))
+        got = read_cache(tmp_path / f"f{i}")
+        assert got.fps == float(fps) and type(got.fps) is float
+        assert got.timestamps.dtype == np.float64
+        np.testing.assert_array_equal(got.timestamps, np.arange(5))
 
 
 @settings(max_examples=25, deadline=None)
@@ -353,12 +377,81 @@ def test_a_failed_swap_back_never_removes_what_was_at_the_target(tmp_path, monke
         (tmp_path / "c" / "000-a.npy").write_bytes(b"mine")
 
     monkeypatch.setattr(cache_mod, "_exchange", exchange)
-    monkeypatch.setattr(cache_mod, "_check_target", lambda target, overwrite: None)  # raced
+    monkeypatch.setattr(cache_mod, "_check_target", lambda target, overwrite: "cache")  # raced
     with pytest.raises(OSError, match="swap back failed"):
         write_cache(tmp_path / "c", make_source(seed=2), overwrite=True,
                     progress=_Hook(users_files))
     kept = [p for p in tmp_path.iterdir() if (p / "thesis.tex").exists()]
     assert len(kept) == 1 and (kept[0] / "thesis.tex").read_text() == "keep me"
+
+
+_SAVER = r"""
+import sys, numpy as np
+import robocache.formats.cache as cache_mod
+from robocache.formats import write_cache
+value, target, saves, exchange = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+if exchange == "no":
+    cache_mod._exchange = lambda a, b: False
+for i in range(saves):
+    arrays = {"x": np.full((40, 50), value, np.float32), f"only{value}": np.zeros(40)}
+    try:
+        write_cache(target, arrays, episode_ends=[40], fps=float(value), overwrite=True,
+                    progress=False)
+    except Exception as exc:
+        print(f"saver {value}, save {i}: {type(exc).__name__}: {exc}", flush=True)
+"""
+
+
+@pytest.mark.parametrize("exchange", ["yes", "no"])
+def test_concurrent_saves_with_overwrite_all_land(tmp_path, exchange):
+    """Processes saving to one directory at once with overwrite=True each land whole (no false
+    "not a cache" refusal, no raw ENOTEMPTY / ENOENT), with or without the atomic exchange; what
+    stays is one of their caches, whole, and no scratch directory is left."""
+    import subprocess
+    import sys
+
+    target = tmp_path / "c"
+    savers = [subprocess.Popen([sys.executable, "-c", _SAVER, str(v), str(target), "40",
+                                exchange], stdout=subprocess.PIPE, text=True) for v in (1, 2, 3)]
+    errors = [line for p in savers for line in p.communicate()[0].splitlines()]
+    assert errors == []
+    got = read_cache(target)
+    value = int(got.fps)
+    assert set(got.arrays) == {"x", f"only{value}"}
+    np.testing.assert_array_equal(got.arrays["x"], np.full((40, 50), value, np.float32))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_an_empty_directory_is_filled_not_replaced(tmp_path, monkeypatch):
+    """A cache saved into an existing empty directory lands in that directory: its inode, its
+    mode (a group-shared setgid directory stays one) and a process inside it are kept."""
+    d = tmp_path / "shared"
+    d.mkdir()
+    os.chmod(d, 0o2770)
+    before = os.stat(d)
+    monkeypatch.chdir(d)
+    write_cache(".", make_source(seed=3))
+    after = os.stat(d)
+    assert (after.st_ino, stat.S_IMODE(after.st_mode)) == (before.st_ino, 0o2770)
+    assert "manifest.json" in os.listdir(".")
+    assert_same(make_source(seed=3), read_cache("."))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared"]
+    write_cache(".", make_source(seed=4), overwrite=True)  # a swap keeps the mode too
+    assert stat.S_IMODE(os.stat(tmp_path / "shared").st_mode) == 0o2770
+    assert_same(make_source(seed=4), read_cache(tmp_path / "shared"))
+
+
+def test_a_long_target_name(tmp_path):
+    """A target name near the 255-byte limit leaves no room for the scratch directory's suffix:
+    its scratch name is shortened (and still found as abandoned by the next save)."""
+    for name in ("c" * 240, "é" * 120):  # 240 bytes each
+        write_cache(tmp_path / name, make_source(seed=1))
+        write_cache(tmp_path / name, make_source(seed=2), overwrite=True)
+        assert_same(make_source(seed=2), read_cache(tmp_path / name))
+        stem = cache_mod._scratch_stem(tmp_path / name)
+        assert len(os.fsencode(stem)) <= 100 and stem != cache_mod._scratch_stem(
+            tmp_path / (name[:-1] + "x"))
+    assert len(list(tmp_path.iterdir())) == 2
 
 
 def test_replacement_without_an_atomic_exchange(tmp_path, monkeypatch):
@@ -483,7 +576,20 @@ def test_camera_keys_of_a_version_1_manifest_are_detected(tmp_path):
     (lambda m: m["arrays"]["action"].update(dtype="float32"), "header says"),
     (lambda m: m.update(episode_ends=[3, 4, 8]), "episode_ends"),
     (lambda m: m.pop("num_frames"), "malformed manifest"),
-    (lambda m: m["stats"]["action"]["mean"].update(shape=[5]), "malformed stats"),
+    (lambda m: m["stats"]["action"]["mean"].update(shape=[5]),
+     r"stats\['action'\]\['mean'\]: data must be a list of 5 values \(shape \[5\]\)"),
+    (lambda m: m["stats"]["action"]["mean"].update(data=[None, 1.0]), r"holds \[None\]"),
+    (lambda m: m["stats"]["action"]["mean"].update(data=["1e3", "nan"]), r"holds \['1e3'"),
+    (lambda m: m["stats"]["action"]["count"].update(data=[9.7]), r"holds \[9.7\], not int64"),
+    (lambda m: m["stats"]["action"]["count"].update(data=[True]), r"holds \[True\]"),
+    (lambda m: m["stats"]["action"]["mean"].update(shape=[-1, -2]), "not a list of sizes"),
+    (lambda m: m["stats"]["action"]["count"].update(dtype="uint8", data=[300]),
+     "do not fit uint8"),
+    (lambda m: m["stats"]["action"]["mean"].update(dtype="nope"), "not a dtype name"),
+    (lambda m: m["stats"]["action"]["mean"].pop("data"), "expected an object with dtype"),
+    (lambda m: m.update(episode_ends=[], num_frames=0), "malformed manifest .*at least one "
+     "episode"),
+    (lambda m: m["arrays"]["action"].update(dtype="str96"), "dtype 'str96' is not one a store"),
     (lambda m: m.update(fps="abc"), r"malformed manifest .*fps is 'abc'"),
     (lambda m: m.update(fps=True), "malformed manifest"),
     (lambda m: m.update(episode_ends=[3.5, 4, 9]), "malformed manifest .*non-integers"),
@@ -517,6 +623,36 @@ def test_bad_json_and_missing_manifest(cache, tmp_path):
         read_cache(cache)
     with pytest.raises(FileNotFoundError):
         read_cache(tmp_path / "nothing")
+
+
+def test_files_the_store_would_refuse_are_refused_naming_the_file(cache):
+    """A deeply nested manifest, a directory where a file should be, timestamps with NaN and
+    a file of strings (each with a checksum that matches) are refused, naming the file."""
+    text = (cache / "manifest.json").read_text()
+    (cache / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DatasetFormatError, match="manifest.json: nested too deeply"):
+        read_cache(cache)
+    (cache / "manifest.json").write_text(text)
+    ts = cache / "timestamps.npy"
+    good = ts.read_bytes()
+    times = np.load(ts)
+    times[4] = np.nan
+    np.save(ts, times)
+    with pytest.raises(DatasetFormatError, match=r"timestamps.npy: timestamps hold NaN or inf"):
+        read_cache(cache, verify=False)
+    ts.write_bytes(good)
+    f, m = entry_file(cache, "action")
+    f.unlink()
+    f.mkdir()
+    with pytest.raises(DatasetFormatError, match=f"{f.name}: a directory, not a regular file"):
+        read_cache(cache, verify=False)
+    f.rmdir()
+    words = np.array(["ab"] * 9)
+    np.save(f, words)
+    m["arrays"]["action"].update(dtype=words.dtype.name, shape=[9])
+    (cache / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DatasetFormatError, match=f"{f.name}: the manifest's dtype 'str64'"):
+        read_cache(cache, verify=False)
 
 
 def test_symlinked_file_out_of_the_cache(cache, link_from_outside):
@@ -657,3 +793,11 @@ def test_a_cache_of_more_keys_than_open_files_allowed_loads(tmp_path):
     got = load_under_hard_limit(100)
     assert "DatasetFormatError" in got and "150 files to map" in got and "ulimit -Hn" in got
     assert load_under_hard_limit(2 * 150 + 12).strip() == "loaded 150"  # fits: no refusal
+
+
+def test_dataset_format_error_is_public():
+    """What the readers raise can be caught without a private import."""
+    import robocache.formats
+
+    assert rc.DatasetFormatError is DatasetFormatError is robocache.formats.DatasetFormatError
+    assert "DatasetFormatError" in rc.__all__ and issubclass(DatasetFormatError, ValueError)

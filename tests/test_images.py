@@ -396,6 +396,11 @@ def test_bad_inputs():
     images.make_plan((4, 4, 1), resize=(2**23 - 1, 1))
     with pytest.raises(ValueError, match="shift: expected frame sides plus twice the shift"):
         images.make_plan((2**31 - 1, 1, 1), crop=1, crop_mode="random", shift=2**30 - 1)
+    # the kernel's int32 pixel counter steps past the last pixel by up to 65535 tiles of threads
+    with pytest.raises(ValueError, match=r"resize: expected at most 2147483647 output elements "
+                                         r"and 2130706687 pixels per image, got 1x46340x46340"):
+        images.make_plan((4, 4, 1), resize=(46340, 46340), layout="BKHWC")
+    images.make_plan((4, 4, 1), resize=(46000, 46000), layout="BKHWC")
     for ok, bad in (((4, 4), (4.0, 4.0)), ([3, 3], [3.0, 3.0])):  # nor floats in a pair
         call(f, idx, crop=ok)
         with pytest.raises(TypeError, match="crop: expected an int or a pair of ints"):

@@ -132,7 +132,7 @@ def test_bad_inputs():
 
 
 def test_image_keys_are_uint8_frames_named_or_detected():
-    """image_keys: None detects uint8 arrays of rank >= 3, [] turns detection off, one name is
+    """image_keys: None detects uint8 frames [N, H, W(, C)], [] turns detection off, one name is
     one key; a named key that is not uint8 frames is refused (the image kernel reads bytes)."""
     grid = np.zeros((4, 3, 2), np.uint8)
     mk = rc.TrajectoryStore.from_arrays
@@ -143,11 +143,27 @@ def test_image_keys_are_uint8_frames_named_or_detected():
     assert ds[0]["grid"].shape == (3, 2)
     assert mk({"grid": grid, "g2": grid}, [4], device="cpu", image_keys="grid").image_keys == \
         ("grid",)
-    for bad in (np.zeros((4, 8, 8, 1), np.float32), np.zeros((4, 8), np.uint8)):
+    for bad in (np.zeros((4, 8, 8, 1), np.float32), np.zeros((4, 8), np.uint8),
+                np.zeros((4, 2, 4, 4, 3), np.uint8), np.zeros((4, 8, 8, 7), np.uint8)):
         with pytest.raises(TypeError, match="image_keys: expected camera frames, uint8"):
             mk({"depth": bad}, [4], image_keys=["depth"], device="cpu")
     with pytest.raises(TypeError, match="image_keys: expected None, a key name"):
         mk({"grid": grid}, [4], image_keys=3, device="cpu")
+    # what the image kernel takes is detected: [N, H, W] and [N, H, W, C] with C = 1, 3, 4
+    shapes = {"grey": (4, 3, 2), "c1": (4, 3, 2, 1), "rgb": (4, 3, 2, 3), "rgba": (4, 3, 2, 4),
+              "c7": (4, 3, 2, 7), "stack": (4, 2, 3, 2, 3), "chw": (4, 3, 8, 8)}
+    st = mk({k: np.zeros(v, np.uint8) for k, v in shapes.items()}, [4], device="cpu")
+    assert st.image_keys == ("grey", "c1", "rgb", "rgba")
+
+
+def test_progress_is_checked_on_every_device():
+    """progress= takes None, True, False or a bar, also for a CPU store (which draws none)."""
+    a = {"a": np.zeros((3, 2), np.float32)}
+    for bad in ("yes", 1, object()):
+        with pytest.raises(TypeError, match="progress: expected None, True, False or a bar"):
+            rc.TrajectoryStore.from_arrays(a, [3], device="cpu", progress=bad)
+    for good in (None, True, False):
+        rc.TrajectoryStore.from_arrays(a, [3], device="cpu", progress=good)
 
 
 def test_arrays_in_another_byte_order_are_read_natively(tmp_path):

@@ -11,6 +11,7 @@ The readers are imported on first use (they pull in pyarrow, PyAV, zarr or h5py)
 
 from __future__ import annotations
 
+from .._errors import DatasetFormatError
 from .._lazy import lazy_getattr as _lazy_getattr
 from .source import TrajectorySource
 
@@ -22,7 +23,7 @@ _LAZY = {
     "write_cache": "robocache.formats.cache",
 }
 
-__all__ = ["TrajectorySource", *_LAZY]
+__all__ = ["DatasetFormatError", "TrajectorySource", *_LAZY]
 
 
 __getattr__ = _lazy_getattr(__name__, _LAZY, globals())

@@ -14,9 +14,12 @@ directory/
 `write_cache` writes everything into a temporary directory beside the target, fsyncs it and
 renames it into place, so a reader never sees a half-written cache (an existing cache is
 replaced only with overwrite=True - swapped out atomically and checked again to be a cache -
-and a directory that is not a cache never, also when it appears while the cache is written). A
-save killed midway leaves its temporary directory, which a later save to the same target
-removes once its process is gone and nothing has written to it for ABANDONED_AFTER_S. The
+and a directory that is not a cache never, also when it appears while the cache is written).
+An existing empty directory is filled instead (its files hard-linked in, the manifest last), so
+it keeps its mode and a process inside it. Saves to one target at once each land whole, the last
+one staying (with overwrite=True; without it, the first). A save killed midway leaves its
+temporary directory, which a later save to the same target removes once its process is gone and
+nothing has written to it for ABANDONED_AFTER_S. The
 SHA-256 of every file is computed while it is written. `read_cache` memory-maps
 the .npy files (what np.load(mmap_mode="r", allow_pickle=False) maps: nothing is copied and
 nothing is unpickled), checks each header against the manifest and, with verify=True, every
@@ -54,6 +57,7 @@ from .._version import __version__
 from . import _paths
 from .source import TrajectorySource, check_image_key, default_image_keys, image_key_tuple
 
+_STORE_DTYPES = tuple(_array.ITEMSIZE)  # what TrajectoryStore takes (its ARRAY_DTYPES)
 FORMAT = "robocache-cache"
 FORMAT_VERSION = 2  # 2: "image_keys" names exactly the camera keys ([] = none)
 MANIFEST = "manifest.json"
@@ -98,7 +102,7 @@ def write_cache(directory, source, *, episode_ends=None, fps=None, timestamps=No
     plan = _plan(arrays, episode_ends, fps, timestamps, stats, image_keys, meta)
     # through a symbolic link: the cache goes where it points (the link stays)
     target = Path(os.path.realpath(Path(os.fspath(directory)).expanduser()))
-    _check_target(target, overwrite)
+    _check_target(target, overwrite)  # refused before anything is written
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned(target)
     tmp = _scratch_dir(target, "tmp")
@@ -124,34 +128,24 @@ def _remove_scratch(path: Path) -> None:
 
 
 def _plan(arrays, episode_ends, fps, timestamps, stats, image_keys, meta) -> dict:
+    """What write_cache will write, checked as the store takes it: a cache holds nothing that
+    TrajectoryStore.load would refuse."""
+    from ..store import checked_source
+
     if not arrays:
         raise ValueError("arrays: expected at least one key")
-    ends = np.asarray(episode_ends if isinstance(episode_ends, (list, tuple))
-                      else _array.to_numpy(episode_ends))
-    if ends.ndim != 1 or (ends.size and ends.dtype.kind not in "iu"):
-        raise ValueError(f"episode_ends: expected a 1-D integer array, got shape {ends.shape} "
-                         f"dtype {ends.dtype}")
-    ends = ends.astype(np.int64)
-    if ends.size and ((ends <= np.concatenate([[0], ends[:-1]])).any()):
-        raise ValueError("episode_ends: expected positive, strictly increasing frame counts")
-    n = int(ends[-1]) if ends.size else 0
-    entries = []
-    for i, (key, value) in enumerate(arrays.items()):
+    hosted = {}
+    for key, value in arrays.items():
         if not isinstance(key, str) or not key:
             raise ValueError(f"arrays: keys must be non-empty strings, got {key!r}")
-        arr = _host(value, f"arrays[{key!r}]")
-        if arr.ndim < 1 or arr.shape[0] != n:
-            raise ValueError(f"arrays[{key!r}]: expected {n} rows (episode_ends[-1]), got shape "
-                             f"{arr.shape}")
+        hosted[key] = _host(value, f"arrays[{key!r}]")
+    hosted, ends, fps, ts, image_keys, _ = checked_source(TrajectorySource(
+        arrays=hosted, episode_ends=episode_ends, fps=fps, timestamps=timestamps,
+        image_keys=tuple(image_keys)))
+    entries = []
+    for i, (key, arr) in enumerate(hosted.items()):
         slug = re.sub(r"[^A-Za-z0-9._-]", "_", key)[:80]
-        entries.append((key, f"{i:03d}-{slug}.npy", arr))
-    ts = None
-    if timestamps is not None:
-        ts = _host(timestamps, "timestamps")
-        if ts.shape != (n,):
-            raise ValueError(f"timestamps: expected shape ({n},), got {ts.shape}")
-    if fps is not None and not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps: expected a positive number or None, got {fps!r}")
+        entries.append((key, f"{i:03d}-{slug}.npy", np.asarray(arr)))
     stats_json = {}
     for key, per in (stats or {}).items():
         stats_json[str(key)] = {}
@@ -166,14 +160,8 @@ def _plan(arrays, episode_ends, fps, timestamps, stats, image_keys, meta) -> dic
         meta_json = json.loads(json.dumps(meta or {}, default=_jsonable))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"meta: expected JSON-serialisable values ({exc})") from None
-    missing = [k for k in image_keys if k not in arrays]
-    if missing:
-        raise ValueError(f"image_keys: {missing} are not keys of arrays")
-    for key, _file, arr in entries:  # what the store will accept as camera frames
-        if key in image_keys:
-            check_image_key(key, arr)
-    return {"n": n, "ends": ends, "entries": entries, "timestamps": ts,
-            "fps": None if fps is None else float(fps), "stats": stats_json,
+    return {"n": int(ends[-1]), "ends": ends, "entries": entries, "timestamps": ts,
+            "fps": fps, "stats": stats_json,
             "image_keys": list(image_keys), "meta": meta_json}
 
 
@@ -194,40 +182,95 @@ def _jsonable(obj):
     raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
 
 
-def _check_target(target: Path, overwrite: bool) -> None:
-    if not target.exists():
-        return
-    if not target.is_dir():
-        raise FileExistsError(f"directory: {str(target)!r} exists and is not a directory")
-    if not any(target.iterdir()):
-        return
-    if not (target / MANIFEST).is_file():
-        raise FileExistsError(f"directory: {str(target)!r} is not empty and holds no "
-                              f"{MANIFEST}; refusing to replace something that is not a cache")
-    other = _not_cache_files(target)
+def _check_target(target: Path, overwrite: bool) -> str:
+    """What is at `target`: "absent", "empty" (an empty directory) or "cache" (a cache, with
+    overwrite=True); FileExistsError for anything else, so that nothing but a cache is ever
+    replaced. Its listing and manifest are read through one descriptor of the directory, under a
+    shared lock (a save filling an empty directory holds it exclusively), so they are of one
+    directory; one that another save swapped out meanwhile (and may be removing) is not judged,
+    the target is looked at again."""
+    for _ in range(_LAND_ATTEMPTS):
+        try:
+            dfd = os.open(target, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except FileNotFoundError:
+            return "absent"
+        except NotADirectoryError:
+            raise FileExistsError(f"directory: {str(target)!r} exists and is not a directory"
+                                  ) from None
+        try:
+            _lock(dfd, shared=True)
+            names = sorted(os.listdir(dfd))
+            refusal = _refusal(target, dfd, names, overwrite)
+            if refusal is None:
+                return "cache" if names else "empty"
+            if not _moved(target, dfd):
+                raise refusal
+        finally:
+            os.close(dfd)  # and its lock
+    raise FileExistsError(f"directory: {str(target)!r} was replaced by other saves "
+                          f"{_LAND_ATTEMPTS} times while this one looked at it; save again")
+
+
+def _refusal(target: Path, dfd: int, names: list[str], overwrite: bool):
+    """Why the directory open as `dfd`, holding `names`, may not be replaced (None: it may)."""
+    if not names:
+        return None
+    if MANIFEST not in names:
+        return FileExistsError(f"directory: {str(target)!r} is not empty and holds no "
+                               f"{MANIFEST}; refusing to replace something that is not a cache")
+    other = _not_cache_files(dfd, names)
     if other:
-        raise FileExistsError(f"directory: {str(target)!r} holds {other[:5]}, which are not "
-                              f"a RoboCache cache's; refusing to replace it")
+        return FileExistsError(f"directory: {str(target)!r} holds {other[:5]}, which are not "
+                               f"a RoboCache cache's; refusing to replace it")
     if not overwrite:
-        raise FileExistsError(f"directory: {str(target)!r} already holds a cache; pass "
-                              f"overwrite=True to replace it")
+        return FileExistsError(f"directory: {str(target)!r} already holds a cache; pass "
+                               f"overwrite=True to replace it")
+    return None
 
 
-def _not_cache_files(target: Path) -> list[str]:
-    """The entries of `target` that a cache it might be does not account for: all of them
-    when its manifest is not a RoboCache manifest, else those the manifest does not name."""
-    names = sorted(p.name for p in target.iterdir())
+def _lock(dfd: int, shared: bool) -> bool:
+    """flock the directory open as `dfd` (released when it is closed); False where the file
+    system has no locks."""
     try:
-        with open(target / MANIFEST, encoding="utf-8") as f:
+        import fcntl
+
+        fcntl.flock(dfd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+def _not_cache_files(dfd: int, names: list[str]) -> list[str]:
+    """The entries `names` of the directory open as `dfd` that a cache it might be does not
+    account for: all of them when its manifest is not a RoboCache manifest, else those the
+    manifest does not name."""
+    def opener(name, flags):
+        return os.open(name, flags | getattr(os, "O_NONBLOCK", 0), dir_fd=dfd)
+
+    try:
+        with open(MANIFEST, encoding="utf-8", opener=opener) as f:
             manifest = json.load(f)
         ours = {MANIFEST, manifest.get("timestamps", {}).get("file") if isinstance(
             manifest.get("timestamps"), dict) else None}
         ours |= {e.get("file") for e in manifest["arrays"].values()}
         if manifest.get("format") != FORMAT:
             return names
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return names
     return [n for n in names if n not in ours]
+
+
+def _is_cache_dir(path: Path) -> bool:
+    """Whether the directory `path` holds a cache and nothing else."""
+    try:
+        dfd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return False
+    try:
+        names = sorted(os.listdir(dfd))
+        return MANIFEST in names and not _not_cache_files(dfd, names)
+    finally:
+        os.close(dfd)
 
 
 class _HashingWriter:
@@ -305,8 +348,18 @@ def _scratch_dir(target: Path, kind: str) -> Path:
     """A sibling of `target` for a save in progress ("tmp": the new cache being written; "old":
     the cache it replaces, about to be removed), named after this host and process so that a
     later save can tell an abandoned one (its process killed) from one still running."""
-    return target.parent / (f".{target.name}.{kind}-{_host_tag()}-{os.getpid()}-"
+    return target.parent / (f".{_scratch_stem(target)}.{kind}-{_host_tag()}-{os.getpid()}-"
                             f"{uuid.uuid4().hex[:12]}")
+
+
+def _scratch_stem(target: Path) -> str:
+    """`target`'s name in its scratch directories' names: whole when short, else its first bytes
+    and a hash of it (a name near the file system's 255-byte limit leaves no room for the
+    ~100 bytes of host, process and uuid)."""
+    raw = os.fsencode(target.name)
+    if len(raw) <= 100:
+        return target.name
+    return f"{os.fsdecode(raw[:60])}~{hashlib.sha256(raw).hexdigest()[:16]}"
 
 
 def _host_tag() -> str:
@@ -327,7 +380,7 @@ def _remove_abandoned(target: Path) -> None:
     """Remove the scratch directories of saves to `target` whose process (on this host, in this
     PID namespace) is gone - a save killed before it could clean up - and that nothing has
     written for ABANDONED_AFTER_S, when they hold nothing but a cache's files."""
-    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(?:tmp|old)-"
+    pattern = re.compile(rf"^\.{re.escape(_scratch_stem(target))}\.(?:tmp|old)-"
                          rf"{re.escape(_host_tag())}-(\d+)-[0-9a-f]{{12}}$")
     try:
         siblings = list(os.scandir(target.parent))
@@ -361,46 +414,130 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+_LAND_ATTEMPTS = 8
+
+
 def _replace(tmp: Path, target: Path, overwrite: bool) -> None:
-    """Move the finished cache `tmp` to `target`. Into nothing or an empty directory it is one
-    rename, which the system refuses when `target` is (by now) a non-empty directory - another
-    save's cache, or files that appeared since _check_target - so overwrite=False never replaces
-    anything. With overwrite=True an existing cache is swapped out atomically (renameat2
-    RENAME_EXCHANGE), checked again to be a cache (put back if it no longer is), and removed."""
-    try:
-        os.rename(tmp, target)
-    except OSError as exc:
-        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-            raise
-        _check_target(target, overwrite)  # FileExistsError unless a cache and overwrite=True
-        _swap_in(tmp, target)
+    """Move the finished cache `tmp` to `target`, as what is there now allows (_check_target):
+    into nothing, one rename; into an empty directory, its files (the directory stays, with its
+    mode); over a cache (overwrite=True), an atomic swap. Each step is refused by the system
+    when another save (or the user) changed the target meanwhile, and the target is then looked
+    at again; so overwrite=False never replaces anything, and concurrent saves with
+    overwrite=True each land whole, the last one staying."""
+    for _ in range(_LAND_ATTEMPTS):
+        state = _check_target(target, overwrite)  # FileExistsError unless one of these
+        if state == "absent":
+            landed = _rename_into_nothing(tmp, target)
+        elif state == "empty":
+            landed = _fill_empty(tmp, target)
+        else:
+            landed = _swap_in(tmp, target)
+        if landed:
+            break
+    else:
+        raise FileExistsError(f"directory: {str(target)!r} was replaced by other saves "
+                              f"{_LAND_ATTEMPTS} times while this one tried to land; save again")
     _fsync_dir(target.parent)
 
 
-def _swap_in(tmp: Path, target: Path) -> None:
-    if _exchange(tmp, target):
+def _rename_into_nothing(tmp: Path, target: Path) -> bool:
+    try:
+        os.rename(tmp, target)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            return False  # something landed there meanwhile
+        raise
+    return True
+
+
+def _fill_empty(tmp: Path, target: Path) -> bool:
+    """Hard-link the cache's files into the empty directory `target`, the manifest last (a
+    reader sees no cache until it is whole), under the directory's exclusive lock, so that the
+    directory itself stays: its mode, its owner, and a shell or process inside it. Where the
+    file system has no locks or no hard links: the one rename onto the empty directory."""
+    try:
+        dfd = os.open(target, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    try:
+        if not _lock(dfd, shared=False):
+            return _rename_onto_empty(tmp, target, dfd)
+        if os.listdir(dfd) or _moved(target, dfd):
+            return False  # filled or replaced meanwhile: look again
+        names = sorted(os.listdir(tmp), key=lambda name: name == MANIFEST)
+        tfd = os.open(tmp, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        linked = []
+        try:
+            for name in names:
+                os.link(name, name, src_dir_fd=tfd, dst_dir_fd=dfd)
+                linked.append(name)
+        except OSError as exc:
+            for name in reversed(linked):
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=dfd)
+            if exc.errno == errno.EEXIST:  # the user's files appeared: look again
+                return False
+            return _rename_onto_empty(tmp, target, dfd)  # no hard links here
+        finally:
+            os.close(tfd)
+        os.fsync(dfd)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return True
+    finally:
+        os.close(dfd)
+
+
+def _rename_onto_empty(tmp: Path, target: Path, dfd: int) -> bool:
+    with contextlib.suppress(OSError):  # the new directory takes the old one's mode
+        os.chmod(tmp, stat.S_IMODE(os.fstat(dfd).st_mode))
+    return _rename_into_nothing(tmp, target)
+
+
+def _swap_in(tmp: Path, target: Path) -> bool:
+    """Swap the cache `tmp` in for the cache at `target`, which it then removes; False when the
+    target went away meanwhile (another save between its two renames: look again)."""
+    with contextlib.suppress(OSError):  # the directory keeps its mode
+        os.chmod(tmp, stat.S_IMODE(os.stat(target).st_mode))
+    try:
+        exchanged = _exchange(tmp, target)
+    except FileNotFoundError:
+        return False
+    if exchanged:
         old = tmp  # now holds what was at target
-        if not (old / MANIFEST).is_file() or _not_cache_files(old):
+        if not _is_cache_dir(old):
             _exchange(tmp, target)  # replaced by something else since the check: put it back
             raise FileExistsError(f"directory: {str(target)!r} changed while the cache was "
                                   f"written and no longer holds a cache; refusing to replace it")
         _remove_scratch(old)
-        return
+        return True
     # no atomic exchange here: rename the old cache away, the new one in (a reader between the
     # two renames sees no cache and retries)
     old = _scratch_dir(target, "old")
     try:
         os.rename(target, old)
     except FileNotFoundError:  # another save moved it away first
-        os.rename(tmp, target)
-        return
+        return False
+    if not _is_cache_dir(old):  # replaced by something else since the check: put it back
+        with contextlib.suppress(OSError):
+            os.rename(old, target)
+        raise FileExistsError(f"directory: {str(target)!r} changed while the cache was "
+                              f"written and no longer holds a cache; refusing to replace it"
+                              f"{'' if not old.exists() else f' (it is now at {str(old)!r})'}")
     try:
         os.rename(tmp, target)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):  # another save's cache landed
+            _remove_scratch(old)  # the cache this save replaces anyway
+            return False
+        with contextlib.suppress(OSError):
+            os.rename(old, target)
+        raise
     except BaseException:
         with contextlib.suppress(OSError):
             os.rename(old, target)
         raise
     _remove_scratch(old)
+    return True
 
 
 _RENAME_EXCHANGE = 2
@@ -499,6 +636,8 @@ def _read_at(root: Path, dfd: int, verify: bool, progress) -> TrajectorySource:
         raise DatasetFormatError(f"{mpath}: missing (not a RoboCache cache)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetFormatError(f"{mpath}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise DatasetFormatError(f"{mpath}: nested too deeply to be a cache manifest") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DatasetFormatError(f"{mpath}: not a RoboCache cache manifest (format "
                                  f"{manifest.get('format') if isinstance(manifest, dict) else None!r})")
@@ -523,6 +662,8 @@ def _read_at(root: Path, dfd: int, verify: bool, progress) -> TrajectorySource:
             raise ValueError(f"episode_ends holds non-integers {raw_ends[:5]}")
         if not keys:
             raise ValueError("keys is [], a cache holds at least one key")
+        if not raw_ends:
+            raise ValueError("episode_ends is [], a cache holds at least one episode")
         if any(not 0 < e < 2**63 for e in raw_ends):
             raise ValueError(f"episode_ends holds {[e for e in raw_ends if not 0 < e < 2**63][:3]}"
                              f", not frame counts")
@@ -565,11 +706,17 @@ def _read_at(root: Path, dfd: int, verify: bool, progress) -> TrajectorySource:
         for k, e in files:
             path = _entry_path(root, e, mpath, k)
             try:
-                f = open(e["file"], "rb", buffering=0, opener=opener)
+                # named by its absolute path (np.memmap takes abspath(f.name): the working
+                # directory, maybe gone, is never asked), opened by its name in the pinned one
+                f = open(str(path), "rb", buffering=0,
+                         opener=lambda _path, flags, name=e["file"]: opener(name, flags))
             except FileNotFoundError:
                 if _moved(root, dfd):
                     raise _Replaced from None
                 raise DatasetFormatError(f"{path}: missing (listed in {MANIFEST})") from None
+            except IsADirectoryError:
+                raise DatasetFormatError(f"{path}: a directory, not a regular file (listed in "
+                                         f"{MANIFEST})") from None
             opened.append((k, e, path, f))
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 raise DatasetFormatError(f"{path}: not a regular file (listed in {MANIFEST})")
@@ -586,9 +733,8 @@ def _read_at(root: Path, dfd: int, verify: bool, progress) -> TrajectorySource:
             if arr.ndim < 1 or arr.shape[0] != n:
                 raise DatasetFormatError(f"{path}: {arr.shape[0] if arr.ndim else 0} rows, the "
                                          f"manifest says num_frames={n}")
-            if k is None and arr.ndim != 1:
-                raise DatasetFormatError(f"{path}: timestamps of shape {arr.shape}; expected "
-                                         f"one per frame, ({n},)")
+            if k is None:
+                _check_timestamps(path, arr, n)
             if k is not None and image_keys and k in image_keys:
                 try:
                     check_image_key(k, arr)
@@ -597,26 +743,58 @@ def _read_at(root: Path, dfd: int, verify: bool, progress) -> TrajectorySource:
     finally:
         for *_, f in opened:
             f.close()  # the maps keep their files
-    stats = {}
-    try:
-        for key, per in stats_json.items():
-            stats[key] = {}
-            for name, s in per.items():
-                if s["dtype"] == "bfloat16":  # written as float32 values, exact
-                    dt = _array.numpy_dtype("bfloat16")
-                    value = np.asarray(s["data"], dtype=np.float32).astype(dt)
-                else:
-                    dt = np.dtype(s["dtype"])
-                    if dt.kind not in "biuf":  # numbers only (an "object" dtype takes anything)
-                        raise ValueError(f"stats[{key!r}][{name!r}] has dtype {dt}, not numbers")
-                    value = np.asarray(s["data"], dtype=dt)
-                stats[key][name] = value.reshape(s["shape"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DatasetFormatError(f"{mpath}: malformed stats ({exc})") from None
+    stats = {key: {name: _stat_value(mpath, key, name, entry) for name, entry in per.items()}
+             for key, per in stats_json.items()}
     return TrajectorySource(arrays=arrays, episode_ends=ends,
                             fps=None if fps is None else float(fps), timestamps=timestamps,
                             stats=stats or None, image_keys=image_keys,
                             meta={**meta, "cache": str(root)})
+
+
+def _check_timestamps(path: Path, ts: np.ndarray, n: int) -> None:
+    """The timestamps file holds what the store takes: one finite number per frame."""
+    if ts.ndim != 1:
+        raise DatasetFormatError(f"{path}: timestamps of shape {ts.shape}; expected one per "
+                                 f"frame, ({n},)")
+    if ts.dtype.kind not in "iuf":
+        raise DatasetFormatError(f"{path}: timestamps of dtype {ts.dtype}; expected numbers")
+    if ts.dtype.kind == "f" and not np.isfinite(ts).all():
+        raise DatasetFormatError(f"{path}: timestamps hold NaN or inf")
+
+
+def _stat_value(mpath: Path, key: str, name: str, entry) -> np.ndarray:
+    """One statistic of the manifest, {dtype, shape, data}: `data` a flat list of exactly
+    prod(shape) numbers of that dtype (no nulls, strings or fractions read as integers)."""
+    what = f"{mpath}: stats[{key!r}][{name!r}]"
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data"} <= set(entry):
+        raise DatasetFormatError(f"{what}: expected an object with dtype, shape and data")
+    dtype, shape, data = entry["dtype"], entry["shape"], entry["data"]
+    try:
+        dt = _array.numpy_dtype("bfloat16") if dtype == "bfloat16" else np.dtype(dtype)
+    except TypeError:
+        raise DatasetFormatError(f"{what}: dtype {dtype!r} is not a dtype name") from None
+    if dtype != "bfloat16" and dt.kind not in "biuf":  # an "object" dtype takes anything
+        raise DatasetFormatError(f"{what}: dtype {dt} is not numbers")
+    if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise DatasetFormatError(f"{what}: shape {shape!r:.80} is not a list of sizes")
+    if not isinstance(data, list) or len(data) != math.prod(shape):
+        raise DatasetFormatError(f"{what}: data must be a list of {math.prod(shape)} values "
+                                 f"(shape {shape}), got {type(data).__name__} of "
+                                 f"{len(data) if isinstance(data, list) else 'no'} values")
+    allowed = {"b": (bool,), "i": (int,), "u": (int,)}.get(dt.kind, (int, float))
+    bad = [v for v in data if not isinstance(v, allowed) or (dt.kind != "b" and
+                                                              isinstance(v, bool))]
+    if bad:
+        raise DatasetFormatError(f"{what}: data holds {bad[:3]!r:.80}, not {dt} values")
+    try:
+        if dtype == "bfloat16":  # written as float32 values, exact
+            value = np.asarray(data, dtype=np.float32).astype(dt)
+        else:
+            value = np.asarray(data, dtype=dt)
+    except (OverflowError, ValueError) as exc:
+        raise DatasetFormatError(f"{what}: data do not fit {dt} ({exc})") from None
+    return value.reshape(shape)
 
 
 def _ensure_open_files(count: int, mpath: Path) -> None:
@@ -695,6 +873,9 @@ def _load(path: Path, entry: dict, key, f) -> np.ndarray:
             isinstance(d, int) and not isinstance(d, bool) for d in shape):
         raise DatasetFormatError(f"{path}: the manifest's entry has dtype {dtype!r} and shape "
                                  f"{shape!r}; expected a dtype name and a list of ints")
+    if dtype not in _STORE_DTYPES:
+        raise DatasetFormatError(f"{path}: the manifest's dtype {dtype!r} is not one a store "
+                                 f"holds ({', '.join(_STORE_DTYPES)})")
     stored = "uint16" if dtype == "bfloat16" else dtype
     try:
         f.seek(0)
@@ -713,7 +894,6 @@ def _load(path: Path, entry: dict, key, f) -> np.ndarray:
         else:  # what np.load(mmap_mode="r") maps, from this descriptor
             arr = np.memmap(f, dtype=fdtype, mode="r", shape=tuple(fshape), order="C",
                             offset=f.tell())
-            arr.filename = str(path)  # the file's own path (the map was opened by name in root)
     except DatasetFormatError:
         raise
     except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError) as exc:

@@ -31,10 +31,14 @@ class TrajectorySource:
 
 
 def is_camera_frames(x) -> bool:
-    """Whether array `x` can be a camera key: uint8 of rank >= 3 ([N, H, W(, C)])."""
+    """Whether array `x` can be a camera key: uint8 frames [N, H, W] or [N, H, W, C] with the C
+    the image kernel takes (1, 3 or 4 channels, last)."""
     from .. import _array
+    from ..ops.images import CHANNELS
 
-    return _array.dtype_name(x) == "uint8" and len(x.shape) >= 3
+    shape = tuple(x.shape)
+    return _array.dtype_name(x) == "uint8" and (
+        len(shape) == 3 or (len(shape) == 4 and shape[3] in CHANNELS))
 
 
 def default_image_keys(arrays) -> tuple[str, ...]:
@@ -47,7 +51,8 @@ def check_image_key(key: str, x) -> None:
     from .. import _array
 
     if not is_camera_frames(x):
-        raise TypeError(f"image_keys: expected camera frames, uint8 [N, H, W(, C)], got {key!r} "
+        raise TypeError(f"image_keys: expected camera frames, uint8 [N, H, W] or [N, H, W, C] "
+                        f"with C in (1, 3, 4), got {key!r} "
                         f"of dtype {_array.dtype_name(x)} and shape {tuple(x.shape)} (keep it "
                         f"an ordinary key)")
 

@@ -85,6 +85,9 @@ PIXELS_PER_THREAD = 8
 CROP_PIXELS_PER_THREAD = 16
 RUN_WIDTH = 4  # pixels per work item of the wide-store kernels (images.cu, V = 4)
 _I32_MAX = 2**31 - 1
+# output pixels the kernel's int32 pixel counter covers: its last step (65535 tiles of THREADS)
+# past the end must not wrap
+_MAX_PIXELS = _I32_MAX - 65535 * THREADS
 _EXACT_INDEX = 2**23  # images.cu's rc_small_to_float: integers below it as exact floats
 
 # Purposes of the random draws (RC_IMG_* in images.cu).
@@ -242,8 +245,9 @@ def make_plan(frame_shape, *, crop=None, crop_mode: str = "center", per_frame_cr
         V.fail("shift", f"frame sides plus twice the shift within {_I32_MAX}",
                f"shift {shift} on a {H}x{W} frame")
     h, w = (ch, cw) if resize is None else _pair("resize", resize, minimum=1)
-    if C * h * w > _I32_MAX:
-        V.fail("resize", f"at most {_I32_MAX} output elements per image", f"{C}x{h}x{w}")
+    if C * h * w > _I32_MAX or h * w > _MAX_PIXELS:
+        V.fail("resize", f"at most {_I32_MAX} output elements and {_MAX_PIXELS} pixels per "
+               f"image", f"{C}x{h}x{w}")
     if resize is not None and max(h, w, ch, cw) >= _EXACT_INDEX:
         V.fail("resize", "output and crop sides below 2**23 (the kernel's exact float pixel "
                "indices)", f"resize {(h, w)} of a {(ch, cw)} crop")

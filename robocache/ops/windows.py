@@ -45,6 +45,9 @@ MAX_SEGS = 1 + 2 * MAX_KEYS
 SEG_META, SEG_VALUES, SEG_MASK, SEG_ROWS = 0, 1, 2, 3
 THREADS = 128
 MAX_GRID_Y = 65535
+# per-sample work the kernel's int32 loop counter covers: its last step (MAX_GRID_Y * THREADS)
+# past the end must not wrap
+MAX_WORK = 2**31 - 1 - MAX_GRID_Y * THREADS
 META_KEYS = ("index", "episode_index", "frame_index")
 
 WIN_KEYS_DTYPE = np.dtype({
@@ -223,8 +226,8 @@ class WindowOp:
                 seg_key.append(i)
                 widths.append(k.K)
         begin = np.concatenate([[0], np.cumsum(widths, dtype=np.int64)])
-        if begin[-1] >= 2**31:
-            raise ValueError(f"keys: expected fewer than 2**31 output elements per sample, got "
+        if begin[-1] > MAX_WORK:
+            raise ValueError(f"keys: expected at most {MAX_WORK} output elements per sample, got "
                              f"{int(begin[-1])}")
         n = len(widths)
         desc["seg_kind"][:n] = seg_kind
