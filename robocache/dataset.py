@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import numbers
 import operator
-import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -273,6 +272,8 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                     self._image_plans[k] = t.plan(_frame_shape(sources[k]))
                 except (ValueError, TypeError) as exc:  # say which camera's transform it is
                     raise type(exc)(f"image_transforms[{k!r}]: {exc}") from None
+            elif not callable(t) or _takes_three(t) is False:
+                raise TypeError(_not_a_transform(k, t))
         for k in self._image_keys:  # host-resident frames: the image kernel reads them raw
             if self._store_key.get(k, k) in store.host_keys and k not in transforms:
                 self._image_plans[k] = _images.make_plan(_frame_shape(sources[k]),
@@ -808,12 +809,11 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                 try:
                     batch[k] = fn(self._frames(k), rows, mask)
                 except TypeError as e:
-                    if not _refused_the_call(e):  # raised inside fn: its own error
+                    if e.__traceback__.tb_next is not None:  # raised inside fn: its own error
                         raise
-                    # e.g. a torchvision transform, which takes one image
-                    raise TypeError(f"image_transforms[{k!r}]: expected an rc.ImageTransform or "
-                                    f"a callable fn(frames, rows, is_pad), got {fn!r:.80}, which "
-                                    f"raised TypeError: {e}") from e
+                    # the call refused (a signature inspect could not read before)
+                    raise TypeError(f"{_not_a_transform(k, fn)}, which raised TypeError: "
+                                    f"{e}") from e
                 continue
             if plan is not None:
                 out = self._transform_frames(k, plan, rows, zero_mask, draw, kept)
@@ -919,15 +919,28 @@ def _with_meta(names, store) -> tuple[str, ...]:
     return names + tuple(k for k in store.keys if k in META_KEYS)
 
 
-_CALL_REFUSED = re.compile(r"takes (from )?\d+ (to \d+ )?positional arguments? but \d+ "
-                           r"(was|were) given|missing \d+ required positional argument|"
-                           r"unexpected keyword argument|takes no arguments")
+def _takes_three(fn) -> bool | None:
+    """Whether `fn` can be called as fn(frames, rows, is_pad) (a torch module: its forward);
+    None where its signature cannot be read (some builtins)."""
+    import inspect
+
+    target = fn.forward if isinstance(fn, torch.nn.Module) else fn
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        return None
+    try:
+        signature.bind(None, None, None)
+    except TypeError:
+        return False
+    return True
 
 
-def _refused_the_call(error: TypeError) -> bool:
-    """Whether `error` is Python refusing the call's arguments (the callable takes another
-    signature), not a TypeError raised by the callable's own code."""
-    return error.__traceback__.tb_next is None or bool(_CALL_REFUSED.search(str(error)))
+def _not_a_transform(key: str, fn) -> str:
+    """The error for a transform of camera `key` that is neither kind (e.g. a torchvision
+    transform, which takes one image)."""
+    return (f"image_transforms[{key!r}]: expected an rc.ImageTransform or a callable "
+            f"fn(frames, rows, is_pad), got {fn!r:.80}")
 
 
 def _check_stats_present(key: str, mode: str, stats: dict, need) -> None:
@@ -958,6 +971,9 @@ def _stat_numbers(name: str, value) -> np.ndarray:
             else _array.to_numpy(_array.as_array(name, value))
     except (TypeError, ValueError):  # not an array, a ragged list
         raw = None
+    if raw is not None and raw.dtype == object and all(  # e.g. pandas' .to_numpy()
+            isinstance(v, numbers.Real) and not isinstance(v, bool) for v in raw.reshape(-1)):
+        raw = raw.astype(np.float64)
     ok = raw is not None and (raw.dtype.kind in "iuf" or _array.dtype_name(raw) == "bfloat16")
     if not ok:
         raise TypeError(f"{name}: expected numbers (one per feature), got {value!r:.80}")

@@ -814,7 +814,8 @@ def test_normalization_stats_priority_eps_and_errors():
 
 @pytest.mark.parametrize("mode", ["mean_std", "min_max", "limits", "robomimic_gaussian"])
 @pytest.mark.parametrize("bad", [None, [0.0, None], "1", ["1", "2"], np.array(["1", "2"]),
-                                 True, [True, False], object()])
+                                 True, [True, False], object(),
+                                 np.array([0.0, None], dtype=object)])
 def test_stats_that_are_not_numbers_are_refused(mode, bad):
     """A null (JSON null / None) statistic, or one inside a list, normalized a whole column to
     NaN; strings were parsed, bools taken as 0 / 1. Each is refused, given to the dataset or
@@ -833,7 +834,7 @@ def test_stats_that_are_not_numbers_are_refused(mode, bad):
             rc.TrajectoryDataset(shipped, normalize={"action": mode})
     want = rc.TrajectoryDataset(st, normalize={"action": mode}, stats={"action": good})
     for number in (0, 0.0, np.float32(0), [0, 0], torch.zeros(2, dtype=torch.bfloat16),
-                   np.zeros(2, np.int8)):
+                   np.zeros(2, np.int8), np.array([0.0, 0], dtype=object)):  # pandas' objects
         ds = rc.TrajectoryDataset(st, normalize={"action": mode},
                                   stats={"action": {**good, lo: number}})
         assert torch.equal(ds.get_batch([1, 6])["action"], want.get_batch([1, 6])["action"])

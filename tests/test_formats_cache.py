@@ -422,23 +422,105 @@ def test_concurrent_saves_with_overwrite_all_land(tmp_path, exchange):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
 
 
-def test_an_empty_directory_is_filled_not_replaced(tmp_path, monkeypatch):
-    """A cache saved into an existing empty directory lands in that directory: its inode, its
-    mode (a group-shared setgid directory stays one) and a process inside it are kept."""
+def _a_group_not_ours() -> int | None:
+    """A group this process may give its files other than its own (any, as root)."""
+    if os.geteuid() == 0:
+        return 4321
+    other = [g for g in os.getgroups() if g != os.getegid()]
+    return other[0] if other else None
+
+
+def test_the_cache_directory_takes_the_mode_and_group_it_replaces(tmp_path):
+    """A cache saved into an empty directory, or over a cache, takes that directory's mode and
+    group: a group-shared setgid directory stays one, and the cache's files get its group."""
+    group = _a_group_not_ours()
     d = tmp_path / "shared"
     d.mkdir()
+    if group is not None:
+        os.chown(d, -1, group)
     os.chmod(d, 0o2770)
-    before = os.stat(d)
-    monkeypatch.chdir(d)
-    write_cache(".", make_source(seed=3))
-    after = os.stat(d)
-    assert (after.st_ino, stat.S_IMODE(after.st_mode)) == (before.st_ino, 0o2770)
-    assert "manifest.json" in os.listdir(".")
-    assert_same(make_source(seed=3), read_cache("."))
+    want_gid = os.stat(d).st_gid
+    for overwrite, seed in ((False, 3), (True, 4)):
+        write_cache(d, make_source(seed=seed), overwrite=overwrite)
+        st = os.stat(d)
+        assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o2770, want_gid)
+        assert {os.stat(f).st_gid for f in d.iterdir()} == {want_gid}
+        assert_same(make_source(seed=seed), read_cache(d))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shared"]
-    write_cache(".", make_source(seed=4), overwrite=True)  # a swap keeps the mode too
-    assert stat.S_IMODE(os.stat(tmp_path / "shared").st_mode) == 0o2770
-    assert_same(make_source(seed=4), read_cache(tmp_path / "shared"))
+
+
+_READ_ONLY_OVERWRITES = r"""
+import os, sys, numpy as np
+from robocache.formats import write_cache
+base = sys.argv[1]
+if os.geteuid() == 0:  # root removes anything: as a user, a read-only directory stays
+    import shutil
+    write_cache(os.path.join(base, "warm"), {"x": np.zeros(3)}, episode_ends=[3])  # imports
+    shutil.rmtree(os.path.join(base, "warm"))  # (the user may not read root's Python)
+    os.setgid(65534); os.setuid(65534)
+target = os.path.join(base, "c")
+write_cache(target, {"x": np.arange(1000.0)}, episode_ends=[1000])
+os.chmod(target, 0o555)
+for _ in range(3):
+    write_cache(target, {"x": np.arange(1000.0)}, episode_ends=[1000], overwrite=True)
+print(sorted(os.listdir(base)), oct(os.stat(target).st_mode & 0o777))
+"""
+
+
+def test_overwriting_a_read_only_cache_leaves_no_copy():
+    """A cache made read-only (chmod a-w) and overwritten by its owner: the new one is read-only
+    too, and the old one, swapped out with that mode, is still removed."""
+    import tempfile
+
+    base = tempfile.mkdtemp()  # not under pytest's root-only directory: a user runs it
+    try:
+        if os.geteuid() == 0:
+            os.chown(base, 65534, 65534)
+        run = subprocess.run([sys.executable, "-c", _READ_ONLY_OVERWRITES, base],
+                             capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert run.stdout.split() == ["['c']", "0o555"]
+    finally:
+        for d, _, _ in os.walk(base):
+            os.chmod(d, 0o700)
+        shutil.rmtree(base)
+
+
+def test_a_read_between_a_saves_two_renames_waits_for_the_cache(tmp_path):
+    """Without an atomic exchange (NFS) a save renames the old cache away and the new one in; a
+    read in between finds nothing for a moment and looks again instead of failing."""
+    import threading
+
+    write_cache(tmp_path / "c", make_source(seed=1))
+    os.rename(tmp_path / "c", tmp_path / "away")
+    back = threading.Timer(0.03, os.rename, (tmp_path / "away", tmp_path / "c"))
+    back.start()
+    try:
+        assert_same(make_source(seed=1), read_cache(tmp_path / "c"))
+    finally:
+        back.join()
+    (tmp_path / "f").write_text("x")
+    t0 = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match="a file"):
+        read_cache(tmp_path / "f")  # a file is not waited for
+    assert time.perf_counter() - t0 < 0.3
+
+
+def test_camera_keys_of_an_earlier_rule_load_as_ordinary_keys(tmp_path):
+    """A cache written when any uint8 array of rank >= 3 was a camera key (channel-first, a
+    stereo pair, 7 channels) loads: those keys are ordinary keys, with a warning."""
+    arrays = {"chw": np.zeros((4, 3, 8, 8), np.uint8), "pair": np.zeros((4, 2, 8, 8, 3), np.uint8),
+              "cam": np.zeros((4, 8, 8, 3), np.uint8)}
+    write_cache(tmp_path / "c", arrays, episode_ends=[4], image_keys=["cam"])
+    m = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    m["image_keys"] = ["chw", "pair", "cam"]  # what the earlier rule wrote
+    (tmp_path / "c" / "manifest.json").write_text(json.dumps(m))
+    with pytest.warns(UserWarning, match=r"\['chw', 'pair'\] are camera keys in this cache"):
+        got = read_cache(tmp_path / "c")
+    assert got.image_keys == ("cam",)
+    with pytest.warns(UserWarning):
+        store = rc.TrajectoryStore.load(tmp_path / "c", device="cpu")
+    assert rc.TrajectoryDataset(store)[0]["chw"].shape == (3, 8, 8)
 
 
 def test_a_long_target_name(tmp_path):

@@ -15,9 +15,9 @@ directory/
 renames it into place, so a reader never sees a half-written cache (an existing cache is
 replaced only with overwrite=True - swapped out atomically and checked again to be a cache -
 and a directory that is not a cache never, also when it appears while the cache is written).
-An existing empty directory is filled instead (its files hard-linked in, the manifest last), so
-it keeps its mode and a process inside it. Saves to one target at once each land whole, the last
-one staying (with overwrite=True; without it, the first). A save killed midway leaves its
+The cache's directory takes the mode and group of the directory it replaces (an empty one, or
+the old cache). Saves to one target at once each land whole, the last one staying (with
+overwrite=True; without it, the first). A save killed midway leaves its
 temporary directory, which a later save to the same target removes once its process is gone and
 nothing has written to it for ABANDONED_AFTER_S. The
 SHA-256 of every file is computed while it is written. `read_cache` memory-maps
@@ -44,6 +44,7 @@ import stat
 import time
 import tokenize
 import uuid
+import warnings
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -55,7 +56,13 @@ from .._cpus import usable_cpus
 from .._errors import DatasetFormatError
 from .._version import __version__
 from . import _paths
-from .source import TrajectorySource, check_image_key, default_image_keys, image_key_tuple
+from .source import (
+    TrajectorySource,
+    check_image_key,
+    default_image_keys,
+    image_key_tuple,
+    is_camera_frames,
+)
 
 _STORE_DTYPES = tuple(_array.ITEMSIZE)  # what TrajectoryStore takes (its ARRAY_DTYPES)
 FORMAT = "robocache-cache"
@@ -107,6 +114,7 @@ def write_cache(directory, source, *, episode_ends=None, fps=None, timestamps=No
     _remove_abandoned(target)
     tmp = _scratch_dir(target, "tmp")
     tmp.mkdir()
+    _take_group(tmp, target)
     try:
         _write_all(tmp, plan, progress)
         _replace(tmp, target, overwrite)
@@ -124,6 +132,8 @@ def _remove_scratch(path: Path) -> None:
     except OSError:
         return
     if all(n == MANIFEST or _FILE.match(n) for n in names):
+        with contextlib.suppress(OSError):  # a read-only cache's mode came with it
+            os.chmod(path, stat.S_IRWXU)
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -185,10 +195,9 @@ def _jsonable(obj):
 def _check_target(target: Path, overwrite: bool) -> str:
     """What is at `target`: "absent", "empty" (an empty directory) or "cache" (a cache, with
     overwrite=True); FileExistsError for anything else, so that nothing but a cache is ever
-    replaced. Its listing and manifest are read through one descriptor of the directory, under a
-    shared lock (a save filling an empty directory holds it exclusively), so they are of one
-    directory; one that another save swapped out meanwhile (and may be removing) is not judged,
-    the target is looked at again."""
+    replaced. Its listing and manifest are read through one descriptor of the directory, so
+    they are of one directory; one that another save swapped out meanwhile (and may be
+    removing) is not judged, the target is looked at again."""
     for _ in range(_LAND_ATTEMPTS):
         try:
             dfd = os.open(target, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
@@ -198,7 +207,6 @@ def _check_target(target: Path, overwrite: bool) -> str:
             raise FileExistsError(f"directory: {str(target)!r} exists and is not a directory"
                                   ) from None
         try:
-            _lock(dfd, shared=True)
             names = sorted(os.listdir(dfd))
             refusal = _refusal(target, dfd, names, overwrite)
             if refusal is None:
@@ -206,7 +214,7 @@ def _check_target(target: Path, overwrite: bool) -> str:
             if not _moved(target, dfd):
                 raise refusal
         finally:
-            os.close(dfd)  # and its lock
+            os.close(dfd)
     raise FileExistsError(f"directory: {str(target)!r} was replaced by other saves "
                           f"{_LAND_ATTEMPTS} times while this one looked at it; save again")
 
@@ -226,18 +234,6 @@ def _refusal(target: Path, dfd: int, names: list[str], overwrite: bool):
         return FileExistsError(f"directory: {str(target)!r} already holds a cache; pass "
                                f"overwrite=True to replace it")
     return None
-
-
-def _lock(dfd: int, shared: bool) -> bool:
-    """flock the directory open as `dfd` (released when it is closed); False where the file
-    system has no locks."""
-    try:
-        import fcntl
-
-        fcntl.flock(dfd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-    except (ImportError, OSError):
-        return False
-    return True
 
 
 def _not_cache_files(dfd: int, names: list[str]) -> list[str]:
@@ -419,19 +415,19 @@ _LAND_ATTEMPTS = 8
 
 def _replace(tmp: Path, target: Path, overwrite: bool) -> None:
     """Move the finished cache `tmp` to `target`, as what is there now allows (_check_target):
-    into nothing, one rename; into an empty directory, its files (the directory stays, with its
-    mode); over a cache (overwrite=True), an atomic swap. Each step is refused by the system
-    when another save (or the user) changed the target meanwhile, and the target is then looked
-    at again; so overwrite=False never replaces anything, and concurrent saves with
+    into nothing or onto an empty directory, one rename (the new directory takes the old one's
+    mode and group); over a cache (overwrite=True), an atomic swap. Each step is refused by the
+    system when another save (or the user) changed the target meanwhile, and the target is then
+    looked at again; so overwrite=False never replaces anything, and concurrent saves with
     overwrite=True each land whole, the last one staying."""
     for _ in range(_LAND_ATTEMPTS):
         state = _check_target(target, overwrite)  # FileExistsError unless one of these
-        if state == "absent":
-            landed = _rename_into_nothing(tmp, target)
-        elif state == "empty":
-            landed = _fill_empty(tmp, target)
-        else:
+        if state == "cache":
             landed = _swap_in(tmp, target)
+        else:
+            if state == "empty":
+                _take_attributes(tmp, target)
+            landed = _rename_into_nothing(tmp, target)
         if landed:
             break
     else:
@@ -441,63 +437,47 @@ def _replace(tmp: Path, target: Path, overwrite: bool) -> None:
 
 
 def _rename_into_nothing(tmp: Path, target: Path) -> bool:
+    """Rename `tmp` to `target` (nothing there, or an empty directory); False when something
+    landed there meanwhile."""
     try:
         os.rename(tmp, target)
     except OSError as exc:
         if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
-            return False  # something landed there meanwhile
+            return False
+        if exc.errno in (errno.EBUSY, errno.EXDEV):
+            raise OSError(exc.errno, f"directory: {str(target)!r} is a mount point (a cache is "
+                                     f"a directory renamed into place): save it into a "
+                                     f"directory inside it") from None
         raise
     return True
 
 
-def _fill_empty(tmp: Path, target: Path) -> bool:
-    """Hard-link the cache's files into the empty directory `target`, the manifest last (a
-    reader sees no cache until it is whole), under the directory's exclusive lock, so that the
-    directory itself stays: its mode, its owner, and a shell or process inside it. Where the
-    file system has no locks or no hard links: the one rename onto the empty directory."""
+def _take_group(tmp: Path, target: Path) -> None:
+    """Before anything is written into `tmp`: the group of the directory at `target` (if any),
+    and its setgid bit, so that the files made in `tmp` get that group as they would have in
+    a group-shared directory (where the system allows)."""
     try:
-        dfd = os.open(target, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    try:
-        if not _lock(dfd, shared=False):
-            return _rename_onto_empty(tmp, target, dfd)
-        if os.listdir(dfd) or _moved(target, dfd):
-            return False  # filled or replaced meanwhile: look again
-        names = sorted(os.listdir(tmp), key=lambda name: name == MANIFEST)
-        tfd = os.open(tmp, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        linked = []
-        try:
-            for name in names:
-                os.link(name, name, src_dir_fd=tfd, dst_dir_fd=dfd)
-                linked.append(name)
-        except OSError as exc:
-            for name in reversed(linked):
-                with contextlib.suppress(OSError):
-                    os.unlink(name, dir_fd=dfd)
-            if exc.errno == errno.EEXIST:  # the user's files appeared: look again
-                return False
-            return _rename_onto_empty(tmp, target, dfd)  # no hard links here
-        finally:
-            os.close(tfd)
-        os.fsync(dfd)
-        shutil.rmtree(tmp, ignore_errors=True)
-        return True
-    finally:
-        os.close(dfd)
+        st = os.stat(target)
+    except OSError:
+        return
+    with contextlib.suppress(OSError):
+        os.chown(tmp, -1, st.st_gid)
+        if st.st_mode & stat.S_ISGID:
+            os.chmod(tmp, stat.S_IMODE(os.stat(tmp).st_mode) | stat.S_ISGID)
 
 
-def _rename_onto_empty(tmp: Path, target: Path, dfd: int) -> bool:
-    with contextlib.suppress(OSError):  # the new directory takes the old one's mode
-        os.chmod(tmp, stat.S_IMODE(os.fstat(dfd).st_mode))
-    return _rename_into_nothing(tmp, target)
+def _take_attributes(tmp: Path, target: Path) -> None:
+    """Give the new cache directory `tmp` the mode and group of the directory at `target` that
+    it replaces (a group-shared setgid directory stays one), where the system allows."""
+    _take_group(tmp, target)
+    with contextlib.suppress(OSError):
+        os.chmod(tmp, stat.S_IMODE(os.stat(target).st_mode))
 
 
 def _swap_in(tmp: Path, target: Path) -> bool:
     """Swap the cache `tmp` in for the cache at `target`, which it then removes; False when the
     target went away meanwhile (another save between its two renames: look again)."""
-    with contextlib.suppress(OSError):  # the directory keeps its mode
-        os.chmod(tmp, stat.S_IMODE(os.stat(target).st_mode))
+    _take_attributes(tmp, target)
     try:
         exchanged = _exchange(tmp, target)
     except FileNotFoundError:
@@ -575,7 +555,7 @@ def read_cache(directory, verify: bool = True, progress: bool | None = None) -> 
     during the read is read again (up to _READ_ATTEMPTS times)."""
     if not isinstance(verify, bool):
         raise TypeError(f"verify: expected True or False, got {verify!r}")
-    root = _paths.root_dir(directory, "directory")
+    root = _root_between_renames(directory)
     for _ in range(_READ_ATTEMPTS):
         try:
             return _read_pinned(root, verify, progress)
@@ -586,6 +566,21 @@ def read_cache(directory, verify: bool = True, progress: bool | None = None) -> 
 
 
 _READ_ATTEMPTS = 5
+_GAP_WAITS_S = (0.02, 0.05, 0.1, 0.2)
+
+
+def _root_between_renames(directory) -> Path:
+    """The cache directory's path; where nothing is there, looked for again a few times over
+    ~0.4 s first: a save without an atomic exchange (NFS) renames the old cache away and the
+    new one in, and a read between the two finds nothing for a moment."""
+    for wait in _GAP_WAITS_S:
+        try:
+            return _paths.root_dir(directory, "directory")
+        except FileNotFoundError:
+            if os.path.lexists(Path(os.fspath(directory)).expanduser()):
+                raise  # a file, or a broken link: no save makes it a directory
+            time.sleep(wait)
+    return _paths.root_dir(directory, "directory")
 
 
 class _Replaced(Exception):
@@ -701,6 +696,7 @@ def _read_at(root: Path, dfd: int, verify: bool, progress) -> TrajectorySource:
     if ts_entry is not None:
         files.append((None, ts_entry))
     _ensure_open_files(len(files), mpath)
+    demoted = []  # image keys that are not frames the image kernel takes
     opened = []  # (key, entry, path, file): each file opened in the pinned directory
     try:
         for k, e in files:
@@ -735,16 +731,24 @@ def _read_at(root: Path, dfd: int, verify: bool, progress) -> TrajectorySource:
                                          f"manifest says num_frames={n}")
             if k is None:
                 _check_timestamps(path, arr, n)
-            if k is not None and image_keys and k in image_keys:
-                try:
-                    check_image_key(k, arr)
-                except TypeError as exc:
-                    raise DatasetFormatError(f"{mpath}: {exc}") from None
+            if k is not None and image_keys and k in image_keys and not is_camera_frames(arr):
+                if arr.dtype != np.uint8 or arr.ndim < 3:  # never a camera key
+                    try:
+                        check_image_key(k, arr)
+                    except TypeError as exc:
+                        raise DatasetFormatError(f"{mpath}: {exc}") from None
+                demoted.append(k)  # a camera key by an earlier version's rule
     finally:
         for *_, f in opened:
             f.close()  # the maps keep their files
     stats = {key: {name: _stat_value(mpath, key, name, entry) for name, entry in per.items()}
              for key, per in stats_json.items()}
+    if demoted:
+        warnings.warn(f"{mpath}: {demoted} are camera keys in this cache (uint8 of rank >= 3, "
+                      f"which earlier RoboCache versions took) but not frames the image kernel "
+                      f"takes ([N, H, W] or [N, H, W, C] with C = 1, 3 or 4): they load as "
+                      f"ordinary keys", stacklevel=3)
+        image_keys = tuple(k for k in image_keys if k not in demoted)
     return TrajectorySource(arrays=arrays, episode_ends=ends,
                             fps=None if fps is None else float(fps), timestamps=timestamps,
                             stats=stats or None, image_keys=image_keys,
