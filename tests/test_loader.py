@@ -558,8 +558,9 @@ def test_iterator_has_len_and_keeps_its_own_order():
     got_new += list(new)
     np.testing.assert_array_equal(_indices(got_old), _anchor_frames(ds, dl.epoch_order(0)))
     np.testing.assert_array_equal(_indices(got_new), _anchor_frames(ds, dl.epoch_order(5)))
-    # the state follows the iterator handing out a batch last: resuming from it continues that
-    # pass; an older pass ending behind a newer one leaves the epoch alone
+    # the state follows the newest pass that handed out a batch: resuming from it continues
+    # that pass; an older pass handing out batches or ending behind it leaves the state alone
+    # (the loader's epoch never goes back to the older pass's)
     dl = rc.DataLoader(ds, batch_size=4, shuffle=True, seed=1)
     old = iter(dl)
     next(old), next(old)
@@ -567,16 +568,16 @@ def test_iterator_has_len_and_keeps_its_own_order():
     next(new)
     next(old)
     state = dl.state_dict()
-    assert (state["epoch"], state["batches_done"]) == (0, 3)
+    assert (state["epoch"], state["batches_done"]) == (1, 1)
     again = rc.DataLoader(ds, batch_size=4, shuffle=True, seed=1)
     again.load_state_dict(state)
-    assert torch.equal(next(iter(again))["f"], next(old)["f"])
+    assert torch.equal(next(iter(again))["f"], next(new)["f"])
     for _ in range(len(old)):  # old hands out its last batch, then new one more
         next(old)
     next(new)
     with pytest.raises(StopIteration):
         next(old)  # old ends behind new: the state stays new's
-    assert (dl.epoch, dl.state_dict()["batches_done"]) == (1, 2)
+    assert (dl.epoch, dl.state_dict()["batches_done"]) == (1, 3)
     for _ in new:
         pass
     assert dl.epoch == 2
@@ -590,10 +591,24 @@ def test_iterator_has_len_and_keeps_its_own_order():
     np.testing.assert_array_equal(_indices(dl), _anchor_frames(ds, dl.epoch_order(5)))
     list(old)
     assert dl.epoch == 6
-    # a pass broken by an error does not complete (advance) its epoch
+    # a batch whose index the dataset refuses is consumed, as by torch's iterator: the pass
+    # goes on to its end and completes its epoch; an error of the sampler itself (drawing the
+    # order) ends the pass without completing it
     dl = rc.DataLoader(ds, batch_size=4, sampler=[0, len(ds)])
     it = iter(dl)
     with pytest.raises(IndexError):
+        next(it)
+    assert list(it) == [] and dl.epoch == 1
+
+    class Broken(torch.utils.data.Sampler):
+        def __len__(self):
+            return 4
+
+        def __iter__(self):
+            raise OSError("the sampler's file is gone")
+    dl = rc.DataLoader(ds, batch_size=4, sampler=Broken())
+    it = iter(dl)
+    with pytest.raises(OSError, match="file is gone"):
         next(it)
     assert list(it) == [] and dl.epoch == 0
 
@@ -649,7 +664,7 @@ def test_state_dict_holds_plain_python_values():
     it = iter(dl)
     next(it)
     state = dl.state_dict()
-    assert all(type(v) in (int, bool, str) for v in state.values()), state
+    assert all(type(v) in (int, bool, str, type(None)) for v in state.values()), state
     assert json.loads(json.dumps(state)) == state
     buf = io.BytesIO()
     torch.save({"loader": state}, buf)
