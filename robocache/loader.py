@@ -28,14 +28,14 @@ iterators of the same loader run (on a CUDA store each has its own index array; 
 pointed back at it when another iterator built last, so the hot path stays one identity check
 per batch). A pass made while another pass of the loader is live (made, not run to its end, still
 referenced: zip(loader, loader), an evaluation pass inside a training pass) takes a fresh epoch,
-the next one no pass has taken, so its order is new, as torch's RandomSampler draws one per
-iter(). The loader's epoch and position (state_dict) follow the newest pass that has handed out
+the next one no pass has taken, at its first item (one never read takes none), so its order is
+new, as torch's RandomSampler draws one per iter(). The loader's epoch and position (state_dict) follow the newest pass that has handed out
 an item; an older pass handing out items or ending behind it changes nothing, so the loader's
 epoch never goes backwards (set_epoch / load_state_dict alone choose it). When that pass runs to
 its end the loader's epoch becomes the next one no pass has taken, forwarded to a sampler /
 batch_sampler / the batch_sampler's sampler with set_epoch (DistributedSampler). A pass that
-handed out items and was left before its end (a loop that breaks after N steps) also ends its
-epoch for the next iter(loader): that pass gets the next epoch, a new order - unless set_epoch
+handed out items and was left before its end (a loop that breaks after N steps; its iterator
+dropped) also ends its epoch for the next iter(loader): that pass gets the next epoch, a new order - unless set_epoch
 or load_state_dict was called since (those choose the epoch and position, and a pass begun
 before them no longer moves the loader's state). state_dict() says where the loader is, for a
 checkpoint: taken in or after a pass left early, it is that pass's epoch and position (resuming
@@ -73,7 +73,9 @@ it replays the saved order (a rank's generator is its own: such a state loads on
 A sampler whose order comes from anything else (torch's global RNG: RandomSampler() without a
 generator; an RNG of its own) keeps no such state: a resumed pass draws a fresh order and skips
 batches_done of that one (some samples of that epoch repeat, others are missed); give it a
-generator. A sampler's own state_dict() is not used (torchdata's hold a position, which the
+generator. load_state_dict forwards the state's epoch (the loader's count) to a sampler with
+set_epoch: an owner numbering the sampler's epochs otherwise sets its epoch after loading. A
+sampler's own state_dict() is not used (torchdata's hold a position, which the
 loader keeps itself); one that draws the same order for the same epoch (DistributedSampler,
 torchdata's StatefulDistributedSampler) resumes exactly. A sampler with set_epoch
 (DistributedSampler) gets the saved epoch. States of version 1 (before these fields) load where
@@ -799,7 +801,7 @@ class DataLoader:
                 "batch_size": None if self.batch_size is None else int(self.batch_size),
                 "drop_last": self.drop_last, "shuffle": bool(self.shuffle),
                 "sampling": self.sampling, "world_size": int(self.world_size),
-                "rank": int(self.rank),
+                "rank": int(self._draw_ranks[0]),  # a sampler's rank, or the process's
                 "index_source": SOURCES[0] if custom is None else self._sampler_name(),
                 "source_len": int(len(custom)) if custom is not None and _has_len(custom)
                 else None,
@@ -880,8 +882,8 @@ class DataLoader:
             raise ValueError(f"state['batches_done']: expected at most {len(self)} (the "
                              f"batches of an epoch), got {state['batches_done']}")
         self._check_sampler_states(state["sampler_states"])
-        if state["sampler_states"] and state["rank"] != self.rank:
-            raise ValueError(f"state['rank']: expected {self.rank} (this loader's): the state "
+        if state["sampler_states"] and state["rank"] != mine["rank"]:
+            raise ValueError(f"state['rank']: expected {mine['rank']} (this loader's): the state "
                              f"holds rank {state['rank']}'s sampler generator, which drew that "
                              f"rank's order; load each rank's own state")
         self.seed = int(state["seed"])
@@ -941,7 +943,9 @@ class _LoaderIter:
 
     def __init__(self, loader: DataLoader):
         start, restore = 0, None
-        if loader._left_early():
+        current_live = loader._current is not None and any(
+            it._rec is loader._current for it in loader._live)
+        if loader._left_early() and not current_live:
             # this pass is the next epoch, a new order, as torch's RandomSampler draws one per
             # iter(); forwarded to a sampler with set_epoch as a completed epoch is, unless its
             # owner set the sampler's epoch since (torch's idiom: sampler.set_epoch by hand
@@ -949,13 +953,14 @@ class _LoaderIter:
             loader._end_epoch(forward=loader._sampler_epoch_untouched())
             loader._current = None  # that pass, should it go on, no longer moves the state
             epoch = loader._epoch
-        elif len(loader._live):  # another pass is live: a fresh epoch, a new order
-            epoch = loader._fresh
+        elif len(loader._live):  # another pass is live: a fresh epoch, a new order, taken at
+            epoch = None          # its first item (one never read takes none: _take_epoch)
         else:
             epoch = loader._epoch
             if loader._resume is not None:  # taken up at the first item
                 start, restore = loader._resume, loader._loaded_states
-        loader._fresh = max(loader._fresh, epoch + 1)
+        if epoch is not None:
+            loader._fresh = max(loader._fresh, epoch + 1)
         loader._made += 1
         self._rec = _Pass(epoch, start, loader._made, loader._era, restore)
         self._loader = loader
@@ -973,6 +978,8 @@ class _LoaderIter:
         return max(0, self._total - self._rec.done)
 
     def __next__(self):
+        if self._rec.epoch is None:
+            self._take_epoch()
         try:
             item = next(self._items)
         except StopIteration:
@@ -989,6 +996,16 @@ class _LoaderIter:
         else:
             loader._take_state(rec)
         return item
+
+    def _take_epoch(self) -> None:
+        """A pass made while another was live takes the first epoch no pass has taken, at its
+        first item (before it draws its order)."""
+        loader, rec = self._loader, self._rec
+        rec.epoch = loader._fresh
+        if rec.era == loader._era:  # (one begun before set_epoch / load_state_dict takes none)
+            loader._fresh += 1
+            loader._made += 1
+            rec.seq = loader._made  # the newest pass now: the state follows the latest epoch
 
     def _finish(self) -> None:
         """The pass ran to its end: it completes its epoch where the loader's state follows

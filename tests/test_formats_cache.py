@@ -486,6 +486,67 @@ def test_overwriting_a_read_only_cache_leaves_no_copy():
         shutil.rmtree(base)
 
 
+def test_saving_to_the_working_directory_is_refused(tmp_path, monkeypatch):
+    """A save renames a new directory into the target's place: into the working directory it
+    would leave the process in a removed directory (every later relative path failing)."""
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path / "out")
+    with pytest.raises(ValueError, match="is the working directory; a save renames"):
+        write_cache(".", make_source())
+    write_cache("sub", make_source())  # inside it, or from its parent: fine
+    monkeypatch.chdir(tmp_path)
+    write_cache("out", make_source(seed=2), overwrite=False) if False else None
+    assert_same(make_source(), read_cache(tmp_path / "out" / "sub"))
+
+
+def test_write_errors_name_what_is_wrong(tmp_path, monkeypatch):
+    """Stats, values, a target under a file, a non-path, an unwritable parent and a mount point
+    are refused naming the argument (they raised AttributeError, NumPy's or the system's
+    unnamed errors)."""
+    x = {"x": np.zeros((3, 2))}
+    for stats, kind, match in (
+            ({"x": [1.0]}, TypeError, r"stats\['x'\]: expected a dict of stat"),
+            ({"x": {"mean": [[1], [1, 2]]}}, ValueError, r"stats\['x'\]\['mean'\]"),
+            ({"x": {"mean": np.ones(2, np.longdouble)}}, ValueError, "at most 64 bits")):
+        if kind is ValueError and np.dtype(np.longdouble).itemsize == 8 and "64" in match:
+            continue  # a platform whose long double is a double
+        with pytest.raises(kind, match=match):
+            write_cache(tmp_path / "c", x, episode_ends=[3], stats=stats)
+    with pytest.raises(TypeError, match=r"arrays\['x'\]: expected a NumPy array"):
+        write_cache(tmp_path / "c", {"x": None}, episode_ends=[3])
+    write_cache(tmp_path / "nested", {"x": [[1, 2], [3, 4], [5, 6]]}, episode_ends=[3])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="a parent of it is not a directory"):
+        write_cache(tmp_path / "file" / "sub", x, episode_ends=[3])
+    with pytest.raises(TypeError, match="directory: expected a path, got NoneType"):
+        write_cache(None, x, episode_ends=[3])
+    real_mkdir = Path.mkdir
+
+    def refuse(self, *a, **k):
+        if ".tmp-" in self.name:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *a, **k)
+    with monkeypatch.context() as m:
+        m.setattr(Path, "mkdir", refuse)
+        with pytest.raises(PermissionError, match=r"written beside .* its parent .* is not "
+                                                  r"writable"):
+            write_cache(tmp_path / "c", x, episode_ends=[3])
+    write_cache(tmp_path / "m", x, episode_ends=[3])
+
+    def busy(a, b):
+        raise OSError(16, "Device or resource busy", str(a), None, str(b))
+    monkeypatch.setattr(cache_mod, "_exchange", busy)
+    with pytest.raises(OSError, match="is a mount point"):
+        write_cache(tmp_path / "m", x, episode_ends=[3], overwrite=True)
+
+
+def test_a_manifest_number_past_pythons_digit_limit(cache):
+    m = (cache / "manifest.json").read_text()
+    (cache / "manifest.json").write_text(m.replace('"num_frames": 9', '"num_frames": ' + "9" * 5000))
+    with pytest.raises(DatasetFormatError, match="manifest.json: not a cache manifest"):
+        read_cache(cache)
+
+
 def test_a_read_between_a_saves_two_renames_waits_for_the_cache(tmp_path):
     """Without an atomic exchange (NFS) a save renames the old cache away and the new one in; a
     read in between finds nothing for a moment and looks again instead of failing."""
@@ -504,18 +565,27 @@ def test_a_read_between_a_saves_two_renames_waits_for_the_cache(tmp_path):
     with pytest.raises(FileNotFoundError, match="a file"):
         read_cache(tmp_path / "f")  # a file is not waited for
     assert time.perf_counter() - t0 < 0.3
+    (tmp_path / "link").symlink_to(tmp_path / "c")  # through a link that dangles meanwhile
+    os.rename(tmp_path / "c", tmp_path / "away")
+    back = threading.Timer(0.03, os.rename, (tmp_path / "away", tmp_path / "c"))
+    back.start()
+    try:
+        assert_same(make_source(seed=1), read_cache(tmp_path / "link"))
+    finally:
+        back.join()
 
 
 def test_camera_keys_of_an_earlier_rule_load_as_ordinary_keys(tmp_path):
     """A cache written when any uint8 array of rank >= 3 was a camera key (channel-first, a
-    stereo pair, 7 channels) loads: those keys are ordinary keys, with a warning."""
+    stereo pair, 7 channels), or when a named key was not checked at all (a float key), loads:
+    those keys are ordinary keys, with a warning."""
     arrays = {"chw": np.zeros((4, 3, 8, 8), np.uint8), "pair": np.zeros((4, 2, 8, 8, 3), np.uint8),
-              "cam": np.zeros((4, 8, 8, 3), np.uint8)}
+              "cam": np.zeros((4, 8, 8, 3), np.uint8), "state": np.zeros((4, 2), np.float32)}
     write_cache(tmp_path / "c", arrays, episode_ends=[4], image_keys=["cam"])
     m = json.loads((tmp_path / "c" / "manifest.json").read_text())
-    m["image_keys"] = ["chw", "pair", "cam"]  # what the earlier rule wrote
+    m["image_keys"] = ["chw", "pair", "cam", "state"]  # what earlier versions wrote
     (tmp_path / "c" / "manifest.json").write_text(json.dumps(m))
-    with pytest.warns(UserWarning, match=r"\['chw', 'pair'\] are camera keys in this cache"):
+    with pytest.warns(UserWarning, match=r"\['chw', 'pair', 'state'\] are named camera keys"):
         got = read_cache(tmp_path / "c")
     assert got.image_keys == ("cam",)
     with pytest.warns(UserWarning):
@@ -684,7 +754,10 @@ def test_camera_keys_of_a_version_1_manifest_are_detected(tmp_path):
     (lambda m: m.update(num_frames=9.5), "malformed manifest .*num_frames"),
     (lambda m: m.update(image_keys="img"), "malformed manifest .*image_keys"),
     (lambda m: m.update(image_keys=["nope"]), r"image_keys names \['nope'\], which are not"),
-    (lambda m: m.update(image_keys=["action"]), r"manifest.json: image_keys: expected camera"),
+    (lambda m: m["stats"]["action"]["mean"].update(data=[1e39, 0.0], dtype="float32"),
+     "do not fit float32"),
+    (lambda m: m["stats"]["action"]["mean"].update(shape=[2**62, 2**62, 0], data=[]),
+     "do not fit float64 and shape"),
     (lambda m: m.update(keys=[]), "malformed manifest .*at least one key"),
     (lambda m: m.update(episode_ends=[3, 4, 2**70]), "malformed manifest .*not frame counts"),
 ])

@@ -74,6 +74,61 @@ def test_a_pass_inside_a_pass_takes_fresh_epochs_and_the_epoch_never_goes_back()
     assert [_ids(b) for b in again] == [_ids(b) for b in dl] == _batches(dl.epoch_order(6), 8)
 
 
+def test_an_iterator_made_but_not_read_during_a_pass_changes_nothing():
+    """iter(loader) made in the middle of a training pass (len(iter(loader)), an evaluation
+    loop never run) and left unread: the training pass keeps the loader's epoch and position
+    (its checkpoint resumes it), and the next epoch is what it would have been without it."""
+    ds = _dataset()
+
+    def run(extra: bool):
+        dl = rc.DataLoader(ds, batch_size=4, shuffle=True, seed=6)
+        it = iter(dl)
+        got = [_ids(next(it)) for _ in range(2)]
+        if extra:
+            assert len(iter(dl)) == len(dl)  # made, never read, dropped
+            unread = iter(dl)
+        state = dl.state_dict()
+        got += [_ids(b) for b in it]
+        if extra:
+            del unread
+        return dl, state, got, [_ids(b) for b in dl]
+
+    plain_dl, plain_state, plain, plain_next = run(False)
+    dl, state, got, nxt = run(True)
+    assert (state["epoch"], state["batches_done"]) == (0, 2) == (plain_state["epoch"],
+                                                                plain_state["batches_done"])
+    assert got == plain and nxt == plain_next and dl.epoch == plain_dl.epoch == 2
+    resumed = rc.DataLoader(ds, batch_size=4, shuffle=True, seed=6)
+    resumed.load_state_dict(state)
+    assert plain[:2] + [_ids(b) for b in resumed] == plain
+    assert [_ids(b) for b in resumed] == plain_next  # the next epoch too
+
+
+def test_the_state_follows_the_pass_that_took_the_latest_epoch():
+    """Passes made while another is live take their epochs in the order they start reading,
+    not the order they were made: the state follows the one that took the latest, so a resume
+    goes on as the uninterrupted loader does, the next epochs included."""
+    ds = _dataset()
+
+    def make():
+        return rc.DataLoader(ds, batch_size=4, shuffle=True, seed=8)
+    dl = make()
+    a = iter(dl)
+    next(a)
+    b, c = iter(dl), iter(dl)
+    next(c)  # epoch 1
+    next(b)  # epoch 2: b was made first, but reads later
+    state = dl.state_dict()
+    assert (state["epoch"], state["batches_done"], dl.epoch) == (2, 1, 2)
+    del a, c
+    uninterrupted = [[_ids(x) for x in b]] + [[_ids(x) for x in dl] for _ in range(2)]
+    again = make()
+    again.load_state_dict(state)
+    resumed = [[_ids(x) for x in again] for _ in range(3)]
+    assert resumed == uninterrupted
+    assert [dl.epoch, again.epoch] == [5, 5]
+
+
 def test_a_fresh_pass_resumes_where_its_state_says():
     """A checkpoint while two passes run follows the newer one (the fresh epoch): resuming
     continues it, and the older pass no longer moves the state."""

@@ -322,22 +322,29 @@ def test_rank_1_resumes_from_rank_0s_state():
 
 def test_a_ranks_sampler_generator_state_loads_on_that_rank_only():
     """Each rank's sampler with a generator of its own draws that rank's order: rank 0's state
-    (its generator's) on rank 1 would replay rank 0's draw silently, so it is refused."""
+    (its generator's) on rank 1 would replay rank 0's draw silently, so it is refused. The rank
+    is the sampler's (rank / num_replicas, as DistributedSampler has them) or the process
+    group's: a loader with a sampler takes no rank= of its own."""
     ds = _dataset()
     h = len(ds) // 2
-    halves = [list(range(0, h)), list(range(h, 2 * h))]
+
+    class RankSubset(torch.utils.data.SubsetRandomSampler):
+        def __init__(self, rank):
+            super().__init__(list(range(rank * h, (rank + 1) * h)),
+                             torch.Generator().manual_seed(100 + rank))
+            self.rank, self.num_replicas = rank, 2
 
     def make(rank):
-        g = torch.Generator().manual_seed(100 + rank)
-        return rc.DataLoader(ds, batch_size=4, rank=None,
-                             sampler=torch.utils.data.SubsetRandomSampler(halves[rank], g))
+        return rc.DataLoader(ds, batch_size=4, sampler=RankSubset(rank))
     dls = [make(r) for r in range(2)]
     for dl in dls:
         _take(dl, 2)
     states = [dl.state_dict() for dl in dls]
-    states[0]["rank"], states[1]["rank"] = 0, 1  # as each rank's process would have it
-    fresh = make(1)
-    fresh.rank = 1
+    assert [st["rank"] for st in states] == [0, 1]
     with pytest.raises(ValueError, match=r"state\['rank'\]: expected 1 .*load each rank's own"):
-        fresh.load_state_dict(states[0])
-    fresh.load_state_dict(states[1])
+        make(1).load_state_dict(states[0])
+    again = make(1)
+    again.load_state_dict(json.loads(json.dumps(states[1])))
+    want = _ids(make(1))
+    _, seen = _take(make(1), 2)
+    assert seen + _ids(again) == want

@@ -58,7 +58,6 @@ from .._version import __version__
 from . import _paths
 from .source import (
     TrajectorySource,
-    check_image_key,
     default_image_keys,
     image_key_tuple,
     is_camera_frames,
@@ -100,20 +99,26 @@ def write_cache(directory, source, *, episode_ends=None, fps=None, timestamps=No
     else:
         raise TypeError(f"source: expected a TrajectorySource or a mapping of arrays, got "
                         f"{type(source).__name__}")
-    # the manifest names the camera keys (None: those that look like camera frames)
-    image_keys = image_key_tuple(image_keys)
-    if image_keys is None:
-        image_keys = default_image_keys(arrays)
     if not isinstance(overwrite, bool):
         raise TypeError(f"overwrite: expected True or False, got {overwrite!r}")
-    plan = _plan(arrays, episode_ends, fps, timestamps, stats, image_keys, meta)
+    try:
+        path = Path(os.fspath(directory)).expanduser()
+    except TypeError:
+        raise TypeError(f"directory: expected a path, got {type(directory).__name__}") from None
+    plan = _plan(arrays, episode_ends, fps, timestamps, stats, image_key_tuple(image_keys), meta)
     # through a symbolic link: the cache goes where it points (the link stays)
-    target = Path(os.path.realpath(Path(os.fspath(directory)).expanduser()))
+    target = Path(os.path.realpath(os.path.abspath(path)))
+    _check_not_working_dir(target)
     _check_target(target, overwrite)  # refused before anything is written
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned(target)
     tmp = _scratch_dir(target, "tmp")
-    tmp.mkdir()
+    try:
+        tmp.mkdir()
+    except PermissionError:
+        raise PermissionError(f"directory: a cache is written beside {str(target)!r} and "
+                              f"renamed into place, and its parent {str(target.parent)!r} is "
+                              f"not writable here") from None
     _take_group(tmp, target)
     try:
         _write_all(tmp, plan, progress)
@@ -122,6 +127,20 @@ def write_cache(directory, source, *, episode_ends=None, fps=None, timestamps=No
         _remove_scratch(tmp)
         raise
     return target
+
+
+def _check_not_working_dir(target: Path) -> None:
+    """A save renames a new directory into place (or swaps it with the old cache): saving to
+    the working directory itself would leave this process in a removed directory."""
+    try:
+        cwd = os.getcwd()
+    except FileNotFoundError:  # already in a removed directory: nothing to keep
+        return
+    if os.path.realpath(cwd) == str(target):
+        raise ValueError(f"directory: {str(target)!r} is the working directory; a save renames "
+                         f"a new directory into its place, which would leave this process in a "
+                         f"removed directory: save to it from its parent, or to a directory "
+                         f"inside it")
 
 
 def _remove_scratch(path: Path) -> None:
@@ -149,9 +168,11 @@ def _plan(arrays, episode_ends, fps, timestamps, stats, image_keys, meta) -> dic
         if not isinstance(key, str) or not key:
             raise ValueError(f"arrays: keys must be non-empty strings, got {key!r}")
         hosted[key] = _host(value, f"arrays[{key!r}]")
-    hosted, ends, fps, ts, image_keys, _ = checked_source(TrajectorySource(
+    # the manifest names the camera keys (None: those that look like camera frames)
+    hosted, ends, fps, ts, image_keys, stats = checked_source(TrajectorySource(
         arrays=hosted, episode_ends=episode_ends, fps=fps, timestamps=timestamps,
-        image_keys=tuple(image_keys)))
+        stats=stats or None, image_keys=default_image_keys(hosted) if image_keys is None
+        else image_keys))
     entries = []
     for i, (key, arr) in enumerate(hosted.items()):
         slug = re.sub(r"[^A-Za-z0-9._-]", "_", key)[:80]
@@ -159,10 +180,10 @@ def _plan(arrays, episode_ends, fps, timestamps, stats, image_keys, meta) -> dic
     stats_json = {}
     for key, per in (stats or {}).items():
         stats_json[str(key)] = {}
-        for name, v in per.items():
-            a = np.asarray(v if isinstance(v, (int, float, list, tuple)) else _array.to_numpy(v))
-            if a.dtype.kind not in "biuf" and a.dtype.name != "bfloat16":
-                raise ValueError(f"stats[{key!r}][{name!r}]: expected numbers, got {a.dtype}")
+        for name, a in per.items():  # NumPy arrays (checked_source)
+            if a.dtype.name != "bfloat16" and (a.dtype.kind not in "biuf" or a.dtype.itemsize > 8):
+                raise ValueError(f"stats[{key!r}][{name!r}]: expected numbers of at most 64 bits, "
+                                 f"got {a.dtype}")
             data = a.astype(np.float32) if a.dtype.name == "bfloat16" else a  # exact in JSON
             stats_json[str(key)][str(name)] = {"dtype": a.dtype.name, "shape": list(a.shape),
                                                "data": data.reshape(-1).tolist()}
@@ -204,8 +225,11 @@ def _check_target(target: Path, overwrite: bool) -> str:
         except FileNotFoundError:
             return "absent"
         except NotADirectoryError:
-            raise FileExistsError(f"directory: {str(target)!r} exists and is not a directory"
-                                  ) from None
+            if os.path.lexists(target):
+                raise FileExistsError(f"directory: {str(target)!r} exists and is not a "
+                                      f"directory") from None
+            raise NotADirectoryError(f"directory: {str(target)!r} cannot be made: a parent of "
+                                     f"it is not a directory") from None
         try:
             names = sorted(os.listdir(dfd))
             refusal = _refusal(target, dfd, names, overwrite)
@@ -445,11 +469,15 @@ def _rename_into_nothing(tmp: Path, target: Path) -> bool:
         if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
             return False
         if exc.errno in (errno.EBUSY, errno.EXDEV):
-            raise OSError(exc.errno, f"directory: {str(target)!r} is a mount point (a cache is "
-                                     f"a directory renamed into place): save it into a "
-                                     f"directory inside it") from None
+            raise _mount_point(exc, target) from None
         raise
     return True
+
+
+def _mount_point(exc: OSError, target: Path) -> OSError:
+    return OSError(exc.errno, f"directory: {str(target)!r} is a mount point (a cache is a "
+                              f"directory renamed into place): save it into a directory inside "
+                              f"it")
 
 
 def _take_group(tmp: Path, target: Path) -> None:
@@ -482,6 +510,10 @@ def _swap_in(tmp: Path, target: Path) -> bool:
         exchanged = _exchange(tmp, target)
     except FileNotFoundError:
         return False
+    except OSError as exc:
+        if exc.errno in (errno.EBUSY, errno.EXDEV):
+            raise _mount_point(exc, target) from None
+        raise
     if exchanged:
         old = tmp  # now holds what was at target
         if not _is_cache_dir(old):
@@ -497,6 +529,10 @@ def _swap_in(tmp: Path, target: Path) -> bool:
         os.rename(target, old)
     except FileNotFoundError:  # another save moved it away first
         return False
+    except OSError as exc:
+        if exc.errno in (errno.EBUSY, errno.EXDEV):
+            raise _mount_point(exc, target) from None
+        raise
     if not _is_cache_dir(old):  # replaced by something else since the check: put it back
         with contextlib.suppress(OSError):
             os.rename(old, target)
@@ -577,9 +613,12 @@ def _root_between_renames(directory) -> Path:
         try:
             return _paths.root_dir(directory, "directory")
         except FileNotFoundError:
-            if os.path.lexists(Path(os.fspath(directory)).expanduser()):
-                raise  # a file, or a broken link: no save makes it a directory
-            time.sleep(wait)
+            path = Path(os.fspath(directory)).expanduser()
+            if path.is_dir():  # landed since it was looked at
+                continue
+            if path.exists():
+                raise  # a file: no save makes it a directory
+            time.sleep(wait)  # nothing there (a link to it dangles meanwhile)
     return _paths.root_dir(directory, "directory")
 
 
@@ -633,6 +672,8 @@ def _read_at(root: Path, dfd: int, verify: bool, progress) -> TrajectorySource:
         raise DatasetFormatError(f"{mpath}: not valid JSON ({exc})") from None
     except RecursionError:
         raise DatasetFormatError(f"{mpath}: nested too deeply to be a cache manifest") from None
+    except ValueError as exc:  # e.g. an integer past Python's digit limit
+        raise DatasetFormatError(f"{mpath}: not a cache manifest ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DatasetFormatError(f"{mpath}: not a RoboCache cache manifest (format "
                                  f"{manifest.get('format') if isinstance(manifest, dict) else None!r})")
@@ -732,21 +773,16 @@ def _read_at(root: Path, dfd: int, verify: bool, progress) -> TrajectorySource:
             if k is None:
                 _check_timestamps(path, arr, n)
             if k is not None and image_keys and k in image_keys and not is_camera_frames(arr):
-                if arr.dtype != np.uint8 or arr.ndim < 3:  # never a camera key
-                    try:
-                        check_image_key(k, arr)
-                    except TypeError as exc:
-                        raise DatasetFormatError(f"{mpath}: {exc}") from None
-                demoted.append(k)  # a camera key by an earlier version's rule
+                demoted.append(k)  # named a camera key by an earlier version
     finally:
         for *_, f in opened:
             f.close()  # the maps keep their files
     stats = {key: {name: _stat_value(mpath, key, name, entry) for name, entry in per.items()}
              for key, per in stats_json.items()}
     if demoted:
-        warnings.warn(f"{mpath}: {demoted} are camera keys in this cache (uint8 of rank >= 3, "
-                      f"which earlier RoboCache versions took) but not frames the image kernel "
-                      f"takes ([N, H, W] or [N, H, W, C] with C = 1, 3 or 4): they load as "
+        warnings.warn(f"{mpath}: {demoted} are named camera keys in this cache (earlier "
+                      f"RoboCache versions took them) but are not frames the image kernel takes "
+                      f"(uint8 [N, H, W] or [N, H, W, C] with C = 1, 3 or 4): they load as "
                       f"ordinary keys", stacklevel=3)
         image_keys = tuple(k for k in image_keys if k not in demoted)
     return TrajectorySource(arrays=arrays, episode_ends=ends,
@@ -795,10 +831,16 @@ def _stat_value(mpath: Path, key: str, name: str, entry) -> np.ndarray:
         if dtype == "bfloat16":  # written as float32 values, exact
             value = np.asarray(data, dtype=np.float32).astype(dt)
         else:
-            value = np.asarray(data, dtype=dt)
+            with np.errstate(over="ignore"):  # an overflow is refused just below
+                value = np.asarray(data, dtype=dt)
+        if dt.kind == "f" or dtype == "bfloat16":  # 1e39 in float32 is inf: refused as 300 in uint8
+            wide = np.asarray(data, dtype=np.float64)
+            if (np.isfinite(wide) & ~np.isfinite(value.astype(np.float64))).any():
+                raise OverflowError(f"values beyond {dt}'s range")
+        return value.reshape(shape)
     except (OverflowError, ValueError) as exc:
-        raise DatasetFormatError(f"{what}: data do not fit {dt} ({exc})") from None
-    return value.reshape(shape)
+        raise DatasetFormatError(f"{what}: data do not fit {dt} and shape {shape} "
+                                 f"({exc})") from None
 
 
 def _ensure_open_files(count: int, mpath: Path) -> None:
