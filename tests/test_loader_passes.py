@@ -7,23 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _loader_data import indices_of, small_dataset
 from torch.utils.data import BatchSampler, DistributedSampler, RandomSampler, SequentialSampler
 
 import robocache as rc
 
-
-def _dataset(lens=(5, 1, 9, 3, 12, 2, 7)):
-    rng = np.random.default_rng(0)
-    ends = np.cumsum(lens)
-    st = rc.TrajectoryStore.from_arrays(
-        {"a": rng.standard_normal((int(ends[-1]), 2)).astype(np.float32)},
-        episode_ends=ends, device="cpu")
-    return rc.TrajectoryDataset(st, delta_indices={"a": [-1, 0, 1]})
-
-
-def _ids(item) -> tuple | int:
-    x = item["index"]
-    return tuple(x.tolist()) if x.dim() else int(x)
+_dataset = small_dataset
+_ids = indices_of
 
 
 def _batches(order, size) -> list[tuple]:

@@ -8,9 +8,9 @@ from __future__ import annotations
 import copy
 import json
 
-import numpy as np
 import pytest
 import torch
+from _loader_data import indices_of, small_dataset
 from torch.utils.data import (
     BatchSampler,
     DistributedSampler,
@@ -22,20 +22,8 @@ from torch.utils.data import (
 
 import robocache as rc
 
-
-def _dataset(lens=(5, 1, 9, 3, 12, 2, 7)):
-    rng = np.random.default_rng(0)
-    ends = np.cumsum(lens)
-    st = rc.TrajectoryStore.from_arrays(
-        {"a": rng.standard_normal((int(ends[-1]), 2)).astype(np.float32)},
-        episode_ends=ends, device="cpu")
-    return rc.TrajectoryDataset(st, delta_indices={"a": [-1, 0, 1]})
-
-
-def _id(item) -> tuple | int:
-    """The dataset indices of a batch (a tuple) or of a sample (an int)."""
-    x = item["index"]
-    return tuple(x.tolist()) if x.dim() else int(x)
+_dataset = small_dataset
+_id = indices_of
 
 
 def _ids(loader_or_it) -> list:
