@@ -150,6 +150,7 @@ STATE_V1_KEYS = ("version", "seed", "epoch", "batches_done", "num_anchors", "bat
 # what the position means: a state is refused where one of them differs ('rank' is not one)
 CONFIG_KEYS = ("index_source", "num_anchors", "batch_size", "drop_last", "shuffle", "sampling",
                "world_size", "num_replicas", "source_batch_size", "source_len")
+GENERATOR = "generator"  # state['sampler_states'][role]: {GENERATOR: base64 of get_state()}
 STREAM_BATCHES = 64  # batches read at a time from a sampler / batch_sampler without a length
 CHUNK = 64           # samples built per batch with batch_size=None (one sample per item)
 
@@ -168,11 +169,22 @@ def _has_len(x) -> bool:
     return True
 
 
+def _sampler_objects(sampler, batch_sampler) -> list[tuple[str, object]]:
+    """(role, object) of the sampler, the batch_sampler and the batch_sampler's sampler given,
+    each once: where the loader looks for a rank, set_epoch and a generator."""
+    found = []
+    for role, s in (("sampler", sampler), ("batch_sampler", batch_sampler),
+                    ("batch_sampler.sampler", getattr(batch_sampler, "sampler", None))):
+        if s is not None and all(s is not t for _, t in found):
+            found.append((role, s))
+    return found
+
+
 def _sampler_ranks(sampler, batch_sampler) -> tuple[int, int]:
     """(rank, world_size) of a custom sampler's shard, for the image draws: a sampler's (or a
     batch_sampler's sampler's) rank / num_replicas, as DistributedSampler has them, else the
     torch.distributed process group's, else (0, 1)."""
-    for s in (sampler, batch_sampler, getattr(batch_sampler, "sampler", None)):
+    for _, s in _sampler_objects(sampler, batch_sampler):
         r, w = getattr(s, "rank", None), getattr(s, "num_replicas", None)
         if _is_int(r) and _is_int(w) and 0 <= r < w:
             return int(r), int(w)
@@ -425,12 +437,8 @@ class DataLoader:
         """The sampler, batch_sampler and batch_sampler's sampler that have set_epoch (each once):
         the ones the loader tells its epoch (Lightning looks through a BatchSampler the same
         way)."""
-        found = []
-        for s in (self._sampler, self._batch_sampler,
-                  getattr(self._batch_sampler, "sampler", None)):
-            if s is not None and hasattr(s, "set_epoch") and all(s is not f for f in found):
-                found.append(s)
-        return found
+        return [s for _, s in _sampler_objects(self._sampler, self._batch_sampler)
+                if hasattr(s, "set_epoch")]
 
     def _forward_epoch(self, epoch: int) -> None:
         """`epoch` to the samplers with set_epoch (DistributedSampler)."""
@@ -445,35 +453,29 @@ class DataLoader:
         return all(getattr(s, "epoch", self._forwarded) == self._forwarded
                    for s in self._epoch_samplers())
 
-    def _stateful_samplers(self) -> list[tuple[str, object, str]]:
-        """(role, sampler, how) of the sampler objects whose torch.Generator (at `.generator`:
+    def _stateful_samplers(self) -> list[tuple[str, object]]:
+        """(role, sampler) of the sampler objects whose torch.Generator (at `.generator`:
         RandomSampler's, WeightedRandomSampler's, SubsetRandomSampler's) decides the order they
-        draw next; how = "generator". A sampler's own state_dict() is not used: torchdata's
-        hold a position in the pass (what it has yielded), not the state its order comes from,
-        and the loader keeps the position itself."""
-        found, seen = [], []
-        for role, s in (("sampler", self._sampler), ("batch_sampler", self._batch_sampler),
-                        ("batch_sampler.sampler", getattr(self._batch_sampler, "sampler", None))):
-            if s is None or any(s is t for t in seen):
-                continue
-            seen.append(s)
-            if isinstance(getattr(s, "generator", None), torch.Generator):
-                found.append((role, s, "generator"))
-        return found
+        draw next. A sampler's own state_dict() is not used: torchdata's hold a position in the
+        pass (what it has yielded), not the state its order comes from, and the loader keeps
+        the position itself."""
+        return [(role, s) for role, s in _sampler_objects(self._sampler, self._batch_sampler)
+                if isinstance(getattr(s, "generator", None), torch.Generator)]
 
     def _sampler_states(self) -> dict | None:
-        """The samplers' states now ({role: {how: state}}; a generator's as base64 text), None
+        """The samplers' states now ({role: {"generator": its state as base64 text}}), None
         where no sampler keeps one."""
         states = {}
-        for role, s, how in self._stateful_samplers():
+        for role, s in self._stateful_samplers():
             raw = s.generator.get_state().numpy().tobytes()
-            states[role] = {how: base64.b64encode(raw).decode("ascii")}
+            states[role] = {GENERATOR: base64.b64encode(raw).decode("ascii")}
         return states or None
 
     def _restore_sampler_states(self, states: dict | None) -> None:
         """Put the samplers back in `states` (checked by load_state_dict)."""
-        for role, s, how in self._stateful_samplers():
-            s.generator.set_state(_generator_state(states[role][how], s.generator.get_state(),
+        for role, s in self._stateful_samplers():
+            s.generator.set_state(_generator_state(states[role][GENERATOR],
+                                                   s.generator.get_state(),
                                                    f"state['sampler_states'][{role!r}]"))
 
     @property
@@ -570,7 +572,7 @@ class DataLoader:
                 except Exception as e:
                     bad[b0 * CHUNK + j] = e
                     parts.append(np.zeros(1, np.int64))
-        return (np.concatenate(parts) if parts else np.zeros(0, np.int64)), bad
+        return (np.concatenate(parts) if parts else np.zeros(0, np.int64)), bad or None
 
     def _check_batches(self, raw: list, b0: int, lenient: bool):
         """(order int64, bounds, bad) of a batch_sampler's batches `raw` (batch b0 on), each
@@ -605,7 +607,7 @@ class DataLoader:
         if not self._streamed():
             order, bounds, bad = self._plan(epoch, lenient=True)
             full = 0 if self._batch_sampler is not None else order.size // self._size()
-            yield order, bounds.tolist(), 0, start, full, bad or None, bounds.size - 1
+            yield order, bounds.tolist(), 0, start, full, bad, bounds.size - 1
             return
         b0 = start
         if self._batch_sampler is not None:
@@ -628,8 +630,7 @@ class DataLoader:
                 return
             bounds = self._bounds(len(raw), size)
             order, bad = self._check_samples(raw, bounds, b0, lenient=True)
-            yield order, bounds.tolist(), b0, 0, len(raw) // size, bad or None, \
-                b0 + bounds.size - 1
+            yield order, bounds.tolist(), b0, 0, len(raw) // size, bad, b0 + bounds.size - 1
             b0 += bounds.size - 1
             if len(raw) < per:  # the sampler ended
                 return
@@ -792,7 +793,7 @@ class DataLoader:
         s, bs = self._sampler, self._batch_sampler
         custom = self._custom()
         replicas = None
-        for x in (s, bs, getattr(bs, "sampler", None)):
+        for _, x in _sampler_objects(s, bs):
             if _is_int(getattr(x, "num_replicas", None)):
                 replicas = int(x.num_replicas)
                 break
@@ -843,7 +844,7 @@ class DataLoader:
     def _check_sampler_states(self, saved) -> None:
         """`saved` (state['sampler_states']) holds a state for exactly this loader's samplers
         that keep one, each of the same kind (and a generator's of the same size)."""
-        want = {role: how for role, _, how in self._stateful_samplers()}
+        want = {role: GENERATOR for role, _ in self._stateful_samplers()}
         got = saved if saved is not None else {}
         kinds = {r: sorted(v) if isinstance(v, dict) else type(v).__name__
                  for r, v in got.items()} if isinstance(got, dict) else got
@@ -851,8 +852,8 @@ class DataLoader:
             raise ValueError(f"state['sampler_states']: expected states of {want or 'none'} "
                              f"(this loader's samplers that keep one), got {kinds!r:.200}: the "
                              f"state belongs to another configuration")
-        for role, s, how in self._stateful_samplers():
-            _generator_state(got[role][how], s.generator.get_state(),
+        for role, s in self._stateful_samplers():
+            _generator_state(got[role][GENERATOR], s.generator.get_state(),
                              f"state['sampler_states'][{role!r}]")
 
     def load_state_dict(self, state: dict) -> None:

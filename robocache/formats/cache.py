@@ -17,13 +17,13 @@ replaced only with overwrite=True - swapped out atomically and checked again to 
 and a directory that is not a cache never, also when it appears while the cache is written).
 The cache's directory takes the mode and group of the directory it replaces (an empty one, or
 the old cache). Saves to one target at once each land whole, the last one staying (with
-overwrite=True; without it, the first). A save killed midway leaves its
-temporary directory, which a later save to the same target removes once its process is gone and
-nothing has written to it for ABANDONED_AFTER_S. The
-SHA-256 of every file is computed while it is written. `read_cache` memory-maps
-the .npy files (what np.load(mmap_mode="r", allow_pickle=False) maps: nothing is copied and
-nothing is unpickled), checks each header against the manifest and, with verify=True, every
-checksum (files hashed in parallel); it refuses a manifest of a newer format version. It opens
+overwrite=True; without it, the first). A save killed midway leaves its temporary directory,
+which a later save to the same target removes once its process is gone and nothing has written
+to it for ABANDONED_AFTER_S. The SHA-256 of every file is computed while it is written.
+`read_cache` memory-maps the .npy files (what np.load(mmap_mode="r", allow_pickle=False) maps:
+nothing is copied and nothing is unpickled), checks each header against the manifest and, with
+verify=True, every checksum (files hashed in parallel); it refuses a manifest of a newer format
+version. It opens
 the manifest and every file through one descriptor of the directory, so a save landing during
 the read never mixes two caches.
 """
@@ -264,11 +264,8 @@ def _not_cache_files(dfd: int, names: list[str]) -> list[str]:
     """The entries `names` of the directory open as `dfd` that a cache it might be does not
     account for: all of them when its manifest is not a RoboCache manifest, else those the
     manifest does not name."""
-    def opener(name, flags):
-        return os.open(name, flags | getattr(os, "O_NONBLOCK", 0), dir_fd=dfd)
-
     try:
-        with open(MANIFEST, encoding="utf-8", opener=opener) as f:
+        with open(MANIFEST, encoding="utf-8", opener=_opener_in(dfd)) as f:
             manifest = json.load(f)
         ours = {MANIFEST, manifest.get("timestamps", {}).get("file") if isinstance(
             manifest.get("timestamps"), dict) else None}
@@ -278,6 +275,14 @@ def _not_cache_files(dfd: int, names: list[str]) -> list[str]:
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return names
     return [n for n in names if n not in ours]
+
+
+def _opener_in(dfd: int):
+    """An open() opener of names in the directory open as `dfd`, non-blocking (a FIFO named like
+    a cache file must not block us)."""
+    def opener(name, flags):
+        return os.open(name, flags | getattr(os, "O_NONBLOCK", 0), dir_fd=dfd)
+    return opener
 
 
 def _is_cache_dir(path: Path) -> bool:
@@ -468,16 +473,17 @@ def _rename_into_nothing(tmp: Path, target: Path) -> bool:
     except OSError as exc:
         if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
             return False
-        if exc.errno in (errno.EBUSY, errno.EXDEV):
-            raise _mount_point(exc, target) from None
+        _raise_if_mount_point(exc, target)
         raise
     return True
 
 
-def _mount_point(exc: OSError, target: Path) -> OSError:
-    return OSError(exc.errno, f"directory: {str(target)!r} is a mount point (a cache is a "
-                              f"directory renamed into place): save it into a directory inside "
-                              f"it")
+def _raise_if_mount_point(exc: OSError, target: Path) -> None:
+    """A rename of `target` refused because it is a mount point (EBUSY, EXDEV): said so."""
+    if exc.errno in (errno.EBUSY, errno.EXDEV):
+        raise OSError(exc.errno, f"directory: {str(target)!r} is a mount point (a cache is a "
+                                 f"directory renamed into place): save it into a directory "
+                                 f"inside it") from None
 
 
 def _take_group(tmp: Path, target: Path) -> None:
@@ -511,8 +517,7 @@ def _swap_in(tmp: Path, target: Path) -> bool:
     except FileNotFoundError:
         return False
     except OSError as exc:
-        if exc.errno in (errno.EBUSY, errno.EXDEV):
-            raise _mount_point(exc, target) from None
+        _raise_if_mount_point(exc, target)
         raise
     if exchanged:
         old = tmp  # now holds what was at target
@@ -530,8 +535,7 @@ def _swap_in(tmp: Path, target: Path) -> bool:
     except FileNotFoundError:  # another save moved it away first
         return False
     except OSError as exc:
-        if exc.errno in (errno.EBUSY, errno.EXDEV):
-            raise _mount_point(exc, target) from None
+        _raise_if_mount_point(exc, target)
         raise
     if not _is_cache_dir(old):  # replaced by something else since the check: put it back
         with contextlib.suppress(OSError):
@@ -657,10 +661,7 @@ def _read_pinned(root: Path, verify: bool, progress) -> TrajectorySource:
 
 def _read_at(root: Path, dfd: int, verify: bool, progress) -> TrajectorySource:
     mpath = root / MANIFEST
-
-    def opener(name, flags):  # O_NONBLOCK: a FIFO named like a cache file must not block us
-        return os.open(name, flags | getattr(os, "O_NONBLOCK", 0), dir_fd=dfd)
-
+    opener = _opener_in(dfd)
     try:
         with open(MANIFEST, encoding="utf-8", opener=opener) as f:
             manifest = json.load(f)
